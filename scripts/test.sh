@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what the tests need (a Python venv with
+# the moto S3 server, onnxruntime and the model-making tools), makes the reference models,
+# starts the S3 server, builds and runs every Rust test, and stops what it started.
+#
+# Usage: scripts/test.sh [extra cargo test arguments]
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+venv="$root/.venv"
+models="$root/target/test-models"
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "Python venv ($venv)"
+stamp="$venv/.requirements.sha256"
+want=$(sha256sum scripts/requirements.txt | cut -d' ' -f1)
+if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements.txt
+  echo "$want" > "$stamp"
+fi
+
+step "Reference models and onnxruntime outputs ($models)"
+"$venv/bin/python" scripts/make_models.py test --out "$models"
+
+step "Template lint"
+"$venv/bin/cfn-lint" template.yaml
+
+step "S3 server (moto)"
+port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+log="$root/target/moto.log"
+mkdir -p "$root/target"
+"$venv/bin/moto_server" -H 127.0.0.1 -p "$port" > "$log" 2>&1 &
+moto_pid=$!
+trap 'kill "$moto_pid" 2>/dev/null || true; wait "$moto_pid" 2>/dev/null || true' EXIT
+"$venv/bin/python" - "$port" <<'PY'
+import sys, time, urllib.request
+url = f"http://127.0.0.1:{sys.argv[1]}/"
+for _ in range(300):
+    try:
+        urllib.request.urlopen(url, timeout=1)
+        sys.exit(0)
+    except Exception:
+        time.sleep(0.1)
+sys.exit(f"moto server did not start on {url}")
+PY
+echo "moto listening on 127.0.0.1:$port (log: $log)"
+
+export MAAS_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
+export MAAS_TEST_MODELS="$models"
+export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
+unset AWS_PROFILE AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3 MAAS_STORE
+
+step "Build (binaries are driven by the tests)"
+cargo build --workspace --bins
+
+step "Tests"
+cargo test --workspace "$@"

@@ -1,0 +1,236 @@
+//! Configuration from the environment, read once at start-up.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::names::{ModelName, VersionSpec};
+use crate::registry::CacheSettings;
+use crate::store::{LocalStore, MemoryStore, S3Store, SharedStore};
+
+/// Everything maas reads from its environment.
+///
+/// | variable | meaning | default |
+/// |---|---|---|
+/// | `MAAS_STORE` | where models live: `s3://bucket[/prefix]`, `file:///dir` or a plain directory path, or `memory://` | required |
+/// | `MAAS_S3_FORCE_PATH_STYLE` | `true` for path-style S3 addressing (local S3-compatible servers) | `false` |
+/// | `MAAS_CACHE_DIR` | directory of the disk cache of model files | `/tmp/maas-cache` |
+/// | `MAAS_DISK_CACHE_BYTES` | size bound of the disk cache | 402653184 (384 MiB) |
+/// | `MAAS_MEMORY_CACHE_BYTES` | bytes of model files kept loaded in memory (LRU beyond it) | half of `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, else 1 GiB |
+/// | `MAAS_PRELOAD` | models loaded during start-up (the Lambda init phase): `name` or `name:version`, comma-separated | none |
+/// | `MAAS_MAX_REQUEST_BYTES` | largest request body accepted (413 beyond) | 6291456 (6 MiB, Lambda's payload limit) |
+/// | `MAAS_LATEST_TTL_SECONDS` | how long `latest` stays resolved before the store is listed again | 30 |
+///
+/// The S3 endpoint, region and credentials come from the standard AWS variables
+/// (`AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, `AWS_REGION`, ...).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub store: StoreLocation,
+    pub s3_force_path_style: bool,
+    pub cache: CacheSettings,
+    pub preload: Vec<(ModelName, VersionSpec)>,
+    pub max_request_bytes: usize,
+}
+
+/// A configuration variable has a value that cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{variable}: {problem}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub problem: String,
+}
+
+/// Where the model store is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    S3 { bucket: String, prefix: String },
+    Local(PathBuf),
+    Memory,
+}
+
+impl FromStr for StoreLocation {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(format!("{s:?} names no bucket"));
+            }
+            Ok(StoreLocation::S3 {
+                bucket: bucket.to_owned(),
+                prefix: prefix.to_owned(),
+            })
+        } else if s == "memory://" {
+            Ok(StoreLocation::Memory)
+        } else if let Some(path) = s.strip_prefix("file://") {
+            Ok(StoreLocation::Local(PathBuf::from(path)))
+        } else if s.is_empty() || s.contains("://") {
+            Err(format!(
+                "{s:?} is not s3://bucket[/prefix], file:///dir, a directory or memory://"
+            ))
+        } else {
+            Ok(StoreLocation::Local(PathBuf::from(s)))
+        }
+    }
+}
+
+impl StoreLocation {
+    /// Opens the store. S3 clients are built from the standard AWS environment.
+    pub async fn open(&self, s3_force_path_style: bool) -> SharedStore {
+        match self {
+            StoreLocation::S3 { bucket, prefix } => {
+                Arc::new(S3Store::connect(bucket, prefix, s3_force_path_style).await)
+            }
+            StoreLocation::Local(dir) => Arc::new(LocalStore::new(dir)),
+            StoreLocation::Memory => Arc::new(MemoryStore::new()),
+        }
+    }
+}
+
+const GIB: u64 = 1 << 30;
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads configuration through `lookup`, so tests can pass their own variables.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let store = lookup("MAAS_STORE").ok_or_else(|| ConfigError {
+            variable: "MAAS_STORE",
+            problem: "not set".into(),
+        })?;
+        let store = store.parse().map_err(|problem| ConfigError {
+            variable: "MAAS_STORE",
+            problem,
+        })?;
+        let lambda_memory_mib =
+            lookup("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").and_then(|v| v.parse::<u64>().ok());
+        let default_memory = lambda_memory_mib.map_or(GIB, |mib| mib * (1 << 20) / 2);
+        Ok(Config {
+            store,
+            s3_force_path_style: parse_or(&lookup, "MAAS_S3_FORCE_PATH_STYLE", false)?,
+            cache: CacheSettings {
+                memory_bytes: parse_or(&lookup, "MAAS_MEMORY_CACHE_BYTES", default_memory)?,
+                disk_dir: lookup("MAAS_CACHE_DIR")
+                    .map_or_else(|| PathBuf::from("/tmp/maas-cache"), PathBuf::from),
+                disk_bytes: parse_or(&lookup, "MAAS_DISK_CACHE_BYTES", 384 << 20)?,
+                latest_ttl: Duration::from_secs(parse_or(&lookup, "MAAS_LATEST_TTL_SECONDS", 30)?),
+            },
+            preload: parse_preload(lookup("MAAS_PRELOAD").as_deref().unwrap_or(""))?,
+            max_request_bytes: parse_or(&lookup, "MAAS_MAX_REQUEST_BYTES", 6 << 20)?,
+        })
+    }
+}
+
+fn parse_or<T: FromStr>(
+    lookup: &impl Fn(&str) -> Option<String>,
+    variable: &'static str,
+    default: T,
+) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match lookup(variable) {
+        None => Ok(default),
+        Some(value) => value.trim().parse().map_err(|e| ConfigError {
+            variable,
+            problem: format!("{value:?}: {e}"),
+        }),
+    }
+}
+
+fn parse_preload(list: &str) -> Result<Vec<(ModelName, VersionSpec)>, ConfigError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            let (name, version) = item.split_once(':').unwrap_or((item, "latest"));
+            let problem = |e: crate::Error| ConfigError {
+                variable: "MAAS_PRELOAD",
+                problem: e.to_string(),
+            };
+            Ok((
+                name.parse().map_err(problem)?,
+                version.parse().map_err(problem)?,
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn store_locations_parse() {
+        assert_eq!(
+            "s3://bucket/some/prefix".parse::<StoreLocation>().unwrap(),
+            StoreLocation::S3 {
+                bucket: "bucket".into(),
+                prefix: "some/prefix".into()
+            }
+        );
+        assert_eq!(
+            "s3://bucket".parse::<StoreLocation>().unwrap(),
+            StoreLocation::S3 {
+                bucket: "bucket".into(),
+                prefix: String::new()
+            }
+        );
+        assert_eq!(
+            "file:///srv/models".parse::<StoreLocation>().unwrap(),
+            StoreLocation::Local("/srv/models".into())
+        );
+        assert_eq!(
+            "./models".parse::<StoreLocation>().unwrap(),
+            StoreLocation::Local("./models".into())
+        );
+        assert!("s3://".parse::<StoreLocation>().is_err());
+        assert!("gs://bucket".parse::<StoreLocation>().is_err());
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = config(&[("MAAS_STORE", "memory://")]).unwrap();
+        assert_eq!(c.cache.memory_bytes, GIB);
+        assert_eq!(c.max_request_bytes, 6 << 20);
+        assert!(c.preload.is_empty());
+        let c = config(&[
+            ("MAAS_STORE", "memory://"),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "2048"),
+            ("MAAS_PRELOAD", "iris, mlp:3"),
+            ("MAAS_S3_FORCE_PATH_STYLE", "true"),
+        ])
+        .unwrap();
+        assert_eq!(c.cache.memory_bytes, GIB);
+        assert!(c.s3_force_path_style);
+        assert_eq!(c.preload.len(), 2);
+        assert_eq!(c.preload[0].1, VersionSpec::Latest);
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        assert_eq!(config(&[]).unwrap_err().variable, "MAAS_STORE");
+        let err = config(&[
+            ("MAAS_STORE", "memory://"),
+            ("MAAS_DISK_CACHE_BYTES", "lots"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.variable, "MAAS_DISK_CACHE_BYTES");
+        let err = config(&[("MAAS_STORE", "memory://"), ("MAAS_PRELOAD", "../etc")]).unwrap_err();
+        assert_eq!(err.variable, "MAAS_PRELOAD");
+    }
+}

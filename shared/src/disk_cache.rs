@@ -1,0 +1,235 @@
+//! The disk cache of model files (under `/tmp` by default): keeps what was downloaded across
+//! evictions from memory, bounded in size, and never trusted without a SHA-256 check.
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::error::Error;
+use crate::manifest::Manifest;
+use crate::names::ModelId;
+use crate::store::{ObjectStore, StoreError};
+
+/// Files live at `<dir>/<name>/<version>/<sha256>.onnx`; the least recently used are removed
+/// once the total passes `budget_bytes` (the file just written always stays).
+#[derive(Debug, Clone)]
+pub struct DiskCache {
+    dir: PathBuf,
+    budget_bytes: u64,
+}
+
+/// Temporary downloads start with this and are never served.
+const PARTIAL_PREFIX: &str = ".partial";
+
+impl DiskCache {
+    pub fn new(dir: impl Into<PathBuf>, budget_bytes: u64) -> Self {
+        Self {
+            dir: dir.into(),
+            budget_bytes,
+        }
+    }
+
+    pub fn path_for(&self, id: &ModelId, sha256: &str) -> PathBuf {
+        self.dir
+            .join(id.name.as_str())
+            .join(id.version.to_string())
+            .join(format!("{sha256}.onnx"))
+    }
+
+    /// The model's file, from the cache when a verified copy is there, otherwise downloaded
+    /// from the store (and verified) first.
+    pub async fn model_file(
+        &self,
+        store: &dyn ObjectStore,
+        id: &ModelId,
+        manifest: &Manifest,
+    ) -> Result<PathBuf, Error> {
+        let path = self.path_for(id, &manifest.sha256);
+        if self.verify_cached(&path, manifest).await? {
+            tracing::debug!(model = %id, "disk cache hit");
+            return Ok(path);
+        }
+        self.download(store, id, manifest, &path).await?;
+        if let Err(err) = self.evict_beyond_budget(&path).await {
+            tracing::warn!(error = %err, "disk cache eviction failed");
+        }
+        Ok(path)
+    }
+
+    /// True when a cached file exists and matches the manifest; a file that does not match
+    /// is removed.
+    async fn verify_cached(&self, path: &Path, manifest: &Manifest) -> Result<bool, Error> {
+        let owned = path.to_owned();
+        let digest = tokio::task::spawn_blocking(move || sha256_of_file(&owned))
+            .await
+            .map_err(|e| Error::internal("hashing a cached model", e))?;
+        match digest {
+            Ok((sha256, size)) if sha256 == manifest.sha256 && size == manifest.size => {
+                // Mark it recently used for eviction; failing to do so is harmless.
+                let _ = std::fs::File::options()
+                    .write(true)
+                    .open(path)
+                    .and_then(|f| f.set_modified(SystemTime::now()));
+                Ok(true)
+            }
+            Ok(_) => {
+                tracing::warn!(path = %path.display(), "cached model does not match its manifest; fetching it again");
+                remove_if_present(path)
+                    .map_err(|e| Error::internal("removing a corrupt cached model", e))?;
+                Ok(false)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::internal("reading a cached model", e)),
+        }
+    }
+
+    /// Streams the object into a temporary file beside `path`, checking size and SHA-256,
+    /// and renames it into place only when both match.
+    async fn download(
+        &self,
+        store: &dyn ObjectStore,
+        id: &ModelId,
+        manifest: &Manifest,
+        path: &Path,
+    ) -> Result<(), Error> {
+        let started = std::time::Instant::now();
+        let dir = path.parent().unwrap_or(&self.dir).to_owned();
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| Error::internal("creating the cache directory", e))?;
+        let temp = tempfile::Builder::new()
+            .prefix(PARTIAL_PREFIX)
+            .tempfile_in(&dir)
+            .map_err(|e| Error::internal("creating a cache file", e))?;
+        let mut file = tokio::fs::File::from_std(
+            temp.reopen()
+                .map_err(|e| Error::internal("opening a cache file", e))?,
+        );
+        let object = store
+            .get(&id.model_key())
+            .await
+            .map_err(|e| model_store_error(id, e))?;
+        let mut chunks = object.chunks;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| model_store_error(id, e))?;
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| Error::internal("writing a cache file", e))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| Error::internal("writing a cache file", e))?;
+        let sha256 = hex::encode(hasher.finalize());
+        if sha256 != manifest.sha256 || size != manifest.size {
+            return Err(Error::CorruptModel {
+                name: id.name.to_string(),
+                version: id.version.get(),
+                problem: format!(
+                    "stored model.onnx has sha256 {sha256} and {size} bytes; the manifest says {} and {} bytes",
+                    manifest.sha256, manifest.size
+                ),
+            });
+        }
+        temp.persist(path)
+            .map_err(|e| Error::internal("moving a cache file into place", e.error))?;
+        tracing::info!(model = %id, bytes = size, elapsed_ms = started.elapsed().as_millis() as u64, "model downloaded");
+        Ok(())
+    }
+
+    /// Removes the least recently used files until the cache fits its budget.
+    async fn evict_beyond_budget(&self, keep: &Path) -> io::Result<()> {
+        let dir = self.dir.clone();
+        let keep = keep.to_owned();
+        let budget = self.budget_bytes;
+        tokio::task::spawn_blocking(move || {
+            let mut files = Vec::new();
+            collect_files(&dir, &mut files)?;
+            let mut total: u64 = files.iter().map(|(_, size, _)| size).sum();
+            files.sort_by_key(|(_, _, modified)| *modified);
+            for (path, size, _) in files {
+                if total <= budget {
+                    break;
+                }
+                if path != keep {
+                    remove_if_present(&path)?;
+                    total -= size;
+                    tracing::info!(path = %path.display(), bytes = size, "evicted from disk cache");
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+}
+
+/// A store error met while reading a model's file: a missing object means the version's
+/// files are incomplete, which is corruption, not a client mistake.
+fn model_store_error(id: &ModelId, err: StoreError) -> Error {
+    match err {
+        StoreError::NotFound { key } => Error::CorruptModel {
+            name: id.name.to_string(),
+            version: id.version.get(),
+            problem: format!("`{key}` is missing"),
+        },
+        other => other.into(),
+    }
+}
+
+fn sha256_of_file(path: &Path) -> io::Result<(String, u64)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<(PathBuf, u64, SystemTime)>) -> io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    };
+    for entry in entries {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            collect_files(&entry.path(), out)?;
+        } else if meta.is_file()
+            && !entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(PARTIAL_PREFIX)
+        {
+            out.push((entry.path(), meta.len(), meta.modified()?));
+        }
+    }
+    Ok(())
+}
+
+/// Lowercase hex SHA-256 of bytes in memory.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}

@@ -1,0 +1,279 @@
+//! The inference engine: the only module that knows tract.
+//!
+//! Load once, optimise once, run many. At load the model's inputs get their declared types
+//! and shapes, with every dynamic dimension (the batch first) made symbolic, so one optimised
+//! plan serves any batch size the model allows without reloading.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tract_onnx::pb;
+use tract_onnx::prelude::{
+    Datum, DatumType, Framework, InferenceFact, InferenceModelExt, TDim, TValue,
+    Tensor as TractTensor, TypedFact, TypedOp,
+};
+use tract_onnx::tract_core::plan::SimplePlan;
+
+use crate::error::Error;
+use crate::manifest::{Signature, TensorSpec};
+use crate::tensor::{DataType, Tensor, TensorData};
+
+type Plan = SimplePlan<TypedFact, Box<dyn TypedOp>>;
+
+/// A loaded, optimised model, ready to run batches.
+#[derive(Clone)]
+pub struct Model {
+    plan: Arc<Plan>,
+    signature: Signature,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("signature", &self.signature)
+            .finish_non_exhaustive()
+    }
+}
+
+fn engine_error(message: impl Into<String>, err: tract_onnx::prelude::TractError) -> Error {
+    let boxed: Box<dyn std::error::Error + Send + Sync> = err.into();
+    Error::Engine {
+        message: message.into(),
+        source: Some(Arc::from(boxed)),
+    }
+}
+
+fn engine_problem(message: impl Into<String>) -> Error {
+    Error::Engine {
+        message: message.into(),
+        source: None,
+    }
+}
+
+impl Model {
+    /// Loads an ONNX file. The file is memory-mapped, not read into the heap.
+    pub fn load_path(path: &Path) -> Result<Self, Error> {
+        let proto = tract_onnx::onnx()
+            .proto_model_for_path(path)
+            .map_err(|e| engine_error("cannot parse the ONNX file", e))?;
+        Self::from_proto(&proto)
+    }
+
+    /// Loads an ONNX model from bytes already in memory.
+    pub fn load_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        let proto = tract_onnx::onnx()
+            .proto_model_for_read(&mut &bytes[..])
+            .map_err(|e| engine_error("cannot parse the ONNX file", e))?;
+        Self::from_proto(&proto)
+    }
+
+    fn from_proto(proto: &pb::ModelProto) -> Result<Self, Error> {
+        let signature = signature_of(proto)?;
+        let onnx = tract_onnx::onnx();
+        let mut model = onnx
+            .model_for_proto_model(proto)
+            .map_err(|e| engine_error("cannot translate the ONNX graph", e))?;
+        if model.input_outlets().map_or(0, |o| o.len()) != signature.inputs.len() {
+            return Err(engine_problem(
+                "the graph's inputs do not match its declared inputs",
+            ));
+        }
+        for (index, spec) in signature.inputs.iter().enumerate() {
+            let datum_type = datum_type_of(spec.datatype).ok_or_else(|| {
+                engine_problem(format!(
+                    "input `{}` has unsupported datatype {}",
+                    spec.name, spec.datatype
+                ))
+            })?;
+            let shape = symbolic_shape(&model, proto, index, spec);
+            model
+                .set_input_fact(index, InferenceFact::dt_shape(datum_type, shape))
+                .map_err(|e| {
+                    engine_error(format!("cannot set the facts of input `{}`", spec.name), e)
+                })?;
+        }
+        let optimized = model
+            .into_optimized()
+            .map_err(|e| engine_error("cannot optimise the model", e))?;
+        let plan =
+            SimplePlan::new(optimized).map_err(|e| engine_error("cannot plan the model", e))?;
+        Ok(Self { plan, signature })
+    }
+
+    /// The inputs and outputs as the ONNX file declares them.
+    pub fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    /// Runs one batch. `inputs` must be in the signature's order and already checked against
+    /// it (the protocol codec does that); outputs come back in the signature's order.
+    pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
+        let values = inputs
+            .into_iter()
+            .map(|t| to_tract(t).map(TValue::from))
+            .collect::<Result<_, _>>()?;
+        let outputs = self
+            .plan
+            .run(values)
+            .map_err(|e| engine_error("inference failed", e))?;
+        self.signature
+            .outputs
+            .iter()
+            .zip(outputs)
+            .map(|(spec, value)| from_tract(&spec.name, &value))
+            .collect()
+    }
+}
+
+/// Reads the declared inputs (initializers excluded) and outputs of the graph.
+fn signature_of(proto: &pb::ModelProto) -> Result<Signature, Error> {
+    let graph = proto
+        .graph
+        .as_ref()
+        .ok_or_else(|| engine_problem("the file has no graph"))?;
+    let initializers: std::collections::HashSet<&str> =
+        graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let specs = |values: &[pb::ValueInfoProto]| {
+        values
+            .iter()
+            .filter(|v| !initializers.contains(v.name.as_str()))
+            .map(tensor_spec)
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(Signature {
+        inputs: specs(&graph.input)?,
+        outputs: specs(&graph.output)?,
+    })
+}
+
+fn tensor_spec(value: &pb::ValueInfoProto) -> Result<TensorSpec, Error> {
+    let Some(pb::type_proto::Value::TensorType(tensor)) =
+        value.r#type.as_ref().and_then(|t| t.value.as_ref())
+    else {
+        return Err(engine_problem(format!(
+            "`{}` is not a tensor (sequences and maps are not supported)",
+            value.name
+        )));
+    };
+    let datatype = datatype_of_onnx(tensor.elem_type).ok_or_else(|| {
+        engine_problem(format!(
+            "`{}` has unsupported ONNX element type {}",
+            value.name, tensor.elem_type
+        ))
+    })?;
+    let shape = tensor
+        .shape
+        .as_ref()
+        .map(|s| {
+            s.dim
+                .iter()
+                .map(|d| match d.value {
+                    Some(pb::tensor_shape_proto::dimension::Value::DimValue(n)) if n > 0 => n,
+                    _ => -1,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(TensorSpec {
+        name: value.name.clone(),
+        datatype,
+        shape,
+    })
+}
+
+/// The input's shape with its dynamic dimensions as symbols: the ONNX `dim_param` name where
+/// there is one (so tract unifies it with the rest of the graph), `N` for an unnamed first
+/// (batch) dimension, and a fresh symbol for any other unnamed one.
+fn symbolic_shape(
+    model: &tract_onnx::prelude::InferenceModel,
+    proto: &pb::ModelProto,
+    index: usize,
+    spec: &TensorSpec,
+) -> Vec<TDim> {
+    let declared = proto
+        .graph
+        .as_ref()
+        .and_then(|g| g.input.iter().find(|v| v.name == spec.name))
+        .and_then(|v| v.r#type.as_ref())
+        .and_then(|t| match &t.value {
+            Some(pb::type_proto::Value::TensorType(tensor)) => tensor.shape.clone(),
+            None => None,
+        });
+    spec.shape
+        .iter()
+        .enumerate()
+        .map(|(axis, &dim)| {
+            if dim > 0 {
+                return TDim::from(dim);
+            }
+            let param = declared
+                .as_ref()
+                .and_then(|s| s.dim.get(axis))
+                .and_then(|d| match &d.value {
+                    Some(pb::tensor_shape_proto::dimension::Value::DimParam(p))
+                        if !p.is_empty() =>
+                    {
+                        Some(p.clone())
+                    }
+                    _ => None,
+                });
+            let name = param.unwrap_or_else(|| {
+                if axis == 0 {
+                    "N".to_owned()
+                } else {
+                    format!("in{index}_dim{axis}")
+                }
+            });
+            TDim::from(model.sym(&name))
+        })
+        .collect()
+}
+
+fn datatype_of_onnx(elem_type: i32) -> Option<DataType> {
+    Some(match elem_type {
+        1 => DataType::F32,
+        2 => DataType::U8,
+        3 => DataType::I8,
+        4 => DataType::U16,
+        5 => DataType::I16,
+        6 => DataType::I32,
+        7 => DataType::I64,
+        8 => DataType::Bytes,
+        9 => DataType::Bool,
+        10 => DataType::F16,
+        11 => DataType::F64,
+        12 => DataType::U32,
+        13 => DataType::U64,
+        _ => return None,
+    })
+}
+
+macro_rules! conversions {
+    ($(($variant:ident, $ty:ty, $name:literal)),* $(,)?) => {
+        fn datum_type_of(datatype: DataType) -> Option<DatumType> {
+            match datatype {
+                $(DataType::$variant => Some(<$ty>::datum_type()),)*
+                DataType::F16 | DataType::Bytes => None,
+            }
+        }
+
+        fn to_tract(tensor: Tensor) -> Result<TractTensor, Error> {
+            let result = match &tensor.data {
+                $(TensorData::$variant(v) => TractTensor::from_shape::<$ty>(&tensor.shape, v),)*
+            };
+            result.map_err(|e| engine_error(format!("cannot build input `{}`", tensor.name), e))
+        }
+
+        fn from_tract(name: &str, value: &TractTensor) -> Result<Tensor, Error> {
+            let datum_type = value.datum_type();
+            let data = $(if datum_type == <$ty>::datum_type() {
+                TensorData::$variant(value.try_as_plain_ram().and_then(|v| v.as_slice::<$ty>().map(<[$ty]>::to_vec)).map_err(|e| engine_error("cannot read an output", e))?)
+            } else)* {
+                return Err(engine_problem(format!("output `{name}` has unsupported type {datum_type:?}")));
+            };
+            Ok(Tensor { name: name.to_owned(), shape: value.shape().to_vec(), data })
+        }
+    };
+}
+
+crate::for_each_numeric_type!(conversions);

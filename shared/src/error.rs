@@ -1,0 +1,192 @@
+//! The one error type of the core crate, and what each variant means to a client.
+
+use std::sync::Arc;
+
+use crate::store::StoreError;
+
+/// A cause kept behind an `Arc` so that an error can be cloned: one failed cold load is
+/// reported to every request that waited for it.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong while serving a model.
+///
+/// Client mistakes (`InvalidRequest`, `InvalidInput`, `ModelNotFound`, `VersionNotFound`,
+/// `PayloadTooLarge`) carry a message that is safe to return. Internal failures keep their
+/// cause for the logs; their client message says nothing internal.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The request as a whole is malformed: bad JSON, a bad model name or version string.
+    #[error("{message}")]
+    InvalidRequest { message: String },
+
+    /// One input tensor does not fit the model's signature.
+    #[error("input `{input}`: {problem}")]
+    InvalidInput { input: String, problem: String },
+
+    /// No version of this model exists.
+    #[error("model `{name}` not found")]
+    ModelNotFound { name: String },
+
+    /// The model exists but not in this version.
+    #[error("model `{name}` has no version {version}")]
+    VersionNotFound { name: String, version: u64 },
+
+    /// The request body is over the configured limit.
+    #[error("request body is {size} bytes, over the limit of {limit} bytes")]
+    PayloadTooLarge { size: usize, limit: usize },
+
+    /// The object store cannot be reached or is throttling us; retrying later may work.
+    #[error("model store unavailable")]
+    StoreUnavailable {
+        #[source]
+        source: StoreError,
+    },
+
+    /// The store answered, but not in a way we can use (access denied, a broken manifest...).
+    #[error("model store failure")]
+    Store {
+        #[source]
+        source: StoreError,
+    },
+
+    /// A published model's bytes do not match its manifest, or its manifest is unreadable.
+    #[error("model `{name}` version {version} is corrupt in the store: {problem}")]
+    CorruptModel {
+        name: String,
+        version: u64,
+        problem: String,
+    },
+
+    /// The inference engine could not load or run a model.
+    #[error("engine failure: {message}")]
+    Engine {
+        message: String,
+        #[source]
+        source: Option<Cause>,
+    },
+
+    /// Anything else: local disk failures, task panics.
+    #[error("internal failure: {context}")]
+    Internal {
+        context: String,
+        #[source]
+        source: Cause,
+    },
+}
+
+impl Error {
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        Error::InvalidRequest {
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid_input(input: impl Into<String>, problem: impl Into<String>) -> Self {
+        Error::InvalidInput {
+            input: input.into(),
+            problem: problem.into(),
+        }
+    }
+
+    pub fn internal(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Internal {
+            context: context.into(),
+            source: Arc::new(source),
+        }
+    }
+
+    /// The HTTP status this error maps to.
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::InvalidRequest { .. } | Error::InvalidInput { .. } => 400,
+            Error::ModelNotFound { .. } | Error::VersionNotFound { .. } => 404,
+            Error::PayloadTooLarge { .. } => 413,
+            Error::StoreUnavailable { .. } => 503,
+            Error::Store { .. }
+            | Error::CorruptModel { .. }
+            | Error::Engine { .. }
+            | Error::Internal { .. } => 500,
+        }
+    }
+
+    /// True when the client caused the error (4xx); such errors are not logged as errors.
+    pub fn is_client_error(&self) -> bool {
+        self.status() < 500
+    }
+
+    /// The message safe to show a client: the full text for client errors, a generic
+    /// sentence for internal ones.
+    pub fn client_message(&self) -> String {
+        match self.status() {
+            503 => "model store unavailable, retry later".to_owned(),
+            500 => "internal error".to_owned(),
+            _ => self.to_string(),
+        }
+    }
+
+    /// A short machine-readable name of the variant, for logs and Lambda `errorType`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::InvalidRequest { .. } => "InvalidRequest",
+            Error::InvalidInput { .. } => "InvalidInput",
+            Error::ModelNotFound { .. } => "ModelNotFound",
+            Error::VersionNotFound { .. } => "VersionNotFound",
+            Error::PayloadTooLarge { .. } => "PayloadTooLarge",
+            Error::StoreUnavailable { .. } => "StoreUnavailable",
+            Error::Store { .. } => "StoreFailure",
+            Error::CorruptModel { .. } => "CorruptModel",
+            Error::Engine { .. } => "EngineFailure",
+            Error::Internal { .. } => "InternalFailure",
+        }
+    }
+}
+
+impl From<StoreError> for Error {
+    /// A store error outside any model context. `NotFound` should normally be mapped by the
+    /// caller, who knows which model was asked for.
+    fn from(source: StoreError) -> Self {
+        match source {
+            StoreError::Throttled { .. } | StoreError::Unavailable { .. } => {
+                Error::StoreUnavailable { source }
+            }
+            _ => Error::Store { source },
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_do_not_leak_details_to_clients() {
+        let err = Error::CorruptModel {
+            name: "iris".into(),
+            version: 3,
+            problem: "sha256 mismatch in /tmp/secret/path".into(),
+        };
+        assert_eq!(err.status(), 500);
+        assert_eq!(err.client_message(), "internal error");
+    }
+
+    #[test]
+    fn throttling_is_503_and_access_denied_is_500() {
+        let throttled: Error = StoreError::Throttled {
+            key: "k".into(),
+            source: Arc::new(std::fmt::Error),
+        }
+        .into();
+        let denied: Error = StoreError::AccessDenied {
+            key: "k".into(),
+            source: Arc::new(std::fmt::Error),
+        }
+        .into();
+        assert_eq!(throttled.status(), 503);
+        assert_eq!(denied.status(), 500);
+    }
+}

@@ -1,0 +1,101 @@
+//! HTTP glue shared by the HTTP functions: JSON responses, error responses, and a local
+//! server that feeds the same handlers as API Gateway.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use lambda_http::http::{header, StatusCode};
+use lambda_http::{Body, Request, Response};
+use serde::Serialize;
+
+use crate::error::Error;
+
+/// A JSON response with the given status.
+pub fn json_response(status: u16, body: &impl Serialize) -> Response<Body> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    match serde_json::to_vec(body) {
+        Ok(bytes) => Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(bytes))
+            .unwrap_or_else(|_| Response::new(Body::Empty)),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot encode a response");
+            message_response(500, "internal error")
+        }
+    }
+}
+
+/// `{"error": message}` with the given status.
+pub fn message_response(status: u16, message: &str) -> Response<Body> {
+    json_response(status, &serde_json::json!({ "error": message }))
+}
+
+/// The response for an error: its status and client message. Internal failures are logged
+/// with their whole cause chain; client mistakes only at debug level.
+pub fn error_response(err: &Error) -> Response<Body> {
+    if err.is_client_error() {
+        tracing::debug!(kind = err.kind(), error = %err, "request refused");
+    } else {
+        tracing::error!(kind = err.kind(), error = %ErrorChain(err), "request failed");
+    }
+    message_response(err.status(), &err.client_message())
+}
+
+/// Displays an error followed by each of its sources.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+/// Serves `handler` on `addr` over plain HTTP until Ctrl-C, turning each request into the
+/// same `lambda_http::Request` that API Gateway would produce. Bodies over `body_limit` get a
+/// 413 before reaching the handler.
+pub async fn serve_locally<H, F>(
+    addr: SocketAddr,
+    body_limit: usize,
+    handler: H,
+) -> std::io::Result<()>
+where
+    H: Fn(Request) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let handler = handler.clone();
+        async move {
+            let (parts, body) = request.into_parts();
+            let response = match axum::body::to_bytes(body, body_limit).await {
+                Ok(bytes) => {
+                    let body = if bytes.is_empty() {
+                        Body::Empty
+                    } else {
+                        Body::Binary(bytes.to_vec())
+                    };
+                    handler(Request::from_parts(parts, body)).await
+                }
+                Err(_) => message_response(
+                    413,
+                    &format!("request body is over the limit of {body_limit} bytes"),
+                ),
+            };
+            let (parts, body) = response.into_parts();
+            axum::response::Response::from_parts(parts, axum::body::Body::from(body.to_vec()))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(address = %listener.local_addr()?, "serving locally");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+}

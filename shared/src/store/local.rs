@@ -1,0 +1,175 @@
+//! A store in a local directory: the default for running maas without AWS.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::TryStreamExt;
+use tokio_util::io::ReaderStream;
+
+use super::{check_key, check_prefix, GetResult, ObjectMeta, ObjectStore, StoreError};
+
+/// Objects are files below `root`; a key's segments are directories. Writes go to a
+/// temporary file in the same directory and are renamed into place, so readers never see a
+/// partial object.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+/// Temporary files being written start with this and are never listed.
+const TEMP_PREFIX: &str = ".maas-tmp";
+
+impl LocalStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
+        check_key(key)?;
+        Ok(self.root.join(key))
+    }
+
+    async fn file_meta(&self, key: &str) -> Result<(PathBuf, u64), StoreError> {
+        let path = self.path(key)?;
+        let meta = tokio::fs::metadata(&path)
+            .await
+            .map_err(|e| io_error(key, e))?;
+        if !meta.is_file() {
+            return Err(StoreError::NotFound {
+                key: key.to_owned(),
+            });
+        }
+        Ok((path, meta.len()))
+    }
+}
+
+fn io_error(key: &str, err: io::Error) -> StoreError {
+    let key = key.to_owned();
+    match err.kind() {
+        io::ErrorKind::NotFound => StoreError::NotFound { key },
+        io::ErrorKind::PermissionDenied => StoreError::AccessDenied {
+            key,
+            source: Arc::new(err),
+        },
+        _ => StoreError::Other {
+            key,
+            source: Arc::new(err),
+        },
+    }
+}
+
+#[async_trait]
+impl ObjectStore for LocalStore {
+    async fn get(&self, key: &str) -> Result<GetResult, StoreError> {
+        let (path, size) = self.file_meta(key).await?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| io_error(key, e))?;
+        let owned_key = key.to_owned();
+        let chunks = ReaderStream::new(file).map_err(move |e| io_error(&owned_key, e));
+        Ok(GetResult {
+            size,
+            chunks: Box::pin(chunks),
+        })
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        let (_, size) = self.file_meta(key).await?;
+        Ok(ObjectMeta {
+            key: key.to_owned(),
+            size,
+        })
+    }
+
+    async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        let owned_key = key.to_owned();
+        tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
+            .await
+            .map_err(|e| StoreError::Other {
+                key: owned_key.clone(),
+                source: Arc::new(e),
+            })?
+            .map_err(|e| io_error(&owned_key, e))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        check_prefix(prefix)?;
+        let root = self.root.clone();
+        let owned_prefix = prefix.to_owned();
+        let mut objects = tokio::task::spawn_blocking(move || {
+            let mut found = Vec::new();
+            walk(&root, "", &owned_prefix, &mut found).map(|()| found)
+        })
+        .await
+        .map_err(|e| StoreError::Other {
+            key: prefix.to_owned(),
+            source: Arc::new(e),
+        })?
+        .map_err(|e| io_error(prefix, e))?;
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(objects)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error(key, e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::other("object path has no parent"))?;
+    std::fs::create_dir_all(dir)?;
+    let mut temp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .tempfile_in(dir)?;
+    temp.write_all(bytes)?;
+    temp.as_file().sync_all()?;
+    temp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Collects the files below `dir` whose key (`key_prefix` + name) starts with `prefix`,
+/// skipping directories that cannot contain such keys and files still being written.
+fn walk(dir: &Path, key_prefix: &str, prefix: &str, found: &mut Vec<ObjectMeta>) -> io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    };
+    for entry in entries {
+        let entry = entry?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if name.starts_with(TEMP_PREFIX) {
+            continue;
+        }
+        let key = format!("{key_prefix}{name}");
+        let file_type = entry.file_type()?;
+        if file_type.is_dir() {
+            let dir_key = format!("{key}/");
+            if dir_key.starts_with(prefix) || prefix.starts_with(&dir_key) {
+                walk(&entry.path(), &dir_key, prefix, found)?;
+            }
+        } else if file_type.is_file() && key.starts_with(prefix) {
+            found.push(ObjectMeta {
+                key,
+                size: entry.metadata()?.len(),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! An in-memory store for unit tests and for trying things out without any storage.
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream;
+
+use super::{check_key, check_prefix, GetResult, ObjectMeta, ObjectStore, StoreError};
+
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    objects: RwLock<BTreeMap<String, Bytes>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn read(&self, key: &str) -> Result<Bytes, StoreError> {
+        check_key(key)?;
+        let objects = self
+            .objects
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        objects
+            .get(key)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound {
+                key: key.to_owned(),
+            })
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Bytes>> {
+        self.objects
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[async_trait]
+impl ObjectStore for MemoryStore {
+    async fn get(&self, key: &str) -> Result<GetResult, StoreError> {
+        let bytes = self.read(key)?;
+        Ok(GetResult {
+            size: bytes.len() as u64,
+            chunks: Box::pin(stream::iter([Ok(bytes)])),
+        })
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        let bytes = self.read(key)?;
+        Ok(ObjectMeta {
+            key: key.to_owned(),
+            size: bytes.len() as u64,
+        })
+    }
+
+    async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        check_key(key)?;
+        self.write().insert(key.to_owned(), bytes);
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        check_prefix(prefix)?;
+        let objects = self
+            .objects
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Ok(objects
+            .range(prefix.to_owned()..)
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .map(|(key, bytes)| ObjectMeta {
+                key: key.clone(),
+                size: bytes.len() as u64,
+            })
+            .collect())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        check_key(key)?;
+        self.write().remove(key);
+        Ok(())
+    }
+}

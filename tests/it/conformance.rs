@@ -1,0 +1,260 @@
+//! One conformance suite for the object store, run against every backend: memory, a local
+//! directory, and the real S3-compatible server. Faults no real server can be made to
+//! produce (access denied, throttling) come from a tiny HTTP responder.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use maas::store::{LocalStore, MemoryStore, ObjectStore, S3Store, StoreError};
+use maas_tests::{fresh_s3_store, s3_client, s3_client_for};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn read(store: &dyn ObjectStore, key: &str) -> Bytes {
+    store
+        .get(key)
+        .await
+        .unwrap_or_else(|e| panic!("get {key}: {e}"))
+        .bytes()
+        .await
+        .unwrap()
+}
+
+fn keys(list: Vec<maas::store::ObjectMeta>) -> Vec<String> {
+    list.into_iter().map(|o| o.key).collect()
+}
+
+/// What every backend must do.
+async fn conformance(store: &dyn ObjectStore) {
+    // A missing object is NotFound for get and head; deleting it succeeds.
+    assert!(matches!(
+        store.get("nothing/here").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.head("nothing/here").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    store.delete("nothing/here").await.unwrap();
+
+    // Bytes round-trip exactly, zeros and all, including an empty object.
+    let binary: Bytes = (0..=255u8).cycle().take(1000).collect::<Vec<_>>().into();
+    store.put("a/binary", binary.clone()).await.unwrap();
+    assert_eq!(read(store, "a/binary").await, binary);
+    assert_eq!(store.head("a/binary").await.unwrap().size, 1000);
+    store.put("a/empty", Bytes::new()).await.unwrap();
+    assert_eq!(read(store, "a/empty").await, Bytes::new());
+
+    // A large object streams in chunks and arrives whole.
+    let large: Bytes = (0..3 * 1024 * 1024)
+        .map(|i: u32| (i % 251) as u8)
+        .collect::<Vec<_>>()
+        .into();
+    store.put("a/large", large.clone()).await.unwrap();
+    let object = store.get("a/large").await.unwrap();
+    assert_eq!(object.size, large.len() as u64);
+    assert_eq!(object.bytes().await.unwrap(), large);
+
+    // A put replaces.
+    store
+        .put("a/binary", Bytes::from_static(b"second"))
+        .await
+        .unwrap();
+    assert_eq!(read(store, "a/binary").await, Bytes::from_static(b"second"));
+
+    // Listing is by prefix, sorted, and a prefix is a string prefix.
+    store.put("ab/c", Bytes::from_static(b"1")).await.unwrap();
+    store.put("b/d/e", Bytes::from_static(b"2")).await.unwrap();
+    assert_eq!(
+        keys(store.list("a/").await.unwrap()),
+        ["a/binary", "a/empty", "a/large"]
+    );
+    assert_eq!(
+        keys(store.list("a").await.unwrap()),
+        ["a/binary", "a/empty", "a/large", "ab/c"]
+    );
+    assert_eq!(
+        keys(store.list("").await.unwrap()),
+        ["a/binary", "a/empty", "a/large", "ab/c", "b/d/e"]
+    );
+    assert_eq!(keys(store.list("b/d/").await.unwrap()), ["b/d/e"]);
+    assert!(store.list("zzz/").await.unwrap().is_empty());
+    let listed = store.list("b/").await.unwrap();
+    assert_eq!(listed[0].size, 1);
+
+    // Delete removes.
+    store.delete("a/large").await.unwrap();
+    assert!(matches!(
+        store.get("a/large").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(
+        keys(store.list("a/").await.unwrap()),
+        ["a/binary", "a/empty"]
+    );
+
+    // Keys that could escape the root are refused before any I/O.
+    for key in ["../escape", "/abs", "", "a/../../b", "a//b"] {
+        assert!(
+            matches!(
+                store.put(key, Bytes::new()).await,
+                Err(StoreError::InvalidKey { .. })
+            ),
+            "{key:?}"
+        );
+        assert!(
+            matches!(store.get(key).await, Err(StoreError::InvalidKey { .. })),
+            "{key:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn memory_store_conforms() {
+    conformance(&MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn local_store_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance(&LocalStore::new(dir.path())).await;
+    // Nothing escaped the root, and no temporary files were left behind.
+    let leftovers: Vec<_> = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.contains(".maas-tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[tokio::test]
+async fn s3_store_conforms() {
+    conformance(&fresh_s3_store().await).await;
+}
+
+#[tokio::test]
+async fn s3_store_sees_only_its_prefix() {
+    let store = fresh_s3_store().await;
+    let client = s3_client().await;
+    client
+        .put_object()
+        .bucket(store.bucket())
+        .key("outside/x")
+        .body(Bytes::from_static(b"x").into())
+        .send()
+        .await
+        .unwrap();
+    store.put("inside", Bytes::from_static(b"y")).await.unwrap();
+    assert_eq!(keys(store.list("").await.unwrap()), ["inside"]);
+    assert!(matches!(
+        store.get("outside/x").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let raw = client
+        .get_object()
+        .bucket(store.bucket())
+        .key("maas/inside")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        raw.body.collect().await.unwrap().into_bytes(),
+        Bytes::from_static(b"y")
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path.display().to_string());
+        }
+    }
+    out
+}
+
+async fn store_at(endpoint: &str) -> S3Store {
+    let client = s3_client_for(endpoint, aws_config::retry::RetryConfig::disabled()).await;
+    S3Store::new(client, "bucket", "")
+}
+
+#[tokio::test]
+async fn unreachable_s3_is_unavailable() {
+    // Bind then drop a listener: nothing listens on that port any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let store = store_at(&format!("http://127.0.0.1:{port}")).await;
+    let err = store.get("models/x").await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
+    assert_eq!(maas::Error::from(err).status(), 503);
+}
+
+/// Serves every request with the same S3 error response, as a real S3 does when it denies
+/// access or throttles.
+async fn fault_server(status: &'static str, code: &'static str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>fault</Message><RequestId>1</RequestId></Error>");
+                let response = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    endpoint
+}
+
+#[tokio::test]
+async fn access_denied_and_throttling_are_distinct_errors() {
+    let denied = store_at(&fault_server("403 Forbidden", "AccessDenied").await).await;
+    for err in [
+        denied.get("k").await.unwrap_err(),
+        denied.head("k").await.unwrap_err(),
+        denied.list("").await.unwrap_err(),
+    ] {
+        assert!(matches!(err, StoreError::AccessDenied { .. }), "{err:?}");
+    }
+    let throttled = store_at(&fault_server("503 Slow Down", "SlowDown").await).await;
+    for err in [
+        throttled.get("k").await.unwrap_err(),
+        throttled.put("k", Bytes::new()).await.unwrap_err(),
+    ] {
+        assert!(matches!(err, StoreError::Throttled { .. }), "{err:?}");
+    }
+    let missing = store_at(&fault_server("404 Not Found", "NoSuchKey").await).await;
+    assert!(matches!(
+        missing.get("k").await.unwrap_err(),
+        StoreError::NotFound { .. }
+    ));
+}
+
+#[tokio::test]
+async fn store_errors_reach_clients_as_503_without_details() {
+    let store: maas::store::SharedStore =
+        Arc::new(store_at(&fault_server("503 Slow Down", "SlowDown").await).await);
+    let cache = tempfile::tempdir().unwrap();
+    let predictor = maas_tests::predictor(store, &cache);
+    let (status, body) = maas_tests::call(&predictor, "GET", "/v2/models/iris", None).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["error"], "model store unavailable, retry later");
+}

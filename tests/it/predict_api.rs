@@ -1,0 +1,163 @@
+//! The predict HTTP API on the example store: server and model metadata, health, readiness,
+//! and a prediction from the example model shipped in the repository.
+
+use std::sync::Arc;
+
+use maas::store::LocalStore;
+use maas_tests::{call, predictor, repo_root};
+use serde_json::{json, Value};
+
+fn example(cache: &tempfile::TempDir) -> maas::Predictor {
+    predictor(
+        Arc::new(LocalStore::new(repo_root().join("scripts/example-store"))),
+        cache,
+    )
+}
+
+/// The two rows of the README example: a setosa and a virginica from the iris data set.
+pub fn readme_request() -> Value {
+    json!({"inputs": [{"name": "float_input", "shape": [2, 4], "datatype": "FP32", "data": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}]})
+}
+
+/// The example iris classifier must give the true species (0 setosa, 2 virginica) and
+/// probabilities that sum to one and agree with the label.
+pub fn assert_iris_answer(served: &Value) {
+    let outputs = served["outputs"].as_array().unwrap();
+    let label = outputs
+        .iter()
+        .find(|o| o["name"] == "label")
+        .expect("label output");
+    assert_eq!(label["datatype"], "INT64");
+    assert_eq!(label["shape"], json!([2]));
+    assert_eq!(label["data"], json!([0, 2]));
+    let probabilities = outputs
+        .iter()
+        .find(|o| o["name"] == "probabilities")
+        .expect("probabilities output");
+    assert_eq!(probabilities["shape"], json!([2, 3]));
+    let p: Vec<f64> = probabilities["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    for (row, label) in p.chunks(3).zip([0usize, 2]) {
+        assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-5, "{row:?}");
+        let argmax = (0..3).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+        assert_eq!(argmax, label, "{row:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn example_model_predicts_the_true_species() {
+    let cache = tempfile::tempdir().unwrap();
+    let predictor = example(&cache);
+    let (status, served) = call(
+        &predictor,
+        "POST",
+        "/v2/models/iris/infer",
+        Some(readme_request().to_string().into_bytes()),
+    )
+    .await;
+    assert_eq!(status, 200, "{served}");
+    assert_eq!(served["model_name"], "iris");
+    assert_eq!(served["model_version"], "1");
+    assert_iris_answer(&served);
+    // Asking for one output returns only that one.
+    let mut request = readme_request();
+    request["outputs"] = json!([{"name": "label"}]);
+    let (status, served) = call(
+        &predictor,
+        "POST",
+        "/v2/models/iris/versions/1/infer",
+        Some(request.to_string().into_bytes()),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(served["outputs"].as_array().unwrap().len(), 1);
+    assert_eq!(served["outputs"][0]["data"], json!([0, 2]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metadata_describes_the_model_with_dynamic_dimensions_as_minus_one() {
+    let cache = tempfile::tempdir().unwrap();
+    let predictor = example(&cache);
+    for path in [
+        "/v2/models/iris",
+        "/v2/models/iris/versions/1",
+        "/v2/models/iris/",
+    ] {
+        let (status, metadata) = call(&predictor, "GET", path, None).await;
+        assert_eq!(status, 200, "{path}: {metadata}");
+        assert_eq!(metadata["name"], "iris");
+        assert_eq!(metadata["versions"], json!(["1"]));
+        assert_eq!(metadata["platform"], "onnx_onnxv1");
+        assert_eq!(
+            metadata["inputs"],
+            json!([{"name": "float_input", "datatype": "FP32", "shape": [-1, 4]}])
+        );
+        assert_eq!(
+            metadata["outputs"],
+            json!([{"name": "label", "datatype": "INT64", "shape": [-1]}, {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}])
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_and_readiness() {
+    let cache = tempfile::tempdir().unwrap();
+    let predictor = example(&cache);
+    assert_eq!(
+        call(&predictor, "GET", "/v2/health/live", None).await,
+        (200, json!({"live": true}))
+    );
+    assert_eq!(
+        call(&predictor, "GET", "/v2/health/ready", None).await,
+        (200, json!({"ready": true}))
+    );
+    let (status, server) = call(&predictor, "GET", "/v2", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(server["name"], "maas");
+    let id = maas::names::ModelId::new(
+        "iris".parse().unwrap(),
+        maas::names::Version::new(1).unwrap(),
+    );
+    assert!(!predictor.registry().is_loaded(&id).await);
+    let (status, ready) = call(&predictor, "GET", "/v2/models/iris/ready", None).await;
+    assert_eq!(
+        (status, ready),
+        (200, json!({"name": "iris", "version": "1", "ready": true}))
+    );
+    assert!(
+        predictor.registry().is_loaded(&id).await,
+        "readiness did not load the model"
+    );
+    assert_eq!(
+        call(&predictor, "GET", "/v2/models/iris/versions/1/ready", None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call(&predictor, "GET", "/v2/models/rose/ready", None)
+            .await
+            .0,
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn example_manifest_matches_what_the_registry_computes() {
+    // The committed manifest was written by the Python script; the registry computes its
+    // own from the same file. Two implementations must agree.
+    let dir = repo_root().join("scripts/example-store/models/iris/1");
+    let committed: maas::manifest::Manifest =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let store = Arc::new(maas::store::MemoryStore::new());
+    let cache = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(dir.join("model.onnx")).unwrap();
+    let computed = maas_tests::publish(&predictor(store, &cache), "iris", 1, bytes.into()).await;
+    assert_eq!(computed.sha256, committed.sha256);
+    assert_eq!(computed.size, committed.size);
+    assert_eq!(computed.signature, committed.signature);
+}

@@ -1,0 +1,261 @@
+//! Helpers for the integration tests: the S3-compatible server started by
+//! `scripts/test.sh`, the reference models and cases made by `scripts/make_models.py`, and a
+//! way to call the predict handler with hand-built requests.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use maas::registry::CacheSettings;
+use maas::store::{GetResult, ObjectMeta, ObjectStore, S3Store, SharedStore, StoreError};
+use maas::{Predictor, Registry};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The S3 endpoint started by `scripts/test.sh`.
+pub fn s3_endpoint() -> String {
+    std::env::var("MAAS_TEST_S3_ENDPOINT")
+        .expect("MAAS_TEST_S3_ENDPOINT is not set: run the tests with scripts/test.sh, which starts an S3 server")
+}
+
+/// A client for the test S3 server, built the way production builds one (path-style, since
+/// local servers need it).
+pub async fn s3_client() -> aws_sdk_s3::Client {
+    s3_client_for(&s3_endpoint(), aws_config::retry::RetryConfig::standard()).await
+}
+
+/// A path-style client for any endpoint, with the given retry policy.
+pub async fn s3_client_for(
+    endpoint: &str,
+    retry: aws_config::retry::RetryConfig,
+) -> aws_sdk_s3::Client {
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .retry_config(retry)
+        .load()
+        .await;
+    let config = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+/// A new, empty bucket of its own for one test.
+pub async fn fresh_bucket(client: &aws_sdk_s3::Client) -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let bucket = format!(
+        "maas-test-{}-{}-{}",
+        std::process::id(),
+        nanos % 1_000_000_000,
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    );
+    client
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("create a test bucket");
+    bucket
+}
+
+/// An S3 store on a fresh bucket of the test server, under a prefix (to prove prefixes work).
+pub async fn fresh_s3_store() -> S3Store {
+    let client = s3_client().await;
+    let bucket = fresh_bucket(&client).await;
+    S3Store::new(client, bucket, "maas")
+}
+
+/// The folder of reference models and `cases.json`.
+pub fn models_dir() -> PathBuf {
+    std::env::var("MAAS_TEST_MODELS")
+        .map(PathBuf::from)
+        .expect("MAAS_TEST_MODELS is not set: run the tests with scripts/test.sh, which makes the reference models")
+}
+
+pub fn model_bytes(name: &str) -> Bytes {
+    let path = models_dir().join(format!("{name}.onnx"));
+    std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+        .into()
+}
+
+/// The repository's root folder.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// One reference case: inputs and the outputs onnxruntime computed for them.
+#[derive(Debug, Deserialize)]
+pub struct Case {
+    pub model: String,
+    pub batch: usize,
+    pub inputs: Vec<Value>,
+    pub outputs: Vec<ReferenceOutput>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReferenceOutput {
+    pub name: String,
+    pub datatype: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f64>,
+}
+
+pub fn cases() -> Vec<Case> {
+    let path = models_dir().join("cases.json");
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&text).expect("cases.json parses")
+}
+
+/// Cache settings for one test: a temporary disk cache and generous limits.
+pub fn cache_settings(dir: &std::path::Path) -> CacheSettings {
+    CacheSettings {
+        memory_bytes: 1 << 30,
+        disk_dir: dir.to_owned(),
+        disk_bytes: 1 << 30,
+        latest_ttl: Duration::from_secs(30),
+    }
+}
+
+/// A predictor over `store` with its own temporary disk cache.
+pub fn predictor(store: SharedStore, cache: &tempfile::TempDir) -> Predictor {
+    Predictor::new(
+        Arc::new(Registry::new(store, &cache_settings(cache.path()))),
+        6 << 20,
+    )
+}
+
+/// Publishes a reference model as `name` version `version`.
+pub async fn publish(
+    predictor: &Predictor,
+    name: &str,
+    version: u64,
+    bytes: Bytes,
+) -> maas::manifest::Manifest {
+    let id = maas::names::ModelId::new(
+        name.parse().unwrap(),
+        maas::names::Version::new(version).unwrap(),
+    );
+    predictor
+        .registry()
+        .publish(&id, bytes, "2026-11-29T00:00:00Z".into())
+        .await
+        .expect("publish")
+}
+
+/// Calls the predict handler with a hand-built request, as API Gateway would, and returns the
+/// status and the JSON body.
+pub async fn call(
+    predictor: &Predictor,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> (u16, Value) {
+    let body = body.map_or(lambda_http::Body::Empty, lambda_http::Body::Binary);
+    let request = lambda_http::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap();
+    let response = predict::handler::handle(predictor, request).await;
+    let status = response.status().as_u16();
+    let json = serde_json::from_slice(response.body().as_ref()).unwrap_or_else(|e| {
+        panic!(
+            "{method} {path}: body is not JSON ({e}): {:?}",
+            response.body()
+        )
+    });
+    (status, json)
+}
+
+/// Counts the calls that reach a real store, by kind.
+#[derive(Debug)]
+pub struct CountingStore {
+    inner: SharedStore,
+    pub gets: AtomicUsize,
+    pub heads: AtomicUsize,
+    pub lists: AtomicUsize,
+    pub puts: AtomicUsize,
+    pub deletes: AtomicUsize,
+    /// Every key read with `get`, in order.
+    pub got: std::sync::Mutex<Vec<String>>,
+}
+
+impl CountingStore {
+    pub fn new(inner: SharedStore) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            gets: AtomicUsize::new(0),
+            heads: AtomicUsize::new(0),
+            lists: AtomicUsize::new(0),
+            puts: AtomicUsize::new(0),
+            deletes: AtomicUsize::new(0),
+            got: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// How many times `key` was read.
+    pub fn gets_of(&self, key: &str) -> usize {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|k| *k == key)
+            .count()
+    }
+
+    /// Calls of every kind so far.
+    pub fn total(&self) -> usize {
+        [
+            &self.gets,
+            &self.heads,
+            &self.lists,
+            &self.puts,
+            &self.deletes,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::SeqCst))
+        .sum()
+    }
+}
+
+#[async_trait]
+impl ObjectStore for CountingStore {
+    async fn get(&self, key: &str) -> Result<GetResult, StoreError> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        self.got.lock().unwrap().push(key.to_owned());
+        self.inner.get(key).await
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        self.heads.fetch_add(1, Ordering::SeqCst);
+        self.inner.head(key).await
+    }
+    async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        self.puts.fetch_add(1, Ordering::SeqCst);
+        self.inner.put(key, bytes).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.deletes.fetch_add(1, Ordering::SeqCst);
+        self.inner.delete(key).await
+    }
+}

@@ -272,3 +272,24 @@ async fn preloaded_models_are_ready_before_the_first_request() {
     infer(&predictor, "1", &body).await;
     assert_eq!(counting.total(), before);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disk_cache_keeps_within_its_budget_by_dropping_the_oldest_file() {
+    let store: SharedStore = Arc::new(maas::store::MemoryStore::new());
+    let cache = tempfile::tempdir().unwrap();
+    let loader = predictor(store.clone(), &cache);
+    let size = model_bytes("mlp").len() as u64;
+    for name in ["a", "b"] {
+        publish(&loader, name, 1, model_bytes("mlp")).await;
+    }
+    let mut settings = cache_settings(cache.path());
+    settings.disk_bytes = size + size / 2; // room for one file
+    let registry = Registry::new(store, &settings);
+    let id = |name: &str| ModelId::new(name.parse().unwrap(), Version::new(1).unwrap());
+    registry.load(&id("a")).await.unwrap();
+    registry.load(&id("b")).await.unwrap();
+    let files =
+        |name: &str| std::fs::read_dir(cache.path().join(name).join("1")).map_or(0, |d| d.count());
+    assert_eq!(files("a"), 0, "the older file stayed");
+    assert_eq!(files("b"), 1, "the newest file was evicted");
+}

@@ -161,3 +161,46 @@ async fn example_manifest_matches_what_the_registry_computes() {
     assert_eq!(computed.size, committed.size);
     assert_eq!(computed.signature, committed.signature);
 }
+
+fn sample_event(name: &str) -> Value {
+    let path = repo_root().join("tests/events").join(name);
+    serde_json::from_slice(&std::fs::read(&path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Runs an API Gateway HTTP API (payload 2.0) event through lambda_http's own decoding, as
+/// the Lambda runtime does, then through the handler.
+async fn call_with_event(predictor: &maas::Predictor, event: &Value) -> (u16, Value) {
+    let request =
+        lambda_http::request::from_str(&event.to_string()).expect("a valid API Gateway event");
+    let response = predict::handler::handle(predictor, request).await;
+    (
+        response.status().as_u16(),
+        serde_json::from_slice(response.body().as_ref()).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sample_api_gateway_events_are_served() {
+    use base64::Engine as _;
+    let cache = tempfile::tempdir().unwrap();
+    let predictor = example(&cache);
+    let (status, served) = call_with_event(&predictor, &sample_event("predict-infer.json")).await;
+    assert_eq!(status, 200, "{served}");
+    assert_iris_answer(&served);
+
+    // API Gateway base64-encodes bodies it considers binary; the answer is the same.
+    let mut encoded = sample_event("predict-infer.json");
+    let body = encoded["body"].as_str().unwrap().to_owned();
+    encoded["body"] = json!(base64::engine::general_purpose::STANDARD.encode(body));
+    encoded["isBase64Encoded"] = json!(true);
+    let (status, served) = call_with_event(&predictor, &encoded).await;
+    assert_eq!(status, 200, "{served}");
+    assert_iris_answer(&served);
+
+    let (status, metadata) =
+        call_with_event(&predictor, &sample_event("predict-metadata.json")).await;
+    assert_eq!((status, metadata["name"].clone()), (200, json!("iris")));
+    let (status, health) = call_with_event(&predictor, &sample_event("predict-health.json")).await;
+    assert_eq!((status, health), (200, json!({"ready": true})));
+}

@@ -14,16 +14,30 @@ seeds, fixed timestamps), so re-running it gives byte-identical files.
                          zipmap off): float_input [N,4] -> label [N], probabilities [N,3]
         DIR/cases.json   inputs and onnxruntime outputs for each model at batch 1 and 8,
                          in KServe Open Inference Protocol v2 tensor form
+        DIR/refuse/      files the model-upload validator must refuse (see REFUSALS):
+                         zipmap.onnx (valid, but an output is a sequence of maps),
+                         external_data.onnx (weights in a weights.bin that is left out),
+                         huge_shape.onnx (input fixed at [200000,200000] FP32, 160 GB),
+                         unknown_op.onnx (com.example FancyOp), bad_graph.onnx (an Add
+                         reads a tensor nothing makes), text.onnx (CSV), random.onnx (bytes)
 
     python scripts/make_models.py example --out scripts/example-store
         models/iris/1/model.onnx     small iris RandomForestClassifier
         models/iris/1/manifest.json  name, version, sha256, size, created, signature
         and prints an example inference request with onnxruntime's answer.
 
-Both modes check every model with onnx.checker, run it with onnxruntime
-(the reference) and with the `tract` Python package (the same tract version as
-the Rust crate), and fail if tract disagrees by more than 1e-5 or gives a
-different label.
+    python scripts/make_models.py large --out DIR
+        DIR/large_mlp.onnx  MLP: x [N,1024] -> 8 Gemm 1024x1024, Relu between -> y [N,1024] (32 MB)
+        DIR/large_cnn.onnx  ResNet-like CNN: image [N,3,64,64] -> logits [N,100] (8 MB)
+        for benchmarks, not the tests.
+
+Every mode checks each model meant to be served with onnx.checker, runs it with
+onnxruntime (the reference) and with the `tract` Python package (the same tract
+version as the Rust crate), fails if tract disagrees by more than 1e-5 (1e-4 for
+the large models; relative to the value where it exceeds 1) or gives a different
+label, and prints how long onnxruntime and tract take to load it. The refusal
+corpus is only checked to do with onnxruntime what REFUSALS expects; the script
+also prints what onnx.checker says of each file and what tract says of zipmap.onnx.
 """
 
 from __future__ import annotations
@@ -31,7 +45,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +73,8 @@ PRODUCER = "maas scripts/make_models.py"
 
 BATCH_SIZES = (1, 8)
 TOLERANCE = 1e-5
+LARGE_BATCH_SIZES = (1, 4)
+LARGE_TOLERANCE = 1e-4
 SEED = 20261129
 EXAMPLE_CREATED = "2026-11-29T00:00:00Z"
 EXAMPLE_REQUEST_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
@@ -114,20 +133,21 @@ def bias(rng: np.random.Generator, name: str, size: int) -> TensorProto:
     return numpy_helper.from_array(rng.uniform(-0.1, 0.1, size=size).astype(np.float32), name)
 
 
-def finish_model(graph: onnx.GraphProto) -> onnx.ModelProto:
+def finish_model(graph: onnx.GraphProto, extra_opsets: tuple[tuple[str, int], ...] = ()) -> onnx.ModelProto:
     model = helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid("", OPSET)],
+        opset_imports=[helper.make_opsetid("", OPSET),
+                       *(helper.make_opsetid(domain, version) for domain, version in extra_opsets)],
         producer_name=PRODUCER,
     )
     model.ir_version = IR_VERSION
     return model
 
 
-def make_mlp() -> onnx.ModelProto:
-    """x [batch,16] -> Gemm 16->32, Relu, Gemm 32->8, Relu, Gemm 8->4 -> y [batch,4]."""
-    rng = rng_for("mlp")
-    sizes = [16, 32, 8, 4]
+def make_mlp(name: str = "mlp", sizes: tuple[int, ...] = (16, 32, 8, 4)) -> onnx.ModelProto:
+    """x [batch,sizes[0]] -> Gemm layers with Relu between -> y [batch,sizes[-1]].
+    By default x [batch,16] -> Gemm 16->32, Relu, Gemm 32->8, Relu, Gemm 8->4 -> y [batch,4]."""
+    rng = rng_for(name)
     nodes, inits = [], []
     current = "x"
     for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
@@ -141,9 +161,9 @@ def make_mlp() -> onnx.ModelProto:
             current = f"relu{i}"
     graph = helper.make_graph(
         nodes,
-        "mlp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", sizes[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", sizes[-1]])],
         initializer=inits,
     )
     return finish_model(graph)
@@ -182,11 +202,61 @@ def make_cnn() -> onnx.ModelProto:
     return finish_model(graph)
 
 
+def make_large_cnn() -> onnx.ModelProto:
+    """A ResNet-like CNN, about 2M parameters (8 MB): image [batch,3,64,64] -> stem Conv 3x3/2 (32)
+    -> four stages, each a residual block (Conv 3x3, Relu, Conv 3x3, Add input, Relu) followed,
+    except after the last, by a Conv 3x3/2 that doubles the channels -> GlobalAveragePool,
+    Flatten, Gemm -> logits [batch,100]. Shapes: 32x32x32 -> 64x16x16 -> 128x8x8 -> 256x4x4."""
+    rng = rng_for("large_cnn")
+    nodes, inits = [], []
+    node = helper.make_node
+
+    def conv(x: str, name: str, c_in: int, c_out: int, stride: int = 1, relu: bool = True) -> str:
+        inits.extend([weight(rng, f"{name}_W", (c_out, c_in, 3, 3), c_in * 9),
+                      bias(rng, f"{name}_B", c_out)])
+        nodes.append(node("Conv", [x, f"{name}_W", f"{name}_B"], [name], name=name,
+                          kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[stride, stride]))
+        if not relu:
+            return name
+        nodes.append(node("Relu", [name], [f"{name}_relu"], name=f"{name}_relu"))
+        return f"{name}_relu"
+
+    stages = 4
+    channels = 32
+    x = conv("image", "stem", 3, channels, stride=2)
+    for stage in range(stages):
+        block = f"block{stage}"
+        h = conv(x, f"{block}_conv1", channels, channels)
+        h = conv(h, f"{block}_conv2", channels, channels, relu=False)
+        nodes.append(node("Add", [x, h], [f"{block}_add"], name=f"{block}_add"))
+        nodes.append(node("Relu", [f"{block}_add"], [f"{block}_out"], name=f"{block}_out"))
+        x = f"{block}_out"
+        if stage < stages - 1:
+            x = conv(x, f"down{stage}", channels, 2 * channels, stride=2)
+            channels *= 2
+    inits.extend([weight(rng, "fc_W", (channels, 100), channels), bias(rng, "fc_B", 100)])
+    nodes += [
+        node("GlobalAveragePool", [x], ["pool"], name="pool"),
+        node("Flatten", ["pool"], ["flat"], name="flatten", axis=1),
+        node("Gemm", ["flat", "fc_W", "fc_B"], ["logits"], name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "large_cnn",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 64, 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 100])],
+        initializer=inits,
+    )
+    return finish_model(graph)
+
+
 # ---------------------------------------------------------------- scikit-learn models
 
 
-def make_forest(n_estimators: int, max_depth: int) -> onnx.ModelProto:
-    """A RandomForestClassifier trained on the iris data that ships with scikit-learn."""
+def make_forest(n_estimators: int, max_depth: int, zipmap: bool = False) -> onnx.ModelProto:
+    """A RandomForestClassifier trained on the iris data that ships with scikit-learn.
+    With zipmap, skl2onnx's default options: probabilities become a sequence of maps, which
+    maas cannot serve; without, they are a [N,3] tensor."""
     iris = load_iris()
     clf = RandomForestClassifier(
         n_estimators=n_estimators, max_depth=max_depth, random_state=0, n_jobs=1
@@ -197,25 +267,32 @@ def make_forest(n_estimators: int, max_depth: int) -> onnx.ModelProto:
         name="iris_forest",
         initial_types=[("float_input", FloatTensorType([None, 4]))],
         target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET},
-        options={id(clf): {"zipmap": False}},
+        options=None if zipmap else {id(clf): {"zipmap": False}},
     )
     model.ir_version = IR_VERSION
     model.producer_name = PRODUCER
     model.producer_version = ""
+    # skl2onnx lists opset imports in set order, which can change with PYTHONHASHSEED. Fix it:
+    # ML domain first (a stable sort, so the zipmap-off forest keeps the order it always had).
+    ordered = [helper.make_opsetid(o.domain, o.version)
+               for o in sorted(model.opset_import, key=lambda o: o.domain, reverse=True)]
+    del model.opset_import[:]
+    model.opset_import.extend(ordered)
     return model
 
 
 # ---------------------------------------------------------------- inputs
 
 
-def mlp_inputs(batch: int) -> dict[str, np.ndarray]:
-    rng = rng_for(f"mlp-input-{batch}")
-    return {"x": rng.uniform(-1.0, 1.0, size=(batch, 16)).astype(np.float32)}
-
-
-def cnn_inputs(batch: int) -> dict[str, np.ndarray]:
-    rng = rng_for(f"cnn-input-{batch}")
-    return {"image": rng.uniform(0.0, 1.0, size=(batch, 1, 12, 12)).astype(np.float32)}
+def uniform_inputs(model: onnx.ModelProto, batch: int,
+                   low: float = 0.0, high: float = 1.0) -> dict[str, np.ndarray]:
+    """Uniform float32 values for each (FP32) graph input, its dynamic dimensions set to batch."""
+    rng = rng_for(f"{model.graph.name}-input-{batch}")
+    inputs = {}
+    for value in graph_inputs(model):
+        shape = [d.dim_value if d.HasField("dim_value") else batch for d in value.type.tensor_type.shape.dim]
+        inputs[value.name] = rng.uniform(low, high, size=shape).astype(np.float32)
+    return inputs
 
 
 def forest_inputs(batch: int, session: ort.InferenceSession) -> dict[str, np.ndarray]:
@@ -237,8 +314,28 @@ def forest_inputs(batch: int, session: ort.InferenceSession) -> dict[str, np.nda
 # ---------------------------------------------------------------- running and checking
 
 
-def ort_session(model: onnx.ModelProto) -> ort.InferenceSession:
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+class Stopwatch:
+    """Seconds taken by successive steps."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        now = time.perf_counter()
+        self.laps[step] = now - self._last
+        self._last = now
+
+    def __str__(self) -> str:
+        steps = " + ".join(f"{step} {seconds * 1e3:.0f}" for step, seconds in self.laps.items())
+        total = f"{sum(self.laps.values()) * 1e3:.0f} ms"
+        return f"{total} ({steps})" if len(self.laps) > 1 else total
+
+
+def ort_session(source: onnx.ModelProto | Path) -> ort.InferenceSession:
+    """A CPU session for a model in memory or, as the server would, in a file."""
+    model = source.SerializeToString() if isinstance(source, onnx.ModelProto) else str(source)
+    return ort.InferenceSession(model, providers=["CPUExecutionProvider"])
 
 
 def run_ort(session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -246,14 +343,21 @@ def run_ort(session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> dic
     return dict(zip(names, session.run(names, inputs)))
 
 
-def load_tract(path: Path, model: onnx.ModelProto) -> tract.Runnable:
+def load_tract(path: Path, model: onnx.ModelProto) -> tuple[tract.Runnable, Stopwatch]:
     """Load as shared/src/engine.rs does: set each input's fact with its dynamic dimensions
     as symbols (the dim_param name, or N for an unnamed batch dimension, which is what
-    skl2onnx writes), then type and optimise the model for the default CPU runtime."""
+    skl2onnx writes), then type the model (into_model) and optimise it for the default CPU
+    runtime (into_runnable). Returns the runnable and the time each step took."""
+    watch = Stopwatch()
     inference_model = tract.onnx().load(str(path))
     for index, value in enumerate(graph_inputs(model)):
         inference_model.set_input_fact(index, tract_fact(index, value))
-    return inference_model.into_model().into_runnable()
+    watch.lap("load")
+    typed_model = inference_model.into_model()
+    watch.lap("into_model")
+    runnable = typed_model.into_runnable()
+    watch.lap("into_runnable")
+    return runnable, watch
 
 
 def tract_fact(index: int, value: onnx.ValueInfoProto) -> str:
@@ -274,18 +378,27 @@ def run_tract(runnable: tract.Runnable, model: onnx.ModelProto, inputs: dict[str
     return dict(zip(outputs, (t.to_numpy() for t in runnable.run(ordered))))
 
 
-def compare(what: str, expected: dict[str, np.ndarray], actual: dict[str, np.ndarray]) -> float:
-    """Fail unless actual matches expected: floats within TOLERANCE, anything else equal.
-    Returns the largest absolute float difference."""
+def scaled_difference(got: np.ndarray, want: np.ndarray) -> float:
+    """The largest |got - want| / max(1, |want|): absolute up to 1, relative for larger values."""
+    if not want.size:
+        return 0.0
+    want = want.astype(np.float64)
+    return float(np.max(np.abs(got.astype(np.float64) - want) / np.maximum(1.0, np.abs(want))))
+
+
+def compare(what: str, expected: dict[str, np.ndarray], actual: dict[str, np.ndarray],
+            tolerance: float = TOLERANCE) -> float:
+    """Fail unless actual matches expected: floats within tolerance (see scaled_difference),
+    anything else equal. Returns the largest float difference."""
     worst = 0.0
     for name, want in expected.items():
         got = actual[name]
         if (got.dtype, got.shape) != (want.dtype, want.shape):
             sys.exit(f"{what}: output {name} is {got.dtype} {got.shape}, expected {want.dtype} {want.shape}")
         if np.issubdtype(want.dtype, np.floating):
-            diff = float(np.max(np.abs(got.astype(np.float64) - want))) if want.size else 0.0
-            if diff > TOLERANCE:
-                sys.exit(f"{what}: output {name} differs by {diff} (> {TOLERANCE})")
+            diff = scaled_difference(got, want)
+            if diff > tolerance:
+                sys.exit(f"{what}: output {name} differs by {diff} (> {tolerance})")
             worst = max(worst, diff)
         elif not np.array_equal(got, want):
             sys.exit(f"{what}: output {name} differs: {got.tolist()} vs {want.tolist()}")
@@ -298,22 +411,161 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in initializers]
 
 
-def save_and_verify(model: onnx.ModelProto, path: Path, cases: list[dict[str, np.ndarray]]) -> list[dict]:
-    """Write the model, check it, and run every input set with onnxruntime and tract.
-    Returns one {"inputs", "outputs"} record (numpy arrays) per input set."""
+def save_and_verify(model: onnx.ModelProto, path: Path, cases: list[dict[str, np.ndarray]],
+                    tolerance: float = TOLERANCE) -> list[dict]:
+    """Write the model, check it, load it with onnxruntime and tract (printing how long each
+    takes), and run every input set with both. Returns one {"inputs", "outputs"} record
+    (numpy arrays) per input set."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(model.SerializeToString())
     onnx.checker.check_model(str(path), full_check=True)
-    session = ort_session(model)
-    runnable = load_tract(path, model)
+    ort_watch = Stopwatch()
+    session = ort_session(path)
+    ort_watch.lap("InferenceSession")
+    runnable, tract_watch = load_tract(path, model)
+    print(f"  {path.name}: {path.stat().st_size:,} bytes; loading takes onnxruntime {ort_watch}, "
+          f"tract {tract_watch}")
     records = []
     for inputs in cases:
         expected = run_ort(session, inputs)
         batch = next(iter(inputs.values())).shape[0]
-        diff = compare(f"{path.name} batch {batch}", expected, run_tract(runnable, model, inputs))
-        print(f"  {path.name}: batch {batch} tract matches onnxruntime (max |diff| {diff:.2e})")
+        diff = compare(f"{path.name} batch {batch}", expected, run_tract(runnable, model, inputs), tolerance)
+        print(f"  {path.name}: batch {batch} tract matches onnxruntime (max diff {diff:.2e})")
         records.append({"inputs": inputs, "outputs": expected})
     return records
+
+
+# ---------------------------------------------------------------- refusal corpus
+
+HUGE_DIM = 200_000  # [HUGE_DIM, HUGE_DIM] FP32 is 160 GB
+PROBE_LIMIT = 1 << 30  # bytes of zeros ort_verdict will feed a model
+REFUSAL_TEXT = """sepal_length,sepal_width,petal_length,petal_width,species
+5.1,3.5,1.4,0.2,setosa
+7.0,3.2,4.7,1.4,versicolor
+6.3,3.3,6.0,2.5,virginica
+"""
+
+
+def float_value(name: str, shape: list[int | str]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def one_node_model(name: str, node: onnx.NodeProto, inputs: list[onnx.ValueInfoProto],
+                   outputs: list[onnx.ValueInfoProto], initializer: tuple[TensorProto, ...] = (),
+                   extra_opsets: tuple[tuple[str, int], ...] = ()) -> onnx.ModelProto:
+    graph = helper.make_graph([node], name, inputs, outputs, initializer=list(initializer))
+    return finish_model(graph, extra_opsets)
+
+
+def make_external_data() -> bytes:
+    """x [batch,64] MatMul a 64x64 weight that onnx saves to weights.bin beside the model.
+    Returns only the model's bytes: the corpus file references a weights.bin that is not there."""
+    model = one_node_model(
+        "external_data", helper.make_node("MatMul", ["x", "W"], ["y"], name="matmul"),
+        [float_value("x", ["batch", 64])], [float_value("y", ["batch", 64])],
+        (weight(rng_for("external_data"), "W", (64, 64), 64),),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "external_data.onnx"
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="weights.bin", size_threshold=0)
+        onnx.checker.check_model(str(path), full_check=True)  # valid while weights.bin is there
+        return path.read_bytes()
+
+
+def make_huge_shape() -> onnx.ModelProto:
+    """A valid Relu whose input is fixed at [HUGE_DIM, HUGE_DIM] FP32: one run needs 160 GB."""
+    shape = [HUGE_DIM, HUGE_DIM]
+    return one_node_model("huge_shape", helper.make_node("Relu", ["x"], ["y"], name="relu"),
+                          [float_value("x", shape)], [float_value("y", shape)])
+
+
+def make_unknown_op() -> onnx.ModelProto:
+    """A well-formed model whose one node is com.example FancyOp, which no runtime implements."""
+    return one_node_model(
+        "unknown_op", helper.make_node("FancyOp", ["x"], ["y"], name="fancy", domain="com.example"),
+        [float_value("x", ["batch", 4])], [float_value("y", ["batch", 4])],
+        extra_opsets=(("com.example", 1),),
+    )
+
+
+def make_bad_graph() -> onnx.ModelProto:
+    """A well-formed protobuf whose Add reads a tensor "missing" that nothing makes."""
+    return one_node_model("bad_graph", helper.make_node("Add", ["x", "missing"], ["y"], name="add"),
+                          [float_value("x", ["batch", 4])], [float_value("y", ["batch", 4])])
+
+
+# Each file the model-upload validator must refuse: what makes it (bytes or a model), and what
+# onnxruntime does with it (see ort_verdict). zipmap.onnx is a valid model that onnxruntime runs,
+# but an output is a sequence of maps, which tract cannot type and maas cannot return;
+# huge_shape.onnx loads too, but is not run. Truncated models are made by the Rust tests.
+REFUSALS = {
+    "zipmap.onnx": (lambda: make_forest(n_estimators=10, max_depth=4, zipmap=True), "runs"),
+    "external_data.onnx": (make_external_data, "refused"),
+    "huge_shape.onnx": (make_huge_shape, "loads"),
+    "unknown_op.onnx": (make_unknown_op, "refused"),
+    "bad_graph.onnx": (make_bad_graph, "refused"),
+    "text.onnx": (lambda: REFUSAL_TEXT.encode(), "refused"),
+    "random.onnx": (lambda: rng_for("random").bytes(4096), "refused"),
+}
+
+
+def error_text(err: Exception) -> str:
+    """An error message on one line, without the Rust backtrace tract may append."""
+    return " ".join(str(err).split("\n\nStack backtrace:")[0].split())
+
+
+def checker_verdict(path: Path) -> str:
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as err:  # protobuf, checker and shape-inference errors alike
+        return error_text(err)
+    return "valid"
+
+
+def ort_verdict(path: Path) -> tuple[str, str]:
+    """What onnxruntime does with a file: ("refused", error) when it cannot load it; else it runs
+    it once on zeros (dynamic dimensions 1): ("runs", output types) or ("fails to run", error),
+    unless the inputs would take more than PROBE_LIMIT bytes: ("loads", their size)."""
+    try:
+        session = ort_session(path)
+    except Exception as err:  # onnxruntime raises its own exception types
+        return "refused", error_text(err)
+    inputs = session.get_inputs()
+    if any(i.type != "tensor(float)" for i in inputs):
+        return "loads", "not run: an input is not FP32"
+    shapes = {i.name: [d if isinstance(d, int) else 1 for d in i.shape] for i in inputs}
+    size = sum(4 * math.prod(shape) for shape in shapes.values())
+    if size > PROBE_LIMIT:
+        return "loads", f"not run: its inputs would take {size / 1e9:,.0f} GB"
+    try:
+        session.run(None, {name: np.zeros(shape, np.float32) for name, shape in shapes.items()})
+    except Exception as err:
+        return "fails to run", error_text(err)
+    return "runs", ", ".join(f"{o.name} {o.type}" for o in session.get_outputs())
+
+
+def tract_verdict(path: Path) -> str:
+    try:
+        load_tract(path, onnx.load(str(path)))
+    except tract.TractError as err:
+        return f"refused: {error_text(err)}"
+    return "loads"
+
+
+def make_refusal_corpus(out: Path) -> None:
+    """Write REFUSALS into out, failing unless onnxruntime does with each what is expected."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, (make, expected) in REFUSALS.items():
+        made = make()
+        path = out / name
+        path.write_bytes(made if isinstance(made, bytes) else made.SerializeToString())
+        outcome, detail = ort_verdict(path)
+        print(f"  {out.name}/{name}: {path.stat().st_size:,} bytes; onnx.checker: {checker_verdict(path)}")
+        print(f"      onnxruntime {outcome}: {detail}")
+        if outcome != expected:
+            sys.exit(f"{out.name}/{name}: onnxruntime {outcome}, expected {expected}")
+    print(f"  {out.name}/zipmap.onnx, tract: {tract_verdict(out / 'zipmap.onnx')}")
 
 
 # ---------------------------------------------------------------- JSON forms
@@ -354,11 +606,12 @@ def manifest_json(manifest: dict) -> str:
 
 
 def make_test_set(out: Path) -> None:
+    mlp, cnn = make_mlp(), make_cnn()
     forest = make_forest(n_estimators=10, max_depth=4)
     forest_session = ort_session(forest)
     models = {
-        "mlp": (make_mlp(), mlp_inputs),
-        "cnn": (make_cnn(), cnn_inputs),
+        "mlp": (mlp, lambda batch: uniform_inputs(mlp, batch, low=-1.0)),
+        "cnn": (cnn, lambda batch: uniform_inputs(cnn, batch)),
         "forest": (forest, lambda batch: forest_inputs(batch, forest_session)),
     }
     cases = []
@@ -375,6 +628,16 @@ def make_test_set(out: Path) -> None:
     lines = ",\n".join("  " + json.dumps(case) for case in cases)
     (out / "cases.json").write_text(f"[\n{lines}\n]\n")
     print(f"wrote {', '.join(f'{n}.onnx' for n in models)} and cases.json ({len(cases)} cases) to {out}")
+    make_refusal_corpus(out / "refuse")
+    print(f"wrote {', '.join(REFUSALS)} to {out / 'refuse'}")
+
+
+def make_large_set(out: Path) -> None:
+    models = {"large_mlp": make_mlp("large_mlp", (1024,) * 9), "large_cnn": make_large_cnn()}
+    for name, model in models.items():
+        cases = [uniform_inputs(model, batch) for batch in LARGE_BATCH_SIZES]
+        save_and_verify(model, out / f"{name}.onnx", cases, LARGE_TOLERANCE)
+    print(f"wrote {', '.join(f'{n}.onnx' for n in models)} to {out}")
 
 
 def make_example(out: Path) -> None:
@@ -409,13 +672,14 @@ def make_example(out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=["test", "example"],
-                        help="test: models and cases.json for the test suite; "
-                             "example: the iris model and manifest shipped for the local server")
+    parser.add_argument("mode", choices=["test", "example", "large"],
+                        help="test: models, cases.json and refusal corpus for the test suite; "
+                             "example: the iris model and manifest shipped for the local server; "
+                             "large: bigger models for benchmarks")
     parser.add_argument("--out", type=Path, required=True, help="directory to write into")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    {"test": make_test_set, "example": make_example}[args.mode](args.out)
+    {"test": make_test_set, "example": make_example, "large": make_large_set}[args.mode](args.out)
 
 
 if __name__ == "__main__":

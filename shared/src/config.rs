@@ -5,8 +5,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::engine;
 use crate::names::{ModelName, VersionSpec};
-use crate::registry::CacheSettings;
+use crate::registry::{CacheSettings, PublishLimits};
 use crate::store::{LocalStore, MemoryStore, S3Store, SharedStore};
 
 /// Everything maas reads from its environment.
@@ -20,7 +21,10 @@ use crate::store::{LocalStore, MemoryStore, S3Store, SharedStore};
 /// | `MAAS_MEMORY_CACHE_BYTES` | bytes of model files kept loaded in memory (LRU beyond it) | half of `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, else 1 GiB |
 /// | `MAAS_PRELOAD` | models loaded during start-up (the Lambda init phase): `name` or `name:version`, comma-separated | none |
 /// | `MAAS_MAX_REQUEST_BYTES` | largest request body accepted (413 beyond) | 6291456 (6 MiB, Lambda's payload limit) |
-/// | `MAAS_LATEST_TTL_SECONDS` | how long `latest` stays resolved before the store is listed again | 30 |
+/// | `MAAS_RESOLVE_TTL_SECONDS` | how long `latest` and aliases stay resolved before the store is asked again | 30 |
+/// | `MAAS_MAX_MODEL_BYTES` | largest ONNX file `model-upload` accepts (413 beyond) | 536870912 (512 MiB) |
+/// | `MAAS_MAX_TENSOR_BYTES` | largest tensor an uploaded model may declare, dynamic dimensions at 1 (422 beyond) | 268435456 (256 MiB) |
+/// | `MAAS_PRESIGN_EXPIRY_SECONDS` | how long a presigned upload URL stays valid | 900 |
 ///
 /// The S3 endpoint, region and credentials come from the standard AWS variables
 /// (`AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, `AWS_REGION`, ...).
@@ -31,6 +35,8 @@ pub struct Config {
     pub cache: CacheSettings,
     pub preload: Vec<(ModelName, VersionSpec)>,
     pub max_request_bytes: usize,
+    pub publish: PublishLimits,
+    pub presign_expiry: Duration,
 }
 
 /// A configuration variable has a value that cannot be used.
@@ -58,18 +64,13 @@ impl FromStr for StoreLocation {
             if bucket.is_empty() {
                 return Err(format!("{s:?} names no bucket"));
             }
-            Ok(StoreLocation::S3 {
-                bucket: bucket.to_owned(),
-                prefix: prefix.to_owned(),
-            })
+            Ok(StoreLocation::S3 { bucket: bucket.to_owned(), prefix: prefix.to_owned() })
         } else if s == "memory://" {
             Ok(StoreLocation::Memory)
         } else if let Some(path) = s.strip_prefix("file://") {
             Ok(StoreLocation::Local(PathBuf::from(path)))
         } else if s.is_empty() || s.contains("://") {
-            Err(format!(
-                "{s:?} is not s3://bucket[/prefix], file:///dir, a directory or memory://"
-            ))
+            Err(format!("{s:?} is not s3://bucket[/prefix], file:///dir, a directory or memory://"))
         } else {
             Ok(StoreLocation::Local(PathBuf::from(s)))
         }
@@ -99,14 +100,10 @@ impl Config {
 
     /// Reads configuration through `lookup`, so tests can pass their own variables.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let store = lookup("MAAS_STORE").ok_or_else(|| ConfigError {
-            variable: "MAAS_STORE",
-            problem: "not set".into(),
-        })?;
-        let store = store.parse().map_err(|problem| ConfigError {
-            variable: "MAAS_STORE",
-            problem,
-        })?;
+        let store = lookup("MAAS_STORE")
+            .ok_or_else(|| ConfigError { variable: "MAAS_STORE", problem: "not set".into() })?;
+        let store =
+            store.parse().map_err(|problem| ConfigError { variable: "MAAS_STORE", problem })?;
         let lambda_memory_mib =
             lookup("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").and_then(|v| v.parse::<u64>().ok());
         let default_memory = lambda_memory_mib.map_or(GIB, |mib| mib * (1 << 20) / 2);
@@ -118,10 +115,25 @@ impl Config {
                 disk_dir: lookup("MAAS_CACHE_DIR")
                     .map_or_else(|| PathBuf::from("/tmp/maas-cache"), PathBuf::from),
                 disk_bytes: parse_or(&lookup, "MAAS_DISK_CACHE_BYTES", 384 << 20)?,
-                latest_ttl: Duration::from_secs(parse_or(&lookup, "MAAS_LATEST_TTL_SECONDS", 30)?),
+                resolve_ttl: Duration::from_secs(parse_or(
+                    &lookup,
+                    "MAAS_RESOLVE_TTL_SECONDS",
+                    30,
+                )?),
             },
             preload: parse_preload(lookup("MAAS_PRELOAD").as_deref().unwrap_or(""))?,
             max_request_bytes: parse_or(&lookup, "MAAS_MAX_REQUEST_BYTES", 6 << 20)?,
+            publish: PublishLimits {
+                max_model_bytes: parse_or(&lookup, "MAAS_MAX_MODEL_BYTES", 512 << 20)?,
+                engine: engine::Limits {
+                    max_tensor_bytes: parse_or(&lookup, "MAAS_MAX_TENSOR_BYTES", 256 << 20)?,
+                },
+            },
+            presign_expiry: Duration::from_secs(parse_or(
+                &lookup,
+                "MAAS_PRESIGN_EXPIRY_SECONDS",
+                900,
+            )?),
         })
     }
 }
@@ -136,10 +148,10 @@ where
 {
     match lookup(variable) {
         None => Ok(default),
-        Some(value) => value.trim().parse().map_err(|e| ConfigError {
-            variable,
-            problem: format!("{value:?}: {e}"),
-        }),
+        Some(value) => value
+            .trim()
+            .parse()
+            .map_err(|e| ConfigError { variable, problem: format!("{value:?}: {e}") }),
     }
 }
 
@@ -149,14 +161,9 @@ fn parse_preload(list: &str) -> Result<Vec<(ModelName, VersionSpec)>, ConfigErro
         .filter(|item| !item.is_empty())
         .map(|item| {
             let (name, version) = item.split_once(':').unwrap_or((item, "latest"));
-            let problem = |e: crate::Error| ConfigError {
-                variable: "MAAS_PRELOAD",
-                problem: e.to_string(),
-            };
-            Ok((
-                name.parse().map_err(problem)?,
-                version.parse().map_err(problem)?,
-            ))
+            let problem =
+                |e: crate::Error| ConfigError { variable: "MAAS_PRELOAD", problem: e.to_string() };
+            Ok((name.parse().map_err(problem)?, version.parse().map_err(problem)?))
         })
         .collect()
 }
@@ -167,10 +174,8 @@ mod tests {
     use std::collections::HashMap;
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let vars: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let vars: HashMap<String, String> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|name| vars.get(name).cloned())
     }
 
@@ -178,17 +183,11 @@ mod tests {
     fn store_locations_parse() {
         assert_eq!(
             "s3://bucket/some/prefix".parse::<StoreLocation>().unwrap(),
-            StoreLocation::S3 {
-                bucket: "bucket".into(),
-                prefix: "some/prefix".into()
-            }
+            StoreLocation::S3 { bucket: "bucket".into(), prefix: "some/prefix".into() }
         );
         assert_eq!(
             "s3://bucket".parse::<StoreLocation>().unwrap(),
-            StoreLocation::S3 {
-                bucket: "bucket".into(),
-                prefix: String::new()
-            }
+            StoreLocation::S3 { bucket: "bucket".into(), prefix: String::new() }
         );
         assert_eq!(
             "file:///srv/models".parse::<StoreLocation>().unwrap(),
@@ -224,11 +223,8 @@ mod tests {
     #[test]
     fn bad_values_name_their_variable() {
         assert_eq!(config(&[]).unwrap_err().variable, "MAAS_STORE");
-        let err = config(&[
-            ("MAAS_STORE", "memory://"),
-            ("MAAS_DISK_CACHE_BYTES", "lots"),
-        ])
-        .unwrap_err();
+        let err =
+            config(&[("MAAS_STORE", "memory://"), ("MAAS_DISK_CACHE_BYTES", "lots")]).unwrap_err();
         assert_eq!(err.variable, "MAAS_DISK_CACHE_BYTES");
         let err = config(&[("MAAS_STORE", "memory://"), ("MAAS_PRELOAD", "../etc")]).unwrap_err();
         assert_eq!(err.variable, "MAAS_PRELOAD");

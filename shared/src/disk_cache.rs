@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::error::Error;
-use crate::manifest::Manifest;
+use crate::manifest::{Artefact, Manifest};
 use crate::names::ModelId;
 use crate::store::{ObjectStore, StoreError};
 
@@ -22,38 +22,49 @@ pub struct DiskCache {
     budget_bytes: u64,
 }
 
+/// The ONNX file of a published version: where it is in the store and what it must hash to.
+#[derive(Debug, Clone)]
+pub struct ModelFile {
+    pub key: String,
+    pub expected: Artefact,
+}
+
+impl ModelFile {
+    pub fn onnx(id: &ModelId, manifest: &Manifest) -> Self {
+        let expected = Artefact { sha256: manifest.sha256.clone(), size: manifest.size };
+        ModelFile { key: id.model_key(), expected }
+    }
+}
+
 /// Temporary downloads start with this and are never served.
 const PARTIAL_PREFIX: &str = ".partial";
 
 impl DiskCache {
     pub fn new(dir: impl Into<PathBuf>, budget_bytes: u64) -> Self {
-        Self {
-            dir: dir.into(),
-            budget_bytes,
-        }
+        Self { dir: dir.into(), budget_bytes }
     }
 
-    pub fn path_for(&self, id: &ModelId, sha256: &str) -> PathBuf {
+    pub fn path_for(&self, id: &ModelId, file: &ModelFile) -> PathBuf {
         self.dir
             .join(id.name.as_str())
             .join(id.version.to_string())
-            .join(format!("{sha256}.onnx"))
+            .join(format!("{}.onnx", file.expected.sha256))
     }
 
-    /// The model's file, from the cache when a verified copy is there, otherwise downloaded
+    /// A file of a model, from the cache when a verified copy is there, otherwise downloaded
     /// from the store (and verified) first.
-    pub async fn model_file(
+    pub async fn file(
         &self,
         store: &dyn ObjectStore,
         id: &ModelId,
-        manifest: &Manifest,
+        file: &ModelFile,
     ) -> Result<PathBuf, Error> {
-        let path = self.path_for(id, &manifest.sha256);
-        if self.verify_cached(&path, manifest).await? {
-            tracing::debug!(model = %id, "disk cache hit");
+        let path = self.path_for(id, file);
+        if self.verify_cached(&path, &file.expected).await? {
+            tracing::debug!(model = %id, key = %file.key, "disk cache hit");
             return Ok(path);
         }
-        self.download(store, id, manifest, &path).await?;
+        self.download(store, id, file, &path).await?;
         if let Err(err) = self.evict_beyond_budget(&path).await {
             tracing::warn!(error = %err, "disk cache eviction failed");
         }
@@ -62,13 +73,13 @@ impl DiskCache {
 
     /// True when a cached file exists and matches the manifest; a file that does not match
     /// is removed.
-    async fn verify_cached(&self, path: &Path, manifest: &Manifest) -> Result<bool, Error> {
+    async fn verify_cached(&self, path: &Path, expected: &Artefact) -> Result<bool, Error> {
         let owned = path.to_owned();
         let digest = tokio::task::spawn_blocking(move || sha256_of_file(&owned))
             .await
             .map_err(|e| Error::internal("hashing a cached model", e))?;
         match digest {
-            Ok((sha256, size)) if sha256 == manifest.sha256 && size == manifest.size => {
+            Ok((sha256, size)) if sha256 == expected.sha256 && size == expected.size => {
                 // Mark it recently used for eviction; failing to do so is harmless.
                 let _ = std::fs::File::options()
                     .write(true)
@@ -93,7 +104,7 @@ impl DiskCache {
         &self,
         store: &dyn ObjectStore,
         id: &ModelId,
-        manifest: &Manifest,
+        file: &ModelFile,
         path: &Path,
     ) -> Result<(), Error> {
         let started = std::time::Instant::now();
@@ -105,14 +116,10 @@ impl DiskCache {
             .prefix(PARTIAL_PREFIX)
             .tempfile_in(&dir)
             .map_err(|e| Error::internal("creating a cache file", e))?;
-        let mut file = tokio::fs::File::from_std(
-            temp.reopen()
-                .map_err(|e| Error::internal("opening a cache file", e))?,
+        let mut out = tokio::fs::File::from_std(
+            temp.reopen().map_err(|e| Error::internal("opening a cache file", e))?,
         );
-        let object = store
-            .get(&id.model_key())
-            .await
-            .map_err(|e| model_store_error(id, e))?;
+        let object = store.get(&file.key).await.map_err(|e| model_store_error(id, e))?;
         let mut chunks = object.chunks;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
@@ -120,21 +127,18 @@ impl DiskCache {
             let chunk = chunk.map_err(|e| model_store_error(id, e))?;
             hasher.update(&chunk);
             size += chunk.len() as u64;
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| Error::internal("writing a cache file", e))?;
+            out.write_all(&chunk).await.map_err(|e| Error::internal("writing a cache file", e))?;
         }
-        file.flush()
-            .await
-            .map_err(|e| Error::internal("writing a cache file", e))?;
+        out.flush().await.map_err(|e| Error::internal("writing a cache file", e))?;
         let sha256 = hex::encode(hasher.finalize());
-        if sha256 != manifest.sha256 || size != manifest.size {
+        let expected = &file.expected;
+        if sha256 != expected.sha256 || size != expected.size {
             return Err(Error::CorruptModel {
                 name: id.name.to_string(),
                 version: id.version.get(),
                 problem: format!(
-                    "stored model.onnx has sha256 {sha256} and {size} bytes; the manifest says {} and {} bytes",
-                    manifest.sha256, manifest.size
+                    "stored `{}` has sha256 {sha256} and {size} bytes; the manifest says {} and {} bytes",
+                    file.key, expected.sha256, expected.size
                 ),
             });
         }
@@ -217,11 +221,7 @@ fn collect_files(dir: &Path, out: &mut Vec<(PathBuf, u64, SystemTime)>) -> io::R
         let meta = entry.metadata()?;
         if meta.is_dir() {
             collect_files(&entry.path(), out)?;
-        } else if meta.is_file()
-            && !entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(PARTIAL_PREFIX)
+        } else if meta.is_file() && !entry.file_name().to_string_lossy().starts_with(PARTIAL_PREFIX)
         {
             out.push((entry.path(), meta.len(), meta.modified()?));
         }

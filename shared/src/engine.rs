@@ -3,19 +3,25 @@
 //! Load once, optimise once, run many. At load the model's inputs get their declared types
 //! and shapes, with every dynamic dimension (the batch first) made symbolic, so one optimised
 //! plan serves any batch size the model allows without reloading.
+//!
+//! Uploads are validated here too ([`validate`]): parse, optimise, one trial inference.
+//! [`to_nnef`] and [`Model::load_nnef`] exist for the load-time benchmark
+//! (`scripts/bench_load.sh`), which showed that a pre-translated NNEF artefact does not make
+//! cold loads faster; the registry serves ONNX files.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tract_onnx::pb;
 use tract_onnx::prelude::{
     Datum, DatumType, Framework, InferenceFact, InferenceModelExt, TDim, TValue,
-    Tensor as TractTensor, TypedFact, TypedOp,
+    Tensor as TractTensor, TypedFact, TypedModel, TypedOp, WithOnnx,
 };
 use tract_onnx::tract_core::plan::SimplePlan;
 
 use crate::error::Error;
-use crate::manifest::{Signature, TensorSpec};
+use crate::manifest::{Signature, TensorSpec, ValidationReport};
 use crate::tensor::{DataType, Tensor, TensorData};
 
 type Plan = SimplePlan<TypedFact, Box<dyn TypedOp>>;
@@ -29,25 +35,25 @@ pub struct Model {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model")
-            .field("signature", &self.signature)
-            .finish_non_exhaustive()
+        f.debug_struct("Model").field("signature", &self.signature).finish_non_exhaustive()
     }
 }
 
 fn engine_error(message: impl Into<String>, err: tract_onnx::prelude::TractError) -> Error {
     let boxed: Box<dyn std::error::Error + Send + Sync> = err.into();
-    Error::Engine {
-        message: message.into(),
-        source: Some(Arc::from(boxed)),
-    }
+    Error::Engine { message: message.into(), source: Some(Arc::from(boxed)) }
 }
 
 fn engine_problem(message: impl Into<String>) -> Error {
-    Error::Engine {
-        message: message.into(),
-        source: None,
-    }
+    Error::Engine { message: message.into(), source: None }
+}
+
+/// The NNEF framework with tract's ONNX extensions; building it registers every operator,
+/// so it is built once.
+fn nnef() -> &'static tract_nnef::framework::Nnef {
+    static NNEF: std::sync::LazyLock<tract_nnef::framework::Nnef> =
+        std::sync::LazyLock::new(|| tract_nnef::nnef().with_onnx());
+    &NNEF
 }
 
 impl Model {
@@ -56,45 +62,22 @@ impl Model {
         let proto = tract_onnx::onnx()
             .proto_model_for_path(path)
             .map_err(|e| engine_error("cannot parse the ONNX file", e))?;
-        Self::from_proto(&proto)
+        let (typed, signature) = translate(&proto)?;
+        Self::optimise(typed, signature)
     }
 
-    /// Loads an ONNX model from bytes already in memory.
-    pub fn load_bytes(bytes: &[u8]) -> Result<Self, Error> {
-        let proto = tract_onnx::onnx()
-            .proto_model_for_read(&mut &bytes[..])
-            .map_err(|e| engine_error("cannot parse the ONNX file", e))?;
-        Self::from_proto(&proto)
+    /// Loads the NNEF artefact written at upload: the ONNX translation is already done, so
+    /// only optimisation is left. `signature` is the manifest's.
+    pub fn load_nnef(path: &Path, signature: Signature) -> Result<Self, Error> {
+        let typed = nnef()
+            .model_for_path(path)
+            .map_err(|e| engine_error("cannot read the NNEF artefact", e))?;
+        Self::optimise(typed, signature)
     }
 
-    fn from_proto(proto: &pb::ModelProto) -> Result<Self, Error> {
-        let signature = signature_of(proto)?;
-        let onnx = tract_onnx::onnx();
-        let mut model = onnx
-            .model_for_proto_model(proto)
-            .map_err(|e| engine_error("cannot translate the ONNX graph", e))?;
-        if model.input_outlets().map_or(0, |o| o.len()) != signature.inputs.len() {
-            return Err(engine_problem(
-                "the graph's inputs do not match its declared inputs",
-            ));
-        }
-        for (index, spec) in signature.inputs.iter().enumerate() {
-            let datum_type = datum_type_of(spec.datatype).ok_or_else(|| {
-                engine_problem(format!(
-                    "input `{}` has unsupported datatype {}",
-                    spec.name, spec.datatype
-                ))
-            })?;
-            let shape = symbolic_shape(&model, proto, index, spec);
-            model
-                .set_input_fact(index, InferenceFact::dt_shape(datum_type, shape))
-                .map_err(|e| {
-                    engine_error(format!("cannot set the facts of input `{}`", spec.name), e)
-                })?;
-        }
-        let optimized = model
-            .into_optimized()
-            .map_err(|e| engine_error("cannot optimise the model", e))?;
+    fn optimise(typed: TypedModel, signature: Signature) -> Result<Self, Error> {
+        let optimized =
+            typed.into_optimized().map_err(|e| engine_error("cannot optimise the model", e))?;
         let plan =
             SimplePlan::new(optimized).map_err(|e| engine_error("cannot plan the model", e))?;
         Ok(Self { plan, signature })
@@ -108,14 +91,9 @@ impl Model {
     /// Runs one batch. `inputs` must be in the signature's order and already checked against
     /// it (the protocol codec does that); outputs come back in the signature's order.
     pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
-        let values = inputs
-            .into_iter()
-            .map(|t| to_tract(t).map(TValue::from))
-            .collect::<Result<_, _>>()?;
-        let outputs = self
-            .plan
-            .run(values)
-            .map_err(|e| engine_error("inference failed", e))?;
+        let values =
+            inputs.into_iter().map(|t| to_tract(t).map(TValue::from)).collect::<Result<_, _>>()?;
+        let outputs = self.plan.run(values).map_err(|e| engine_error("inference failed", e))?;
         self.signature
             .outputs
             .iter()
@@ -125,12 +103,164 @@ impl Model {
     }
 }
 
+/// Parses the graph, gives its inputs their declared types and symbolic shapes, and
+/// translates it into tract's typed, decluttered form.
+fn translate(proto: &pb::ModelProto) -> Result<(TypedModel, Signature), Error> {
+    let signature = signature_of(proto)?;
+    let mut model = tract_onnx::onnx()
+        .model_for_proto_model(proto)
+        .map_err(|e| engine_error("cannot translate the ONNX graph", e))?;
+    if model.input_outlets().map_or(0, |o| o.len()) != signature.inputs.len() {
+        return Err(engine_problem("the graph's inputs do not match its declared inputs"));
+    }
+    for (index, spec) in signature.inputs.iter().enumerate() {
+        let datum_type = datum_type_of(spec.datatype).ok_or_else(|| {
+            engine_problem(format!(
+                "input `{}` has unsupported datatype {}",
+                spec.name, spec.datatype
+            ))
+        })?;
+        let shape = symbolic_shape(&model, proto, index, spec);
+        model.set_input_fact(index, InferenceFact::dt_shape(datum_type, shape)).map_err(|e| {
+            engine_error(format!("cannot set the facts of input `{}`", spec.name), e)
+        })?;
+    }
+    let typed = model
+        .into_typed()
+        .and_then(|typed| typed.into_decluttered())
+        .map_err(|e| engine_error("cannot analyse the model", e))?;
+    Ok((typed, signature))
+}
+
+/// Limits an upload is validated against.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The largest tensor a declared shape may describe, with dynamic dimensions at 1.
+    pub max_tensor_bytes: u64,
+}
+
+/// What validating an upload found.
+#[derive(Debug)]
+pub struct Validated {
+    pub signature: Signature,
+    /// The default-domain ONNX opset the model imports.
+    pub opset: Option<i64>,
+    /// `producer_name producer_version`, as the exporter wrote them.
+    pub producer: Option<String>,
+    pub report: ValidationReport,
+}
+
+/// Checks that `bytes` are an ONNX model maas can serve: it parses, references no external
+/// data, declares no tensor over the limit, translates, optimises, and runs once on zeros of
+/// the declared types and shapes (dynamic dimensions at 1). Any failure is
+/// [`Error::InvalidModel`] saying what failed.
+pub fn validate(bytes: &[u8], limits: &Limits) -> Result<Validated, Error> {
+    let started = Instant::now();
+    let proto = tract_onnx::onnx()
+        .proto_model_for_read(&mut &bytes[..])
+        .map_err(|e| invalid(format!("not an ONNX file: {e}")))?;
+    let graph = proto.graph.as_ref().filter(|g| !g.node.is_empty() && !g.output.is_empty());
+    let graph = graph.ok_or_else(|| {
+        invalid("not an ONNX model: it has no graph with nodes and outputs".to_owned())
+    })?;
+    if let Some(tensor) =
+        graph.initializer.iter().find(|t| t.data_location == Some(1) || !t.external_data.is_empty())
+    {
+        return Err(invalid(format!(
+            "initializer `{}` references external data; embed all weights in the .onnx file",
+            tensor.name
+        )));
+    }
+    let declared = graph.input.iter().chain(&graph.output).chain(&graph.value_info);
+    for value in declared {
+        check_declared_size(value, limits)?;
+    }
+    let (typed, signature) = translate(&proto).map_err(as_invalid)?;
+    let parse_ms = elapsed_ms(started);
+    let optimising = Instant::now();
+    let model = Model::optimise(typed, signature).map_err(as_invalid)?;
+    let optimise_ms = elapsed_ms(optimising);
+    let trial = Instant::now();
+    model.run(trial_inputs(model.signature())?).map_err(|e| match as_invalid(e) {
+        Error::InvalidModel { problem } => invalid(format!("trial inference failed: {problem}")),
+        other => other,
+    })?;
+    let trial_ms = elapsed_ms(trial);
+    let producer = [proto.producer_name.as_str(), proto.producer_version.as_str()].join(" ");
+    Ok(Validated {
+        signature: model.signature,
+        opset: proto
+            .opset_import
+            .iter()
+            .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+            .map(|o| o.version),
+        producer: Some(producer.trim().to_owned()).filter(|p| !p.is_empty()),
+        report: ValidationReport { parse_ms, optimise_ms, trial_ms },
+    })
+}
+
+fn elapsed_ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+fn invalid(problem: String) -> Error {
+    Error::InvalidModel { problem }
+}
+
+/// Engine failures during validation are the upload's fault: they become `InvalidModel`
+/// with the whole cause chain, which names the failing operator or node.
+fn as_invalid(err: Error) -> Error {
+    match err {
+        Error::Engine { .. } => {
+            invalid(crate::error::chain(&err).trim_start_matches("engine failure: ").to_owned())
+        }
+        other => other,
+    }
+}
+
+fn check_declared_size(value: &pb::ValueInfoProto, limits: &Limits) -> Result<(), Error> {
+    let Ok(spec) = tensor_spec(value) else { return Ok(()) };
+    let Some(width) = datum_type_of(spec.datatype).map(|d| d.size_of() as u64) else {
+        return Ok(());
+    };
+    let bytes = spec.shape.iter().try_fold(width, |acc, &d| acc.checked_mul(d.max(1) as u64));
+    match bytes {
+        Some(bytes) if bytes <= limits.max_tensor_bytes => Ok(()),
+        _ => Err(invalid(format!(
+            "`{}` is declared with shape {:?} of {}: over the limit of {} bytes per tensor",
+            spec.name, spec.shape, spec.datatype, limits.max_tensor_bytes
+        ))),
+    }
+}
+
+/// Zeros of each input's declared type and shape, dynamic dimensions at 1.
+fn trial_inputs(signature: &Signature) -> Result<Vec<Tensor>, Error> {
+    signature
+        .inputs
+        .iter()
+        .map(|spec| {
+            let shape: Vec<usize> = spec.shape.iter().map(|&d| d.max(1) as usize).collect();
+            let count = shape.iter().product();
+            let data = zeros(spec.datatype, count).ok_or_else(|| {
+                invalid(format!("input `{}` has unsupported datatype {}", spec.name, spec.datatype))
+            })?;
+            Ok(Tensor { name: spec.name.clone(), shape, data })
+        })
+        .collect()
+}
+
+/// The model translated and decluttered, in NNEF form (the benchmark's comparison point).
+pub fn to_nnef(bytes: &[u8]) -> Result<Vec<u8>, Error> {
+    let proto = tract_onnx::onnx()
+        .proto_model_for_read(&mut &bytes[..])
+        .map_err(|e| engine_error("cannot parse the ONNX file", e))?;
+    let (typed, _) = translate(&proto)?;
+    nnef().write_to_tar(&typed, Vec::new()).map_err(|e| engine_error("cannot write NNEF", e))
+}
+
 /// Reads the declared inputs (initializers excluded) and outputs of the graph.
 fn signature_of(proto: &pb::ModelProto) -> Result<Signature, Error> {
-    let graph = proto
-        .graph
-        .as_ref()
-        .ok_or_else(|| engine_problem("the file has no graph"))?;
+    let graph = proto.graph.as_ref().ok_or_else(|| engine_problem("the file has no graph"))?;
     let initializers: std::collections::HashSet<&str> =
         graph.initializer.iter().map(|t| t.name.as_str()).collect();
     let specs = |values: &[pb::ValueInfoProto]| {
@@ -140,10 +270,7 @@ fn signature_of(proto: &pb::ModelProto) -> Result<Signature, Error> {
             .map(tensor_spec)
             .collect::<Result<Vec<_>, _>>()
     };
-    Ok(Signature {
-        inputs: specs(&graph.input)?,
-        outputs: specs(&graph.output)?,
-    })
+    Ok(Signature { inputs: specs(&graph.input)?, outputs: specs(&graph.output)? })
 }
 
 fn tensor_spec(value: &pb::ValueInfoProto) -> Result<TensorSpec, Error> {
@@ -151,7 +278,8 @@ fn tensor_spec(value: &pb::ValueInfoProto) -> Result<TensorSpec, Error> {
         value.r#type.as_ref().and_then(|t| t.value.as_ref())
     else {
         return Err(engine_problem(format!(
-            "`{}` is not a tensor (sequences and maps are not supported)",
+            "`{}` is not a tensor: sequences and maps are not supported (a scikit-learn \
+             classifier converted with ZipMap? convert it with options={{'zipmap': False}})",
             value.name
         )));
     };
@@ -174,11 +302,7 @@ fn tensor_spec(value: &pb::ValueInfoProto) -> Result<TensorSpec, Error> {
                 .collect()
         })
         .unwrap_or_default();
-    Ok(TensorSpec {
-        name: value.name.clone(),
-        datatype,
-        shape,
-    })
+    Ok(TensorSpec { name: value.name.clone(), datatype, shape })
 }
 
 /// The input's shape with its dynamic dimensions as symbols: the ONNX `dim_param` name where
@@ -206,10 +330,8 @@ fn symbolic_shape(
             if dim > 0 {
                 return TDim::from(dim);
             }
-            let param = declared
-                .as_ref()
-                .and_then(|s| s.dim.get(axis))
-                .and_then(|d| match &d.value {
+            let param =
+                declared.as_ref().and_then(|s| s.dim.get(axis)).and_then(|d| match &d.value {
                     Some(pb::tensor_shape_proto::dimension::Value::DimParam(p))
                         if !p.is_empty() =>
                     {
@@ -253,6 +375,13 @@ macro_rules! conversions {
         fn datum_type_of(datatype: DataType) -> Option<DatumType> {
             match datatype {
                 $(DataType::$variant => Some(<$ty>::datum_type()),)*
+                DataType::F16 | DataType::Bytes => None,
+            }
+        }
+
+        fn zeros(datatype: DataType, count: usize) -> Option<TensorData> {
+            match datatype {
+                $(DataType::$variant => Some(TensorData::$variant(vec![<$ty>::default(); count])),)*
                 DataType::F16 | DataType::Bytes => None,
             }
         }

@@ -31,9 +31,29 @@ pub enum Error {
     #[error("model `{name}` has no version {version}")]
     VersionNotFound { name: String, version: u64 },
 
-    /// The request body is over the configured limit.
-    #[error("request body is {size} bytes, over the limit of {limit} bytes")]
-    PayloadTooLarge { size: usize, limit: usize },
+    /// The request conflicts with what is stored: a published version, an alias.
+    #[error("{message}")]
+    Conflict { message: String },
+
+    /// An uploaded file is not a model maas can serve; the problem says what failed.
+    #[error("invalid model: {problem}")]
+    InvalidModel { problem: String },
+
+    /// The configured store cannot do what was asked (presigned uploads on a local store).
+    #[error("{message}")]
+    Unsupported { message: String },
+
+    /// The alias does not exist.
+    #[error("model `{name}` has no alias `{alias}`")]
+    AliasNotFound { name: String, alias: String },
+
+    /// A presigned upload was never made, was already committed, or expired.
+    #[error("upload `{upload}` of model `{name}` not found: it was never uploaded, was already committed, or expired")]
+    UploadNotFound { name: String, upload: String },
+
+    /// A request body or a model is over its configured limit.
+    #[error("{what} is {size} bytes, over the limit of {limit} bytes")]
+    PayloadTooLarge { what: &'static str, size: u64, limit: u64 },
 
     /// The object store cannot be reached or is throttling us; retrying later may work.
     #[error("model store unavailable")]
@@ -51,11 +71,7 @@ pub enum Error {
 
     /// A published model's bytes do not match its manifest, or its manifest is unreadable.
     #[error("model `{name}` version {version} is corrupt in the store: {problem}")]
-    CorruptModel {
-        name: String,
-        version: u64,
-        problem: String,
-    },
+    CorruptModel { name: String, version: u64, problem: String },
 
     /// The inference engine could not load or run a model.
     #[error("engine failure: {message}")]
@@ -76,34 +92,32 @@ pub enum Error {
 
 impl Error {
     pub fn invalid_request(message: impl Into<String>) -> Self {
-        Error::InvalidRequest {
-            message: message.into(),
-        }
+        Error::InvalidRequest { message: message.into() }
     }
 
     pub fn invalid_input(input: impl Into<String>, problem: impl Into<String>) -> Self {
-        Error::InvalidInput {
-            input: input.into(),
-            problem: problem.into(),
-        }
+        Error::InvalidInput { input: input.into(), problem: problem.into() }
     }
 
     pub fn internal(
         context: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
-        Error::Internal {
-            context: context.into(),
-            source: Arc::new(source),
-        }
+        Error::Internal { context: context.into(), source: Arc::new(source) }
     }
 
     /// The HTTP status this error maps to.
     pub fn status(&self) -> u16 {
         match self {
             Error::InvalidRequest { .. } | Error::InvalidInput { .. } => 400,
-            Error::ModelNotFound { .. } | Error::VersionNotFound { .. } => 404,
+            Error::ModelNotFound { .. }
+            | Error::VersionNotFound { .. }
+            | Error::AliasNotFound { .. }
+            | Error::UploadNotFound { .. } => 404,
+            Error::Conflict { .. } => 409,
             Error::PayloadTooLarge { .. } => 413,
+            Error::InvalidModel { .. } => 422,
+            Error::Unsupported { .. } => 501,
             Error::StoreUnavailable { .. } => 503,
             Error::Store { .. }
             | Error::CorruptModel { .. }
@@ -112,9 +126,10 @@ impl Error {
         }
     }
 
-    /// True when the client caused the error (4xx); such errors are not logged as errors.
+    /// True when the client caused the error (4xx) or asked for what this deployment does
+    /// not offer (501); such errors are not logged as errors and their message is shown.
     pub fn is_client_error(&self) -> bool {
-        self.status() < 500
+        self.status() < 500 || self.status() == 501
     }
 
     /// The message safe to show a client: the full text for client errors, a generic
@@ -122,7 +137,7 @@ impl Error {
     pub fn client_message(&self) -> String {
         match self.status() {
             503 => "model store unavailable, retry later".to_owned(),
-            500 => "internal error".to_owned(),
+            _ if !self.is_client_error() => "internal error".to_owned(),
             _ => self.to_string(),
         }
     }
@@ -134,6 +149,11 @@ impl Error {
             Error::InvalidInput { .. } => "InvalidInput",
             Error::ModelNotFound { .. } => "ModelNotFound",
             Error::VersionNotFound { .. } => "VersionNotFound",
+            Error::AliasNotFound { .. } => "AliasNotFound",
+            Error::UploadNotFound { .. } => "UploadNotFound",
+            Error::Conflict { .. } => "Conflict",
+            Error::InvalidModel { .. } => "InvalidModel",
+            Error::Unsupported { .. } => "Unsupported",
             Error::PayloadTooLarge { .. } => "PayloadTooLarge",
             Error::StoreUnavailable { .. } => "StoreUnavailable",
             Error::Store { .. } => "StoreFailure",
@@ -152,9 +172,24 @@ impl From<StoreError> for Error {
             StoreError::Throttled { .. } | StoreError::Unavailable { .. } => {
                 Error::StoreUnavailable { source }
             }
+            StoreError::Unsupported { operation } => Error::Unsupported {
+                message: format!("this deployment's store does not support {operation}"),
+            },
             _ => Error::Store { source },
         }
     }
+}
+
+/// An error followed by each of its sources, `: `-separated.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -176,16 +211,10 @@ mod tests {
 
     #[test]
     fn throttling_is_503_and_access_denied_is_500() {
-        let throttled: Error = StoreError::Throttled {
-            key: "k".into(),
-            source: Arc::new(std::fmt::Error),
-        }
-        .into();
-        let denied: Error = StoreError::AccessDenied {
-            key: "k".into(),
-            source: Arc::new(std::fmt::Error),
-        }
-        .into();
+        let throttled: Error =
+            StoreError::Throttled { key: "k".into(), source: Arc::new(std::fmt::Error) }.into();
+        let denied: Error =
+            StoreError::AccessDenied { key: "k".into(), source: Arc::new(std::fmt::Error) }.into();
         assert_eq!(throttled.status(), 503);
         assert_eq!(denied.status(), 500);
     }

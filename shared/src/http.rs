@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
-use lambda_http::http::{header, StatusCode};
+use lambda_http::http::{header, Method, StatusCode};
 use lambda_http::{Body, Request, Response};
 use serde::Serialize;
 
@@ -37,23 +37,63 @@ pub fn error_response(err: &Error) -> Response<Body> {
     if err.is_client_error() {
         tracing::debug!(kind = err.kind(), error = %err, "request refused");
     } else {
-        tracing::error!(kind = err.kind(), error = %ErrorChain(err), "request failed");
+        tracing::error!(kind = err.kind(), error = %crate::error::chain(err), "request failed");
     }
     message_response(err.status(), &err.client_message())
 }
 
-/// Displays an error followed by each of its sources.
-struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+/// A route table: paths with `{parameters}`, each with the methods it answers and the action
+/// each method maps to.
+#[derive(Debug)]
+pub struct Routes<A: Copy + 'static> {
+    router: matchit::Router<Vec<(Method, A)>>,
+}
 
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
+/// A matched route: its action and the path's parameters.
+pub struct Matched<'r, 'p, A> {
+    pub action: A,
+    pub params: matchit::Params<'r, 'p>,
+}
+
+impl<A: Copy + 'static> Routes<A> {
+    /// Builds the table. Panics on an invalid pattern: tables are fixed at compile time.
+    pub fn new(table: &[(&str, Method, A)]) -> Self {
+        let mut grouped: Vec<(&str, Vec<(Method, A)>)> = Vec::new();
+        for (path, method, action) in table {
+            match grouped.iter_mut().find(|(p, _)| p == path) {
+                Some((_, methods)) => methods.push((method.clone(), *action)),
+                None => grouped.push((path, vec![(method.clone(), *action)])),
+            }
         }
-        Ok(())
+        let mut router = matchit::Router::new();
+        for (path, methods) in grouped {
+            router.insert(path, methods).expect("route patterns are valid");
+        }
+        Self { router }
+    }
+
+    /// The action for a request, or the 404 (no such path) or 405 (no such method, with an
+    /// `Allow` header) response. A trailing `/` is ignored.
+    pub fn find<'r, 'p>(
+        &'r self,
+        method: &Method,
+        path: &'p str,
+    ) -> Result<Matched<'r, 'p, A>, Response<Body>> {
+        let trimmed = path.trim_end_matches('/');
+        let Ok(matched) = self.router.at(if trimmed.is_empty() { "/" } else { trimmed }) else {
+            return Err(message_response(404, &format!("no route for {trimmed}")));
+        };
+        if let Some((_, action)) = matched.value.iter().find(|(m, _)| m == method) {
+            return Ok(Matched { action: *action, params: matched.params });
+        }
+        let allowed: Vec<&str> = matched.value.iter().map(|(m, _)| m.as_str()).collect();
+        let allowed = allowed.join(", ");
+        let mut response =
+            message_response(405, &format!("{method} is not allowed on {trimmed}; use {allowed}"));
+        if let Ok(value) = allowed.parse() {
+            response.headers_mut().insert(header::ALLOW, value);
+        }
+        Err(response)
     }
 }
 
@@ -75,11 +115,8 @@ where
             let (parts, body) = request.into_parts();
             let response = match axum::body::to_bytes(body, body_limit).await {
                 Ok(bytes) => {
-                    let body = if bytes.is_empty() {
-                        Body::Empty
-                    } else {
-                        Body::Binary(bytes.to_vec())
-                    };
+                    let body =
+                        if bytes.is_empty() { Body::Empty } else { Body::Binary(bytes.to_vec()) };
                     handler(Request::from_parts(parts, body)).await
                 }
                 Err(_) => message_response(

@@ -3,18 +3,22 @@
 //! An ONNX model is published to an object store ([`store`]) under the layout of [`names`]
 //! with a [`manifest`]; the [`registry`] pulls it on first use into a disk cache
 //! ([`disk_cache`]) and a bounded memory cache, loads it with the [`engine`], and the
-//! [`predictor`] serves it over the Open Inference Protocol ([`protocol`]). [`http`] holds the
-//! glue the HTTP functions share; [`config`] reads the environment.
+//! [`predictor`] serves it over the Open Inference Protocol ([`protocol`]); the
+//! [`publisher`] validates and publishes uploads. [`http`] holds the
+//! glue the HTTP functions share, [`function`] their start-up; [`config`] reads the
+//! environment.
 
 pub mod config;
 pub mod disk_cache;
 pub mod engine;
 pub mod error;
+pub mod function;
 pub mod http;
 pub mod manifest;
 pub mod names;
 pub mod predictor;
 pub mod protocol;
+pub mod publisher;
 pub mod registry;
 pub mod store;
 pub mod tensor;
@@ -22,4 +26,5 @@ pub mod tensor;
 pub use config::Config;
 pub use error::{Error, Result};
 pub use predictor::Predictor;
+pub use publisher::Publisher;
 pub use registry::Registry;

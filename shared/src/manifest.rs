@@ -16,6 +16,33 @@ pub struct Manifest {
     /// When the version was published, RFC 3339.
     pub created: String,
     pub signature: Signature,
+    /// The default-domain ONNX opset the model imports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opset: Option<i64>,
+    /// The exporter that wrote the model, as it names itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub producer: Option<String>,
+    /// How long validation at upload took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<ValidationReport>,
+}
+
+/// Timings of an upload's validation, in milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidationReport {
+    /// Parsing and translating the ONNX graph.
+    pub parse_ms: f64,
+    /// Optimising it.
+    pub optimise_ms: f64,
+    /// One trial inference on zeros.
+    pub trial_ms: f64,
+}
+
+/// A file identified by its content.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Artefact {
+    pub sha256: String,
+    pub size: u64,
 }
 
 /// The tensors a model takes and gives, in the model's order.
@@ -37,11 +64,7 @@ impl TensorSpec {
     /// Whether a concrete shape fits this spec: same rank, and equal in every fixed dimension.
     pub fn accepts_shape(&self, shape: &[usize]) -> bool {
         shape.len() == self.shape.len()
-            && self
-                .shape
-                .iter()
-                .zip(shape)
-                .all(|(&want, &got)| want < 0 || want as usize == got)
+            && self.shape.iter().zip(shape).all(|(&want, &got)| want < 0 || want as usize == got)
     }
 }
 
@@ -51,11 +74,7 @@ mod tests {
 
     #[test]
     fn dynamic_dimensions_accept_any_size_and_fixed_ones_only_theirs() {
-        let spec = TensorSpec {
-            name: "x".into(),
-            datatype: DataType::F32,
-            shape: vec![-1, 4],
-        };
+        let spec = TensorSpec { name: "x".into(), datatype: DataType::F32, shape: vec![-1, 4] };
         assert!(spec.accepts_shape(&[1, 4]));
         assert!(spec.accepts_shape(&[64, 4]));
         assert!(!spec.accepts_shape(&[1, 3]));

@@ -16,18 +16,12 @@ pub struct Predictor {
 
 /// The `{name}` and optional `{version}` of a request path, validated.
 fn parse_target(name: &str, version: Option<&str>) -> Result<(ModelName, VersionSpec), Error> {
-    Ok((
-        name.parse()?,
-        version.map_or(Ok(VersionSpec::Latest), str::parse)?,
-    ))
+    Ok((name.parse()?, version.map_or(Ok(VersionSpec::Latest), str::parse)?))
 }
 
 impl Predictor {
     pub fn new(registry: Arc<Registry>, max_request_bytes: usize) -> Self {
-        Self {
-            registry,
-            max_request_bytes,
-        }
+        Self { registry, max_request_bytes }
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -40,7 +34,7 @@ impl Predictor {
 
     async fn resolve(&self, name: &str, version: Option<&str>) -> Result<ModelId, Error> {
         let (name, spec) = parse_target(name, version)?;
-        self.registry.resolve(&name, spec).await
+        self.registry.resolve(&name, &spec).await
     }
 
     /// Runs one inference request (`POST /v2/models/{name}[/versions/{v}]/infer`).
@@ -53,13 +47,14 @@ impl Predictor {
     ) -> Result<InferResponse, Error> {
         if body.len() > self.max_request_bytes {
             return Err(Error::PayloadTooLarge {
-                size: body.len(),
-                limit: self.max_request_bytes,
+                what: "request body",
+                size: body.len() as u64,
+                limit: self.max_request_bytes as u64,
             });
         }
         let target = parse_target(name, version)?;
         let request = protocol::parse_request(body)?;
-        let id = self.registry.resolve(&target.0, target.1).await?;
+        let id = self.registry.resolve(&target.0, &target.1).await?;
         let loaded = self.registry.load(&id).await?;
         let decoded = protocol::decode(request, loaded.model.signature())?;
         let runner = Arc::clone(&loaded);
@@ -97,10 +92,10 @@ impl Predictor {
         version: Option<&str>,
     ) -> Result<ModelMetadata, Error> {
         let (model_name, spec) = parse_target(name, version)?;
-        let id = self.registry.resolve(&model_name, spec).await?;
+        let id = self.registry.resolve(&model_name, &spec).await?;
         let manifest = self.registry.manifest(&id).await?;
         let versions = match spec {
-            VersionSpec::Exact(v) => vec![v],
+            VersionSpec::Exact(_) | VersionSpec::Alias(_) => vec![id.version],
             VersionSpec::Latest => self.registry.versions(&model_name).await?,
         };
         Ok(ModelMetadata {
@@ -124,7 +119,7 @@ impl Predictor {
     pub async fn preload(&self, models: &[(ModelName, VersionSpec)]) {
         for (name, spec) in models {
             let started = std::time::Instant::now();
-            let loaded = match self.registry.resolve(name, *spec).await {
+            let loaded = match self.registry.resolve(name, spec).await {
                 Ok(id) => self.registry.load(&id).await.map(|_| id),
                 Err(err) => Err(err),
             };

@@ -93,11 +93,7 @@ pub struct ServerMetadata {
 
 impl ServerMetadata {
     pub fn current() -> Self {
-        ServerMetadata {
-            name: "maas",
-            version: env!("CARGO_PKG_VERSION"),
-            extensions: Vec::new(),
-        }
+        ServerMetadata { name: "maas", version: env!("CARGO_PKG_VERSION"), extensions: Vec::new() }
     }
 }
 
@@ -126,44 +122,27 @@ pub fn decode(request: InferRequest, signature: &Signature) -> Result<DecodedReq
         if !signature.inputs.iter().any(|spec| spec.name == input.name) {
             return Err(Error::invalid_input(
                 &input.name,
-                format!(
-                    "the model has no such input; its inputs are {}",
-                    names(&signature.inputs)
-                ),
+                format!("the model has no such input; its inputs are {}", names(&signature.inputs)),
             ));
         }
     }
-    let mut by_name: std::collections::HashMap<String, RequestInput> = request
-        .inputs
-        .into_iter()
-        .map(|input| (input.name.clone(), input))
-        .collect();
+    let mut by_name: std::collections::HashMap<String, RequestInput> =
+        request.inputs.into_iter().map(|input| (input.name.clone(), input)).collect();
     let inputs = signature
         .inputs
         .iter()
         .map(|spec| match by_name.remove(&spec.name) {
             Some(input) => decode_input(input, spec),
-            None => Err(Error::invalid_input(
-                &spec.name,
-                "missing: the model requires this input",
-            )),
+            None => Err(Error::invalid_input(&spec.name, "missing: the model requires this input")),
         })
         .collect::<Result<Vec<_>, _>>()?;
     check_batch_sizes_agree(&inputs, signature)?;
     let outputs = match request.outputs {
-        None => signature
-            .outputs
-            .iter()
-            .map(|spec| spec.name.clone())
-            .collect(),
+        None => signature.outputs.iter().map(|spec| spec.name.clone()).collect(),
         Some(requested) => requested
             .into_iter()
             .map(|output| {
-                if signature
-                    .outputs
-                    .iter()
-                    .any(|spec| spec.name == output.name)
-                {
+                if signature.outputs.iter().any(|spec| spec.name == output.name) {
                     Ok(output.name)
                 } else {
                     Err(Error::invalid_request(format!(
@@ -175,19 +154,11 @@ pub fn decode(request: InferRequest, signature: &Signature) -> Result<DecodedReq
             })
             .collect::<Result<_, _>>()?,
     };
-    Ok(DecodedRequest {
-        id: request.id,
-        inputs,
-        outputs,
-    })
+    Ok(DecodedRequest { id: request.id, inputs, outputs })
 }
 
 fn names(specs: &[TensorSpec]) -> String {
-    specs
-        .iter()
-        .map(|spec| format!("`{}`", spec.name))
-        .collect::<Vec<_>>()
-        .join(", ")
+    specs.iter().map(|spec| format!("`{}`", spec.name)).collect::<Vec<_>>().join(", ")
 }
 
 fn decode_input(input: RequestInput, spec: &TensorSpec) -> Result<Tensor, Error> {
@@ -197,10 +168,7 @@ fn decode_input(input: RequestInput, spec: &TensorSpec) -> Result<Tensor, Error>
         return Err(bad(format!("datatype {datatype} is not supported")));
     }
     if datatype != spec.datatype {
-        return Err(bad(format!(
-            "datatype is {datatype} but the model expects {}",
-            spec.datatype
-        )));
+        return Err(bad(format!("datatype is {datatype} but the model expects {}", spec.datatype)));
     }
     let shape = input
         .shape
@@ -208,10 +176,7 @@ fn decode_input(input: RequestInput, spec: &TensorSpec) -> Result<Tensor, Error>
         .map(|&d| usize::try_from(d).ok().filter(|&d| d > 0))
         .collect::<Option<Vec<usize>>>()
         .ok_or_else(|| {
-            bad(format!(
-                "shape {:?} has a dimension that is not a positive integer",
-                input.shape
-            ))
+            bad(format!("shape {:?} has a dimension that is not a positive integer", input.shape))
         })?;
     if !spec.accepts_shape(&shape) {
         return Err(bad(format!(
@@ -235,11 +200,7 @@ fn decode_input(input: RequestInput, spec: &TensorSpec) -> Result<Tensor, Error>
         )));
     }
     let data = convert(datatype, &leaves).map_err(bad)?;
-    Ok(Tensor {
-        name: input.name,
-        shape,
-        data,
-    })
+    Ok(Tensor { name: input.name, shape, data })
 }
 
 /// Collects the scalars of flat or nested `data`. Nested data must follow the shape exactly;
@@ -248,9 +209,7 @@ fn flatten<'a>(data: &'a [Value], shape: &[usize], out: &mut Vec<&'a Value>) -> 
     let nested = data.first().is_some_and(Value::is_array);
     if !nested {
         if let Some(position) = data.iter().position(|v| v.is_array() || v.is_object()) {
-            return Err(format!(
-                "data mixes nested arrays and scalars (element {position})"
-            ));
+            return Err(format!("data mixes nested arrays and scalars (element {position})"));
         }
         out.extend(data);
         return Ok(());
@@ -269,22 +228,18 @@ fn flatten<'a>(data: &'a [Value], shape: &[usize], out: &mut Vec<&'a Value>) -> 
                         items.len()
                     ));
                 }
-                items
-                    .iter()
-                    .try_for_each(|item| walk(item, shape, depth + 1, out))
+                items.iter().try_for_each(|item| walk(item, shape, depth + 1, out))
             }
-            (Value::Array(_), None) => Err(format!(
-                "nested data is deeper than the shape's {} dimensions",
-                shape.len()
-            )),
+            (Value::Array(_), None) => {
+                Err(format!("nested data is deeper than the shape's {} dimensions", shape.len()))
+            }
             (scalar, None) => {
                 out.push(scalar);
                 Ok(())
             }
-            (_, Some(_)) => Err(format!(
-                "nested data is shallower than the shape's {} dimensions",
-                shape.len()
-            )),
+            (_, Some(_)) => {
+                Err(format!("nested data is shallower than the shape's {} dimensions", shape.len()))
+            }
         }
     }
     match shape.first() {
@@ -385,10 +340,7 @@ fn check_batch_sizes_agree(inputs: &[Tensor], signature: &Signature) -> Result<(
             Some((first, size)) if size != tensor.shape[0] => {
                 return Err(Error::invalid_input(
                     &tensor.name,
-                    format!(
-                        "batch size {} differs from input `{first}`'s {size}",
-                        tensor.shape[0]
-                    ),
+                    format!("batch size {} differs from input `{first}`'s {size}", tensor.shape[0]),
                 ))
             }
             Some(_) => {}
@@ -410,16 +362,8 @@ mod tests {
                 shape: vec![-1, 2],
             }],
             outputs: vec![
-                TensorSpec {
-                    name: "y".into(),
-                    datatype: DataType::F32,
-                    shape: vec![-1, 1],
-                },
-                TensorSpec {
-                    name: "label".into(),
-                    datatype: DataType::I64,
-                    shape: vec![-1],
-                },
+                TensorSpec { name: "y".into(), datatype: DataType::F32, shape: vec![-1, 1] },
+                TensorSpec { name: "label".into(), datatype: DataType::I64, shape: vec![-1] },
             ],
         }
     }
@@ -439,10 +383,7 @@ mod tests {
         let flat = decode_json(json!({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [1, 2.5, 3, 4]}]})).unwrap();
         let nested = decode_json(json!({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [[1, 2.5], [3, 4]]}]})).unwrap();
         assert_eq!(flat.inputs, nested.inputs);
-        assert_eq!(
-            flat.inputs[0].data,
-            TensorData::F32(vec![1.0, 2.5, 3.0, 4.0])
-        );
+        assert_eq!(flat.inputs[0].data, TensorData::F32(vec![1.0, 2.5, 3.0, 4.0]));
         assert_eq!(flat.outputs, vec!["y", "label"]);
     }
 
@@ -528,23 +469,14 @@ mod tests {
             convert(DataType::U8, &[&value]),
             Err("element 0 (300) is not a valid UINT8 value".into())
         );
-        assert_eq!(
-            convert(DataType::I16, &[&value]),
-            Ok(TensorData::I16(vec![300]))
-        );
+        assert_eq!(convert(DataType::I16, &[&value]), Ok(TensorData::I16(vec![300])));
         let float = json!(1.5);
         assert!(convert(DataType::I64, &[&float]).is_err());
         let big = json!(1e300);
         assert!(convert(DataType::F32, &[&big]).is_err());
-        assert_eq!(
-            convert(DataType::F64, &[&big]),
-            Ok(TensorData::F64(vec![1e300]))
-        );
+        assert_eq!(convert(DataType::F64, &[&big]), Ok(TensorData::F64(vec![1e300])));
         let truth = json!(true);
-        assert_eq!(
-            convert(DataType::Bool, &[&truth]),
-            Ok(TensorData::Bool(vec![true]))
-        );
+        assert_eq!(convert(DataType::Bool, &[&truth]), Ok(TensorData::Bool(vec![true])));
     }
 
     #[test]

@@ -7,10 +7,7 @@ use maas_tests::{call, predictor, repo_root};
 use serde_json::json;
 
 fn example_predictor(cache: &tempfile::TempDir) -> maas::Predictor {
-    predictor(
-        Arc::new(LocalStore::new(repo_root().join("scripts/example-store"))),
-        cache,
-    )
+    predictor(Arc::new(LocalStore::new(repo_root().join("scripts/example-store"))), cache)
 }
 
 fn iris_input(datatype: &str, shape: serde_json::Value, data: serde_json::Value) -> Vec<u8> {
@@ -43,7 +40,9 @@ async fn each_bad_request_gets_its_status_and_a_message() {
         ("POST", "/v2/models/iris/infer", Some(json!({"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}], "outputs": [{"name": "scores"}]}).to_string().into_bytes()), 400, "requested output `scores` does not exist"),
         ("POST", "/v2/models/tulip/infer", Some(iris_input("FP32", json!([1, 4]), good_row.clone())), 404, "model `tulip` not found"),
         ("POST", "/v2/models/iris/versions/9/infer", Some(iris_input("FP32", json!([1, 4]), good_row.clone())), 404, "model `iris` has no version 9"),
-        ("POST", "/v2/models/iris/versions/one/infer", Some(iris_input("FP32", json!([1, 4]), good_row.clone())), 400, "invalid model version \"one\""),
+        ("POST", "/v2/models/iris/versions/one/infer", Some(iris_input("FP32", json!([1, 4]), good_row.clone())), 404, "model `iris` has no alias `one`"),
+        ("POST", "/v2/models/iris/versions/1x/infer", Some(iris_input("FP32", json!([1, 4]), good_row.clone())), 400, "invalid model version \"1x\""),
+        ("GET", "/v2/models/iris/versions/a%20b", None, 400, "invalid alias"),
         ("POST", "/v2/models/iris/versions/0/infer", Some(iris_input("FP32", json!([1, 4]), good_row.clone())), 400, "invalid model version \"0\""),
         ("GET", "/v2/models/iris/versions/-3", None, 400, "invalid model version \"-3\""),
         ("GET", "/v2/models/..%2F..%2Fetc/ready", None, 400, "invalid model name"),
@@ -60,9 +59,6 @@ async fn each_bad_request_gets_its_status_and_a_message() {
             .as_str()
             .unwrap_or_else(|| panic!("{method} {path}: no error message in {got}"));
         assert_eq!(got_status, status, "{method} {path}: {error}");
-        assert!(
-            error.contains(message),
-            "{method} {path}: {error:?} does not contain {message:?}"
-        );
+        assert!(error.contains(message), "{method} {path}: {error:?} does not contain {message:?}");
     }
 }

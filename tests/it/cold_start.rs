@@ -17,27 +17,16 @@ use serde_json::{json, Value};
 use crate::reference::assert_matches_reference;
 
 fn mlp_request() -> (Vec<u8>, maas_tests::Case) {
-    let case = cases()
-        .into_iter()
-        .find(|c| c.model == "mlp" && c.batch == 1)
-        .expect("mlp batch 1 case");
-    (
-        json!({ "inputs": case.inputs }).to_string().into_bytes(),
-        case,
-    )
+    let case =
+        cases().into_iter().find(|c| c.model == "mlp" && c.batch == 1).expect("mlp batch 1 case");
+    (json!({ "inputs": case.inputs }).to_string().into_bytes(), case)
 }
 
 /// A bucket with mlp published as version 1, and the S3 store over it.
 async fn published_mlp() -> maas::store::S3Store {
     let store = fresh_s3_store().await;
     let cache = tempfile::tempdir().unwrap();
-    publish(
-        &predictor(Arc::new(store.clone()), &cache),
-        "mlp",
-        1,
-        model_bytes("mlp"),
-    )
-    .await;
+    publish(&predictor(Arc::new(store.clone()), &cache), "mlp", 1, model_bytes("mlp")).await;
     store
 }
 
@@ -62,32 +51,19 @@ async fn first_request_fetches_from_s3_and_the_second_makes_no_store_call() {
 
     let after_first = counting.total();
     assert_matches_reference(&case, &infer(&predictor, "1", &body).await);
-    assert_eq!(
-        counting.total(),
-        after_first,
-        "the warm path called the store"
-    );
+    assert_eq!(counting.total(), after_first, "the warm path called the store");
 
     // "latest" is resolved once per TTL: one listing, then no calls either.
     infer_latest(&predictor, &body).await;
     let after_latest = counting.total();
     assert_eq!(counting.lists.load(Ordering::SeqCst), 1);
     infer_latest(&predictor, &body).await;
-    assert_eq!(
-        counting.total(),
-        after_latest,
-        "a warm `latest` request called the store"
-    );
+    assert_eq!(counting.total(), after_latest, "a warm `latest` request called the store");
 }
 
 async fn infer_latest(predictor: &Predictor, body: &[u8]) {
-    let (status, served) = call(
-        predictor,
-        "POST",
-        "/v2/models/mlp/infer",
-        Some(body.to_vec()),
-    )
-    .await;
+    let (status, served) =
+        call(predictor, "POST", "/v2/models/mlp/infer", Some(body.to_vec())).await;
     assert_eq!(status, 200, "{served}");
     assert_eq!(served["model_version"], "1");
 }
@@ -101,17 +77,8 @@ async fn warm_path_survives_deleting_the_model_from_s3() {
     infer(&predictor, "1", &body).await;
 
     let client = s3_client().await;
-    for key in [
-        "maas/models/mlp/1/model.onnx",
-        "maas/models/mlp/1/manifest.json",
-    ] {
-        client
-            .delete_object()
-            .bucket(store.bucket())
-            .key(key)
-            .send()
-            .await
-            .unwrap();
+    for key in ["maas/models/mlp/1/model.onnx", "maas/models/mlp/1/manifest.json"] {
+        client.delete_object().bucket(store.bucket()).key(key).send().await.unwrap();
     }
     assert_matches_reference(&case, &infer(&predictor, "1", &body).await);
 
@@ -124,10 +91,7 @@ async fn warm_path_survives_deleting_the_model_from_s3() {
 
 fn cached_model_file(cache: &tempfile::TempDir) -> std::path::PathBuf {
     let dir = cache.path().join("mlp").join("1");
-    let files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(files.len(), 1, "{files:?}");
     files[0].clone()
 }
@@ -181,20 +145,13 @@ async fn bytes_in_s3_that_do_not_match_the_manifest_are_refused() {
     let cache = tempfile::tempdir().unwrap();
     let predictor = predictor(Arc::new(store), &cache);
     let (body, _) = mlp_request();
-    let (status, served) = call(
-        &predictor,
-        "POST",
-        "/v2/models/mlp/versions/1/infer",
-        Some(body),
-    )
-    .await;
+    let (status, served) =
+        call(&predictor, "POST", "/v2/models/mlp/versions/1/infer", Some(body)).await;
     assert_eq!(status, 500);
     assert_eq!(served["error"], "internal error");
     // Nothing unverified was left in the cache for the next request to trust.
-    let leftovers: Vec<_> = std::fs::read_dir(cache.path().join("mlp/1"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let leftovers: Vec<_> =
+        std::fs::read_dir(cache.path().join("mlp/1")).unwrap().map(|e| e.unwrap().path()).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
@@ -238,14 +195,8 @@ async fn memory_cache_evicts_the_least_recently_used_model_beyond_its_budget() {
     let (entries, bytes) = registry.memory_usage().await;
     assert_eq!(entries, 2);
     assert!(bytes <= settings.memory_bytes);
-    assert!(
-        registry.is_loaded(&id("a")).await,
-        "the recently used model was evicted"
-    );
-    assert!(
-        !registry.is_loaded(&id("b")).await,
-        "the least recently used model stayed"
-    );
+    assert!(registry.is_loaded(&id("a")).await, "the recently used model was evicted");
+    assert!(!registry.is_loaded(&id("b")).await, "the least recently used model stayed");
     assert!(registry.is_loaded(&id("c")).await);
 }
 

@@ -10,13 +10,7 @@ use maas_tests::{fresh_s3_store, s3_client, s3_client_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn read(store: &dyn ObjectStore, key: &str) -> Bytes {
-    store
-        .get(key)
-        .await
-        .unwrap_or_else(|e| panic!("get {key}: {e}"))
-        .bytes()
-        .await
-        .unwrap()
+    store.get(key).await.unwrap_or_else(|e| panic!("get {key}: {e}")).bytes().await.unwrap()
 }
 
 fn keys(list: Vec<maas::store::ObjectMeta>) -> Vec<String> {
@@ -26,14 +20,8 @@ fn keys(list: Vec<maas::store::ObjectMeta>) -> Vec<String> {
 /// What every backend must do.
 async fn conformance(store: &dyn ObjectStore) {
     // A missing object is NotFound for get and head; deleting it succeeds.
-    assert!(matches!(
-        store.get("nothing/here").await,
-        Err(StoreError::NotFound { .. })
-    ));
-    assert!(matches!(
-        store.head("nothing/here").await,
-        Err(StoreError::NotFound { .. })
-    ));
+    assert!(matches!(store.get("nothing/here").await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(store.head("nothing/here").await, Err(StoreError::NotFound { .. })));
     store.delete("nothing/here").await.unwrap();
 
     // Bytes round-trip exactly, zeros and all, including an empty object.
@@ -45,33 +33,22 @@ async fn conformance(store: &dyn ObjectStore) {
     assert_eq!(read(store, "a/empty").await, Bytes::new());
 
     // A large object streams in chunks and arrives whole.
-    let large: Bytes = (0..3 * 1024 * 1024)
-        .map(|i: u32| (i % 251) as u8)
-        .collect::<Vec<_>>()
-        .into();
+    let large: Bytes =
+        (0..3 * 1024 * 1024).map(|i: u32| (i % 251) as u8).collect::<Vec<_>>().into();
     store.put("a/large", large.clone()).await.unwrap();
     let object = store.get("a/large").await.unwrap();
     assert_eq!(object.size, large.len() as u64);
     assert_eq!(object.bytes().await.unwrap(), large);
 
     // A put replaces.
-    store
-        .put("a/binary", Bytes::from_static(b"second"))
-        .await
-        .unwrap();
+    store.put("a/binary", Bytes::from_static(b"second")).await.unwrap();
     assert_eq!(read(store, "a/binary").await, Bytes::from_static(b"second"));
 
     // Listing is by prefix, sorted, and a prefix is a string prefix.
     store.put("ab/c", Bytes::from_static(b"1")).await.unwrap();
     store.put("b/d/e", Bytes::from_static(b"2")).await.unwrap();
-    assert_eq!(
-        keys(store.list("a/").await.unwrap()),
-        ["a/binary", "a/empty", "a/large"]
-    );
-    assert_eq!(
-        keys(store.list("a").await.unwrap()),
-        ["a/binary", "a/empty", "a/large", "ab/c"]
-    );
+    assert_eq!(keys(store.list("a/").await.unwrap()), ["a/binary", "a/empty", "a/large"]);
+    assert_eq!(keys(store.list("a").await.unwrap()), ["a/binary", "a/empty", "a/large", "ab/c"]);
     assert_eq!(
         keys(store.list("").await.unwrap()),
         ["a/binary", "a/empty", "a/large", "ab/c", "b/d/e"]
@@ -83,29 +60,62 @@ async fn conformance(store: &dyn ObjectStore) {
 
     // Delete removes.
     store.delete("a/large").await.unwrap();
-    assert!(matches!(
-        store.get("a/large").await,
-        Err(StoreError::NotFound { .. })
-    ));
-    assert_eq!(
-        keys(store.list("a/").await.unwrap()),
-        ["a/binary", "a/empty"]
-    );
+    assert!(matches!(store.get("a/large").await, Err(StoreError::NotFound { .. })));
+    assert_eq!(keys(store.list("a/").await.unwrap()), ["a/binary", "a/empty"]);
+
+    // A create-only write refuses to replace, and leaves the object as it was.
+    store.put_if_absent("once", Bytes::from_static(b"first")).await.unwrap();
+    let second = store.put_if_absent("once", Bytes::from_static(b"second")).await;
+    assert!(matches!(second, Err(StoreError::AlreadyExists { .. })), "{second:?}");
+    assert_eq!(read(store, "once").await, Bytes::from_static(b"first"));
 
     // Keys that could escape the root are refused before any I/O.
     for key in ["../escape", "/abs", "", "a/../../b", "a//b"] {
         assert!(
-            matches!(
-                store.put(key, Bytes::new()).await,
-                Err(StoreError::InvalidKey { .. })
-            ),
+            matches!(store.put(key, Bytes::new()).await, Err(StoreError::InvalidKey { .. })),
             "{key:?}"
         );
-        assert!(
-            matches!(store.get(key).await, Err(StoreError::InvalidKey { .. })),
-            "{key:?}"
-        );
+        assert!(matches!(store.get(key).await, Err(StoreError::InvalidKey { .. })), "{key:?}");
     }
+}
+
+/// Of many writers racing to create one key, exactly one succeeds and its bytes stay.
+async fn create_only_race(store: Arc<dyn ObjectStore>) {
+    for round in 0..5 {
+        let key = format!("race/{round}");
+        let writers = (0..8u8).map(|writer| {
+            let (store, key) = (store.clone(), key.clone());
+            tokio::spawn(async move { (writer, store.put_if_absent(&key, Bytes::from(vec![writer; 64])).await) })
+        });
+        let results = futures::future::join_all(writers).await;
+        let winners: Vec<u8> = results.iter().filter_map(|r| match r.as_ref().unwrap() {
+            (writer, Ok(())) => Some(*writer),
+            (_, Err(StoreError::AlreadyExists { .. })) => None,
+            (_, Err(other)) => panic!("{other:?}"),
+        }).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+        assert_eq!(read(store.as_ref(), &key).await, Bytes::from(vec![winners[0]; 64]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_only_writes_have_one_winner_on_every_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    create_only_race(Arc::new(MemoryStore::new())).await;
+    create_only_race(Arc::new(LocalStore::new(dir.path()))).await;
+    create_only_race(Arc::new(fresh_s3_store().await)).await;
+}
+
+#[tokio::test]
+async fn only_s3_presigns_uploads() {
+    let dir = tempfile::tempdir().unwrap();
+    let expiry = std::time::Duration::from_secs(60);
+    for store in [&MemoryStore::new() as &dyn ObjectStore, &LocalStore::new(dir.path())] {
+        assert!(matches!(store.presign_put("staging/x", expiry).await, Err(StoreError::Unsupported { .. })));
+    }
+    let url = fresh_s3_store().await.presign_put("staging/x", expiry).await.unwrap();
+    assert!(url.contains("/maas/staging/x?"), "{url}");
+    assert!(url.contains("X-Amz-Expires=60"), "{url}");
 }
 
 #[tokio::test]
@@ -118,10 +128,8 @@ async fn local_store_conforms() {
     let dir = tempfile::tempdir().unwrap();
     conformance(&LocalStore::new(dir.path())).await;
     // Nothing escaped the root, and no temporary files were left behind.
-    let leftovers: Vec<_> = walk(dir.path())
-        .into_iter()
-        .filter(|p| p.contains(".maas-tmp"))
-        .collect();
+    let leftovers: Vec<_> =
+        walk(dir.path()).into_iter().filter(|p| p.contains(".maas-tmp")).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
@@ -144,21 +152,9 @@ async fn s3_store_sees_only_its_prefix() {
         .unwrap();
     store.put("inside", Bytes::from_static(b"y")).await.unwrap();
     assert_eq!(keys(store.list("").await.unwrap()), ["inside"]);
-    assert!(matches!(
-        store.get("outside/x").await,
-        Err(StoreError::NotFound { .. })
-    ));
-    let raw = client
-        .get_object()
-        .bucket(store.bucket())
-        .key("maas/inside")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        raw.body.collect().await.unwrap().into_bytes(),
-        Bytes::from_static(b"y")
-    );
+    assert!(matches!(store.get("outside/x").await, Err(StoreError::NotFound { .. })));
+    let raw = client.get_object().bucket(store.bucket()).key("maas/inside").send().await.unwrap();
+    assert_eq!(raw.body.collect().await.unwrap().into_bytes(), Bytes::from_static(b"y"));
 }
 
 fn walk(dir: &std::path::Path) -> Vec<String> {
@@ -182,11 +178,7 @@ async fn store_at(endpoint: &str) -> S3Store {
 #[tokio::test]
 async fn unreachable_s3_is_unavailable() {
     // Bind then drop a listener: nothing listens on that port any more.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let store = store_at(&format!("http://127.0.0.1:{port}")).await;
     let err = store.get("models/x").await.unwrap_err();
     assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
@@ -235,17 +227,13 @@ async fn access_denied_and_throttling_are_distinct_errors() {
         assert!(matches!(err, StoreError::AccessDenied { .. }), "{err:?}");
     }
     let throttled = store_at(&fault_server("503 Slow Down", "SlowDown").await).await;
-    for err in [
-        throttled.get("k").await.unwrap_err(),
-        throttled.put("k", Bytes::new()).await.unwrap_err(),
-    ] {
+    for err in
+        [throttled.get("k").await.unwrap_err(), throttled.put("k", Bytes::new()).await.unwrap_err()]
+    {
         assert!(matches!(err, StoreError::Throttled { .. }), "{err:?}");
     }
     let missing = store_at(&fault_server("404 Not Found", "NoSuchKey").await).await;
-    assert!(matches!(
-        missing.get("k").await.unwrap_err(),
-        StoreError::NotFound { .. }
-    ));
+    assert!(matches!(missing.get("k").await.unwrap_err(), StoreError::NotFound { .. }));
 }
 
 #[tokio::test]

@@ -8,3 +8,4 @@ mod conformance;
 mod predict_api;
 mod processes;
 mod reference;
+mod upload;

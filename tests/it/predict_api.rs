@@ -8,10 +8,7 @@ use maas_tests::{call, predictor, repo_root};
 use serde_json::{json, Value};
 
 fn example(cache: &tempfile::TempDir) -> maas::Predictor {
-    predictor(
-        Arc::new(LocalStore::new(repo_root().join("scripts/example-store"))),
-        cache,
-    )
+    predictor(Arc::new(LocalStore::new(repo_root().join("scripts/example-store"))), cache)
 }
 
 /// The two rows of the README example: a setosa and a virginica from the iris data set.
@@ -23,24 +20,15 @@ pub fn readme_request() -> Value {
 /// probabilities that sum to one and agree with the label.
 pub fn assert_iris_answer(served: &Value) {
     let outputs = served["outputs"].as_array().unwrap();
-    let label = outputs
-        .iter()
-        .find(|o| o["name"] == "label")
-        .expect("label output");
+    let label = outputs.iter().find(|o| o["name"] == "label").expect("label output");
     assert_eq!(label["datatype"], "INT64");
     assert_eq!(label["shape"], json!([2]));
     assert_eq!(label["data"], json!([0, 2]));
-    let probabilities = outputs
-        .iter()
-        .find(|o| o["name"] == "probabilities")
-        .expect("probabilities output");
+    let probabilities =
+        outputs.iter().find(|o| o["name"] == "probabilities").expect("probabilities output");
     assert_eq!(probabilities["shape"], json!([2, 3]));
-    let p: Vec<f64> = probabilities["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+    let p: Vec<f64> =
+        probabilities["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     for (row, label) in p.chunks(3).zip([0usize, 2]) {
         assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-5, "{row:?}");
         let argmax = (0..3).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
@@ -82,11 +70,7 @@ async fn example_model_predicts_the_true_species() {
 async fn metadata_describes_the_model_with_dynamic_dimensions_as_minus_one() {
     let cache = tempfile::tempdir().unwrap();
     let predictor = example(&cache);
-    for path in [
-        "/v2/models/iris",
-        "/v2/models/iris/versions/1",
-        "/v2/models/iris/",
-    ] {
+    for path in ["/v2/models/iris", "/v2/models/iris/versions/1", "/v2/models/iris/"] {
         let (status, metadata) = call(&predictor, "GET", path, None).await;
         assert_eq!(status, 200, "{path}: {metadata}");
         assert_eq!(metadata["name"], "iris");
@@ -118,32 +102,14 @@ async fn health_and_readiness() {
     let (status, server) = call(&predictor, "GET", "/v2", None).await;
     assert_eq!(status, 200);
     assert_eq!(server["name"], "maas");
-    let id = maas::names::ModelId::new(
-        "iris".parse().unwrap(),
-        maas::names::Version::new(1).unwrap(),
-    );
+    let id =
+        maas::names::ModelId::new("iris".parse().unwrap(), maas::names::Version::new(1).unwrap());
     assert!(!predictor.registry().is_loaded(&id).await);
     let (status, ready) = call(&predictor, "GET", "/v2/models/iris/ready", None).await;
-    assert_eq!(
-        (status, ready),
-        (200, json!({"name": "iris", "version": "1", "ready": true}))
-    );
-    assert!(
-        predictor.registry().is_loaded(&id).await,
-        "readiness did not load the model"
-    );
-    assert_eq!(
-        call(&predictor, "GET", "/v2/models/iris/versions/1/ready", None)
-            .await
-            .0,
-        200
-    );
-    assert_eq!(
-        call(&predictor, "GET", "/v2/models/rose/ready", None)
-            .await
-            .0,
-        404
-    );
+    assert_eq!((status, ready), (200, json!({"name": "iris", "version": "1", "ready": true})));
+    assert!(predictor.registry().is_loaded(&id).await, "readiness did not load the model");
+    assert_eq!(call(&predictor, "GET", "/v2/models/iris/versions/1/ready", None).await.0, 200);
+    assert_eq!(call(&predictor, "GET", "/v2/models/rose/ready", None).await.0, 404);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -174,10 +140,7 @@ async fn call_with_event(predictor: &maas::Predictor, event: &Value) -> (u16, Va
     let request =
         lambda_http::request::from_str(&event.to_string()).expect("a valid API Gateway event");
     let response = predict::handler::handle(predictor, request).await;
-    (
-        response.status().as_u16(),
-        serde_json::from_slice(response.body().as_ref()).unwrap(),
-    )
+    (response.status().as_u16(), serde_json::from_slice(response.body().as_ref()).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use maas_tests::{cases, fresh_s3_store, model_bytes, predictor, publish, repo_root, s3_endpoint};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::predict_api::{assert_iris_answer, readme_request};
 use crate::reference::assert_matches_reference;
@@ -17,11 +16,7 @@ use crate::reference::assert_matches_reference;
 /// The `predict` binary built next to this test binary (`scripts/test.sh` builds it).
 fn predict_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .join("predict");
+    let path = exe.parent().and_then(|deps| deps.parent()).unwrap().join("predict");
     assert!(
         path.exists(),
         "{} is missing: run `cargo build --bins` first (scripts/test.sh does)",
@@ -44,11 +39,7 @@ impl Drop for Server {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 async fn start(args: &[&str], env: &[(&str, &str)], cache: &tempfile::TempDir) -> Server {
@@ -65,82 +56,41 @@ async fn start(args: &[&str], env: &[(&str, &str)], cache: &tempfile::TempDir) -
     for (name, value) in env {
         command.env(name, value);
     }
-    let server = Server {
-        child: command.spawn().expect("start predict"),
-        addr,
-    };
+    let server = Server { child: command.spawn().expect("start predict"), addr };
     let deadline = Instant::now() + Duration::from_secs(30);
     while tokio::net::TcpStream::connect(&server.addr).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "predict did not listen on {}",
-            server.addr
-        );
+        assert!(Instant::now() < deadline, "predict did not listen on {}", server.addr);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     server
 }
 
-/// One HTTP/1.1 request over a plain socket; returns the status and the JSON body.
 async fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    socket.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    socket.read_to_end(&mut response).await.unwrap();
-    let text = String::from_utf8(response).unwrap();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP head in {text:?}"));
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (
-        status,
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}")),
-    )
+    let (status, body) = maas_tests::http_request(addr, method, path, &[("content-type", "application/json")], body.as_bytes()).await;
+    (status, serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&body))))
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn local_server_serves_the_example_model_as_the_readme_shows() {
     let cache = tempfile::tempdir().unwrap();
     let server = start(&[], &[], &cache).await;
-    let (status, served) = http(
-        &server.addr,
-        "POST",
-        "/v2/models/iris/infer",
-        &readme_request().to_string(),
-    )
-    .await;
+    let (status, served) =
+        http(&server.addr, "POST", "/v2/models/iris/infer", &readme_request().to_string()).await;
     assert_eq!(status, 200, "{served}");
     assert_iris_answer(&served);
     let (status, error) = http(&server.addr, "POST", "/v2/models/iris/infer", "{").await;
     assert_eq!(status, 400);
-    assert!(error["error"]
-        .as_str()
-        .unwrap()
-        .contains("invalid request body"));
+    assert!(error["error"].as_str().unwrap().contains("invalid request body"));
     let oversized = " ".repeat((6 << 20) + 10);
-    assert_eq!(
-        http(&server.addr, "POST", "/v2/models/iris/infer", &oversized)
-            .await
-            .0,
-        413
-    );
+    assert_eq!(http(&server.addr, "POST", "/v2/models/iris/infer", &oversized).await.0, 413);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fresh_process_pulls_its_first_model_from_s3() {
     let store = fresh_s3_store().await;
     let publish_cache = tempfile::tempdir().unwrap();
-    publish(
-        &predictor(Arc::new(store.clone()), &publish_cache),
-        "mlp",
-        1,
-        model_bytes("mlp"),
-    )
-    .await;
+    publish(&predictor(Arc::new(store.clone()), &publish_cache), "mlp", 1, model_bytes("mlp"))
+        .await;
     let cache = tempfile::tempdir().unwrap();
     let location = format!("s3://{}/maas", store.bucket());
     let endpoint = s3_endpoint();
@@ -152,26 +102,12 @@ async fn fresh_process_pulls_its_first_model_from_s3() {
         ("AWS_REGION", "us-east-1"),
     ];
     let server = start(&["--store", &location], &env, &cache).await;
-    let case = cases()
-        .into_iter()
-        .find(|c| c.model == "mlp" && c.batch == 8)
-        .unwrap();
+    let case = cases().into_iter().find(|c| c.model == "mlp" && c.batch == 8).unwrap();
     let body = json!({ "inputs": case.inputs }).to_string();
-    let (status, served) = http(
-        &server.addr,
-        "POST",
-        "/v2/models/mlp/versions/1/infer",
-        &body,
-    )
-    .await;
+    let (status, served) =
+        http(&server.addr, "POST", "/v2/models/mlp/versions/1/infer", &body).await;
     assert_eq!(status, 200, "{served}");
     assert_matches_reference(&case, &served);
     // The process downloaded the model into its disk cache.
-    assert!(cache
-        .path()
-        .join("mlp/1")
-        .read_dir()
-        .unwrap()
-        .next()
-        .is_some());
+    assert!(cache.path().join("mlp/1").read_dir().unwrap().next().is_some());
 }

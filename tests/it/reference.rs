@@ -14,9 +14,7 @@ pub const MODELS: [&str; 3] = ["mlp", "cnn", "forest"];
 
 /// Checks one served output against onnxruntime's; labels (integers) must be identical.
 pub fn assert_matches_reference(case: &Case, served: &Value) {
-    let outputs = served["outputs"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no outputs in {served}"));
+    let outputs = served["outputs"].as_array().unwrap_or_else(|| panic!("no outputs in {served}"));
     assert_eq!(
         outputs.len(),
         case.outputs.len(),
@@ -25,38 +23,20 @@ pub fn assert_matches_reference(case: &Case, served: &Value) {
         case.batch
     );
     for expected in &case.outputs {
-        let context = format!(
-            "{} batch {} output {}",
-            case.model, case.batch, expected.name
-        );
+        let context = format!("{} batch {} output {}", case.model, case.batch, expected.name);
         let got = outputs
             .iter()
             .find(|o| o["name"] == expected.name.as_str())
             .unwrap_or_else(|| panic!("{context}: missing"));
-        assert_eq!(
-            got["datatype"],
-            expected.datatype.as_str(),
-            "{context}: datatype"
-        );
+        assert_eq!(got["datatype"], expected.datatype.as_str(), "{context}: datatype");
         assert_eq!(got["shape"], json!(expected.shape), "{context}: shape");
-        let data: Vec<f64> = got["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect();
+        let data: Vec<f64> =
+            got["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
         assert_eq!(data.len(), expected.data.len(), "{context}: element count");
         let exact = expected.datatype.starts_with("INT") || expected.datatype.starts_with("UINT");
         for (i, (&g, &e)) in data.iter().zip(&expected.data).enumerate() {
-            let allowed = if exact {
-                0.0
-            } else {
-                TOLERANCE * e.abs().max(1.0)
-            };
-            assert!(
-                (g - e).abs() <= allowed,
-                "{context}[{i}]: served {g}, onnxruntime {e}"
-            );
+            let allowed = if exact { 0.0 } else { TOLERANCE * e.abs().max(1.0) };
+            assert!((g - e).abs() <= allowed, "{context}[{i}]: served {g}, onnxruntime {e}");
         }
     }
 }
@@ -83,13 +63,8 @@ async fn served_predictions_match_onnxruntime() {
     for case in &cases {
         let body = json!({ "id": format!("{}-{}", case.model, case.batch), "inputs": case.inputs });
         let path = format!("/v2/models/{}/versions/1/infer", case.model);
-        let (status, served) = call(
-            &predictor,
-            "POST",
-            &path,
-            Some(body.to_string().into_bytes()),
-        )
-        .await;
+        let (status, served) =
+            call(&predictor, "POST", &path, Some(body.to_string().into_bytes())).await;
         assert_eq!(status, 200, "{path}: {served}");
         assert_eq!(served["model_name"], case.model.as_str());
         assert_eq!(served["model_version"], "1");
@@ -105,10 +80,7 @@ async fn published_signature_shows_dynamic_batch_as_minus_one() {
     let predictor = predictor(store, &cache);
     let manifest = publish(&predictor, "cnn", 1, model_bytes("cnn")).await;
     let input = &manifest.signature.inputs[0];
-    assert_eq!(
-        (input.name.as_str(), input.shape.as_slice()),
-        ("image", &[-1, 1, 12, 12][..])
-    );
+    assert_eq!((input.name.as_str(), input.shape.as_slice()), ("image", &[-1, 1, 12, 12][..]));
     assert_eq!(manifest.signature.outputs[0].shape, [-1, 10]);
     assert_eq!(manifest.size, model_bytes("cnn").len() as u64);
 }

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use maas::registry::CacheSettings;
+use maas::registry::{CacheSettings, PublishLimits};
 use maas::store::{GetResult, ObjectMeta, ObjectStore, S3Store, SharedStore, StoreError};
-use maas::{Predictor, Registry};
+use maas::{Predictor, Publisher, Registry};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -41,31 +41,22 @@ pub async fn s3_client_for(
         .retry_config(retry)
         .load()
         .await;
-    let config = aws_sdk_s3::config::Builder::from(&shared)
-        .force_path_style(true)
-        .build();
+    let config = aws_sdk_s3::config::Builder::from(&shared).force_path_style(true).build();
     aws_sdk_s3::Client::from_conf(config)
 }
 
 /// A new, empty bucket of its own for one test.
 pub async fn fresh_bucket(client: &aws_sdk_s3::Client) -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     let bucket = format!(
         "maas-test-{}-{}-{}",
         std::process::id(),
         nanos % 1_000_000_000,
         COUNTER.fetch_add(1, Ordering::SeqCst)
     );
-    client
-        .create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("create a test bucket");
+    client.create_bucket().bucket(&bucket).send().await.expect("create a test bucket");
     bucket
 }
 
@@ -85,17 +76,12 @@ pub fn models_dir() -> PathBuf {
 
 pub fn model_bytes(name: &str) -> Bytes {
     let path = models_dir().join(format!("{name}.onnx"));
-    std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-        .into()
+    std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())).into()
 }
 
 /// The repository's root folder.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
 }
 
 /// One reference case: inputs and the outputs onnxruntime computed for them.
@@ -128,60 +114,77 @@ pub fn cache_settings(dir: &std::path::Path) -> CacheSettings {
         memory_bytes: 1 << 30,
         disk_dir: dir.to_owned(),
         disk_bytes: 1 << 30,
-        latest_ttl: Duration::from_secs(30),
+        resolve_ttl: Duration::from_secs(30),
     }
 }
 
 /// A predictor over `store` with its own temporary disk cache.
 pub fn predictor(store: SharedStore, cache: &tempfile::TempDir) -> Predictor {
-    Predictor::new(
-        Arc::new(Registry::new(store, &cache_settings(cache.path()))),
-        6 << 20,
-    )
+    Predictor::new(Arc::new(Registry::new(store, &cache_settings(cache.path()))), 6 << 20)
+}
+
+/// The default publishing limits of `Config`.
+pub fn publish_limits() -> PublishLimits {
+    maas::Config::from_lookup(|name| (name == "MAAS_STORE").then(|| "memory://".to_owned()))
+        .unwrap()
+        .publish
+}
+
+/// A publisher over `store` with the default limits and its own temporary disk cache.
+pub fn publisher(store: SharedStore, cache: &tempfile::TempDir) -> Publisher {
+    let registry = Arc::new(Registry::new(store, &cache_settings(cache.path())));
+    Publisher::new(registry, publish_limits(), Duration::from_secs(900))
 }
 
 /// Publishes a reference model as `name` version `version`.
-pub async fn publish(
-    predictor: &Predictor,
-    name: &str,
-    version: u64,
-    bytes: Bytes,
-) -> maas::manifest::Manifest {
-    let id = maas::names::ModelId::new(
-        name.parse().unwrap(),
-        maas::names::Version::new(version).unwrap(),
-    );
-    predictor
-        .registry()
-        .publish(&id, bytes, "2026-11-29T00:00:00Z".into())
-        .await
-        .expect("publish")
+pub async fn publish(predictor: &Predictor, name: &str, version: u64, bytes: Bytes) -> maas::manifest::Manifest {
+    let id = maas::names::ModelId::new(name.parse().unwrap(), maas::names::Version::new(version).unwrap());
+    predictor.registry().publish(&id, bytes, &publish_limits()).await.expect("publish")
 }
 
-/// Calls the predict handler with a hand-built request, as API Gateway would, and returns the
-/// status and the JSON body.
-pub async fn call(
-    predictor: &Predictor,
-    method: &str,
-    path: &str,
-    body: Option<Vec<u8>>,
-) -> (u16, Value) {
+/// A request as API Gateway hands it to a function.
+pub fn request(method: &str, path: &str, body: Option<Vec<u8>>) -> lambda_http::Request {
     let body = body.map_or(lambda_http::Body::Empty, lambda_http::Body::Binary);
-    let request = lambda_http::http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .body(body)
-        .unwrap();
-    let response = predict::handler::handle(predictor, request).await;
+    lambda_http::http::Request::builder().method(method).uri(path).body(body).unwrap()
+}
+
+/// The status and JSON body of a response.
+pub fn status_and_json(response: lambda_http::Response<lambda_http::Body>) -> (u16, Value) {
     let status = response.status().as_u16();
-    let json = serde_json::from_slice(response.body().as_ref()).unwrap_or_else(|e| {
-        panic!(
-            "{method} {path}: body is not JSON ({e}): {:?}",
-            response.body()
-        )
-    });
+    let json = serde_json::from_slice(response.body().as_ref())
+        .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", response.body()));
     (status, json)
+}
+
+/// Calls the predict handler with a hand-built request and returns the status and the JSON
+/// body.
+pub async fn call(predictor: &Predictor, method: &str, path: &str, body: Option<Vec<u8>>) -> (u16, Value) {
+    status_and_json(predict::handler::handle(predictor, request(method, path, body)).await)
+}
+
+/// Calls the model-upload handler likewise.
+pub async fn call_upload(publisher: &Publisher, method: &str, path: &str, body: Option<Vec<u8>>) -> (u16, Value) {
+    status_and_json(model_upload::handler::handle(publisher, request(method, path, body)).await)
+}
+
+/// One HTTP/1.1 request over a plain socket to `addr` (`host:port`); returns the status and
+/// the body.
+pub async fn http_request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\nconnection: close\r\n", body.len());
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(body).await.unwrap();
+    let mut response = Vec::new();
+    socket.read_to_end(&mut response).await.unwrap();
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP head");
+    let head = String::from_utf8_lossy(&response[..split]);
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status");
+    (status, response[split + 4..].to_vec())
 }
 
 /// Counts the calls that reach a real store, by kind.
@@ -212,26 +215,15 @@ impl CountingStore {
 
     /// How many times `key` was read.
     pub fn gets_of(&self, key: &str) -> usize {
-        self.got
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|k| *k == key)
-            .count()
+        self.got.lock().unwrap().iter().filter(|k| *k == key).count()
     }
 
     /// Calls of every kind so far.
     pub fn total(&self) -> usize {
-        [
-            &self.gets,
-            &self.heads,
-            &self.lists,
-            &self.puts,
-            &self.deletes,
-        ]
-        .iter()
-        .map(|c| c.load(Ordering::SeqCst))
-        .sum()
+        [&self.gets, &self.heads, &self.lists, &self.puts, &self.deletes]
+            .iter()
+            .map(|c| c.load(Ordering::SeqCst))
+            .sum()
     }
 }
 
@@ -249,6 +241,13 @@ impl ObjectStore for CountingStore {
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
         self.puts.fetch_add(1, Ordering::SeqCst);
         self.inner.put(key, bytes).await
+    }
+    async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        self.puts.fetch_add(1, Ordering::SeqCst);
+        self.inner.put_if_absent(key, bytes).await
+    }
+    async fn presign_put(&self, key: &str, expires_in: Duration) -> Result<String, StoreError> {
+        self.inner.presign_put(key, expires_in).await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         self.lists.fetch_add(1, Ordering::SeqCst);

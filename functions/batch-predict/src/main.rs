@@ -5,12 +5,8 @@ use aws_lambda_events::event::s3::S3Event;
 use lambda_runtime::{service_fn, Diagnostic, LambdaEvent};
 
 async fn handle(event: LambdaEvent<S3Event>) -> Result<(), Diagnostic> {
-    let keys: Vec<String> = event
-        .payload
-        .records
-        .iter()
-        .filter_map(|r| r.s3.object.key.clone())
-        .collect();
+    let keys: Vec<String> =
+        event.payload.records.iter().filter_map(|r| r.s3.object.key.clone()).collect();
     tracing::warn!(?keys, "batch prediction is not implemented yet");
     Err(Diagnostic {
         error_type: "NotImplemented".into(),
@@ -23,10 +19,6 @@ async fn handle(event: LambdaEvent<S3Event>) -> Result<(), Diagnostic> {
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    tracing_subscriber::fmt()
-        .json()
-        .without_time()
-        .with_ansi(false)
-        .init();
+    tracing_subscriber::fmt().json().without_time().with_ansi(false).init();
     lambda_runtime::run(service_fn(handle)).await
 }

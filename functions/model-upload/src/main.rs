@@ -1,27 +1,36 @@
-//! `model-upload`: publishes validated ONNX models. Not built yet: every route answers 501
-//! with a JSON error.
+//! `model-upload`: publishes validated ONNX models, as a Lambda function behind API Gateway
+//! or, with `serve --store DIR`, as a local HTTP server.
 
-use std::convert::Infallible;
+use clap::{Parser, Subcommand};
+use maas::function::{self, ServeArgs};
+use maas::Publisher;
 
-use lambda_http::{service_fn, Body, Request, Response};
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
 
-async fn handle(request: Request) -> Result<Response<Body>, Infallible> {
-    tracing::warn!(
-        path = request.uri().path(),
-        "model upload is not implemented yet"
-    );
-    Ok(maas::http::message_response(
-        501,
-        "model upload is not implemented yet",
-    ))
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API on a local address; `--store` (or `MAAS_STORE`) is required.
+    Serve(ServeArgs),
 }
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    tracing_subscriber::fmt()
-        .json()
-        .without_time()
-        .with_ansi(false)
-        .init();
-    lambda_http::run(service_fn(handle)).await
+    let Cli { command } = Cli::parse();
+    let serve = command.map(|Command::Serve(args)| args);
+    function::init_tracing(serve.is_none());
+    let config = function::config(serve.as_ref().and_then(|args| args.store.as_deref()))?;
+    let publisher =
+        Publisher::new(function::registry(&config).await, config.publish, config.presign_expiry);
+    let handler = move |request| {
+        let publisher = publisher.clone();
+        async move { model_upload::handler::handle(&publisher, request).await }
+    };
+    // A direct upload carries the whole model; the local server accepts up to the model limit.
+    let body_limit = usize::try_from(config.publish.max_model_bytes).unwrap_or(usize::MAX);
+    function::run(serve.map(|args| args.addr), body_limit, handler).await
 }

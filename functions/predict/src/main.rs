@@ -1,12 +1,9 @@
 //! `predict`: serves ONNX models over the Open Inference Protocol, as a Lambda function
 //! behind API Gateway or, with `serve`, as a local HTTP server.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
-
 use clap::{Parser, Subcommand};
-use maas::{Config, Predictor, Registry};
+use maas::function::{self, ServeArgs};
+use maas::Predictor;
 
 #[derive(Parser)]
 #[command(version, about)]
@@ -17,62 +14,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the same HTTP API on a local address, without Lambda.
-    Serve {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        addr: SocketAddr,
-        /// Model store; defaults to the example store shipped in the repository.
-        #[arg(long, env = "MAAS_STORE", default_value = "scripts/example-store")]
-        store: String,
-    },
+    /// Serve the API on a local address; the store defaults to the example store shipped in
+    /// the repository.
+    Serve(ServeArgs),
 }
+
+/// The store `serve` uses when neither `--store` nor `MAAS_STORE` names one.
+const EXAMPLE_STORE: &str = "scripts/example-store";
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    let cli = Cli::parse();
-    let local_store = match &cli.command {
-        Some(Command::Serve { store, .. }) => Some(store.clone()),
-        None => None,
-    };
-    init_tracing(local_store.is_none());
-    let config = Config::from_lookup(|name| match (name, &local_store) {
-        ("MAAS_STORE", Some(store)) => Some(store.clone()),
-        _ => std::env::var(name).ok(),
-    })?;
-    let store = config.store.open(config.s3_force_path_style).await;
-    let registry = Arc::new(Registry::new(store, &config.cache));
-    let predictor = Predictor::new(registry, config.max_request_bytes);
+    let Cli { command } = Cli::parse();
+    let serve = command.map(|Command::Serve(args)| args);
+    function::init_tracing(serve.is_none());
+    let store = serve.as_ref().map(|args| args.store.as_deref().unwrap_or(EXAMPLE_STORE));
+    let config = function::config(store)?;
+    let predictor = Predictor::new(function::registry(&config).await, config.max_request_bytes);
+    // Runs during the Lambda init phase, before the first request.
     predictor.preload(&config.preload).await;
-
-    let handle = move |request| {
+    let handler = move |request| {
         let predictor = predictor.clone();
         async move { predict::handler::handle(&predictor, request).await }
     };
-    match cli.command {
-        Some(Command::Serve { addr, .. }) => {
-            Ok(maas::http::serve_locally(addr, config.max_request_bytes, handle).await?)
-        }
-        None => {
-            lambda_http::run(lambda_http::service_fn(move |request| {
-                let response = handle(request);
-                async move { Ok::<_, Infallible>(response.await) }
-            }))
-            .await
-        }
-    }
-}
-
-/// JSON logs in Lambda (CloudWatch adds the time); compact human logs locally.
-fn init_tracing(in_lambda: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    if in_lambda {
-        builder.json().without_time().with_ansi(false).init();
-    } else {
-        builder.compact().init();
-    }
+    function::run(serve.map(|args| args.addr), config.max_request_bytes, handler).await
 }

@@ -38,15 +38,22 @@ impl LocalStore {
 
     async fn file_meta(&self, key: &str) -> Result<(PathBuf, u64), StoreError> {
         let path = self.path(key)?;
-        let meta = tokio::fs::metadata(&path)
-            .await
-            .map_err(|e| io_error(key, e))?;
+        let meta = tokio::fs::metadata(&path).await.map_err(|e| io_error(key, e))?;
         if !meta.is_file() {
-            return Err(StoreError::NotFound {
-                key: key.to_owned(),
-            });
+            return Err(StoreError::NotFound { key: key.to_owned() });
         }
         Ok((path, meta.len()))
+    }
+}
+
+/// Runs blocking file work off the async threads, mapping its I/O errors for `key`.
+async fn blocking<T: Send + 'static>(
+    key: &str,
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> Result<T, StoreError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(|e| io_error(key, e)),
+        Err(e) => Err(StoreError::Other { key: key.to_owned(), source: Arc::new(e) }),
     }
 }
 
@@ -54,14 +61,9 @@ fn io_error(key: &str, err: io::Error) -> StoreError {
     let key = key.to_owned();
     match err.kind() {
         io::ErrorKind::NotFound => StoreError::NotFound { key },
-        io::ErrorKind::PermissionDenied => StoreError::AccessDenied {
-            key,
-            source: Arc::new(err),
-        },
-        _ => StoreError::Other {
-            key,
-            source: Arc::new(err),
-        },
+        io::ErrorKind::AlreadyExists => StoreError::AlreadyExists { key },
+        io::ErrorKind::PermissionDenied => StoreError::AccessDenied { key, source: Arc::new(err) },
+        _ => StoreError::Other { key, source: Arc::new(err) },
     }
 }
 
@@ -69,51 +71,36 @@ fn io_error(key: &str, err: io::Error) -> StoreError {
 impl ObjectStore for LocalStore {
     async fn get(&self, key: &str) -> Result<GetResult, StoreError> {
         let (path, size) = self.file_meta(key).await?;
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| io_error(key, e))?;
+        let file = tokio::fs::File::open(&path).await.map_err(|e| io_error(key, e))?;
         let owned_key = key.to_owned();
         let chunks = ReaderStream::new(file).map_err(move |e| io_error(&owned_key, e));
-        Ok(GetResult {
-            size,
-            chunks: Box::pin(chunks),
-        })
+        Ok(GetResult { size, chunks: Box::pin(chunks) })
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
         let (_, size) = self.file_meta(key).await?;
-        Ok(ObjectMeta {
-            key: key.to_owned(),
-            size,
-        })
+        Ok(ObjectMeta { key: key.to_owned(), size })
     }
 
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
         let path = self.path(key)?;
-        let owned_key = key.to_owned();
-        tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
-            .await
-            .map_err(|e| StoreError::Other {
-                key: owned_key.clone(),
-                source: Arc::new(e),
-            })?
-            .map_err(|e| io_error(&owned_key, e))
+        blocking(key, move || write_atomically(&path, &bytes, Replace::Yes)).await
+    }
+
+    async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        blocking(key, move || write_atomically(&path, &bytes, Replace::No)).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         check_prefix(prefix)?;
         let root = self.root.clone();
         let owned_prefix = prefix.to_owned();
-        let mut objects = tokio::task::spawn_blocking(move || {
+        let mut objects = blocking(prefix, move || {
             let mut found = Vec::new();
             walk(&root, "", &owned_prefix, &mut found).map(|()| found)
         })
-        .await
-        .map_err(|e| StoreError::Other {
-            key: prefix.to_owned(),
-            source: Arc::new(e),
-        })?
-        .map_err(|e| io_error(prefix, e))?;
+        .await?;
         objects.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(objects)
     }
@@ -127,19 +114,25 @@ impl ObjectStore for LocalStore {
     }
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Replace {
+    Yes,
+    No,
+}
+
+/// Writes a temporary file beside `path`, then renames it into place (`Replace::Yes`) or
+/// hard-links it there, which fails if `path` already exists (`Replace::No`).
+fn write_atomically(path: &Path, bytes: &[u8], replace: Replace) -> io::Result<()> {
     use std::io::Write;
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::other("object path has no parent"))?;
+    let dir = path.parent().ok_or_else(|| io::Error::other("object path has no parent"))?;
     std::fs::create_dir_all(dir)?;
-    let mut temp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .tempfile_in(dir)?;
+    let mut temp = tempfile::Builder::new().prefix(TEMP_PREFIX).tempfile_in(dir)?;
     temp.write_all(bytes)?;
     temp.as_file().sync_all()?;
-    temp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    match replace {
+        Replace::Yes => temp.persist(path).map(drop).map_err(|e| e.error),
+        Replace::No => std::fs::hard_link(temp.path(), path),
+    }
 }
 
 /// Collects the files below `dir` whose key (`key_prefix` + name) starts with `prefix`,
@@ -165,10 +158,7 @@ fn walk(dir: &Path, key_prefix: &str, prefix: &str, found: &mut Vec<ObjectMeta>)
                 walk(&entry.path(), &dir_key, prefix, found)?;
             }
         } else if file_type.is_file() && key.starts_with(prefix) {
-            found.push(ObjectMeta {
-                key,
-                size: entry.metadata()?.len(),
-            });
+            found.push(ObjectMeta { key, size: entry.metadata()?.len() });
         }
     }
     Ok(())

@@ -21,22 +21,12 @@ impl MemoryStore {
 
     fn read(&self, key: &str) -> Result<Bytes, StoreError> {
         check_key(key)?;
-        let objects = self
-            .objects
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        objects
-            .get(key)
-            .cloned()
-            .ok_or_else(|| StoreError::NotFound {
-                key: key.to_owned(),
-            })
+        let objects = self.objects.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        objects.get(key).cloned().ok_or_else(|| StoreError::NotFound { key: key.to_owned() })
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Bytes>> {
-        self.objects
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.objects.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -44,18 +34,12 @@ impl MemoryStore {
 impl ObjectStore for MemoryStore {
     async fn get(&self, key: &str) -> Result<GetResult, StoreError> {
         let bytes = self.read(key)?;
-        Ok(GetResult {
-            size: bytes.len() as u64,
-            chunks: Box::pin(stream::iter([Ok(bytes)])),
-        })
+        Ok(GetResult { size: bytes.len() as u64, chunks: Box::pin(stream::iter([Ok(bytes)])) })
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
         let bytes = self.read(key)?;
-        Ok(ObjectMeta {
-            key: key.to_owned(),
-            size: bytes.len() as u64,
-        })
+        Ok(ObjectMeta { key: key.to_owned(), size: bytes.len() as u64 })
     }
 
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
@@ -64,19 +48,26 @@ impl ObjectStore for MemoryStore {
         Ok(())
     }
 
+    async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        check_key(key)?;
+        match self.write().entry(key.to_owned()) {
+            std::collections::btree_map::Entry::Occupied(_) => {
+                Err(StoreError::AlreadyExists { key: key.to_owned() })
+            }
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(bytes);
+                Ok(())
+            }
+        }
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         check_prefix(prefix)?;
-        let objects = self
-            .objects
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let objects = self.objects.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         Ok(objects
             .range(prefix.to_owned()..)
             .take_while(|(key, _)| key.starts_with(prefix))
-            .map(|(key, bytes)| ObjectMeta {
-                key: key.clone(),
-                size: bytes.len() as u64,
-            })
+            .map(|(key, bytes)| ObjectMeta { key: key.clone(), size: bytes.len() as u64 })
             .collect())
     }
 

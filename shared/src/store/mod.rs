@@ -9,6 +9,7 @@ mod s3;
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -54,6 +55,9 @@ pub enum StoreError {
     #[error("invalid key `{key}`: {problem}")]
     InvalidKey { key: String, problem: &'static str },
 
+    #[error("this store does not support {operation}")]
+    Unsupported { operation: &'static str },
+
     #[error("store failure on `{key}`")]
     Other {
         key: String,
@@ -92,9 +96,7 @@ impl GetResult {
 
 impl fmt::Debug for GetResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GetResult")
-            .field("size", &self.size)
-            .finish_non_exhaustive()
+        f.debug_struct("GetResult").field("size", &self.size).finish_non_exhaustive()
     }
 }
 
@@ -110,6 +112,18 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     /// Writes an object whole, replacing any previous one. Readers never see a partial object.
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError>;
 
+    /// Writes an object only if no object has that key yet; otherwise
+    /// [`StoreError::AlreadyExists`] and nothing changes. Of two racing writers exactly one
+    /// succeeds.
+    async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<(), StoreError>;
+
+    /// A URL that lets its holder PUT exactly this one key, valid for `expires_in`.
+    /// Only stores reachable from outside support it.
+    async fn presign_put(&self, key: &str, expires_in: Duration) -> Result<String, StoreError> {
+        let _ = (key, expires_in);
+        Err(StoreError::Unsupported { operation: "presigned uploads" })
+    }
+
     /// Every object whose key starts with `prefix`, sorted by key.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
 
@@ -123,12 +137,7 @@ pub type SharedStore = Arc<dyn ObjectStore>;
 /// Refuses keys that could escape the store's root: absolute paths, empty, `.` or `..`
 /// segments, backslashes and control characters.
 pub fn check_key(key: &str) -> Result<(), StoreError> {
-    let invalid = |problem| {
-        Err(StoreError::InvalidKey {
-            key: key.to_owned(),
-            problem,
-        })
-    };
+    let invalid = |problem| Err(StoreError::InvalidKey { key: key.to_owned(), problem });
     if key.is_empty() {
         return invalid("empty key");
     }
@@ -138,10 +147,7 @@ pub fn check_key(key: &str) -> Result<(), StoreError> {
     if key.chars().any(|c| c.is_control() || c == '\\') {
         return invalid("contains a control character or a backslash");
     }
-    if key
-        .split('/')
-        .any(|segment| matches!(segment, "" | "." | ".."))
-    {
+    if key.split('/').any(|segment| matches!(segment, "" | "." | "..")) {
         return invalid("contains an empty, `.` or `..` segment");
     }
     Ok(())
@@ -161,17 +167,7 @@ mod tests {
 
     #[test]
     fn keys_that_escape_the_root_are_refused() {
-        for key in [
-            "",
-            "/etc/passwd",
-            "a/../b",
-            "..",
-            "a//b",
-            "a/./b",
-            "a\\b",
-            "a/\u{0}b",
-            "a/",
-        ] {
+        for key in ["", "/etc/passwd", "a/../b", "..", "a//b", "a/./b", "a\\b", "a/\u{0}b", "a/"] {
             assert!(
                 matches!(check_key(key), Err(StoreError::InvalidKey { .. })),
                 "{key:?} was accepted"

@@ -3,9 +3,11 @@
 //! need path-style addressing (see [`S3Store::connect`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use bytes::Bytes;
@@ -27,19 +29,14 @@ impl S3Store {
         if !prefix.is_empty() && !prefix.ends_with('/') {
             prefix.push('/');
         }
-        Self {
-            client,
-            bucket: bucket.into(),
-            prefix,
-        }
+        Self { client, bucket: bucket.into(), prefix }
     }
 
     /// Builds a client from the standard AWS environment (region, credentials, endpoint).
     pub async fn connect(bucket: &str, prefix: &str, force_path_style: bool) -> Self {
         let shared = aws_config::load_from_env().await;
-        let config = aws_sdk_s3::config::Builder::from(&shared)
-            .force_path_style(force_path_style)
-            .build();
+        let config =
+            aws_sdk_s3::config::Builder::from(&shared).force_path_style(force_path_style).build();
         Self::new(Client::from_conf(config), bucket, prefix)
     }
 
@@ -64,16 +61,15 @@ where
     let key = key.to_owned();
     let status = err.raw_response().map(|raw| raw.status().as_u16());
     let code = err.code().map(str::to_owned);
-    let transport = matches!(
-        err,
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_)
-    );
+    let transport = matches!(err, SdkError::DispatchFailure(_) | SdkError::TimeoutError(_));
     let source: crate::error::Cause = Arc::new(err);
     match (code.as_deref(), status) {
         _ if transport => StoreError::Unavailable { key, source },
         (Some("NoSuchBucket"), _) => StoreError::Other { key, source },
         (Some("NoSuchKey" | "NotFound"), _) | (_, Some(404)) => StoreError::NotFound { key },
-        (Some("PreconditionFailed"), _) | (_, Some(412)) => StoreError::AlreadyExists { key },
+        (Some("PreconditionFailed" | "ConditionalRequestConflict"), _) | (_, Some(412)) => {
+            StoreError::AlreadyExists { key }
+        }
         (
             Some("AccessDenied" | "Forbidden" | "InvalidAccessKeyId" | "SignatureDoesNotMatch"),
             _,
@@ -108,10 +104,7 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| classify(key, e))?;
-        let size = output
-            .content_length()
-            .and_then(|n| u64::try_from(n).ok())
-            .unwrap_or(0);
+        let size = output.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
         let owned_key = key.to_owned();
         let chunks = stream::unfold(Some(output.body), move |body| {
             let key = owned_key.clone();
@@ -121,20 +114,13 @@ impl ObjectStore for S3Store {
                     None => None,
                     Some(Ok(chunk)) => Some((Ok(chunk), Some(body))),
                     // The connection broke mid-object: report it and end the stream.
-                    Some(Err(e)) => Some((
-                        Err(StoreError::Unavailable {
-                            key,
-                            source: Arc::new(e),
-                        }),
-                        None,
-                    )),
+                    Some(Err(e)) => {
+                        Some((Err(StoreError::Unavailable { key, source: Arc::new(e) }), None))
+                    }
                 }
             }
         });
-        Ok(GetResult {
-            size,
-            chunks: Box::pin(chunks),
-        })
+        Ok(GetResult { size, chunks: Box::pin(chunks) })
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
@@ -147,14 +133,8 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| classify(key, e))?;
-        let size = output
-            .content_length()
-            .and_then(|n| u64::try_from(n).ok())
-            .unwrap_or(0);
-        Ok(ObjectMeta {
-            key: key.to_owned(),
-            size,
-        })
+        let size = output.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+        Ok(ObjectMeta { key: key.to_owned(), size })
     }
 
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
@@ -168,6 +148,35 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| classify(key, e))?;
         Ok(())
+    }
+
+    async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        let full = self.full_key(key)?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .if_none_match("*")
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| classify(key, e))?;
+        Ok(())
+    }
+
+    async fn presign_put(&self, key: &str, expires_in: Duration) -> Result<String, StoreError> {
+        let full = self.full_key(key)?;
+        let config = PresigningConfig::expires_in(expires_in)
+            .map_err(|e| StoreError::Other { key: key.to_owned(), source: Arc::new(e) })?;
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .presigned(config)
+            .await
+            .map_err(|e| classify(key, e))?;
+        Ok(request.uri().to_owned())
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
@@ -187,14 +196,8 @@ impl ObjectStore for S3Store {
                 let Some(key) = object.key().and_then(|k| k.strip_prefix(&self.prefix)) else {
                     continue;
                 };
-                let size = object
-                    .size()
-                    .and_then(|n| u64::try_from(n).ok())
-                    .unwrap_or(0);
-                found.push(ObjectMeta {
-                    key: key.to_owned(),
-                    size,
-                });
+                let size = object.size().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+                found.push(ObjectMeta { key: key.to_owned(), size });
             }
         }
         found.sort_by(|a, b| a.key.cmp(&b.key));

@@ -1,0 +1,74 @@
+//! Start-up shared by the HTTP function binaries: logging, configuration, the registry, and
+//! running a handler under the Lambda runtime or as a local server.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use lambda_http::{Body, Request, Response};
+
+use crate::config::{Config, ConfigError};
+use crate::registry::Registry;
+
+/// `serve`: run the function's HTTP API on a local address instead of under Lambda.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// Model store: a directory, file:///dir, s3://bucket[/prefix] or memory://.
+    #[arg(long, env = "MAAS_STORE")]
+    pub store: Option<String>,
+}
+
+/// JSON logs in Lambda (CloudWatch adds the time); compact human logs locally. `RUST_LOG`
+/// filters, `info` by default.
+pub fn init_tracing(in_lambda: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    if in_lambda {
+        builder.json().without_time().with_ansi(false).init();
+    } else {
+        builder.compact().init();
+    }
+}
+
+/// Reads the configuration, with `store` (from `serve --store`) taking the place of
+/// `MAAS_STORE` when given.
+pub fn config(store: Option<&str>) -> Result<Config, ConfigError> {
+    Config::from_lookup(|name| match (name, store) {
+        ("MAAS_STORE", Some(store)) => Some(store.to_owned()),
+        _ => std::env::var(name).ok(),
+    })
+}
+
+/// The registry over the configured store, for the whole execution environment.
+pub async fn registry(config: &Config) -> Arc<Registry> {
+    let store = config.store.open(config.s3_force_path_style).await;
+    Arc::new(Registry::new(store, &config.cache))
+}
+
+/// Runs `handler` until the process ends: as a local server on `local` when given,
+/// otherwise under the Lambda runtime (API Gateway HTTP API events).
+pub async fn run<H, F>(
+    local: Option<SocketAddr>,
+    body_limit: usize,
+    handler: H,
+) -> Result<(), lambda_http::Error>
+where
+    H: Fn(Request) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    match local {
+        Some(addr) => Ok(crate::http::serve_locally(addr, body_limit, handler).await?),
+        None => {
+            lambda_http::run(lambda_http::service_fn(move |request| {
+                let response = handler(request);
+                async move { Ok::<_, Infallible>(response.await) }
+            }))
+            .await
+        }
+    }
+}

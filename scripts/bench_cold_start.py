@@ -31,6 +31,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import signal
 import socket
 import statistics
@@ -311,17 +312,17 @@ def machine() -> str:
             f"{mem_kib / 1024 / 1024:.1f} GiB RAM, Linux {platform.release()}")
 
 
-def versions() -> str:
+def versions(binary: Path) -> str:
     commit = run(["git", "rev-parse", "--short=12", "HEAD"])
     dirty = run(["git", "status", "--porcelain", "--untracked-files=no"])
-    built = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(PREDICT.stat().st_mtime))
+    built = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(binary.stat().st_mtime))
     return (f"maas commit {commit}{' (working tree has uncommitted changes)' if dirty else ''}, "
-            f"`{run([str(PREDICT), '--version'])}` release binary built {built} "
-            f"({PREDICT.stat().st_size / 2**20:.1f} MiB); onnxruntime {onnxruntime.__version__}, "
+            f"`{run([str(binary), '--version'])}` release binary built {built} "
+            f"({binary.stat().st_size / 2**20:.1f} MiB); onnxruntime {onnxruntime.__version__}, "
             f"numpy {np.__version__}, boto3 {boto3.__version__}; Python {platform.python_version()}")
 
 
-def report(servers: list[Server], args: argparse.Namespace, bench: Benchmark) -> str:
+def report(servers: list[Server], args: argparse.Namespace, bench: Benchmark, binary: Path) -> str:
     python = os.path.relpath(sys.executable) if not os.path.relpath(sys.executable).startswith("..") \
         else sys.executable
     command = shlex.join([python, *sys.argv])
@@ -331,7 +332,7 @@ def report(servers: list[Server], args: argparse.Namespace, bench: Benchmark) ->
         "",
         f"Machine: {machine()}",
         "",
-        f"Versions: {versions()}",
+        f"Versions: {versions(binary)}",
         "",
         f"Model: {bench.name} ({len(bench.model)} bytes), request `POST {bench.path}` "
         f"({len(json.dumps(bench.request))} bytes); {args.trials} trials per server (after one "
@@ -344,7 +345,7 @@ def report(servers: list[Server], args: argparse.Namespace, bench: Benchmark) ->
     for s in servers:
         cols = list(zip(*s.results))
         cells = [f"{ms(statistics.median(c))} / {ms(percentile(c, 90))}" for c in cols[:3]]
-        warm = " / ".join(ms(percentile(s.warm, p)) for p in (50, 90, 99)) if s.warm else "-"
+        warm = " / ".join(f"{percentile(s.warm, p) * 1000:.2f}" for p in (50, 90, 99)) if s.warm else "-"
         rss = f"{statistics.median(cols[3]):.1f} / {max(cols[3]):.1f}"
         lines.append(f"| {s.name} | {' | '.join(cells)} | {warm} | {rss} |")
     lines += [
@@ -355,7 +356,7 @@ def report(servers: list[Server], args: argparse.Namespace, bench: Benchmark) ->
         "|---|---|",
     ]
     for s in servers:
-        keys = sorted({k for t in s.logged for k in t}, key=lambda k: (k.startswith("model loaded"), k))
+        keys = sorted({k for t in s.logged for k in t}, key=lambda k: (k.startswith("model loaded"), k.endswith("elapsed_ms"), k))
         cells = [f"{k} {statistics.median(t[k] for t in s.logged if k in t):g}" for k in keys]
         lines.append(f"| {s.name} | {'; '.join(cells) or 'none logged'} |")
     lines += ["", "Times are nearest-rank percentiles; warm percentiles pool all trials."]
@@ -379,13 +380,16 @@ def main() -> int:
 
     servers = [
         Server("maas predict (tract)", lambda port, cache: [
-            str(PREDICT), "serve", "--addr", f"127.0.0.1:{port}", "--store", f"s3://{BUCKET}/{PREFIX}"]),
+            str(predict), "serve", "--addr", f"127.0.0.1:{port}", "--store", f"s3://{BUCKET}/{PREFIX}"]),
         Server("Python + onnxruntime", lambda port, cache: [
             sys.executable, str(PEER), "--addr", f"127.0.0.1:{port}", "--store", f"s3://{BUCKET}/{PREFIX}",
             "--model", bench.name, "--version", "1", "--cache-dir", str(cache)]),
     ]
     with tempfile.TemporaryDirectory(prefix="maas-bench-") as tmp:
         work = Path(tmp)
+        # A private copy, so a concurrent cargo build cannot swap the binary mid-run.
+        predict = work / "predict"
+        shutil.copy2(PREDICT, predict)
         moto = None
         try:
             bench = load_benchmark(args.model)
@@ -410,7 +414,7 @@ def main() -> int:
         finally:
             if moto is not None:
                 stop(moto)
-    print(report(servers, args, bench))
+        print(report(servers, args, bench, predict))
     return 0
 
 

@@ -30,7 +30,8 @@ fn first_and_median(runs: usize, load: &dyn Fn() -> Model) -> (f64, f64) {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: load_timing prepare MODEL.onnx OUT_DIR | onnx MODEL.onnx RUNS | nnef OUT_DIR RUNS";
+    let usage =
+        "usage: load_timing prepare MODEL.onnx OUT_DIR | onnx MODEL.onnx RUNS | nnef OUT_DIR RUNS";
     let runs = || args.get(2).and_then(|r| r.parse().ok()).expect(usage);
     let (first, median) = match args.first().map(String::as_str) {
         Some("prepare") => {
@@ -38,10 +39,16 @@ fn main() {
             let bytes = std::fs::read(model).expect("read the model");
             let signature = Model::load_path(model).expect("the model loads").signature().clone();
             std::fs::create_dir_all(out).expect("create OUT_DIR");
-            std::fs::write(out.join("model.nnef.tar"), engine::to_nnef(&bytes).expect("NNEF export"))
-                .expect("write the NNEF artefact");
-            std::fs::write(out.join("signature.json"), serde_json::to_vec(&signature).expect("JSON"))
-                .expect("write the signature");
+            std::fs::write(
+                out.join("model.nnef.tar"),
+                engine::to_nnef(&bytes).expect("NNEF export"),
+            )
+            .expect("write the NNEF artefact");
+            std::fs::write(
+                out.join("signature.json"),
+                serde_json::to_vec(&signature).expect("JSON"),
+            )
+            .expect("write the signature");
             return;
         }
         Some("onnx") => {

@@ -22,6 +22,24 @@ pub struct ServeArgs {
     pub store: Option<String>,
 }
 
+/// Parses a function binary's command line: nothing (run under Lambda) or `serve [OPTIONS]`,
+/// whose options are returned.
+pub fn command_line(
+    name: &'static str,
+    about: &'static str,
+    serve_about: &'static str,
+) -> Option<ServeArgs> {
+    use clap::{Args, FromArgMatches};
+    let serve = ServeArgs::augment_args(clap::Command::new("serve")).about(serve_about);
+    let matches = clap::Command::new(name)
+        .about(about)
+        .version(env!("CARGO_PKG_VERSION"))
+        .subcommand(serve)
+        .get_matches();
+    let args = matches.subcommand_matches("serve")?;
+    Some(ServeArgs::from_arg_matches(args).unwrap_or_else(|e| e.exit()))
+}
+
 /// JSON logs in Lambda (CloudWatch adds the time); compact human logs locally. `RUST_LOG`
 /// filters, `info` by default.
 pub fn init_tracing(in_lambda: bool) {

@@ -137,6 +137,7 @@ impl Registry {
                 version_of_manifest_key(&name, &o.key).map(|_| name.to_string())
             })
             .collect();
+        names.sort();
         names.dedup();
         Ok(names)
     }

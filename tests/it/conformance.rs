@@ -85,14 +85,19 @@ async fn create_only_race(store: Arc<dyn ObjectStore>) {
         let key = format!("race/{round}");
         let writers = (0..8u8).map(|writer| {
             let (store, key) = (store.clone(), key.clone());
-            tokio::spawn(async move { (writer, store.put_if_absent(&key, Bytes::from(vec![writer; 64])).await) })
+            tokio::spawn(async move {
+                (writer, store.put_if_absent(&key, Bytes::from(vec![writer; 64])).await)
+            })
         });
         let results = futures::future::join_all(writers).await;
-        let winners: Vec<u8> = results.iter().filter_map(|r| match r.as_ref().unwrap() {
-            (writer, Ok(())) => Some(*writer),
-            (_, Err(StoreError::AlreadyExists { .. })) => None,
-            (_, Err(other)) => panic!("{other:?}"),
-        }).collect();
+        let winners: Vec<u8> = results
+            .iter()
+            .filter_map(|r| match r.as_ref().unwrap() {
+                (writer, Ok(())) => Some(*writer),
+                (_, Err(StoreError::AlreadyExists { .. })) => None,
+                (_, Err(other)) => panic!("{other:?}"),
+            })
+            .collect();
         assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
         assert_eq!(read(store.as_ref(), &key).await, Bytes::from(vec![winners[0]; 64]));
     }
@@ -111,7 +116,10 @@ async fn only_s3_presigns_uploads() {
     let dir = tempfile::tempdir().unwrap();
     let expiry = std::time::Duration::from_secs(60);
     for store in [&MemoryStore::new() as &dyn ObjectStore, &LocalStore::new(dir.path())] {
-        assert!(matches!(store.presign_put("staging/x", expiry).await, Err(StoreError::Unsupported { .. })));
+        assert!(matches!(
+            store.presign_put("staging/x", expiry).await,
+            Err(StoreError::Unsupported { .. })
+        ));
     }
     let url = fresh_s3_store().await.presign_put("staging/x", expiry).await.unwrap();
     assert!(url.contains("/maas/staging/x?"), "{url}");

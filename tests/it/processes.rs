@@ -66,8 +66,19 @@ async fn start(args: &[&str], env: &[(&str, &str)], cache: &tempfile::TempDir) -
 }
 
 async fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let (status, body) = maas_tests::http_request(addr, method, path, &[("content-type", "application/json")], body.as_bytes()).await;
-    (status, serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&body))))
+    let (status, body) = maas_tests::http_request(
+        addr,
+        method,
+        path,
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    )
+    .await;
+    (
+        status,
+        serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&body))),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,8 +7,8 @@ use std::time::Duration;
 use maas::store::{ObjectStore, S3Store, SharedStore};
 use maas::{Predictor, Registry};
 use maas_tests::{
-    cache_settings, call, call_upload, cases, fresh_s3_store, http_request, model_bytes, models_dir,
-    publisher, s3_client,
+    cache_settings, call, call_upload, cases, fresh_s3_store, http_request, model_bytes,
+    models_dir, publisher, s3_client,
 };
 use serde_json::{json, Value};
 
@@ -44,7 +44,9 @@ async fn uploaded_versions_and_aliases_are_served_by_predict() {
     let predict_cache = tempfile::tempdir().unwrap();
     let predictor = predictor_with_ttl(shared, &predict_cache, Duration::from_millis(300));
 
-    let (status, manifest) = call_upload(&publisher, "PUT", "/models/mlp/versions/1", Some(model_bytes("mlp").to_vec())).await;
+    let (status, manifest) =
+        call_upload(&publisher, "PUT", "/models/mlp/versions/1", Some(model_bytes("mlp").to_vec()))
+            .await;
     assert_eq!(status, 201, "{manifest}");
     assert_eq!(manifest["version"], 1);
     assert_eq!(manifest["size"], model_bytes("mlp").len());
@@ -54,39 +56,67 @@ async fn uploaded_versions_and_aliases_are_served_by_predict() {
     assert!(manifest["created"].as_str().unwrap().ends_with('Z'), "{manifest}");
 
     let (body, case) = mlp_case();
-    let (status, served) = call(&predictor, "POST", "/v2/models/mlp/infer", Some(body.clone())).await;
+    let (status, served) =
+        call(&predictor, "POST", "/v2/models/mlp/infer", Some(body.clone())).await;
     assert_eq!(status, 200, "{served}");
     assert_eq!(served["model_version"], "1");
     assert_matches_reference(&case, &served);
 
     // POST takes the next free version; `latest` follows once its resolution expires.
-    let (status, manifest) = call_upload(&publisher, "POST", "/models/mlp/versions", Some(model_bytes("mlp").to_vec())).await;
+    let (status, manifest) =
+        call_upload(&publisher, "POST", "/models/mlp/versions", Some(model_bytes("mlp").to_vec()))
+            .await;
     assert_eq!((status, manifest["version"].clone()), (201, json!(2)));
     tokio::time::sleep(Duration::from_millis(400)).await;
     let (_, served) = call(&predictor, "POST", "/v2/models/mlp/infer", Some(body.clone())).await;
     assert_eq!(served["model_version"], "2");
 
     // Aliases point at published versions only, and predict follows them after the TTL.
-    let (status, alias) = call_upload(&publisher, "PUT", "/models/mlp/aliases/prod", Some(br#"{"version": 1}"#.to_vec())).await;
+    let (status, alias) = call_upload(
+        &publisher,
+        "PUT",
+        "/models/mlp/aliases/prod",
+        Some(br#"{"version": 1}"#.to_vec()),
+    )
+    .await;
     assert_eq!((status, alias), (200, json!({"name": "mlp", "alias": "prod", "version": 1})));
     assert_eq!(served_version(&predictor, "prod").await.1["model_version"], "1");
-    call_upload(&publisher, "PUT", "/models/mlp/aliases/prod", Some(br#"{"version": 2}"#.to_vec())).await;
+    call_upload(&publisher, "PUT", "/models/mlp/aliases/prod", Some(br#"{"version": 2}"#.to_vec()))
+        .await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(served_version(&predictor, "prod").await.1["model_version"], "2");
-    let (status, error) = call_upload(&publisher, "PUT", "/models/mlp/aliases/prod", Some(br#"{"version": 7}"#.to_vec())).await;
+    let (status, error) = call_upload(
+        &publisher,
+        "PUT",
+        "/models/mlp/aliases/prod",
+        Some(br#"{"version": 7}"#.to_vec()),
+    )
+    .await;
     assert_eq!(status, 404, "{error}");
     assert_eq!(error["error"], "model `mlp` has no version 7");
     for bad in [&b"{}"[..], b"{\"version\": 0}", b"{\"version\": \"2\"}", b"nope"] {
-        let (status, error) = call_upload(&publisher, "PUT", "/models/mlp/aliases/prod", Some(bad.to_vec())).await;
+        let (status, error) =
+            call_upload(&publisher, "PUT", "/models/mlp/aliases/prod", Some(bad.to_vec())).await;
         assert_eq!(status, 400, "{error}");
     }
 
     // Listing and detail.
-    assert_eq!(call_upload(&publisher, "GET", "/models", None).await, (200, json!({"models": ["mlp"]})));
+    assert_eq!(
+        call_upload(&publisher, "GET", "/models", None).await,
+        (200, json!({"models": ["mlp"]}))
+    );
     let (status, detail) = call_upload(&publisher, "GET", "/models/mlp", None).await;
     assert_eq!(status, 200);
     assert_eq!(detail["aliases"], json!({"prod": 2}));
-    assert_eq!(detail["versions"].as_array().unwrap().iter().map(|m| m["version"].clone()).collect::<Vec<_>>(), [json!(1), json!(2)]);
+    assert_eq!(
+        detail["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["version"].clone())
+            .collect::<Vec<_>>(),
+        [json!(1), json!(2)]
+    );
 
     // A version behind an alias cannot be deleted; once the alias is gone it can.
     let (status, error) = call_upload(&publisher, "DELETE", "/models/mlp/versions/2", None).await;
@@ -113,9 +143,12 @@ async fn published_versions_are_immutable_even_under_racing_uploads() {
         let path = format!("/models/m/versions/{version}");
         let contenders = ["mlp", "cnn"].map(|model| {
             let (publisher, path) = (publisher.clone(), path.clone());
-            tokio::spawn(async move { call_upload(&publisher, "PUT", &path, Some(model_bytes(model).to_vec())).await })
+            tokio::spawn(async move {
+                call_upload(&publisher, "PUT", &path, Some(model_bytes(model).to_vec())).await
+            })
         });
-        let mut results: Vec<(u16, Value)> = futures::future::join_all(contenders).await.into_iter().map(Result::unwrap).collect();
+        let mut results: Vec<(u16, Value)> =
+            futures::future::join_all(contenders).await.into_iter().map(Result::unwrap).collect();
         results.sort_by_key(|(status, _)| *status);
         assert_eq!((results[0].0, results[1].0), (201, 409), "version {version}: {results:?}");
         let winner = &results[0].1;
@@ -135,9 +168,18 @@ async fn published_versions_are_immutable_even_under_racing_uploads() {
     }
     // A later upload of a published version changes nothing either.
     let before = objects_under(&store, "models/m/1/").await;
-    let (status, error) = call_upload(&publisher, "PUT", "/models/m/versions/1", Some(model_bytes("forest").to_vec())).await;
+    let (status, error) = call_upload(
+        &publisher,
+        "PUT",
+        "/models/m/versions/1",
+        Some(model_bytes("forest").to_vec()),
+    )
+    .await;
     assert_eq!(status, 409);
-    assert_eq!(error["error"], "version 1 of model `m` is already published; versions are immutable");
+    assert_eq!(
+        error["error"],
+        "version 1 of model `m` is already published; versions are immutable"
+    );
     assert_eq!(objects_under(&store, "models/m/1/").await, before);
 }
 
@@ -155,12 +197,22 @@ async fn presigned_upload_is_committed_and_served() {
     let url = ticket["url"].as_str().unwrap();
     assert!(url.contains("X-Amz-Expires=900"), "{url}");
     let upload_id = ticket["upload_id"].as_str().unwrap();
-    assert!(url.contains(&format!("/maas/staging/big/{upload_id}?")), "the URL is not for the one staging key: {url}");
+    assert!(
+        url.contains(&format!("/maas/staging/big/{upload_id}?")),
+        "the URL is not for the one staging key: {url}"
+    );
 
     // The client PUTs the file straight to S3 with the URL.
     let rest = url.strip_prefix("http://").unwrap();
     let (addr, path) = rest.split_at(rest.find('/').unwrap());
-    let (status, body) = http_request(addr, "PUT", path, &[("content-type", "application/octet-stream")], &model_bytes("mlp")).await;
+    let (status, body) = http_request(
+        addr,
+        "PUT",
+        path,
+        &[("content-type", "application/octet-stream")],
+        &model_bytes("mlp"),
+    )
+    .await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
 
     let commit = format!("/models/big/uploads/{upload_id}/commit");
@@ -168,7 +220,11 @@ async fn presigned_upload_is_committed_and_served() {
     assert_eq!(status, 201, "{manifest}");
     assert_eq!(manifest["version"], 1);
     assert_eq!(manifest["sha256"], maas::disk_cache::sha256_hex(&model_bytes("mlp")));
-    assert_eq!(objects_under(&store, "staging/").await, Vec::<String>::new(), "the staged file stayed");
+    assert_eq!(
+        objects_under(&store, "staging/").await,
+        Vec::<String>::new(),
+        "the staged file stayed"
+    );
     let (status, error) = call_upload(&publisher, "POST", &commit, None).await;
     assert_eq!(status, 404, "{error}");
     assert!(error["error"].as_str().unwrap().contains("not found"), "{error}");
@@ -184,11 +240,24 @@ async fn presigned_upload_is_committed_and_served() {
     let (_, ticket) = call_upload(&publisher, "POST", "/models/big/uploads", None).await;
     let url = ticket["url"].as_str().unwrap().strip_prefix("http://").unwrap().to_owned();
     let (addr, path) = url.split_at(url.find('/').unwrap());
-    http_request(addr, "PUT", path, &[("content-type", "application/octet-stream")], &model_bytes("mlp")).await;
+    http_request(
+        addr,
+        "PUT",
+        path,
+        &[("content-type", "application/octet-stream")],
+        &model_bytes("mlp"),
+    )
+    .await;
     let commit = format!("/models/big/uploads/{}/commit", ticket["upload_id"].as_str().unwrap());
-    let (status, manifest) = call_upload(&publisher, "POST", &commit, Some(br#"{"version": 5}"#.to_vec())).await;
+    let (status, manifest) =
+        call_upload(&publisher, "POST", &commit, Some(br#"{"version": 5}"#.to_vec())).await;
     assert_eq!((status, manifest["version"].clone()), (201, json!(5)));
-    assert_eq!(call_upload(&publisher, "POST", "/models/big/uploads/..%2F..%2Fmodels/commit", None).await.0, 400);
+    assert_eq!(
+        call_upload(&publisher, "POST", "/models/big/uploads/..%2F..%2Fmodels/commit", None)
+            .await
+            .0,
+        400
+    );
 }
 
 #[tokio::test]
@@ -204,14 +273,20 @@ async fn presigned_uploads_need_an_s3_store() {
 /// Files that must never be published, and a piece of the message each must get.
 fn refusal_corpus() -> Vec<(String, Vec<u8>, u16, &'static str)> {
     let refuse = models_dir().join("refuse");
-    let file = |name: &str| std::fs::read(refuse.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let file =
+        |name: &str| std::fs::read(refuse.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
     let mlp = model_bytes("mlp");
     vec![
         ("text".into(), file("text.onnx"), 422, "not an ONNX"),
         ("random bytes".into(), file("random.onnx"), 422, "not an ONNX"),
         ("truncated ONNX".into(), mlp[..mlp.len() / 2].to_vec(), 422, "invalid model"),
         ("external data".into(), file("external_data.onnx"), 422, "references external data"),
-        ("huge declared shape".into(), file("huge_shape.onnx"), 422, "over the limit of 268435456 bytes per tensor"),
+        (
+            "huge declared shape".into(),
+            file("huge_shape.onnx"),
+            422,
+            "over the limit of 268435456 bytes per tensor",
+        ),
         ("unknown operator".into(), file("unknown_op.onnx"), 422, "FancyOp"),
         ("broken graph".into(), file("bad_graph.onnx"), 422, "missing"),
         ("scikit-learn with ZipMap".into(), file("zipmap.onnx"), 422, "ZipMap"),
@@ -225,7 +300,8 @@ async fn refused_files_get_their_4xx_and_leave_nothing_under_models() {
     let cache = tempfile::tempdir().unwrap();
     let publisher = publisher(Arc::new(store.clone()), &cache);
     for (what, bytes, status, message) in refusal_corpus() {
-        let (got, error) = call_upload(&publisher, "PUT", "/models/bad/versions/1", Some(bytes)).await;
+        let (got, error) =
+            call_upload(&publisher, "PUT", "/models/bad/versions/1", Some(bytes)).await;
         let text = error["error"].as_str().unwrap_or_default();
         assert_eq!(got, status, "{what}: {text}");
         assert!(text.contains(message), "{what}: {text:?} does not contain {message:?}");
@@ -234,15 +310,27 @@ async fn refused_files_get_their_4xx_and_leave_nothing_under_models() {
     let mut limits = maas_tests::publish_limits();
     limits.max_model_bytes = 1000;
     let small = maas::Publisher::new(publisher.registry().clone(), limits, Duration::from_secs(60));
-    let (status, error) = call_upload(&small, "PUT", "/models/bad/versions/1", Some(model_bytes("mlp").to_vec())).await;
+    let (status, error) =
+        call_upload(&small, "PUT", "/models/bad/versions/1", Some(model_bytes("mlp").to_vec()))
+            .await;
     assert_eq!(status, 413, "{error}");
-    assert_eq!(error["error"], format!("model is {} bytes, over the limit of 1000 bytes", model_bytes("mlp").len()));
+    assert_eq!(
+        error["error"],
+        format!("model is {} bytes, over the limit of 1000 bytes", model_bytes("mlp").len())
+    );
 
     // The same through a presigned upload: refused at commit, and the staged file is gone.
     let (_, ticket) = call_upload(&publisher, "POST", "/models/bad/uploads", None).await;
     let url = ticket["url"].as_str().unwrap().strip_prefix("http://").unwrap().to_owned();
     let (addr, path) = url.split_at(url.find('/').unwrap());
-    http_request(addr, "PUT", path, &[("content-type", "application/octet-stream")], b"definitely not onnx").await;
+    http_request(
+        addr,
+        "PUT",
+        path,
+        &[("content-type", "application/octet-stream")],
+        b"definitely not onnx",
+    )
+    .await;
     let commit = format!("/models/bad/uploads/{}/commit", ticket["upload_id"].as_str().unwrap());
     assert_eq!(call_upload(&publisher, "POST", &commit, None).await.0, 422);
 
@@ -265,9 +353,29 @@ async fn bad_upload_requests_are_4xx() {
         ("GET", "/nothing", 404, "no route"),
     ];
     for (method, path, status, message) in cases {
-        let (got, error) = call_upload(&publisher, method, path, Some(b"{\"version\": 1}".to_vec())).await;
+        let (got, error) =
+            call_upload(&publisher, method, path, Some(b"{\"version\": 1}".to_vec())).await;
         let text = error["error"].as_str().unwrap_or_default();
         assert_eq!(got, status, "{method} {path}: {text}");
         assert!(text.contains(message), "{method} {path}: {text:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sample_upload_event_publishes_the_base64_body() {
+    let path = maas_tests::repo_root().join("tests/events/upload-put-version.json");
+    let request = lambda_http::request::from_str(&std::fs::read_to_string(path).unwrap())
+        .expect("a valid event");
+    let cache = tempfile::tempdir().unwrap();
+    let store = Arc::new(maas::store::MemoryStore::new());
+    let publisher = publisher(store, &cache);
+    let (status, manifest) =
+        maas_tests::status_and_json(model_upload::handler::handle(&publisher, request).await);
+    assert_eq!(status, 201, "{manifest}");
+    let example = std::fs::read(
+        maas_tests::repo_root().join("scripts/example-store/models/iris/1/model.onnx"),
+    )
+    .unwrap();
+    assert_eq!(manifest["sha256"], maas::disk_cache::sha256_hex(&example));
+    assert_eq!((manifest["name"].clone(), manifest["version"].clone()), (json!("iris"), json!(2)));
 }

@@ -137,8 +137,16 @@ pub fn publisher(store: SharedStore, cache: &tempfile::TempDir) -> Publisher {
 }
 
 /// Publishes a reference model as `name` version `version`.
-pub async fn publish(predictor: &Predictor, name: &str, version: u64, bytes: Bytes) -> maas::manifest::Manifest {
-    let id = maas::names::ModelId::new(name.parse().unwrap(), maas::names::Version::new(version).unwrap());
+pub async fn publish(
+    predictor: &Predictor,
+    name: &str,
+    version: u64,
+    bytes: Bytes,
+) -> maas::manifest::Manifest {
+    let id = maas::names::ModelId::new(
+        name.parse().unwrap(),
+        maas::names::Version::new(version).unwrap(),
+    );
     predictor.registry().publish(&id, bytes, &publish_limits()).await.expect("publish")
 }
 
@@ -158,21 +166,40 @@ pub fn status_and_json(response: lambda_http::Response<lambda_http::Body>) -> (u
 
 /// Calls the predict handler with a hand-built request and returns the status and the JSON
 /// body.
-pub async fn call(predictor: &Predictor, method: &str, path: &str, body: Option<Vec<u8>>) -> (u16, Value) {
+pub async fn call(
+    predictor: &Predictor,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> (u16, Value) {
     status_and_json(predict::handler::handle(predictor, request(method, path, body)).await)
 }
 
 /// Calls the model-upload handler likewise.
-pub async fn call_upload(publisher: &Publisher, method: &str, path: &str, body: Option<Vec<u8>>) -> (u16, Value) {
+pub async fn call_upload(
+    publisher: &Publisher,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> (u16, Value) {
     status_and_json(model_upload::handler::handle(publisher, request(method, path, body)).await)
 }
 
 /// One HTTP/1.1 request over a plain socket to `addr` (`host:port`); returns the status and
 /// the body.
-pub async fn http_request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {
+pub async fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<u8>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\nconnection: close\r\n", body.len());
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\nconnection: close\r\n",
+        body.len()
+    );
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }

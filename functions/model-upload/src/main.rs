@@ -1,31 +1,20 @@
 //! `model-upload`: publishes validated ONNX models, as a Lambda function behind API Gateway
 //! or, with `serve --store DIR`, as a local HTTP server.
 
-use clap::{Parser, Subcommand};
-use maas::function::{self, ServeArgs};
+use maas::function;
 use maas::Publisher;
-
-#[derive(Parser)]
-#[command(version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Serve the API on a local address; `--store` (or `MAAS_STORE`) is required.
-    Serve(ServeArgs),
-}
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    let Cli { command } = Cli::parse();
-    let serve = command.map(|Command::Serve(args)| args);
+    let serve = function::command_line(
+        "model-upload",
+        "Publishes validated ONNX models (under Lambda unless `serve`)",
+        "Serve the API on a local address; --store (or MAAS_STORE) is required",
+    );
     function::init_tracing(serve.is_none());
     let config = function::config(serve.as_ref().and_then(|args| args.store.as_deref()))?;
-    let publisher =
-        Publisher::new(function::registry(&config).await, config.publish, config.presign_expiry);
+    let registry = function::registry(&config).await;
+    let publisher = Publisher::new(registry, config.publish, config.presign_expiry);
     let handler = move |request| {
         let publisher = publisher.clone();
         async move { model_upload::handler::handle(&publisher, request).await }

@@ -1,31 +1,19 @@
 //! `predict`: serves ONNX models over the Open Inference Protocol, as a Lambda function
 //! behind API Gateway or, with `serve`, as a local HTTP server.
 
-use clap::{Parser, Subcommand};
-use maas::function::{self, ServeArgs};
+use maas::function;
 use maas::Predictor;
-
-#[derive(Parser)]
-#[command(version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Serve the API on a local address; the store defaults to the example store shipped in
-    /// the repository.
-    Serve(ServeArgs),
-}
 
 /// The store `serve` uses when neither `--store` nor `MAAS_STORE` names one.
 const EXAMPLE_STORE: &str = "scripts/example-store";
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    let Cli { command } = Cli::parse();
-    let serve = command.map(|Command::Serve(args)| args);
+    let serve = function::command_line(
+        "predict",
+        "Serves ONNX models over the Open Inference Protocol (under Lambda unless `serve`)",
+        "Serve the API on a local address; the store defaults to the example store",
+    );
     function::init_tracing(serve.is_none());
     let store = serve.as_ref().map(|args| args.store.as_deref().unwrap_or(EXAMPLE_STORE));
     let config = function::config(store)?;

@@ -41,6 +41,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import boto3
 import numpy as np
@@ -226,7 +227,7 @@ def publish(endpoint: str, bench: Benchmark) -> None:
 @dataclass
 class Server:
     name: str
-    argv: callable      # (port, cache_dir) -> argv
+    argv: Callable[[int, Path], list[str]]  # (port, cache_dir) -> argv
     results: list = field(default_factory=list)      # (init_s, first_s, cold_s, rss_mib)
     warm: list = field(default_factory=list)         # every warm request latency, seconds
     logged: list = field(default_factory=list)       # per trial, logged_timings() of its log

@@ -144,7 +144,7 @@ impl DiskCache {
         }
         temp.persist(path)
             .map_err(|e| Error::internal("moving a cache file into place", e.error))?;
-        tracing::info!(model = %id, bytes = size, elapsed_ms = started.elapsed().as_millis() as u64, "model downloaded");
+        tracing::info!(model = %id, bytes = size, elapsed_ms = crate::elapsed_ms(started), "model downloaded");
         Ok(())
     }
 

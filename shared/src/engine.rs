@@ -20,6 +20,7 @@ use tract_onnx::prelude::{
 };
 use tract_onnx::tract_core::plan::SimplePlan;
 
+use crate::elapsed_ms;
 use crate::error::Error;
 use crate::manifest::{Signature, TensorSpec, ValidationReport};
 use crate::tensor::{DataType, Tensor, TensorData};
@@ -197,10 +198,6 @@ pub fn validate(bytes: &[u8], limits: &Limits) -> Result<Validated, Error> {
         producer: Some(producer.trim().to_owned()).filter(|p| !p.is_empty()),
         report: ValidationReport { parse_ms, optimise_ms, trial_ms },
     })
-}
-
-fn elapsed_ms(since: Instant) -> f64 {
-    since.elapsed().as_secs_f64() * 1000.0
 }
 
 fn invalid(problem: String) -> Error {

@@ -28,3 +28,8 @@ pub use error::{Error, Result};
 pub use predictor::Predictor;
 pub use publisher::Publisher;
 pub use registry::Registry;
+
+/// Milliseconds since `since`, fractional: sub-millisecond steps are common on warm paths.
+pub(crate) fn elapsed_ms(since: std::time::Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}

@@ -125,7 +125,7 @@ impl Predictor {
             };
             match loaded {
                 Ok(id) => {
-                    tracing::info!(model = %id, elapsed_ms = started.elapsed().as_millis() as u64, "preloaded")
+                    tracing::info!(model = %id, elapsed_ms = crate::elapsed_ms(started), "preloaded")
                 }
                 Err(err) => {
                     tracing::error!(model = %name, error = %err, kind = err.kind(), "preload failed")

@@ -17,6 +17,7 @@ use moka::policy::EvictionPolicy;
 use serde::{Deserialize, Serialize};
 
 use crate::disk_cache::{sha256_hex, DiskCache, ModelFile};
+use crate::elapsed_ms;
 use crate::engine;
 use crate::error::Error;
 use crate::manifest::Manifest;
@@ -193,13 +194,17 @@ impl Registry {
         let manifest = self.fetch_manifest(id).await?;
         let file = ModelFile::onnx(id, &manifest);
         let path = self.disk.file(self.store.as_ref(), id, &file).await?;
+        let fetch_ms = elapsed_ms(started);
+        let fetched = Instant::now();
         let model = tokio::task::spawn_blocking(move || engine::Model::load_path(&path))
             .await
             .map_err(|e| Error::internal("loading a model", e))??;
         tracing::info!(
             model = %id,
             bytes = manifest.size,
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            fetch_ms,
+            engine_ms = elapsed_ms(fetched),
+            elapsed_ms = elapsed_ms(started),
             "model loaded"
         );
         Ok(Arc::new(LoadedModel { id: id.clone(), manifest, model }))

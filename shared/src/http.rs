@@ -78,10 +78,10 @@ impl<A: Copy + 'static> Routes<A> {
         &'r self,
         method: &Method,
         path: &'p str,
-    ) -> Result<Matched<'r, 'p, A>, Response<Body>> {
+    ) -> Result<Matched<'r, 'p, A>, Box<Response<Body>>> {
         let trimmed = path.trim_end_matches('/');
         let Ok(matched) = self.router.at(if trimmed.is_empty() { "/" } else { trimmed }) else {
-            return Err(message_response(404, &format!("no route for {trimmed}")));
+            return Err(Box::new(message_response(404, &format!("no route for {trimmed}"))));
         };
         if let Some((_, action)) = matched.value.iter().find(|(m, _)| m == method) {
             return Ok(Matched { action: *action, params: matched.params });
@@ -93,7 +93,7 @@ impl<A: Copy + 'static> Routes<A> {
         if let Ok(value) = allowed.parse() {
             response.headers_mut().insert(header::ALLOW, value);
         }
-        Err(response)
+        Err(Box::new(response))
     }
 }
 

@@ -22,7 +22,9 @@ async fn each_bad_request_gets_its_status_and_a_message() {
     let predictor = example_predictor(&cache);
     let good_row = json!([[5.1, 3.5, 1.4, 0.2]]);
     let oversized = vec![b' '; (6 << 20) + 1];
-    let cases: Vec<(&str, &str, Option<Vec<u8>>, u16, &str)> = vec![
+    // (method, path, body, expected status, a piece of the expected message)
+    type Case<'a> = (&'a str, &'a str, Option<Vec<u8>>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("POST", "/v2/models/iris/infer", Some(b"{\"inputs\": [".to_vec()), 400, "invalid request body"),
         ("POST", "/v2/models/iris/infer", Some(b"not json".to_vec()), 400, "invalid request body"),
         ("POST", "/v2/models/iris/infer", None, 400, "invalid request body"),

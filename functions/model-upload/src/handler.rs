@@ -39,7 +39,7 @@ static ROUTES: LazyLock<Routes<Action>> = LazyLock::new(|| {
 pub async fn handle(publisher: &Publisher, request: Request) -> Response<Body> {
     let matched = match ROUTES.find(request.method(), request.uri().path()) {
         Ok(matched) => matched,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let param = |key| matched.params.get(key).unwrap_or_default();
     let body = request.body().as_ref();

@@ -38,7 +38,7 @@ static ROUTES: LazyLock<Routes<Action>> = LazyLock::new(|| {
 pub async fn handle(predictor: &Predictor, request: Request) -> Response<Body> {
     let matched = match ROUTES.find(request.method(), request.uri().path()) {
         Ok(matched) => matched,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let name = matched.params.get("name").unwrap_or_default();
     let version = matched.params.get("version");

@@ -253,6 +253,26 @@ def make_large_cnn() -> onnx.ModelProto:
 # ---------------------------------------------------------------- scikit-learn models
 
 
+def make_value_info_mismatch() -> onnx.ModelProto:
+    """What PyTorch's dynamo exporter writes: the input's batch is `batch`, but value_info
+    declares an intermediate with another symbol, `s0`. onnxruntime runs it; tract's plain load
+    refuses to unify the two, so maas loads it ignoring value_info.
+    x [batch,4] -> Relu -> r [s0,4] (value_info) -> MatMul W[4,3] + b -> y [batch,3]."""
+    rng = rng_for("value_info")
+    node = helper.make_node
+    nodes = [
+        node("Relu", ["x"], ["r"], name="relu"),
+        node("MatMul", ["r", "W"], ["m"], name="matmul"),
+        node("Add", ["m", "b"], ["y"], name="add"),
+    ]
+    graph = helper.make_graph(
+        nodes, "value_info", [float_value("x", ["batch", 4])], [float_value("y", ["batch", 3])],
+        initializer=[weight(rng, "W", (4, 3), 4), bias(rng, "b", 3)],
+        value_info=[float_value("r", ["s0", 4]), float_value("m", ["s0", 3])],
+    )
+    return finish_model(graph)
+
+
 def make_forest(n_estimators: int, max_depth: int, zipmap: bool = False) -> onnx.ModelProto:
     """A RandomForestClassifier trained on the iris data that ships with scikit-learn.
     With zipmap, skl2onnx's default options: probabilities become a sequence of maps, which
@@ -412,25 +432,41 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 
 
 def save_and_verify(model: onnx.ModelProto, path: Path, cases: list[dict[str, np.ndarray]],
-                    tolerance: float = TOLERANCE) -> list[dict]:
+                    tolerance: float = TOLERANCE, tract_refuses: str | None = None) -> list[dict]:
     """Write the model, check it, load it with onnxruntime and tract (printing how long each
     takes), and run every input set with both. Returns one {"inputs", "outputs"} record
-    (numpy arrays) per input set."""
+    (numpy arrays) per input set.
+
+    `tract_refuses`: the model is meant to fail tract's plain load (the Rust engine falls back
+    to another loader); the plain load must fail with an error containing this text, and only
+    onnxruntime's outputs are recorded."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(model.SerializeToString())
     onnx.checker.check_model(str(path), full_check=True)
     ort_watch = Stopwatch()
     session = ort_session(path)
     ort_watch.lap("InferenceSession")
-    runnable, tract_watch = load_tract(path, model)
-    print(f"  {path.name}: {path.stat().st_size:,} bytes; loading takes onnxruntime {ort_watch}, "
-          f"tract {tract_watch}")
+    runnable = None
+    if tract_refuses is None:
+        runnable, tract_watch = load_tract(path, model)
+        print(f"  {path.name}: {path.stat().st_size:,} bytes; loading takes onnxruntime {ort_watch}, "
+              f"tract {tract_watch}")
+    else:
+        try:
+            load_tract(path, model)
+        except Exception as error:  # the binding raises a plain Exception with tract's message
+            if tract_refuses not in str(error):
+                raise
+            print(f"  {path.name}: tract's plain load refuses it as intended ({tract_refuses})")
+        else:
+            sys.exit(f"{path.name}: tract's plain load accepts it; it no longer exercises the fallback")
     records = []
     for inputs in cases:
         expected = run_ort(session, inputs)
         batch = next(iter(inputs.values())).shape[0]
-        diff = compare(f"{path.name} batch {batch}", expected, run_tract(runnable, model, inputs), tolerance)
-        print(f"  {path.name}: batch {batch} tract matches onnxruntime (max diff {diff:.2e})")
+        if runnable is not None:
+            diff = compare(f"{path.name} batch {batch}", expected, run_tract(runnable, model, inputs), tolerance)
+            print(f"  {path.name}: batch {batch} tract matches onnxruntime (max diff {diff:.2e})")
         records.append({"inputs": inputs, "outputs": expected})
     return records
 
@@ -609,14 +645,19 @@ def make_test_set(out: Path) -> None:
     mlp, cnn = make_mlp(), make_cnn()
     forest = make_forest(n_estimators=10, max_depth=4)
     forest_session = ort_session(forest)
+    value_info = make_value_info_mismatch()
+    # name: (model, inputs for a batch size, what tract's plain load must refuse it with)
     models = {
-        "mlp": (mlp, lambda batch: uniform_inputs(mlp, batch, low=-1.0)),
-        "cnn": (cnn, lambda batch: uniform_inputs(cnn, batch)),
-        "forest": (forest, lambda batch: forest_inputs(batch, forest_session)),
+        "mlp": (mlp, lambda batch: uniform_inputs(mlp, batch, low=-1.0), None),
+        "cnn": (cnn, lambda batch: uniform_inputs(cnn, batch), None),
+        "forest": (forest, lambda batch: forest_inputs(batch, forest_session), None),
+        "value_info": (value_info, lambda batch: uniform_inputs(value_info, batch, low=-1.0),
+                       "Impossible to unify"),
     }
     cases = []
-    for name, (model, inputs_for) in models.items():
-        records = save_and_verify(model, out / f"{name}.onnx", [inputs_for(b) for b in BATCH_SIZES])
+    for name, (model, inputs_for, tract_refuses) in models.items():
+        records = save_and_verify(model, out / f"{name}.onnx", [inputs_for(b) for b in BATCH_SIZES],
+                                  tract_refuses=tract_refuses)
         for batch, record in zip(BATCH_SIZES, records):
             cases.append({
                 "model": name,

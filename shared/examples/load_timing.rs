@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use maas::engine::{self, Model};
-use maas::manifest::Signature;
+use maas::manifest::{Loader, Signature};
 
 fn time_ms(load: &dyn Fn() -> Model) -> f64 {
     let started = Instant::now();
@@ -37,7 +37,10 @@ fn main() {
         Some("prepare") => {
             let (model, out) = (Path::new(&args[1]), Path::new(&args[2]));
             let bytes = std::fs::read(model).expect("read the model");
-            let signature = Model::load_path(model).expect("the model loads").signature().clone();
+            let signature = Model::load_path(model, Loader::Plain)
+                .expect("the model loads")
+                .signature()
+                .clone();
             std::fs::create_dir_all(out).expect("create OUT_DIR");
             std::fs::write(
                 out.join("model.nnef.tar"),
@@ -53,7 +56,7 @@ fn main() {
         }
         Some("onnx") => {
             let path = Path::new(&args[1]);
-            first_and_median(runs(), &|| Model::load_path(path).expect("ONNX loads"))
+            first_and_median(runs(), &|| Model::load_path(path, Loader::Plain).expect("ONNX loads"))
         }
         Some("nnef") => {
             let dir = Path::new(&args[1]);

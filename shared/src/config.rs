@@ -25,6 +25,7 @@ use crate::store::{LocalStore, MemoryStore, S3Store, SharedStore};
 /// | `MAAS_MAX_MODEL_BYTES` | largest ONNX file `model-upload` accepts (413 beyond) | 536870912 (512 MiB) |
 /// | `MAAS_MAX_TENSOR_BYTES` | largest tensor an uploaded model may declare, dynamic dimensions at 1 (422 beyond) | 268435456 (256 MiB) |
 /// | `MAAS_PRESIGN_EXPIRY_SECONDS` | how long a presigned upload URL stays valid | 900 |
+/// | `MAAS_ENGINE_THREADS` | threads for tract's matrix products (1: none besides the caller) | the CPUs available to the process |
 ///
 /// The S3 endpoint, region and credentials come from the standard AWS variables
 /// (`AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, `AWS_REGION`, ...).
@@ -37,6 +38,7 @@ pub struct Config {
     pub max_request_bytes: usize,
     pub publish: PublishLimits,
     pub presign_expiry: Duration,
+    pub engine_threads: usize,
 }
 
 /// A configuration variable has a value that cannot be used.
@@ -134,8 +136,14 @@ impl Config {
                 "MAAS_PRESIGN_EXPIRY_SECONDS",
                 900,
             )?),
+            engine_threads: parse_or(&lookup, "MAAS_ENGINE_THREADS", available_cpus())?.max(1),
         })
     }
+}
+
+/// The CPUs this process may use (cgroup limits included); Lambda gives 1 per 1769 MB.
+fn available_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn parse_or<T: FromStr>(

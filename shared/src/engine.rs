@@ -22,7 +22,7 @@ use tract_onnx::tract_core::plan::SimplePlan;
 
 use crate::elapsed_ms;
 use crate::error::Error;
-use crate::manifest::{Signature, TensorSpec, ValidationReport};
+use crate::manifest::{Loader, Signature, TensorSpec, ValidationReport};
 use crate::tensor::{DataType, Tensor, TensorData};
 
 type Plan = SimplePlan<TypedFact, Box<dyn TypedOp>>;
@@ -58,12 +58,13 @@ fn nnef() -> &'static tract_nnef::framework::Nnef {
 }
 
 impl Model {
-    /// Loads an ONNX file. The file is memory-mapped, not read into the heap.
-    pub fn load_path(path: &Path) -> Result<Self, Error> {
+    /// Loads an ONNX file with the loader its validation recorded. The file is
+    /// memory-mapped, not read into the heap.
+    pub fn load_path(path: &Path, loader: Loader) -> Result<Self, Error> {
         let proto = tract_onnx::onnx()
             .proto_model_for_path(path)
             .map_err(|e| engine_error("cannot parse the ONNX file", e))?;
-        let (typed, signature) = translate(&proto)?;
+        let (typed, signature) = translate(&proto, loader)?;
         Self::optimise(typed, signature)
     }
 
@@ -104,11 +105,12 @@ impl Model {
     }
 }
 
-/// Parses the graph, gives its inputs their declared types and symbolic shapes, and
-/// translates it into tract's typed, decluttered form.
-fn translate(proto: &pb::ModelProto) -> Result<(TypedModel, Signature), Error> {
+/// Parses the graph with `loader`, gives its inputs their declared types and symbolic
+/// shapes, and translates it into tract's typed, decluttered form.
+fn translate(proto: &pb::ModelProto, loader: Loader) -> Result<(TypedModel, Signature), Error> {
     let signature = signature_of(proto)?;
-    let mut model = tract_onnx::onnx()
+    let onnx = tract_onnx::onnx().with_ignore_value_info(loader == Loader::IgnoreValueInfo);
+    let mut model = onnx
         .model_for_proto_model(proto)
         .map_err(|e| engine_error("cannot translate the ONNX graph", e))?;
     if model.input_outlets().map_or(0, |o| o.len()) != signature.inputs.len() {
@@ -133,6 +135,31 @@ fn translate(proto: &pb::ModelProto) -> Result<(TypedModel, Signature), Error> {
     Ok((typed, signature))
 }
 
+/// Tries each loader in turn and returns the first translation that works with the loader
+/// that made it; when none works, the plain loader's error, which names the failing node.
+fn translate_any(proto: &pb::ModelProto) -> Result<(TypedModel, Signature, Loader), Error> {
+    let mut first_error = None;
+    for loader in Loader::ALL {
+        match translate(proto, loader) {
+            Ok((typed, signature)) => return Ok((typed, signature, loader)),
+            Err(err) => {
+                tracing::debug!(?loader, error = %crate::error::chain(&err), "loader failed");
+                first_error.get_or_insert(err);
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(|| engine_problem("no loader")))
+}
+
+/// Makes tract's matrix products use `threads` threads (one pool for the whole process);
+/// 1 keeps them on the calling thread. Lambda gives 1 vCPU per 1769 MB of memory, up to 6.
+pub fn use_threads(threads: usize) {
+    use tract_linalg::multithread::{set_default_executor, Executor};
+    let executor =
+        if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
+    set_default_executor(executor);
+}
+
 /// Limits an upload is validated against.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -149,6 +176,8 @@ pub struct Validated {
     /// `producer_name producer_version`, as the exporter wrote them.
     pub producer: Option<String>,
     pub report: ValidationReport,
+    /// The loader that read the model; `predict` loads it the same way.
+    pub loader: Loader,
 }
 
 /// Checks that `bytes` are an ONNX model maas can serve: it parses, references no external
@@ -176,7 +205,7 @@ pub fn validate(bytes: &[u8], limits: &Limits) -> Result<Validated, Error> {
     for value in declared {
         check_declared_size(value, limits)?;
     }
-    let (typed, signature) = translate(&proto).map_err(as_invalid)?;
+    let (typed, signature, loader) = translate_any(&proto).map_err(as_invalid)?;
     let parse_ms = elapsed_ms(started);
     let optimising = Instant::now();
     let model = Model::optimise(typed, signature).map_err(as_invalid)?;
@@ -197,6 +226,7 @@ pub fn validate(bytes: &[u8], limits: &Limits) -> Result<Validated, Error> {
             .map(|o| o.version),
         producer: Some(producer.trim().to_owned()).filter(|p| !p.is_empty()),
         report: ValidationReport { parse_ms, optimise_ms, trial_ms },
+        loader,
     })
 }
 
@@ -251,7 +281,7 @@ pub fn to_nnef(bytes: &[u8]) -> Result<Vec<u8>, Error> {
     let proto = tract_onnx::onnx()
         .proto_model_for_read(&mut &bytes[..])
         .map_err(|e| engine_error("cannot parse the ONNX file", e))?;
-    let (typed, _) = translate(&proto)?;
+    let (typed, _, _) = translate_any(&proto)?;
     nnef().write_to_tar(&typed, Vec::new()).map_err(|e| engine_error("cannot write NNEF", e))
 }
 

@@ -62,8 +62,11 @@ pub fn config(store: Option<&str>) -> Result<Config, ConfigError> {
     })
 }
 
-/// The registry over the configured store, for the whole execution environment.
+/// The registry over the configured store, for the whole execution environment; also sizes
+/// the engine's thread pool.
 pub async fn registry(config: &Config) -> Arc<Registry> {
+    crate::engine::use_threads(config.engine_threads);
+    tracing::info!(threads = config.engine_threads, "engine threads");
     let store = config.store.open(config.s3_force_path_style).await;
     Arc::new(Registry::new(store, &config.cache))
 }

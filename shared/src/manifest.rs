@@ -22,9 +22,29 @@ pub struct Manifest {
     /// The exporter that wrote the model, as it names itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub producer: Option<String>,
+    /// How the engine reads the model (written by model-upload; `plain` when absent).
+    #[serde(default)]
+    pub loader: Loader,
     /// How long validation at upload took.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<ValidationReport>,
+}
+
+/// How the engine reads a model's graph. Validation tries them in this order and records the
+/// first that works.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Loader {
+    /// As the file says.
+    #[default]
+    Plain,
+    /// Ignoring the graph's `value_info` shapes: PyTorch's dynamo exporter writes symbolic
+    /// dimensions there (`s0`) that contradict the inputs' (`batch`), which tract refuses.
+    IgnoreValueInfo,
+}
+
+impl Loader {
+    pub const ALL: [Loader; 2] = [Loader::Plain, Loader::IgnoreValueInfo];
 }
 
 /// Timings of an upload's validation, in milliseconds.

@@ -196,7 +196,8 @@ impl Registry {
         let path = self.disk.file(self.store.as_ref(), id, &file).await?;
         let fetch_ms = elapsed_ms(started);
         let fetched = Instant::now();
-        let model = tokio::task::spawn_blocking(move || engine::Model::load_path(&path))
+        let loader = manifest.loader;
+        let model = tokio::task::spawn_blocking(move || engine::Model::load_path(&path, loader))
             .await
             .map_err(|e| Error::internal("loading a model", e))??;
         tracing::info!(
@@ -279,6 +280,7 @@ impl Registry {
             signature: validated.signature,
             opset: validated.opset,
             producer: validated.producer,
+            loader: validated.loader,
             validation: Some(validated.report),
         };
         self.claim_model_key(id, bytes, &manifest.sha256).await?;

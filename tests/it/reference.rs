@@ -4,13 +4,16 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use maas::manifest::Loader;
 use maas_tests::{call, cases, fresh_s3_store, model_bytes, predictor, publish, Case};
 use serde_json::{json, Value};
 
 /// Largest allowed difference, relative to the reference value (absolute below 1).
 pub const TOLERANCE: f64 = 1e-4;
 
-pub const MODELS: [&str; 3] = ["mlp", "cnn", "forest"];
+/// `value_info` is what PyTorch's dynamo exporter writes: tract's plain load refuses it
+/// (scripts/make_models.py checks that), so it is served through the fallback loader.
+pub const MODELS: [&str; 4] = ["mlp", "cnn", "forest", "value_info"];
 
 /// Checks one served output against onnxruntime's; labels (integers) must be identical.
 pub fn assert_matches_reference(case: &Case, served: &Value) {
@@ -47,7 +50,9 @@ async fn served_predictions_match_onnxruntime() {
     let cache = tempfile::tempdir().unwrap();
     let predictor = predictor(store, &cache);
     for model in MODELS {
-        publish(&predictor, model, 1, model_bytes(model)).await;
+        let manifest = publish(&predictor, model, 1, model_bytes(model)).await;
+        let expected = if model == "value_info" { Loader::IgnoreValueInfo } else { Loader::Plain };
+        assert_eq!(manifest.loader, expected, "{model}");
     }
     let cases = cases();
     let covered: BTreeSet<(String, usize)> =

@@ -50,6 +50,7 @@ echo "moto listening on 127.0.0.1:$port (log: $log)"
 
 export MAAS_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
 export MAAS_TEST_MODELS="$models"
+export MAAS_TEST_CARGO_LAMBDA="$venv/bin/cargo-lambda"
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
 unset AWS_PROFILE AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3 MAAS_STORE
 

@@ -1,10 +1,12 @@
 //! Integration tests of maas against real parts: an S3-compatible server over HTTP (started
 //! by `scripts/test.sh`), real tract inference on real ONNX files, reference outputs from
-//! onnxruntime, and the real `predict` binary.
+//! onnxruntime, the real `predict` binary as a local server, and the real function binaries
+//! under cargo-lambda's Lambda Runtime API emulator.
 
 mod bad_input;
 mod cold_start;
 mod conformance;
+mod lambda_emulator;
 mod predict_api;
 mod processes;
 mod reference;

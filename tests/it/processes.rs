@@ -2,7 +2,6 @@
 //! command), and against the S3 server as a fresh process whose first request pulls the
 //! model from S3.
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,18 +11,6 @@ use serde_json::{json, Value};
 
 use crate::predict_api::{assert_iris_answer, readme_request};
 use crate::reference::assert_matches_reference;
-
-/// The `predict` binary built next to this test binary (`scripts/test.sh` builds it).
-fn predict_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().and_then(|deps| deps.parent()).unwrap().join("predict");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --bins` first (scripts/test.sh does)",
-        path.display()
-    );
-    path
-}
 
 /// A server process, killed when dropped.
 struct Server {
@@ -44,7 +31,7 @@ fn free_port() -> u16 {
 
 async fn start(args: &[&str], env: &[(&str, &str)], cache: &tempfile::TempDir) -> Server {
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut command = Command::new(predict_binary());
+    let mut command = Command::new(maas_tests::built_binary("predict"));
     command
         .current_dir(repo_root())
         .args(["serve", "--addr", &addr])

@@ -79,6 +79,19 @@ pub fn model_bytes(name: &str) -> Bytes {
     std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())).into()
 }
 
+/// A function binary built next to the running test binary (`scripts/test.sh` builds them
+/// all with `cargo build --workspace --bins`).
+pub fn built_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().and_then(|deps| deps.parent()).unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
 /// The repository's root folder.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()

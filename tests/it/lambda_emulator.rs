@@ -1,0 +1,353 @@
+//! The real function binaries under the Lambda Runtime API, as AWS runs them: cargo-lambda's
+//! emulator (`cargo lambda watch --only-lambda-apis`, installed from PyPI by
+//! `scripts/test.sh`) serves the Runtime API and nothing else (it builds and starts nothing),
+//! each already-built binary polls it for events, and the tests invoke the functions with the
+//! sample events of `tests/events/` through the emulator's invoke endpoint.
+//!
+//! How the pieces meet:
+//! - the emulator runs from the repository root (it reads the workspace's `cargo metadata` to
+//!   know which functions exist) as
+//!   `cargo-lambda lambda watch --only-lambda-apis --ignore-changes -A 127.0.0.1 -P PORT`;
+//! - a function binary gets `AWS_LAMBDA_RUNTIME_API=http://127.0.0.1:PORT/.rt/NAME` (the
+//!   emulator keeps one event queue per function name, under `/.rt/NAME`), and the variables
+//!   the Rust runtime requires: `AWS_LAMBDA_FUNCTION_NAME`, `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`,
+//!   `AWS_LAMBDA_FUNCTION_VERSION`;
+//! - an invocation is `POST /2015-03-31/functions/NAME/invocations` with the event as the
+//!   body; NAME must be a binary of the workspace (else 404). The answer is the function's
+//!   result with status 200, or, when the function reports an error, status 500 with the
+//!   runtime's `{"errorType", "errorMessage"}` body. Invocations sent before the function
+//!   polls wait in the emulator's queue.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use maas_tests::{built_binary as binary, repo_root};
+use serde_json::Value;
+
+use crate::predict_api::assert_iris_answer;
+
+/// How long any one step may take before the test fails.
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `cargo-lambda` executable (`scripts/test.sh` installs it in the venv and exports its
+/// path).
+fn cargo_lambda() -> PathBuf {
+    let path = std::env::var("MAAS_TEST_CARGO_LAMBDA").map(PathBuf::from).expect(
+        "MAAS_TEST_CARGO_LAMBDA is not set: run the tests with scripts/test.sh, which installs \
+         cargo-lambda (scripts/requirements.txt) and exports its path",
+    );
+    assert!(
+        path.is_file(),
+        "MAAS_TEST_CARGO_LAMBDA={} does not exist: scripts/test.sh installs cargo-lambda from \
+         scripts/requirements.txt",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// A child process whose stdout and stderr go to one log file; killed when dropped, also
+/// when a test panics.
+struct Process {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(name: &str, mut command: Command, log: PathBuf) -> Self {
+        let out = File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        command.stdin(Stdio::null()).stdout(out).stderr(err);
+        let child = command.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Self { name: name.to_owned(), child, log }
+    }
+
+    fn log(&self) -> String {
+        read_log(&self.log)
+    }
+
+    /// Panics, with the process's log, if it has exited.
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("{} exited ({status}); its log:\n{}", self.name, self.log());
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Runtime API emulator on a port of its own, with its log in `dir`.
+struct Emulator {
+    process: Process,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Emulator {
+    async fn start() -> Self {
+        let program = cargo_lambda();
+        let dir = tempfile::tempdir().unwrap();
+        // A port found free may be taken before the emulator binds it: then it exits, and
+        // another port is tried.
+        for attempt in 0..3 {
+            let port = free_port();
+            let mut command = Command::new(&program);
+            command.current_dir(repo_root()).args([
+                "lambda",
+                "watch",
+                "--only-lambda-apis",
+                "--ignore-changes",
+                "--invoke-address",
+                "127.0.0.1",
+                "--invoke-port",
+                &port.to_string(),
+            ]);
+            let log = dir.path().join(format!("emulator-{attempt}.log"));
+            let mut process = Process::spawn("the cargo-lambda emulator", command, log);
+            let deadline = Instant::now() + STEP_TIMEOUT;
+            loop {
+                if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                    return Self { process, port, dir };
+                }
+                if process.child.try_wait().unwrap().is_some() {
+                    if attempt == 2 {
+                        process.assert_running();
+                    }
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the cargo-lambda emulator did not listen on 127.0.0.1:{port}; its log:\n{}",
+                    process.log()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        unreachable!()
+    }
+
+    /// Starts a function binary as a Lambda execution environment served by this emulator,
+    /// with `env` on top of a clean environment (no inherited `MAAS_*` or `AWS_*` variable).
+    fn function(&self, name: &str, env: &[(&str, &str)]) -> Process {
+        let mut command = Command::new(binary(name));
+        command.current_dir(repo_root());
+        for (variable, _) in std::env::vars() {
+            if variable.starts_with("MAAS_") || variable.starts_with("AWS_") {
+                command.env_remove(variable);
+            }
+        }
+        command
+            .env("RUST_LOG", "info")
+            .env("AWS_LAMBDA_RUNTIME_API", format!("http://127.0.0.1:{}/.rt/{name}", self.port))
+            .env("AWS_LAMBDA_FUNCTION_NAME", name)
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .envs(env.iter().copied());
+        Process::spawn(name, command, self.dir.path().join(format!("{name}.log")))
+    }
+
+    /// Invokes `function` with `event` through the emulator; returns the invoke status and
+    /// the JSON result. Fails at once, with the logs, if the function or the emulator exits.
+    async fn invoke(&mut self, function: &mut Process, event: &Value) -> (u16, Value) {
+        let addr = format!("127.0.0.1:{}", self.port);
+        let path = format!("/2015-03-31/functions/{}/invocations", function.name);
+        let body = event.to_string();
+        let request = maas_tests::http_request(
+            &addr,
+            "POST",
+            &path,
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        );
+        // Ends, with the log of the process, as soon as the function or the emulator exits.
+        let watchdog = async {
+            loop {
+                for process in [&mut *function, &mut self.process] {
+                    if let Some(status) = process.child.try_wait().unwrap() {
+                        return format!("{} exited ({status})", process.name);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let outcome = tokio::select! {
+            answer = request => Ok(answer),
+            failure = watchdog => Err(failure),
+            _ = tokio::time::sleep(STEP_TIMEOUT) => Err(format!("no answer within {STEP_TIMEOUT:?}")),
+        };
+        let (status, answer) = outcome.unwrap_or_else(|failure| {
+            panic!(
+                "invoking {}: {failure}; its log:\n{}\nthe emulator's log:\n{}",
+                function.name,
+                function.log(),
+                self.process.log()
+            )
+        });
+        let json = serde_json::from_slice(&answer).unwrap_or_else(|e| {
+            panic!("invoke answer is not JSON ({e}): {:?}", String::from_utf8_lossy(&answer))
+        });
+        (status, json)
+    }
+}
+
+/// A sample event of `tests/events/`.
+fn event(name: &str) -> Value {
+    let path = repo_root().join("tests/events").join(name);
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The status and JSON body of an API Gateway HTTP API (payload 2.0) response object.
+fn api_gateway_response(result: &Value) -> (u16, Value) {
+    let status = result["statusCode"].as_u64().unwrap_or_else(|| panic!("no statusCode: {result}"));
+    let body = result["body"].as_str().unwrap_or_else(|| panic!("no text body: {result}"));
+    let body = if result["isBase64Encoded"] == true {
+        base64::engine::general_purpose::STANDARD.decode(body).unwrap()
+    } else {
+        body.as_bytes().to_vec()
+    };
+    let json = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&body)));
+    (u16::try_from(status).unwrap(), json)
+}
+
+/// The JSON log lines (complete lines only) a process has written so far.
+fn log_lines(process: &Process) -> Vec<Value> {
+    let log = process.log();
+    let complete = &log[..log.rfind('\n').map_or(0, |end| end + 1)];
+    complete.lines().filter_map(|line| serde_json::from_str(line).ok()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn predict_binary_answers_api_gateway_events_under_the_runtime_api() {
+    let mut emulator = Emulator::start().await;
+    let cache = tempfile::tempdir().unwrap();
+    let store = repo_root().join("scripts/example-store");
+    let mut predict = emulator.function(
+        "predict",
+        &[
+            ("MAAS_STORE", store.to_str().unwrap()),
+            ("MAAS_CACHE_DIR", cache.path().to_str().unwrap()),
+            ("MAAS_PRELOAD", "iris"),
+        ],
+    );
+
+    // MAAS_PRELOAD loads the model during init, before any event is sent.
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    let preloaded = loop {
+        let lines = log_lines(&predict);
+        if let Some(line) = lines.into_iter().find(|l| l["fields"]["message"] == "preloaded") {
+            break line;
+        }
+        predict.assert_running();
+        assert!(Instant::now() < deadline, "no `preloaded` log line; the log:\n{}", predict.log());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(preloaded["fields"]["model"], "iris@1", "{preloaded}");
+    assert!(preloaded.get("span").is_none(), "preloaded inside an invocation: {preloaded}");
+
+    let (status, result) = emulator.invoke(&mut predict, &event("predict-infer.json")).await;
+    assert_eq!(status, 200, "{result}");
+    let (status, served) = api_gateway_response(&result);
+    assert_eq!(status, 200, "{served}");
+    assert_eq!(result["headers"]["content-type"], "application/json", "{result}");
+    assert_iris_answer(&served);
+    assert_eq!(served["model_name"], "iris");
+    assert_eq!(served["model_version"], "1");
+
+    let mut malformed = event("predict-infer.json");
+    malformed["body"] = Value::from("{\"inputs\": [");
+    let (status, result) = emulator.invoke(&mut predict, &malformed).await;
+    assert_eq!(status, 200, "{result}");
+    let (status, error) = api_gateway_response(&result);
+    assert_eq!(status, 400, "{error}");
+    assert!(error["error"].as_str().is_some_and(|e| e.contains("invalid request body")), "{error}");
+
+    let (status, result) = emulator.invoke(&mut predict, &event("predict-metadata.json")).await;
+    assert_eq!(status, 200, "{result}");
+    let (status, metadata) = api_gateway_response(&result);
+    assert_eq!(status, 200, "{metadata}");
+    assert_eq!(metadata["name"], "iris");
+    assert_eq!(metadata["platform"], "onnx_onnxv1");
+
+    // The model was loaded once, at init: the invocations did not load it again.
+    let loads =
+        log_lines(&predict).iter().filter(|l| l["fields"]["message"] == "model loaded").count();
+    assert_eq!(loads, 1, "{}", predict.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn model_upload_binary_publishes_under_the_runtime_api() {
+    let mut emulator = Emulator::start().await;
+    let store = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let mut upload = emulator.function(
+        "model-upload",
+        &[
+            ("MAAS_STORE", store.path().to_str().unwrap()),
+            ("MAAS_CACHE_DIR", cache.path().to_str().unwrap()),
+        ],
+    );
+    let put = event("upload-put-version.json");
+    // The event carries the example model.
+    let example = repo_root().join("scripts/example-store/models/iris/1");
+    let sent =
+        base64::engine::general_purpose::STANDARD.decode(put["body"].as_str().unwrap()).unwrap();
+    assert_eq!(sent, std::fs::read(example.join("model.onnx")).unwrap());
+    let example_manifest: Value =
+        serde_json::from_slice(&std::fs::read(example.join("manifest.json")).unwrap()).unwrap();
+
+    let (status, result) = emulator.invoke(&mut upload, &put).await;
+    assert_eq!(status, 200, "{result}");
+    let (status, manifest) = api_gateway_response(&result);
+    assert_eq!(status, 201, "{manifest}");
+    assert_eq!(manifest["name"], "iris");
+    assert_eq!(manifest["version"], 2);
+    assert_eq!(manifest["sha256"], example_manifest["sha256"], "{manifest}");
+    assert_eq!(manifest["size"], sent.len());
+    // Published in the store the function was given.
+    let published = store.path().join("models/iris/2");
+    assert_eq!(std::fs::read(published.join("model.onnx")).unwrap(), sent);
+    let stored: Value =
+        serde_json::from_slice(&std::fs::read(published.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(stored, manifest);
+
+    // Published versions are immutable.
+    let (status, result) = emulator.invoke(&mut upload, &put).await;
+    assert_eq!(status, 200, "{result}");
+    let (status, error) = api_gateway_response(&result);
+    assert_eq!(status, 409, "{error}");
+    assert!(error["error"].is_string(), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batch_predict_binary_reports_its_error_type() {
+    let mut emulator = Emulator::start().await;
+    let mut batch = emulator.function("batch-predict", &[]);
+    // The emulator answers a function error with status 500 and the error the runtime
+    // posted; the runtime goes on to the next event.
+    for _ in 0..2 {
+        let (status, error) = emulator.invoke(&mut batch, &event("batch-s3-put.json")).await;
+        assert_eq!(status, 500, "{error}");
+        assert_eq!(error["errorType"], "NotImplemented", "{error}");
+        let message = error["errorMessage"].as_str().unwrap_or_default();
+        assert!(message.contains("not implemented"), "{error}");
+    }
+}

@@ -30,6 +30,24 @@ async fn objects_under(store: &S3Store, prefix: &str) -> Vec<String> {
     store.list(prefix).await.unwrap().into_iter().map(|o| o.key).collect()
 }
 
+/// PUTs `bytes` to a presigned URL, as a client does, and returns the S3 server's status.
+async fn put_presigned(url: &str, bytes: &[u8]) -> u16 {
+    let rest = url.strip_prefix("http://").expect("a local http URL");
+    let (addr, path) = rest.split_at(rest.find('/').expect("a path"));
+    let headers = [("content-type", "application/octet-stream")];
+    http_request(addr, "PUT", path, &headers, bytes).await.0
+}
+
+/// Starts a presigned upload of model `name`, PUTs `bytes` to it, and returns the path that
+/// commits it.
+async fn stage(publisher: &maas::Publisher, name: &str, bytes: &[u8]) -> String {
+    let (status, ticket) =
+        call_upload(publisher, "POST", &format!("/models/{name}/uploads"), None).await;
+    assert_eq!(status, 201, "{ticket}");
+    assert_eq!(put_presigned(ticket["url"].as_str().unwrap(), bytes).await, 200);
+    format!("/models/{name}/uploads/{}/commit", ticket["upload_id"].as_str().unwrap())
+}
+
 async fn served_version(predictor: &Predictor, version: &str) -> (u16, Value) {
     let (body, _) = mlp_case();
     call(predictor, "POST", &format!("/v2/models/mlp/versions/{version}/infer"), Some(body)).await
@@ -203,17 +221,7 @@ async fn presigned_upload_is_committed_and_served() {
     );
 
     // The client PUTs the file straight to S3 with the URL.
-    let rest = url.strip_prefix("http://").unwrap();
-    let (addr, path) = rest.split_at(rest.find('/').unwrap());
-    let (status, body) = http_request(
-        addr,
-        "PUT",
-        path,
-        &[("content-type", "application/octet-stream")],
-        &model_bytes("mlp"),
-    )
-    .await;
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(put_presigned(url, &model_bytes("mlp")).await, 200);
 
     let commit = format!("/models/big/uploads/{upload_id}/commit");
     let (status, manifest) = call_upload(&publisher, "POST", &commit, None).await;
@@ -237,18 +245,7 @@ async fn presigned_upload_is_committed_and_served() {
     assert_matches_reference(&case, &served);
 
     // A commit may name its version; a bad upload id is refused before any I/O.
-    let (_, ticket) = call_upload(&publisher, "POST", "/models/big/uploads", None).await;
-    let url = ticket["url"].as_str().unwrap().strip_prefix("http://").unwrap().to_owned();
-    let (addr, path) = url.split_at(url.find('/').unwrap());
-    http_request(
-        addr,
-        "PUT",
-        path,
-        &[("content-type", "application/octet-stream")],
-        &model_bytes("mlp"),
-    )
-    .await;
-    let commit = format!("/models/big/uploads/{}/commit", ticket["upload_id"].as_str().unwrap());
+    let commit = stage(&publisher, "big", &model_bytes("mlp")).await;
     let (status, manifest) =
         call_upload(&publisher, "POST", &commit, Some(br#"{"version": 5}"#.to_vec())).await;
     assert_eq!((status, manifest["version"].clone()), (201, json!(5)));
@@ -320,18 +317,7 @@ async fn refused_files_get_their_4xx_and_leave_nothing_under_models() {
     );
 
     // The same through a presigned upload: refused at commit, and the staged file is gone.
-    let (_, ticket) = call_upload(&publisher, "POST", "/models/bad/uploads", None).await;
-    let url = ticket["url"].as_str().unwrap().strip_prefix("http://").unwrap().to_owned();
-    let (addr, path) = url.split_at(url.find('/').unwrap());
-    http_request(
-        addr,
-        "PUT",
-        path,
-        &[("content-type", "application/octet-stream")],
-        b"definitely not onnx",
-    )
-    .await;
-    let commit = format!("/models/bad/uploads/{}/commit", ticket["upload_id"].as_str().unwrap());
+    let commit = stage(&publisher, "bad", b"definitely not onnx").await;
     assert_eq!(call_upload(&publisher, "POST", &commit, None).await.0, 422);
 
     assert_eq!(objects_under(&store, "models/").await, Vec::<String>::new());

@@ -273,6 +273,23 @@ def make_value_info_mismatch() -> onnx.ModelProto:
     return finish_model(graph)
 
 
+def make_constant_if() -> onnx.ModelProto:
+    """An `If` whose condition is a constant True, with branches of different shapes (the
+    untaken one flattens): exporters leave such graphs behind. onnxruntime runs the taken
+    branch; tract refuses to type an `If` whose branches differ, so maas folds it first.
+    x [batch,4] -> If(cond=True, then: Relu -> [batch,4], else: Reshape -> [4*batch]) -> y."""
+    x = float_value("x", ["batch", 4])
+    then_branch = helper.make_graph([helper.make_node("Relu", ["x"], ["taken"], name="relu")],
+                                    "then", [], [float_value("taken", ["batch", 4])])
+    flat = helper.make_tensor("flat", TensorProto.INT64, [1], [-1])
+    else_branch = helper.make_graph([helper.make_node("Reshape", ["x", "flat"], ["untaken"], name="flatten")],
+                                    "else", [], [float_value("untaken", ["n"])], initializer=[flat])
+    node = helper.make_node("If", ["cond"], ["y"], name="if", then_branch=then_branch, else_branch=else_branch)
+    cond = helper.make_tensor("cond", TensorProto.BOOL, [], [True])
+    graph = helper.make_graph([node], "constant_if", [x], [float_value("y", ["batch", 4])], [cond])
+    return finish_model(graph)
+
+
 def make_forest(n_estimators: int, max_depth: int, zipmap: bool = False) -> onnx.ModelProto:
     """A RandomForestClassifier trained on the iris data that ships with scikit-learn.
     With zipmap, skl2onnx's default options: probabilities become a sequence of maps, which
@@ -645,7 +662,7 @@ def make_test_set(out: Path) -> None:
     mlp, cnn = make_mlp(), make_cnn()
     forest = make_forest(n_estimators=10, max_depth=4)
     forest_session = ort_session(forest)
-    value_info = make_value_info_mismatch()
+    value_info, constant_if = make_value_info_mismatch(), make_constant_if()
     # name: (model, inputs for a batch size, what tract's plain load must refuse it with)
     models = {
         "mlp": (mlp, lambda batch: uniform_inputs(mlp, batch, low=-1.0), None),
@@ -653,6 +670,8 @@ def make_test_set(out: Path) -> None:
         "forest": (forest, lambda batch: forest_inputs(batch, forest_session), None),
         "value_info": (value_info, lambda batch: uniform_inputs(value_info, batch, low=-1.0),
                        "Impossible to unify"),
+        "constant_if": (constant_if, lambda batch: uniform_inputs(constant_if, batch, low=-1.0),
+                        "IfThenElse"),
     }
     cases = []
     for name, (model, inputs_for, tract_refuses) in models.items():

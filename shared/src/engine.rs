@@ -108,8 +108,17 @@ impl Model {
 /// Parses the graph with `loader`, gives its inputs their declared types and symbolic
 /// shapes, and translates it into tract's typed, decluttered form.
 fn translate(proto: &pb::ModelProto, loader: Loader) -> Result<(TypedModel, Signature), Error> {
+    let folded;
+    let proto = match loader {
+        Loader::FoldConstantIf => {
+            folded = fold_constant_ifs(proto)
+                .ok_or_else(|| engine_problem("the graph has no `If` with a constant condition"))?;
+            &folded
+        }
+        Loader::Plain | Loader::IgnoreValueInfo => proto,
+    };
     let signature = signature_of(proto)?;
-    let onnx = tract_onnx::onnx().with_ignore_value_info(loader == Loader::IgnoreValueInfo);
+    let onnx = tract_onnx::onnx().with_ignore_value_info(loader != Loader::Plain);
     let mut model = onnx
         .model_for_proto_model(proto)
         .map_err(|e| engine_error("cannot translate the ONNX graph", e))?;
@@ -133,6 +142,59 @@ fn translate(proto: &pb::ModelProto, loader: Loader) -> Result<(TypedModel, Sign
         .and_then(|typed| typed.into_decluttered())
         .map_err(|e| engine_error("cannot analyse the model", e))?;
     Ok((typed, signature))
+}
+
+/// A boolean scalar tensor's value.
+fn scalar_bool(tensor: &pb::TensorProto) -> Option<bool> {
+    const BOOL: i32 = 9;
+    if tensor.data_type != BOOL || tensor.dims.iter().product::<i64>() != 1 {
+        return None;
+    }
+    tensor.int32_data.first().map(|&v| v != 0).or_else(|| tensor.raw_data.first().map(|&b| b != 0))
+}
+
+/// The model with every top-level `If` whose condition is a constant (an initializer or a
+/// `Constant` node) replaced by the nodes of the branch it always takes; `None` when there is
+/// no such `If`. tract analyses both branches of an `If` and refuses branches whose shapes
+/// differ even when the condition can never select one of them.
+fn fold_constant_ifs(proto: &pb::ModelProto) -> Option<pb::ModelProto> {
+    let mut model = proto.clone();
+    let graph = model.graph.as_mut()?;
+    let mut folded = false;
+    loop {
+        let initializers =
+            graph.initializer.iter().filter_map(|t| Some((t.name.clone(), scalar_bool(t)?)));
+        let constant_nodes =
+            graph.node.iter().filter(|n| n.op_type == "Constant").filter_map(|n| {
+                let value = n.attribute.iter().find(|a| a.name == "value")?.t.as_ref()?;
+                Some((n.output.first()?.clone(), scalar_bool(value)?))
+            });
+        let constants: std::collections::HashMap<String, bool> =
+            initializers.chain(constant_nodes).collect();
+        let Some(position) = graph.node.iter().position(|n| {
+            n.op_type == "If"
+                && n.domain.is_empty()
+                && n.input.first().is_some_and(|c| constants.contains_key(c))
+        }) else {
+            break;
+        };
+        let node = graph.node.remove(position);
+        let taken = if constants[&node.input[0]] { "then_branch" } else { "else_branch" };
+        let branch = node.attribute.iter().find(|a| a.name == taken)?.g.clone()?;
+        // The branch's outputs become the If's outputs through Identity nodes.
+        let renames = branch.output.iter().zip(&node.output).map(|(from, to)| pb::NodeProto {
+            name: format!("{}.{to}", node.name),
+            op_type: "Identity".to_owned(),
+            input: vec![from.name.clone()],
+            output: vec![to.clone()],
+            ..Default::default()
+        });
+        let inlined: Vec<pb::NodeProto> = branch.node.into_iter().chain(renames).collect();
+        graph.initializer.extend(branch.initializer);
+        graph.node.splice(position..position, inlined);
+        folded = true;
+    }
+    folded.then_some(model)
 }
 
 /// Tries each loader in turn and returns the first translation that works with the loader

@@ -41,10 +41,13 @@ pub enum Loader {
     /// Ignoring the graph's `value_info` shapes: PyTorch's dynamo exporter writes symbolic
     /// dimensions there (`s0`) that contradict the inputs' (`batch`), which tract refuses.
     IgnoreValueInfo,
+    /// Also replacing each `If` whose condition is a constant by the branch it takes: tract
+    /// refuses `If` branches of different shapes even when one can never run.
+    FoldConstantIf,
 }
 
 impl Loader {
-    pub const ALL: [Loader; 2] = [Loader::Plain, Loader::IgnoreValueInfo];
+    pub const ALL: [Loader; 3] = [Loader::Plain, Loader::IgnoreValueInfo, Loader::FoldConstantIf];
 }
 
 /// Timings of an upload's validation, in milliseconds.

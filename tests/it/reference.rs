@@ -11,9 +11,19 @@ use serde_json::{json, Value};
 /// Largest allowed difference, relative to the reference value (absolute below 1).
 pub const TOLERANCE: f64 = 1e-4;
 
-/// `value_info` is what PyTorch's dynamo exporter writes: tract's plain load refuses it
-/// (scripts/make_models.py checks that), so it is served through the fallback loader.
-pub const MODELS: [&str; 4] = ["mlp", "cnn", "forest", "value_info"];
+/// `value_info` is what PyTorch's dynamo exporter writes, and `constant_if` has an `If` with a
+/// constant condition and branches of different shapes: tract's plain load refuses both
+/// (scripts/make_models.py checks that), so they are served through fallback loaders.
+pub const MODELS: [&str; 5] = ["mlp", "cnn", "forest", "value_info", "constant_if"];
+
+/// The loader validation must find for each model.
+fn expected_loader(model: &str) -> Loader {
+    match model {
+        "value_info" => Loader::IgnoreValueInfo,
+        "constant_if" => Loader::FoldConstantIf,
+        _ => Loader::Plain,
+    }
+}
 
 /// Checks one served output against onnxruntime's; labels (integers) must be identical.
 pub fn assert_matches_reference(case: &Case, served: &Value) {
@@ -51,8 +61,7 @@ async fn served_predictions_match_onnxruntime() {
     let predictor = predictor(store, &cache);
     for model in MODELS {
         let manifest = publish(&predictor, model, 1, model_bytes(model)).await;
-        let expected = if model == "value_info" { Loader::IgnoreValueInfo } else { Loader::Plain };
-        assert_eq!(manifest.loader, expected, "{model}");
+        assert_eq!(manifest.loader, expected_loader(model), "{model}");
     }
     let cases = cases();
     let covered: BTreeSet<(String, usize)> =

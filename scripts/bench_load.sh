@@ -8,12 +8,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 trials=${1:-7}
-models="$root/target/bench-models"
-venv="$root/.venv"
-
-[[ -x "$venv/bin/python" ]] || { echo "run scripts/test.sh once first (it makes $venv)" >&2; exit 1; }
-"$venv/bin/python" scripts/make_models.py test --out "$models" > /dev/null
-"$venv/bin/python" scripts/make_models.py large --out "$models" > /dev/null
+source "$root/scripts/bench_models.sh"
 cargo build --release -q -p maas --example load_timing
 bin="$root/target/release/examples/load_timing"
 

@@ -7,13 +7,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 runs=${1:-21}
-models="$root/target/bench-models"
-venv="$root/.venv"
+source "$root/scripts/bench_models.sh"
 threads=$(nproc)
-
-[[ -x "$venv/bin/python" ]] || { echo "run scripts/test.sh once first (it makes $venv)" >&2; exit 1; }
-"$venv/bin/python" scripts/make_models.py test --out "$models" > /dev/null
-"$venv/bin/python" scripts/make_models.py large --out "$models" > /dev/null
 cargo build --release -q -p maas --example threads
 echo "| model | batch | 1 thread (ms) | $threads threads (ms) | speed-up |"
 echo "|---|---|---|---|---|"

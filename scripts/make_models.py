@@ -250,9 +250,6 @@ def make_large_cnn() -> onnx.ModelProto:
     return finish_model(graph)
 
 
-# ---------------------------------------------------------------- scikit-learn models
-
-
 def make_value_info_mismatch() -> onnx.ModelProto:
     """What PyTorch's dynamo exporter writes: the input's batch is `batch`, but value_info
     declares an intermediate with another symbol, `s0`. onnxruntime runs it; tract's plain load
@@ -288,6 +285,9 @@ def make_constant_if() -> onnx.ModelProto:
     cond = helper.make_tensor("cond", TensorProto.BOOL, [], [True])
     graph = helper.make_graph([node], "constant_if", [x], [float_value("y", ["batch", 4])], [cond])
     return finish_model(graph)
+
+
+# ---------------------------------------------------------------- scikit-learn models
 
 
 def make_forest(n_estimators: int, max_depth: int, zipmap: bool = False) -> onnx.ModelProto:

@@ -15,7 +15,7 @@ seeds, fixed timestamps), so re-running it gives byte-identical files.
         DIR/cases.json   inputs and onnxruntime outputs for each model at batch 1 and 8,
                          in KServe Open Inference Protocol v2 tensor form
         DIR/refuse/      files the model-upload validator must refuse (see REFUSALS):
-                         zipmap.onnx (valid, but an output is a sequence of maps),
+                         sequence.onnx (valid, but its output is a sequence of tensors),
                          external_data.onnx (weights in a weights.bin that is left out),
                          huge_shape.onnx (input fixed at [200000,200000] FP32, 160 GB),
                          unknown_op.onnx (com.example FancyOp), bad_graph.onnx (an Add
@@ -37,7 +37,7 @@ version as the Rust crate), fails if tract disagrees by more than 1e-5 (1e-4 for
 the large models; relative to the value where it exceeds 1) or gives a different
 label, and prints how long onnxruntime and tract take to load it. The refusal
 corpus is only checked to do with onnxruntime what REFUSALS expects; the script
-also prints what onnx.checker says of each file and what tract says of zipmap.onnx.
+also prints what onnx.checker says of each file and what tract says of sequence.onnx.
 """
 
 from __future__ import annotations
@@ -290,10 +290,9 @@ def make_constant_if() -> onnx.ModelProto:
 # ---------------------------------------------------------------- scikit-learn models
 
 
-def make_forest(n_estimators: int, max_depth: int, zipmap: bool = False) -> onnx.ModelProto:
-    """A RandomForestClassifier trained on the iris data that ships with scikit-learn.
-    With zipmap, skl2onnx's default options: probabilities become a sequence of maps, which
-    maas cannot serve; without, they are a [N,3] tensor."""
+def make_forest(n_estimators: int, max_depth: int) -> onnx.ModelProto:
+    """A RandomForestClassifier trained on the iris data that ships with scikit-learn, with
+    ZipMap off, so probabilities are a [N,3] tensor (scripts/make_zoo.py covers the defaults)."""
     iris = load_iris()
     clf = RandomForestClassifier(
         n_estimators=n_estimators, max_depth=max_depth, random_state=0, n_jobs=1
@@ -304,13 +303,13 @@ def make_forest(n_estimators: int, max_depth: int, zipmap: bool = False) -> onnx
         name="iris_forest",
         initial_types=[("float_input", FloatTensorType([None, 4]))],
         target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET},
-        options=None if zipmap else {id(clf): {"zipmap": False}},
+        options={id(clf): {"zipmap": False}},
     )
     model.ir_version = IR_VERSION
     model.producer_name = PRODUCER
     model.producer_version = ""
     # skl2onnx lists opset imports in set order, which can change with PYTHONHASHSEED. Fix it:
-    # ML domain first (a stable sort, so the zipmap-off forest keeps the order it always had).
+    # ML domain first (a stable sort, so the forest keeps the order it always had).
     ordered = [helper.make_opsetid(o.domain, o.version)
                for o in sorted(model.opset_import, key=lambda o: o.domain, reverse=True)]
     del model.opset_import[:]
@@ -542,6 +541,13 @@ def make_unknown_op() -> onnx.ModelProto:
     )
 
 
+def make_sequence_output() -> onnx.ModelProto:
+    """A valid SequenceConstruct of x and x: its output is a sequence, not a tensor."""
+    node = helper.make_node("SequenceConstruct", ["x", "x"], ["y"], name="sequence")
+    output = helper.make_tensor_sequence_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    return one_node_model("sequence", node, [float_value("x", ["batch", 4])], [output])
+
+
 def make_bad_graph() -> onnx.ModelProto:
     """A well-formed protobuf whose Add reads a tensor "missing" that nothing makes."""
     return one_node_model("bad_graph", helper.make_node("Add", ["x", "missing"], ["y"], name="add"),
@@ -549,11 +555,12 @@ def make_bad_graph() -> onnx.ModelProto:
 
 
 # Each file the model-upload validator must refuse: what makes it (bytes or a model), and what
-# onnxruntime does with it (see ort_verdict). zipmap.onnx is a valid model that onnxruntime runs,
-# but an output is a sequence of maps, which tract cannot type and maas cannot return;
+# onnxruntime does with it (see ort_verdict). sequence.onnx is a valid model that onnxruntime
+# runs, but its output is a sequence, which the Open Inference Protocol cannot carry (ZipMap's
+# sequence of maps is the one exception: maas serves its probabilities as a tensor);
 # huge_shape.onnx loads too, but is not run. Truncated models are made by the Rust tests.
 REFUSALS = {
-    "zipmap.onnx": (lambda: make_forest(n_estimators=10, max_depth=4, zipmap=True), "runs"),
+    "sequence.onnx": (make_sequence_output, "runs"),
     "external_data.onnx": (make_external_data, "refused"),
     "huge_shape.onnx": (make_huge_shape, "loads"),
     "unknown_op.onnx": (make_unknown_op, "refused"),
@@ -618,7 +625,7 @@ def make_refusal_corpus(out: Path) -> None:
         print(f"      onnxruntime {outcome}: {detail}")
         if outcome != expected:
             sys.exit(f"{out.name}/{name}: onnxruntime {outcome}, expected {expected}")
-    print(f"  {out.name}/zipmap.onnx, tract: {tract_verdict(out / 'zipmap.onnx')}")
+    print(f"  {out.name}/sequence.onnx, tract: {tract_verdict(out / 'sequence.onnx')}")
 
 
 # ---------------------------------------------------------------- JSON forms

@@ -10,6 +10,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 venv="$root/.venv"
 models="$root/target/test-models"
+zoo="$root/target/zoo"
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -24,6 +25,9 @@ fi
 
 step "Reference models and onnxruntime outputs ($models)"
 "$venv/bin/python" scripts/make_models.py test --out "$models"
+
+step "Model zoo and onnxruntime outputs ($zoo)"
+"$venv/bin/python" scripts/make_zoo.py build --out "$zoo"
 
 step "Template lint"
 "$venv/bin/cfn-lint" template.yaml
@@ -50,6 +54,7 @@ echo "moto listening on 127.0.0.1:$port (log: $log)"
 
 export MAAS_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
 export MAAS_TEST_MODELS="$models"
+export MAAS_TEST_ZOO="$zoo"
 export MAAS_TEST_CARGO_LAMBDA="$venv/bin/cargo-lambda"
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
 unset AWS_PROFILE AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3 MAAS_STORE

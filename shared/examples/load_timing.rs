@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use maas::engine::{self, Model};
-use maas::manifest::{Loader, Signature};
+use maas::manifest::{Loader, Planning, Signature};
 
 fn time_ms(load: &dyn Fn() -> Model) -> f64 {
     let started = Instant::now();
@@ -37,7 +37,7 @@ fn main() {
         Some("prepare") => {
             let (model, out) = (Path::new(&args[1]), Path::new(&args[2]));
             let bytes = std::fs::read(model).expect("read the model");
-            let signature = Model::load_path(model, Loader::Plain)
+            let signature = Model::load_path(model, Loader::Plain, Planning::Symbolic)
                 .expect("the model loads")
                 .signature()
                 .clone();
@@ -56,7 +56,9 @@ fn main() {
         }
         Some("onnx") => {
             let path = Path::new(&args[1]);
-            first_and_median(runs(), &|| Model::load_path(path, Loader::Plain).expect("ONNX loads"))
+            first_and_median(runs(), &|| {
+                Model::load_path(path, Loader::Plain, Planning::Symbolic).expect("ONNX loads")
+            })
         }
         Some("nnef") => {
             let dir = Path::new(&args[1]);

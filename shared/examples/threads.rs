@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use maas::engine::{use_threads, Model};
-use maas::manifest::Loader;
+use maas::manifest::{Loader, Planning};
 use maas::tensor::{Tensor, TensorData};
 
 /// Inputs of the model's declared shapes, dynamic dimensions at `batch`, filled with a fixed
@@ -49,7 +49,8 @@ fn main() {
         }
         _ => panic!("{usage}"),
     };
-    let model = Model::load_path(path.as_ref(), Loader::Plain).expect("the model loads");
+    let model = Model::load_path(path.as_ref(), Loader::Plain, Planning::Symbolic)
+        .expect("the model loads");
     let name = path.rsplit('/').next().unwrap_or(path);
     for batch in args[3..].iter().map(|b| b.parse::<usize>().expect(usage)) {
         use_threads(1);

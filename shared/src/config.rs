@@ -26,6 +26,7 @@ use crate::store::{LocalStore, MemoryStore, S3Store, SharedStore};
 /// | `MAAS_MAX_TENSOR_BYTES` | largest tensor an uploaded model may declare, dynamic dimensions at 1 (422 beyond) | 268435456 (256 MiB) |
 /// | `MAAS_PRESIGN_EXPIRY_SECONDS` | how long a presigned upload URL stays valid | 900 |
 /// | `MAAS_ENGINE_THREADS` | threads for tract's matrix products (1: none besides the caller) | the CPUs available to the process |
+/// | `MAAS_SHAPE_PLANS` | optimised plans kept per model that is planned per input shape (LRU) | 8 |
 ///
 /// The S3 endpoint, region and credentials come from the standard AWS variables
 /// (`AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, `AWS_REGION`, ...).
@@ -39,6 +40,7 @@ pub struct Config {
     pub publish: PublishLimits,
     pub presign_expiry: Duration,
     pub engine_threads: usize,
+    pub shape_plans: u64,
 }
 
 /// A configuration variable has a value that cannot be used.
@@ -137,6 +139,7 @@ impl Config {
                 900,
             )?),
             engine_threads: parse_or(&lookup, "MAAS_ENGINE_THREADS", available_cpus())?.max(1),
+            shape_plans: parse_or(&lookup, "MAAS_SHAPE_PLANS", 8)?.max(1),
         })
     }
 }

@@ -25,6 +25,10 @@ pub struct Manifest {
     /// How the engine reads the model (written by model-upload; `plain` when absent).
     #[serde(default)]
     pub loader: Loader,
+    /// Whether one optimised plan serves every input shape (`symbolic`, the default) or the
+    /// engine keeps plans per input shape (`per_shape`).
+    #[serde(default)]
+    pub plans: Planning,
     /// How long validation at upload took.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<ValidationReport>,
@@ -48,6 +52,18 @@ pub enum Loader {
 
 impl Loader {
     pub const ALL: [Loader; 3] = [Loader::Plain, Loader::IgnoreValueInfo, Loader::FoldConstantIf];
+}
+
+/// How the engine plans a model's runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Planning {
+    /// One plan, optimised once with symbolic dynamic dimensions, for every input shape.
+    #[default]
+    Symbolic,
+    /// A plan per input shape (batch sizes bucketed to powers of two), for models whose
+    /// symbolic dimensions do not survive optimisation.
+    PerShape,
 }
 
 /// Timings of an upload's validation, in milliseconds.

@@ -196,10 +196,11 @@ impl Registry {
         let path = self.disk.file(self.store.as_ref(), id, &file).await?;
         let fetch_ms = elapsed_ms(started);
         let fetched = Instant::now();
-        let loader = manifest.loader;
-        let model = tokio::task::spawn_blocking(move || engine::Model::load_path(&path, loader))
-            .await
-            .map_err(|e| Error::internal("loading a model", e))??;
+        let (loader, plans) = (manifest.loader, manifest.plans);
+        let model =
+            tokio::task::spawn_blocking(move || engine::Model::load_path(&path, loader, plans))
+                .await
+                .map_err(|e| Error::internal("loading a model", e))??;
         tracing::info!(
             model = %id,
             bytes = manifest.size,
@@ -281,6 +282,7 @@ impl Registry {
             opset: validated.opset,
             producer: validated.producer,
             loader: validated.loader,
+            plans: validated.plans,
             validation: Some(validated.report),
         };
         self.claim_model_key(id, bytes, &manifest.sha256).await?;

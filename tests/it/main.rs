@@ -11,3 +11,4 @@ mod predict_api;
 mod processes;
 mod reference;
 mod upload;
+mod zoo;

@@ -25,8 +25,14 @@ fn expected_loader(model: &str) -> Loader {
     }
 }
 
-/// Checks one served output against onnxruntime's; labels (integers) must be identical.
+/// Checks one served output against onnxruntime's within [`TOLERANCE`].
 pub fn assert_matches_reference(case: &Case, served: &Value) {
+    assert_matches_within(case, served, TOLERANCE);
+}
+
+/// Checks one served output against onnxruntime's: floats within `tolerance` relative to the
+/// reference value (absolute below 1), labels (integers) identical.
+pub fn assert_matches_within(case: &Case, served: &Value, tolerance: f64) {
     let outputs = served["outputs"].as_array().unwrap_or_else(|| panic!("no outputs in {served}"));
     assert_eq!(
         outputs.len(),
@@ -48,7 +54,7 @@ pub fn assert_matches_reference(case: &Case, served: &Value) {
         assert_eq!(data.len(), expected.data.len(), "{context}: element count");
         let exact = expected.datatype.starts_with("INT") || expected.datatype.starts_with("UINT");
         for (i, (&g, &e)) in data.iter().zip(&expected.data).enumerate() {
-            let allowed = if exact { 0.0 } else { TOLERANCE * e.abs().max(1.0) };
+            let allowed = if exact { 0.0 } else { tolerance * e.abs().max(1.0) };
             assert!((g - e).abs() <= allowed, "{context}[{i}]: served {g}, onnxruntime {e}");
         }
     }

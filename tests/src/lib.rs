@@ -114,8 +114,21 @@ pub struct ReferenceOutput {
     pub data: Vec<f64>,
 }
 
+/// The reference cases of the test models.
 pub fn cases() -> Vec<Case> {
-    let path = models_dir().join("cases.json");
+    cases_in(&models_dir())
+}
+
+/// The model zoo made by `scripts/make_zoo.py`: models, `zoo.json` and `cases.json`.
+pub fn zoo_dir() -> PathBuf {
+    std::env::var("MAAS_TEST_ZOO").map(PathBuf::from).expect(
+        "MAAS_TEST_ZOO is not set: run the tests with scripts/test.sh, which builds the model zoo",
+    )
+}
+
+/// The `cases.json` of a folder of models.
+pub fn cases_in(dir: &std::path::Path) -> Vec<Case> {
+    let path = dir.join("cases.json");
     let text =
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     serde_json::from_str(&text).expect("cases.json parses")

@@ -22,16 +22,27 @@ use tract_onnx::tract_core::plan::SimplePlan;
 
 use crate::elapsed_ms;
 use crate::error::Error;
-use crate::manifest::{Loader, Signature, TensorSpec, ValidationReport};
+use crate::manifest::{Loader, Planning, Signature, TensorSpec, ValidationReport};
 use crate::tensor::{DataType, Tensor, TensorData};
+
+mod ml;
+mod plans;
+
+pub use plans::set_plan_limit;
 
 type Plan = SimplePlan<TypedFact, Box<dyn TypedOp>>;
 
 /// A loaded, optimised model, ready to run batches.
 #[derive(Clone)]
 pub struct Model {
-    plan: Arc<Plan>,
+    plans: Plans,
     signature: Signature,
+}
+
+#[derive(Clone)]
+enum Plans {
+    Symbolic(Arc<Plan>),
+    PerShape(Arc<plans::ShapePlans>),
 }
 
 impl std::fmt::Debug for Model {
@@ -49,6 +60,13 @@ fn engine_problem(message: impl Into<String>) -> Error {
     Error::Engine { message: message.into(), source: None }
 }
 
+/// tract's ONNX framework with maas's ONNX-ML operators registered.
+fn onnx() -> tract_onnx::Onnx {
+    let mut onnx = tract_onnx::onnx();
+    ml::register(&mut onnx.op_register);
+    onnx
+}
+
 /// The NNEF framework with tract's ONNX extensions; building it registers every operator,
 /// so it is built once.
 fn nnef() -> &'static tract_nnef::framework::Nnef {
@@ -58,14 +76,41 @@ fn nnef() -> &'static tract_nnef::framework::Nnef {
 }
 
 impl Model {
-    /// Loads an ONNX file with the loader its validation recorded. The file is
-    /// memory-mapped, not read into the heap.
-    pub fn load_path(path: &Path, loader: Loader) -> Result<Self, Error> {
+    /// Loads an ONNX file with the loader and planning its validation recorded.
+    pub fn load_path(path: &Path, loader: Loader, planning: Planning) -> Result<Self, Error> {
         let proto = tract_onnx::onnx()
             .proto_model_for_path(path)
             .map_err(|e| engine_error("cannot parse the ONNX file", e))?;
-        let (typed, signature) = translate(&proto, loader)?;
-        Self::optimise(typed, signature)
+        match planning {
+            Planning::Symbolic => {
+                let (typed, signature) = translate(&proto, loader, None)?;
+                Self::optimise(typed, signature)
+            }
+            Planning::PerShape => Self::per_shape(proto, loader),
+        }
+    }
+
+    /// A model whose plans are built per input shape, on first use.
+    fn per_shape(proto: pb::ModelProto, loader: Loader) -> Result<Self, Error> {
+        let signature = signature_of(&proto)?;
+        let plans = plans::ShapePlans::new(proto, loader, &signature);
+        Ok(Self { plans: Plans::PerShape(Arc::new(plans)), signature })
+    }
+
+    /// How the model is planned.
+    pub fn planning(&self) -> Planning {
+        match self.plans {
+            Plans::Symbolic(_) => Planning::Symbolic,
+            Plans::PerShape(_) => Planning::PerShape,
+        }
+    }
+
+    /// How many optimised plans the model holds now.
+    pub fn plan_count(&self) -> u64 {
+        match &self.plans {
+            Plans::Symbolic(_) => 1,
+            Plans::PerShape(plans) => plans.plan_count(),
+        }
     }
 
     /// Loads the NNEF artefact written at upload: the ONNX translation is already done, so
@@ -82,7 +127,7 @@ impl Model {
             typed.into_optimized().map_err(|e| engine_error("cannot optimise the model", e))?;
         let plan =
             SimplePlan::new(optimized).map_err(|e| engine_error("cannot plan the model", e))?;
-        Ok(Self { plan, signature })
+        Ok(Self { plans: Plans::Symbolic(plan), signature })
     }
 
     /// The inputs and outputs as the ONNX file declares them.
@@ -93,9 +138,14 @@ impl Model {
     /// Runs one batch. `inputs` must be in the signature's order and already checked against
     /// it (the protocol codec does that); outputs come back in the signature's order.
     pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
-        let values =
-            inputs.into_iter().map(|t| to_tract(t).map(TValue::from)).collect::<Result<_, _>>()?;
-        let outputs = self.plan.run(values).map_err(|e| engine_error("inference failed", e))?;
+        let inputs = inputs.into_iter().map(to_tract).collect::<Result<Vec<_>, _>>()?;
+        let outputs = match &self.plans {
+            Plans::Symbolic(plan) => {
+                let values = inputs.into_iter().map(TValue::from).collect();
+                plan.run(values).map_err(|e| engine_error("inference failed", e))?.into_vec()
+            }
+            Plans::PerShape(plans) => plans.run(inputs, &self.signature)?,
+        };
         self.signature
             .outputs
             .iter()
@@ -105,9 +155,14 @@ impl Model {
     }
 }
 
-/// Parses the graph with `loader`, gives its inputs their declared types and symbolic
-/// shapes, and translates it into tract's typed, decluttered form.
-fn translate(proto: &pb::ModelProto, loader: Loader) -> Result<(TypedModel, Signature), Error> {
+/// Parses the graph with `loader`, gives its inputs their declared types and either symbolic
+/// shapes or, when given, concrete `shapes`, and translates it into tract's typed, decluttered
+/// form.
+fn translate(
+    proto: &pb::ModelProto,
+    loader: Loader,
+    shapes: Option<&[Vec<usize>]>,
+) -> Result<(TypedModel, Signature), Error> {
     let folded;
     let proto = match loader {
         Loader::FoldConstantIf => {
@@ -118,7 +173,7 @@ fn translate(proto: &pb::ModelProto, loader: Loader) -> Result<(TypedModel, Sign
         Loader::Plain | Loader::IgnoreValueInfo => proto,
     };
     let signature = signature_of(proto)?;
-    let onnx = tract_onnx::onnx().with_ignore_value_info(loader != Loader::Plain);
+    let onnx = onnx().with_ignore_value_info(loader != Loader::Plain);
     let mut model = onnx
         .model_for_proto_model(proto)
         .map_err(|e| engine_error("cannot translate the ONNX graph", e))?;
@@ -132,7 +187,10 @@ fn translate(proto: &pb::ModelProto, loader: Loader) -> Result<(TypedModel, Sign
                 spec.name, spec.datatype
             ))
         })?;
-        let shape = symbolic_shape(&model, proto, index, spec);
+        let shape = match shapes.and_then(|s| s.get(index)) {
+            Some(shape) => shape.iter().map(|&d| TDim::from(d)).collect(),
+            None => symbolic_shape(&model, proto, index, spec),
+        };
         model.set_input_fact(index, InferenceFact::dt_shape(datum_type, shape)).map_err(|e| {
             engine_error(format!("cannot set the facts of input `{}`", spec.name), e)
         })?;
@@ -202,7 +260,7 @@ fn fold_constant_ifs(proto: &pb::ModelProto) -> Option<pb::ModelProto> {
 fn translate_any(proto: &pb::ModelProto) -> Result<(TypedModel, Signature, Loader), Error> {
     let mut first_error = None;
     for loader in Loader::ALL {
-        match translate(proto, loader) {
+        match translate(proto, loader, None) {
             Ok((typed, signature)) => return Ok((typed, signature, loader)),
             Err(err) => {
                 tracing::debug!(?loader, error = %crate::error::chain(&err), "loader failed");
@@ -240,6 +298,8 @@ pub struct Validated {
     pub report: ValidationReport,
     /// The loader that read the model; `predict` loads it the same way.
     pub loader: Loader,
+    /// Whether one symbolic plan serves every shape, or plans are made per shape.
+    pub plans: Planning,
 }
 
 /// Checks that `bytes` are an ONNX model maas can serve: it parses, references no external
@@ -267,29 +327,72 @@ pub fn validate(bytes: &[u8], limits: &Limits) -> Result<Validated, Error> {
     for value in declared {
         check_declared_size(value, limits)?;
     }
-    let (typed, signature, loader) = translate_any(&proto).map_err(as_invalid)?;
-    let parse_ms = elapsed_ms(started);
-    let optimising = Instant::now();
-    let model = Model::optimise(typed, signature).map_err(as_invalid)?;
-    let optimise_ms = elapsed_ms(optimising);
-    let trial = Instant::now();
-    model.run(trial_inputs(model.signature())?).map_err(|e| match as_invalid(e) {
-        Error::InvalidModel { problem } => invalid(format!("trial inference failed: {problem}")),
-        other => other,
-    })?;
-    let trial_ms = elapsed_ms(trial);
+    let (model, loader, report) = match translate_any(&proto) {
+        Ok((typed, signature, loader)) => {
+            let parse_ms = elapsed_ms(started);
+            let optimising = Instant::now();
+            let model = Model::optimise(typed, signature).map_err(as_invalid)?;
+            let optimise_ms = elapsed_ms(optimising);
+            let trial = Instant::now();
+            model.run(trial_inputs(model.signature(), 1)?).map_err(trial_failed)?;
+            (model, loader, ValidationReport { parse_ms, optimise_ms, trial_ms: elapsed_ms(trial) })
+        }
+        Err(symbolic) => {
+            let parse_ms = elapsed_ms(started);
+            let Some((model, loader, optimise_ms)) = per_shape_trial(&proto) else {
+                return Err(as_invalid(symbolic));
+            };
+            let trial = Instant::now();
+            model.run(trial_inputs(model.signature(), TRIAL_DIMS[0])?).map_err(trial_failed)?;
+            (model, loader, ValidationReport { parse_ms, optimise_ms, trial_ms: elapsed_ms(trial) })
+        }
+    };
     let producer = [proto.producer_name.as_str(), proto.producer_version.as_str()].join(" ");
     Ok(Validated {
-        signature: model.signature,
         opset: proto
             .opset_import
             .iter()
             .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
             .map(|o| o.version),
         producer: Some(producer.trim().to_owned()).filter(|p| !p.is_empty()),
-        report: ValidationReport { parse_ms, optimise_ms, trial_ms },
+        plans: model.planning(),
+        signature: model.signature,
+        report,
         loader,
     })
+}
+
+/// Sizes tried for the dynamic dimensions other than the batch when a per-shape model is
+/// validated: models that compute shapes often need a realistic size (an audio model may
+/// squeeze `(samples + 320) / 512` to one).
+const TRIAL_DIMS: [usize; 3] = [1, 64, 512];
+
+/// For a model no loader can plan symbolically: the first loader and trial size with which
+/// a per-shape plan builds and runs, and how long building and running that plan took (ms).
+fn per_shape_trial(proto: &pb::ModelProto) -> Option<(Model, Loader, f64)> {
+    for loader in Loader::ALL {
+        for dims in TRIAL_DIMS {
+            let started = Instant::now();
+            let attempt = Model::per_shape(proto.clone(), loader).and_then(|model| {
+                model.run(trial_inputs(model.signature(), dims)?)?;
+                Ok(model)
+            });
+            match attempt {
+                Ok(model) => return Some((model, loader, elapsed_ms(started))),
+                Err(err) => {
+                    tracing::debug!(?loader, dims, error = %crate::error::chain(&err), "per-shape plan failed");
+                }
+            }
+        }
+    }
+    None
+}
+
+fn trial_failed(err: Error) -> Error {
+    match as_invalid(err) {
+        Error::InvalidModel { problem } => invalid(format!("trial inference failed: {problem}")),
+        other => other,
+    }
 }
 
 fn invalid(problem: String) -> Error {
@@ -322,13 +425,27 @@ fn check_declared_size(value: &pb::ValueInfoProto, limits: &Limits) -> Result<()
     }
 }
 
-/// Zeros of each input's declared type and shape, dynamic dimensions at 1.
-fn trial_inputs(signature: &Signature) -> Result<Vec<Tensor>, Error> {
+/// Zeros of each input's declared type and shape: the batch (first) dimension at 1, other
+/// dynamic dimensions at `dims`.
+fn trial_inputs(signature: &Signature, dims: usize) -> Result<Vec<Tensor>, Error> {
     signature
         .inputs
         .iter()
         .map(|spec| {
-            let shape: Vec<usize> = spec.shape.iter().map(|&d| d.max(1) as usize).collect();
+            let shape: Vec<usize> = spec
+                .shape
+                .iter()
+                .enumerate()
+                .map(|(axis, &d)| {
+                    if d > 0 {
+                        d as usize
+                    } else if axis == 0 {
+                        1
+                    } else {
+                        dims
+                    }
+                })
+                .collect();
             let count = shape.iter().product();
             let data = zeros(spec.datatype, count).ok_or_else(|| {
                 invalid(format!("input `{}` has unsupported datatype {}", spec.name, spec.datatype))
@@ -352,14 +469,30 @@ fn signature_of(proto: &pb::ModelProto) -> Result<Signature, Error> {
     let graph = proto.graph.as_ref().ok_or_else(|| engine_problem("the file has no graph"))?;
     let initializers: std::collections::HashSet<&str> =
         graph.initializer.iter().map(|t| t.name.as_str()).collect();
-    let specs = |values: &[pb::ValueInfoProto]| {
-        values
-            .iter()
-            .filter(|v| !initializers.contains(v.name.as_str()))
-            .map(tensor_spec)
-            .collect::<Result<Vec<_>, _>>()
-    };
-    Ok(Signature { inputs: specs(&graph.input)?, outputs: specs(&graph.output)? })
+    let inputs = graph.input.iter().filter(|v| !initializers.contains(v.name.as_str()));
+    let outputs =
+        graph.output.iter().map(|v| zipmap_spec(graph, v).map_or_else(|| tensor_spec(v), Ok));
+    Ok(Signature {
+        inputs: inputs.map(tensor_spec).collect::<Result<_, _>>()?,
+        outputs: outputs.collect::<Result<_, _>>()?,
+    })
+}
+
+/// A `ZipMap` output (a sequence of maps in ONNX) is served as the probabilities it maps:
+/// FP32 `[batch, classes]`.
+fn zipmap_spec(graph: &pb::GraphProto, value: &pb::ValueInfoProto) -> Option<TensorSpec> {
+    let node =
+        graph.node.iter().find(|n| n.op_type == "ZipMap" && n.output.contains(&value.name))?;
+    let classes = node
+        .attribute
+        .iter()
+        .find(|a| a.name.starts_with("classlabels"))
+        .map(|a| a.ints.len().max(a.strings.len()))?;
+    Some(TensorSpec {
+        name: value.name.clone(),
+        datatype: DataType::F32,
+        shape: vec![-1, classes as i64],
+    })
 }
 
 fn tensor_spec(value: &pb::ValueInfoProto) -> Result<TensorSpec, Error> {
@@ -367,8 +500,8 @@ fn tensor_spec(value: &pb::ValueInfoProto) -> Result<TensorSpec, Error> {
         value.r#type.as_ref().and_then(|t| t.value.as_ref())
     else {
         return Err(engine_problem(format!(
-            "`{}` is not a tensor: sequences and maps are not supported (a scikit-learn \
-             classifier converted with ZipMap? convert it with options={{'zipmap': False}})",
+            "`{}` is not a tensor: sequences and maps are not supported, except the \
+             probabilities of a ZipMap",
             value.name
         )));
     };
@@ -483,6 +616,12 @@ macro_rules! conversions {
         }
 
         fn from_tract(name: &str, value: &TractTensor) -> Result<Tensor, Error> {
+            // tract computes some integer outputs (labels among them) as symbolic dimensions.
+            let value = if value.datum_type() == TDim::datum_type() {
+                value.cast_to::<i64>().map_err(|e| engine_error("cannot read an output", e))?
+            } else {
+                std::borrow::Cow::Borrowed(value)
+            };
             let datum_type = value.datum_type();
             let data = $(if datum_type == <$ty>::datum_type() {
                 TensorData::$variant(value.try_as_plain_ram().and_then(|v| v.as_slice::<$ty>().map(<[$ty]>::to_vec)).map_err(|e| engine_error("cannot read an output", e))?)

@@ -1,0 +1,356 @@
+#!/usr/bin/env python3
+"""Build the model zoo: ONNX models as people export them, from PyPI-installable sources only.
+
+maas (ONNX models served from AWS Lambda, run with the Rust crate tract-onnx 0.23) must load
+the models people actually export. This zoo is what the coverage test
+(tests/it/zoo.rs) and the engine report (scripts/bench_zoo.sh) run: each model with its
+inputs at two batch sizes and onnxruntime's outputs for them, the independent reference.
+
+    python scripts/make_zoo.py build --out DIR [--wheels DIR]
+        scikit-learn models converted by skl2onnx with its default options (so ZipMap is on):
+          sk_logistic      LogisticRegression on iris
+          sk_forest        RandomForestClassifier on iris (100 trees)
+          sk_boosting      GradientBoostingClassifier on iris (100 rounds x 3 classes)
+          sk_forest_reg    RandomForestRegressor on diabetes (100 trees)
+          sk_boosting_reg  GradientBoostingRegressor on diabetes (100 rounds)
+        onnx_if            an If whose condition depends on the input (onnx.helper)
+        torch_*            PyTorch exports (legacy TorchScript exporter and dynamo=True),
+                           copied from tests/zoo/ (see `torch` below)
+        magika             Google's file-type detector, from the `magika` wheel
+        silero_vad         Silero voice activity detector (pytorch export with If, 16 kHz),
+                           from the `silero-vad` wheel
+        ppocr_cls          PaddleOCR text-direction classifier, from the `rapidocr-onnxruntime`
+                           wheel
+        DIR/zoo.json       [{model, source, bytes, tolerance, batches, refused}], one per
+                           model; `refused` is what a model maas cannot serve yet must be
+                           refused with (see REFUSED)
+        DIR/cases.json     [{model, batch, inputs, outputs}] in Open Inference Protocol form
+      Wheels are fetched with `pip download --no-deps` into --wheels (default DIR/wheels),
+      only when missing.
+
+    python scripts/make_zoo.py torch --out tests/zoo
+        Re-exports the torch_* models with torch's two exporters. torch from PyPI is several
+        GB (CUDA libraries included), too much for every CI run, so its exports are committed
+        (a few KB each) and this mode needs a venv with torch and onnxscript.
+
+Every case's reference comes from onnxruntime. ZipMap outputs (a list of {label: prob}
+maps in onnxruntime) are recorded as a [batch, classes] FP32 tensor in class-label order,
+which is how maas serves them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_models import (  # noqa: E402  (the shared helpers of the test-model script)
+    graph_inputs,
+    ort_session,
+    rng_for,
+    tensor_json,
+)
+
+TORCH_DIR = Path(__file__).resolve().parent.parent / "tests" / "zoo"
+# Batch sizes per case; the tree models use 32 too (the engine's speed target).
+BATCHES = (1, 8)
+TREE_BATCHES = (1, 32)
+TOLERANCE = 1e-4
+TREE_TOLERANCE = 1e-5
+# Zoo models maas cannot serve yet, with text its 422 must contain (the node that fails).
+REFUSED = {
+    # An If whose branches tract analyses with symbolic shapes even when the inputs are
+    # concrete: the 8 kHz branch squeezes (samples + 320) / 512.
+    "silero_vad": "/decoder/If",
+}
+# (package==version, path inside the wheel, zoo name)
+WHEEL_MODELS = [
+    ("magika==1.0.3", "magika/models/standard_v3_3/model.onnx", "magika"),
+    ("silero-vad==6.2.3", "silero_vad/data/silero_vad_half.onnx", "silero_vad"),
+    ("rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+     "ppocr_cls"),
+]
+
+
+# ---------------------------------------------------------------- scikit-learn
+
+
+def iris() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_iris
+    data = load_iris()
+    return data.data.astype(np.float32), data.target
+
+
+def diabetes() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_diabetes
+    data = load_diabetes()
+    return data.data.astype(np.float32), data.target
+
+
+def sklearn_models() -> dict[str, tuple[onnx.ModelProto, str]]:
+    """Each estimator with scikit-learn's defaults (bar a fixed seed), converted with
+    skl2onnx's defaults: no options, no target opset."""
+    from skl2onnx import to_onnx
+    from sklearn.ensemble import (GradientBoostingClassifier, GradientBoostingRegressor,
+                                  RandomForestClassifier, RandomForestRegressor)
+    from sklearn.linear_model import LogisticRegression
+    estimators = {
+        "sk_logistic": (LogisticRegression(max_iter=1000), iris),
+        "sk_forest": (RandomForestClassifier(random_state=0), iris),
+        "sk_boosting": (GradientBoostingClassifier(random_state=0), iris),
+        "sk_forest_reg": (RandomForestRegressor(random_state=0), diabetes),
+        "sk_boosting_reg": (GradientBoostingRegressor(random_state=0), diabetes),
+    }
+    models = {}
+    for name, (estimator, dataset) in estimators.items():
+        x, y = dataset()
+        estimator.fit(x, y)
+        source = f"scikit-learn {type(estimator).__name__} on {dataset.__name__}, skl2onnx defaults"
+        models[name] = (to_onnx(estimator, x[:1]), source)
+    return models
+
+
+def sklearn_inputs(name: str, batch: int, session) -> dict[str, np.ndarray]:
+    """Real rows plus a little noise. For classifiers, rows whose two best probabilities are
+    within 0.05 are skipped, so the expected label never hangs on float rounding."""
+    x, _ = (diabetes if name.endswith("_reg") else iris)()
+    rng = rng_for(f"{name}-input-{batch}")
+    rows = []
+    while len(rows) < batch:
+        row = (x[rng.integers(len(x))] + rng.normal(0.0, 0.02 * x.std(axis=0))).astype(np.float32)
+        if not name.endswith("_reg"):
+            probabilities = session.run(None, {"X": row[None, :]})[1]
+            top2 = np.sort(list(probabilities[0].values()))[-2:]
+            if top2[1] - top2[0] <= 0.05:
+                continue
+        rows.append(row)
+    return {"X": np.stack(rows)}
+
+
+# ---------------------------------------------------------------- built by hand
+
+
+def make_data_dependent_if() -> onnx.ModelProto:
+    """y = x * 2 if sum(x) > 0 else x - 1: an If tract must evaluate at run time."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+
+    def branch(name: str, op: str, constant: float) -> onnx.GraphProto:
+        out = helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, ["N", 4])
+        return helper.make_graph(
+            [helper.make_node("Constant", [], [f"{name}_c"], value=helper.make_tensor(
+                f"{name}_cv", TensorProto.FLOAT, [], [constant])),
+             helper.make_node(op, ["x", f"{name}_c"], [f"{name}_out"])],
+            name, [], [out])
+
+    nodes = [
+        helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+        helper.make_node("Constant", [], ["zero"], value=helper.make_tensor("z", TensorProto.FLOAT, [], [0.0])),
+        helper.make_node("Greater", ["total", "zero"], ["positive"]),
+        helper.make_node("If", ["positive"], ["y"], then_branch=branch("then", "Mul", 2.0),
+                         else_branch=branch("else", "Sub", 1.0)),
+    ]
+    graph = helper.make_graph(nodes, "data_dependent_if", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              producer_name="maas scripts/make_zoo.py")
+    model.ir_version = 8
+    return model
+
+
+# ---------------------------------------------------------------- torch (committed exports)
+
+
+def torch_modules():
+    """name -> (module, example input, dynamic axes {input axis: name}). Imported lazily:
+    only the `torch` mode needs torch."""
+    import torch
+    from torch import nn
+    torch.manual_seed(0)
+
+    class Cnn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+            self.head = nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.head(self.features(x).flatten(1))
+
+    class Attention(nn.Module):
+        """One self-attention block written the way model code often is: shapes read from
+        the input at run time (x.shape), reshaped per head."""
+
+        def __init__(self, width: int = 32, heads: int = 4) -> None:
+            super().__init__()
+            self.heads = heads
+            self.qkv, self.out, self.norm = nn.Linear(width, 3 * width), nn.Linear(width, width), nn.LayerNorm(width)
+
+        def forward(self, x):
+            batch, steps, width = x.shape
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+
+            def per_head(t):
+                return t.reshape(batch, steps, self.heads, width // self.heads).transpose(1, 2)
+
+            q, k, v = per_head(q), per_head(k), per_head(v)
+            weights = torch.softmax(q @ k.transpose(-1, -2) / (width // self.heads) ** 0.5, dim=-1)
+            y = (weights @ v).transpose(1, 2).reshape(batch, steps, width)
+            return self.norm(x + self.out(y))
+
+    mlp = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 4))
+    return {
+        "mlp": (mlp.eval(), torch.randn(2, 16), {0: "batch"}),
+        "cnn": (Cnn().eval(), torch.randn(2, 3, 16, 16), {0: "batch"}),
+        "attention": (Attention().eval(), torch.randn(2, 6, 32), {0: "batch", 1: "steps"}),
+    }
+
+
+def export_torch(out: Path) -> None:
+    import torch
+    out.mkdir(parents=True, exist_ok=True)
+    for name, (module, example, axes) in torch_modules().items():
+        legacy = out / f"torch_{name}_legacy.onnx"
+        torch.onnx.export(module, (example,), str(legacy), input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": axes, "y": axes if name == "attention" else {0: "batch"}}, opset_version=17, dynamo=False)
+        dynamo = out / f"torch_{name}_dynamo.onnx"
+        dims = {axis: torch.export.Dim(label, min=1, max=1024) for axis, label in axes.items()}
+        program = torch.onnx.export(module, (example,), input_names=["x"], output_names=["y"],
+                                    dynamic_shapes=(dims,), dynamo=True)
+        program.save(str(dynamo))
+        for path in (legacy, dynamo):
+            print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    (out / "VERSIONS").write_text(f"torch {torch.__version__}\nonnx {onnx.__version__}\n")
+
+
+# ---------------------------------------------------------------- third-party wheels
+
+
+def fetch_wheel_models(wheels: Path, out: Path) -> dict[str, tuple[onnx.ModelProto, str]]:
+    wheels.mkdir(parents=True, exist_ok=True)
+    models = {}
+    for requirement, inner, name in WHEEL_MODELS:
+        package, version = requirement.split("==")
+        pattern = f"{package.replace('-', '_')}-{version}-*.whl"
+        if not list(wheels.glob(pattern)):
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+                            "--dest", str(wheels), requirement], check=True)
+        wheel = next(iter(wheels.glob(pattern)))
+        with zipfile.ZipFile(wheel) as archive:
+            models[name] = (onnx.load_from_string(archive.read(inner)), f"{requirement} wheel: {inner}")
+    return models
+
+
+def wheel_inputs(name: str, model: onnx.ModelProto, batch: int) -> dict[str, np.ndarray]:
+    rng = rng_for(f"{name}-input-{batch}")
+    if name == "magika":
+        # Bytes of a file's start, middle and end; 256 pads short files.
+        return {"bytes": rng.integers(0, 257, size=(batch, 2048)).astype(np.int32)}
+    if name == "silero_vad":
+        # 512 samples of 16 kHz audio per row and the recurrent state.
+        audio = (0.1 * np.sin(np.arange(512) / 7.0)[None, :] + rng.normal(0, 0.05, (batch, 512)))
+        return {"input": audio.astype(np.float32),
+                "state": rng.normal(0, 0.1, (2, batch, 128)).astype(np.float32)}
+    if name == "ppocr_cls":
+        return {"x": rng.uniform(-1, 1, size=(batch, 3, 48, 192)).astype(np.float32)}
+    raise KeyError(name)
+
+
+def generic_inputs(model: onnx.ModelProto, batch: int, name: str) -> dict[str, np.ndarray]:
+    """Normal values for each FP32 input, dynamic dimensions at `batch` (first) or 6."""
+    rng = rng_for(f"{name}-input-{batch}")
+    inputs = {}
+    for value in graph_inputs(model):
+        dims = value.type.tensor_type.shape.dim
+        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (batch if axis == 0 else 6)
+                 for axis, d in enumerate(dims)]
+        inputs[value.name] = rng.normal(0, 1, size=shape).astype(np.float32)
+    return inputs
+
+
+# ---------------------------------------------------------------- reference outputs
+
+
+def zipmap_labels(model: onnx.ModelProto) -> dict[str, list]:
+    """Output name -> class labels, for every ZipMap output."""
+    labels = {}
+    for node in model.graph.node:
+        if node.op_type == "ZipMap":
+            attribute = next(a for a in node.attribute if a.name.startswith("classlabels"))
+            labels[node.output[0]] = list(attribute.ints) or [s.decode() for s in attribute.strings]
+    return labels
+
+
+def reference(model: onnx.ModelProto, session, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = [o.name for o in session.get_outputs()]
+    outputs = dict(zip(names, session.run(names, inputs)))
+    for name, labels in zipmap_labels(model).items():
+        outputs[name] = np.array([[row[label] for label in labels] for row in outputs[name]],
+                                 dtype=np.float32)
+    return outputs
+
+
+def build(out: Path, wheels: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    models: dict[str, tuple[onnx.ModelProto, str]] = {}
+    models.update(sklearn_models())
+    models["onnx_if"] = (make_data_dependent_if(), "onnx.helper: If on sum(x) > 0")
+    for path in sorted(TORCH_DIR.glob("torch_*.onnx")):
+        exporter = "dynamo=True" if path.stem.endswith("dynamo") else "legacy exporter"
+        models[path.stem] = (onnx.load(str(path)), f"torch.onnx.export, {exporter} (tests/zoo/{path.name})")
+    models.update(fetch_wheel_models(wheels, out))
+
+    zoo, cases = [], []
+    for name, (model, source) in models.items():
+        path = out / f"{name}.onnx"
+        path.write_bytes(model.SerializeToString())
+        session = ort_session(path)
+        trees = name.startswith("sk_") and name != "sk_logistic"
+        batches = TREE_BATCHES if trees else BATCHES
+        for batch in batches:
+            if name.startswith("sk_"):
+                inputs = sklearn_inputs(name, batch, session)
+            elif any(name == w[2] for w in WHEEL_MODELS):
+                inputs = wheel_inputs(name, model, batch)
+            else:
+                inputs = generic_inputs(model, batch, name)
+            outputs = reference(model, session, inputs)
+            cases.append({
+                "model": name,
+                "batch": batch,
+                "inputs": [tensor_json(n, np.asarray(a)) for n, a in inputs.items()],
+                "outputs": [tensor_json(n, np.asarray(a)) for n, a in outputs.items()],
+            })
+        zoo.append({"model": name, "source": source, "bytes": path.stat().st_size,
+                    "tolerance": TREE_TOLERANCE if trees else TOLERANCE, "batches": list(batches),
+                    "refused": REFUSED.get(name)})
+        print(f"  {name}: {path.stat().st_size:,} bytes, {source}")
+    (out / "zoo.json").write_text(json.dumps(zoo, indent=1) + "\n")
+    lines = ",\n".join("  " + json.dumps(case) for case in cases)
+    (out / "cases.json").write_text(f"[\n{lines}\n]\n")
+    print(f"wrote {len(zoo)} models, zoo.json and cases.json ({len(cases)} cases) to {out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("mode", choices=["build", "torch"])
+    parser.add_argument("--out", type=Path, required=True, help="directory to write into")
+    parser.add_argument("--wheels", type=Path, help="where downloaded wheels are kept")
+    args = parser.parse_args()
+    if args.mode == "torch":
+        export_torch(args.out)
+    else:
+        build(args.out, args.wheels or args.out / "wheels")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+//! The model zoo (`scripts/make_zoo.py`): models as people export them, from scikit-learn
+//! with skl2onnx's defaults, PyTorch's two exporters, an `If` on the data, and third-party
+//! models shipped in PyPI packages. Each one must publish (validation finds a loader) and
+//! serve the predictions onnxruntime makes, at two batch sizes; the few maas cannot serve yet
+//! must be refused with a 422 naming the node that fails.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use maas::engine::Model;
+use maas::manifest::{Loader, Planning};
+use maas::names::{ModelId, Version};
+use maas::tensor::{Tensor, TensorData};
+use maas::Predictor;
+use maas_tests::{call, cases_in, fresh_s3_store, predictor, publish_limits, zoo_dir, Case};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::reference::assert_matches_within;
+
+#[derive(Debug, Deserialize)]
+struct ZooModel {
+    model: String,
+    source: String,
+    tolerance: f64,
+    batches: Vec<usize>,
+    /// For a model maas cannot serve yet: text its 422 at upload must contain.
+    refused: Option<String>,
+}
+
+/// What the issue asks the zoo to hold, at least.
+const REQUIRED: [&str; 12] = [
+    "sk_logistic",
+    "sk_forest",
+    "sk_boosting",
+    "sk_forest_reg",
+    "onnx_if",
+    "torch_mlp_legacy",
+    "torch_mlp_dynamo",
+    "torch_cnn_legacy",
+    "torch_cnn_dynamo",
+    "torch_attention_legacy",
+    "torch_attention_dynamo",
+    "magika",
+];
+
+fn zoo() -> Vec<ZooModel> {
+    let path = zoo_dir().join("zoo.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("zoo.json parses")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_zoo_model_publishes_and_matches_onnxruntime() {
+    let zoo = zoo();
+    for name in REQUIRED {
+        assert!(zoo.iter().any(|m| m.model == name), "the zoo has no {name}");
+    }
+    let store = Arc::new(fresh_s3_store().await);
+    let cache = tempfile::tempdir().unwrap();
+    let predictor = predictor(store, &cache);
+    let mut cases: BTreeMap<String, Vec<_>> = BTreeMap::new();
+    for case in cases_in(&zoo_dir()) {
+        cases.entry(case.model.clone()).or_default().push(case);
+    }
+    let mut failures = Vec::new();
+    for model in &zoo {
+        match check(&predictor, model, &cases[&model.model]).await {
+            Ok(outcome) => eprintln!("{}: {outcome}", model.model),
+            Err(failure) => failures.push(format!("{} ({}): {failure}", model.model, model.source)),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} zoo models fail:\n{}",
+        failures.len(),
+        zoo.len(),
+        failures.join("\n")
+    );
+}
+
+/// Publishes one zoo model and compares what it serves with onnxruntime's outputs; says
+/// how validation loaded and planned it.
+async fn check(predictor: &Predictor, model: &ZooModel, cases: &[Case]) -> Result<String, String> {
+    let bytes = std::fs::read(zoo_dir().join(format!("{}.onnx", model.model))).unwrap();
+    let id = ModelId::new(model.model.replace('_', "-").parse().unwrap(), Version::new(1).unwrap());
+    let published = predictor.registry().publish(&id, bytes.into(), &publish_limits()).await;
+    if let Some(expected) = &model.refused {
+        return match published {
+            Err(err @ maas::Error::InvalidModel { .. }) if err.to_string().contains(expected) => {
+                Ok(format!("refused as expected: {err}"))
+            }
+            other => Err(format!("expected a refusal naming {expected}, got {other:?}")),
+        };
+    }
+    let manifest = published.map_err(|e| format!("does not publish: {e}"))?;
+    let batches: Vec<usize> = cases.iter().map(|c| c.batch).collect();
+    assert_eq!(batches, model.batches, "{}: reference cases", model.model);
+    for case in cases {
+        let body = json!({ "inputs": case.inputs });
+        let path = format!("/v2/models/{}/versions/1/infer", id.name);
+        let (status, served) =
+            call(predictor, "POST", &path, Some(body.to_string().into_bytes())).await;
+        if status != 200 {
+            return Err(format!("batch {}: {status} {served}", case.batch));
+        }
+        let compared = std::panic::catch_unwind(|| {
+            assert_matches_within(case, &served, model.tolerance);
+        });
+        compared.map_err(|panic| {
+            let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+            format!("batch {}: {message}", case.batch)
+        })?;
+    }
+    Ok(format!(
+        "{:?} loader, {:?} plans, matches onnxruntime at batches {batches:?}",
+        manifest.loader, manifest.plans
+    ))
+}
+
+/// A per-shape model (magika's `BroadcastTo` needs concrete shapes) runs batches of 5 and 8
+/// on one plan (5 is padded to 8), keeps at most the configured number of plans, and gives
+/// each row what onnxruntime gave it in a batch of 8.
+#[test]
+fn per_shape_plans_bucket_batches_and_stay_bounded() {
+    let case = cases_in(&zoo_dir())
+        .into_iter()
+        .find(|c| c.model == "magika" && c.batch == 8)
+        .expect("a magika case at batch 8");
+    maas::engine::set_plan_limit(2);
+    let path = zoo_dir().join("magika.onnx");
+    let model = Model::load_path(&path, Loader::Plain, Planning::PerShape).unwrap();
+    let bytes: Vec<i32> = case.inputs[0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap() as i32)
+        .collect();
+    let expected = &case.outputs[0];
+    let (width, classes) = (bytes.len() / 8, expected.data.len() / 8);
+    for (rows, plans) in [(5, 1), (8, 1), (3, 2), (1, 2)] {
+        let input = Tensor {
+            name: "bytes".into(),
+            shape: vec![rows, width],
+            data: TensorData::I32(bytes[..rows * width].to_vec()),
+        };
+        let outputs = model.run(vec![input]).unwrap();
+        assert_eq!(outputs[0].shape, [rows, classes], "batch {rows}");
+        let TensorData::F32(scores) = &outputs[0].data else { panic!("FP32 scores") };
+        for (i, (&got, &want)) in scores.iter().zip(&expected.data[..rows * classes]).enumerate() {
+            assert!((f64::from(got) - want).abs() <= 1e-4, "batch {rows} [{i}]: {got} vs {want}");
+        }
+        assert_eq!(model.plan_count(), plans, "plans after a batch of {rows}");
+    }
+}

@@ -19,7 +19,8 @@ seeds, fixed timestamps), so re-running it gives byte-identical files.
                          external_data.onnx (weights in a weights.bin that is left out),
                          huge_shape.onnx (input fixed at [200000,200000] FP32, 160 GB),
                          unknown_op.onnx (com.example FancyOp), bad_graph.onnx (an Add
-                         reads a tensor nothing makes), text.onnx (CSV), random.onnx (bytes)
+                         reads a tensor nothing makes), cyclic_tree.onnx (a tree that
+                         loops), text.onnx (CSV), random.onnx (bytes)
 
     python scripts/make_models.py example --out scripts/example-store
         models/iris/1/model.onnx     small iris RandomForestClassifier
@@ -548,6 +549,20 @@ def make_sequence_output() -> onnx.ModelProto:
     return one_node_model("sequence", node, [float_value("x", ["batch", 4])], [output])
 
 
+def make_cyclic_tree() -> onnx.ModelProto:
+    """A TreeEnsembleRegressor whose tree loops: node 1 goes to 2 and node 2 back to 1 when
+    x[0] <= -1 (zeros take the way out, to leaf 3). onnxruntime refuses it at load."""
+    node = helper.make_node(
+        "TreeEnsembleRegressor", ["x"], ["y"], name="cyclic_tree", domain="ai.onnx.ml", n_targets=1,
+        nodes_treeids=[0, 0, 0, 0], nodes_nodeids=[0, 1, 2, 3], nodes_featureids=[0, 0, 0, 0],
+        nodes_modes=["BRANCH_LEQ", "BRANCH_LEQ", "BRANCH_LEQ", "LEAF"],
+        nodes_values=[0.5, -1.0, -1.0, 0.0], nodes_truenodeids=[1, 2, 1, 0],
+        nodes_falsenodeids=[3, 3, 3, 0], target_treeids=[0], target_nodeids=[3], target_ids=[0],
+        target_weights=[1.0])
+    return one_node_model("cyclic_tree", node, [float_value("x", ["batch", 1])],
+                          [float_value("y", ["batch", 1])], extra_opsets=(("ai.onnx.ml", 3),))
+
+
 def make_bad_graph() -> onnx.ModelProto:
     """A well-formed protobuf whose Add reads a tensor "missing" that nothing makes."""
     return one_node_model("bad_graph", helper.make_node("Add", ["x", "missing"], ["y"], name="add"),
@@ -565,6 +580,7 @@ REFUSALS = {
     "huge_shape.onnx": (make_huge_shape, "loads"),
     "unknown_op.onnx": (make_unknown_op, "refused"),
     "bad_graph.onnx": (make_bad_graph, "refused"),
+    "cyclic_tree.onnx": (make_cyclic_tree, "refused"),
     "text.onnx": (lambda: REFUSAL_TEXT.encode(), "refused"),
     "random.onnx": (lambda: rng_for("random").bytes(4096), "refused"),
 }

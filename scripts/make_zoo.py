@@ -13,6 +13,9 @@ inputs at two batch sizes and onnxruntime's outputs for them, the independent re
           sk_boosting      GradientBoostingClassifier on iris (100 rounds x 3 classes)
           sk_forest_reg    RandomForestRegressor on diabetes (100 trees)
           sk_boosting_reg  GradientBoostingRegressor on diabetes (100 rounds)
+          sk_forest_tensor, sk_boosting_tensor: the two classifiers with zipmap=False, which
+                           stock tract loads (its tree speed, before and after, in the report)
+        tree_{average,min,max}_reg  sk_boosting_reg with another aggregate_function
         onnx_if            an If whose condition depends on the input (onnx.helper)
         torch_*            PyTorch exports (legacy TorchScript exporter and dynamo=True),
                            copied from tests/zoo/ (see `torch` below)
@@ -115,20 +118,26 @@ def sklearn_models() -> dict[str, tuple[onnx.ModelProto, str]]:
         estimator.fit(x, y)
         source = f"scikit-learn {type(estimator).__name__} on {dataset.__name__}, skl2onnx defaults"
         models[name] = (to_onnx(estimator, x[:1]), source)
+        if name in ("sk_forest", "sk_boosting"):
+            # The same trees with ZipMap off: what stock tract can load, for the speed report.
+            models[f"{name}_tensor"] = (to_onnx(estimator, x[:1], options={"zipmap": False}),
+                                        f"{source} but zipmap=False")
     return models
 
 
 def sklearn_inputs(name: str, batch: int, session) -> dict[str, np.ndarray]:
     """Real rows plus a little noise. For classifiers, rows whose two best probabilities are
     within 0.05 are skipped, so the expected label never hangs on float rounding."""
-    x, _ = (diabetes if name.endswith("_reg") else iris)()
+    x, _ = (diabetes if "_reg" in name else iris)()
     rng = rng_for(f"{name}-input-{batch}")
     rows = []
     while len(rows) < batch:
         row = (x[rng.integers(len(x))] + rng.normal(0.0, 0.02 * x.std(axis=0))).astype(np.float32)
-        if not name.endswith("_reg"):
-            probabilities = session.run(None, {"X": row[None, :]})[1]
-            top2 = np.sort(list(probabilities[0].values()))[-2:]
+        if "_reg" not in name:
+            probabilities = session.run(None, {"X": row[None, :]})[1][0]
+            if isinstance(probabilities, dict):
+                probabilities = list(probabilities.values())
+            top2 = np.sort(probabilities)[-2:]
             if top2[1] - top2[0] <= 0.05:
                 continue
         rows.append(row)
@@ -136,6 +145,23 @@ def sklearn_inputs(name: str, batch: int, session) -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------- built by hand
+
+
+def aggregate_variants(regressor: onnx.ModelProto) -> dict[str, tuple[onnx.ModelProto, str]]:
+    """The gradient-boosting regressor's trees with AVERAGE, MIN and MAX aggregation, which
+    no scikit-learn converter writes but the ONNX-ML specification allows."""
+    variants = {}
+    for aggregate in ("AVERAGE", "MIN", "MAX"):
+        model = onnx.ModelProto()
+        model.CopyFrom(regressor)
+        node = next(n for n in model.graph.node if n.op_type == "TreeEnsembleRegressor")
+        kept = [a for a in node.attribute if a.name != "aggregate_function"]
+        del node.attribute[:]
+        node.attribute.extend([*kept, helper.make_attribute("aggregate_function", aggregate)])
+        variants[f"tree_{aggregate.lower()}_reg"] = (
+            model, f"sk_boosting_reg with aggregate_function={aggregate} (edited with onnx)")
+    return variants
+
 
 
 def make_data_dependent_if() -> onnx.ModelProto:
@@ -303,6 +329,7 @@ def build(out: Path, wheels: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     models: dict[str, tuple[onnx.ModelProto, str]] = {}
     models.update(sklearn_models())
+    models.update(aggregate_variants(models["sk_boosting_reg"][0]))
     models["onnx_if"] = (make_data_dependent_if(), "onnx.helper: If on sum(x) > 0")
     for path in sorted(TORCH_DIR.glob("torch_*.onnx")):
         exporter = "dynamo=True" if path.stem.endswith("dynamo") else "legacy exporter"
@@ -314,10 +341,10 @@ def build(out: Path, wheels: Path) -> None:
         path = out / f"{name}.onnx"
         path.write_bytes(model.SerializeToString())
         session = ort_session(path)
-        trees = name.startswith("sk_") and name != "sk_logistic"
+        trees = name.startswith(("sk_", "tree_")) and name != "sk_logistic"
         batches = TREE_BATCHES if trees else BATCHES
         for batch in batches:
-            if name.startswith("sk_"):
+            if name.startswith(("sk_", "tree_")):
                 inputs = sklearn_inputs(name, batch, session)
             elif any(name == w[2] for w in WHEEL_MODELS):
                 inputs = wheel_inputs(name, model, batch)

@@ -286,6 +286,7 @@ fn refusal_corpus() -> Vec<(String, Vec<u8>, u16, &'static str)> {
         ),
         ("unknown operator".into(), file("unknown_op.onnx"), 422, "FancyOp"),
         ("broken graph".into(), file("bad_graph.onnx"), 422, "missing"),
+        ("tree with a cycle".into(), file("cyclic_tree.onnx"), 422, "tree 0 has a cycle"),
         ("sequence output".into(), file("sequence.onnx"), 422, "`y` is not a tensor"),
         ("empty body".into(), Vec::new(), 400, "the request body is empty"),
     ]

@@ -319,23 +319,40 @@ impl Forest {
     /// The raw scores (before the post transform) of each row of `input`, `width` features
     /// per row, into `scores`, `targets` per row.
     fn score(&self, input: &[f32], width: usize, scores: &mut [f32]) {
-        let mut reached = vec![false; self.targets];
-        for (row, out) in input.chunks_exact(width).zip(scores.chunks_exact_mut(self.targets)) {
-            out.fill(0.0);
-            reached.fill(false);
+        if matches!(self.aggregate, Aggregate::Sum | Aggregate::Average) {
+            // Tree by tree over the whole batch, so one tree's nodes stay in cache; each
+            // row's sum still adds the trees in order, as onnxruntime does.
+            scores.fill(0.0);
             for &root in &self.roots {
-                let leaf = self.leaf(root, row);
-                for &(target, weight) in &self.weights[leaf.yes as usize..leaf.no as usize] {
-                    let (slot, seen) = (&mut out[target as usize], &mut reached[target as usize]);
-                    *slot = match self.aggregate {
-                        Aggregate::Sum | Aggregate::Average => *slot + weight,
-                        Aggregate::Min if *seen => slot.min(weight),
-                        Aggregate::Max if *seen => slot.max(weight),
-                        Aggregate::Min | Aggregate::Max => weight,
-                    };
-                    *seen = true;
+                for (row, out) in
+                    input.chunks_exact(width).zip(scores.chunks_exact_mut(self.targets))
+                {
+                    let leaf = self.leaf(root, row);
+                    for &(target, weight) in &self.weights[leaf.yes as usize..leaf.no as usize] {
+                        out[target as usize] += weight;
+                    }
                 }
             }
+        } else {
+            let mut reached = vec![false; self.targets];
+            for (row, out) in input.chunks_exact(width).zip(scores.chunks_exact_mut(self.targets)) {
+                reached.fill(false);
+                for &root in &self.roots {
+                    let leaf = self.leaf(root, row);
+                    for &(target, weight) in &self.weights[leaf.yes as usize..leaf.no as usize] {
+                        let (slot, seen) =
+                            (&mut out[target as usize], &mut reached[target as usize]);
+                        *slot = match (self.aggregate, *seen) {
+                            (Aggregate::Min, true) => slot.min(weight),
+                            (Aggregate::Max, true) => slot.max(weight),
+                            _ => weight,
+                        };
+                        *seen = true;
+                    }
+                }
+            }
+        }
+        for out in scores.chunks_exact_mut(self.targets) {
             let trees = self.roots.len() as f32;
             for (slot, base) in out.iter_mut().zip(&self.base) {
                 if self.aggregate == Aggregate::Average {

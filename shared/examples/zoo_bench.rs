@@ -1,0 +1,199 @@
+//! Engine timings of one zoo model (`scripts/make_zoo.py`), for the report made by
+//! `scripts/bench_zoo.sh`: stock tract-onnx ("before": `onnx().model_for_path`, then
+//! `into_optimized().into_runnable()`, tract's own operators, no fallbacks) or the maas engine
+//! ("after": validation's loader and planning, maas's ONNX-ML operators). Run one side per
+//! fresh process, so the first load pays every one-time cost as a Lambda cold start does.
+//! Both run on one thread.
+//!
+//! ```text
+//! zoo_bench ZOO_DIR MODEL before|after RUNS
+//! ```
+//!
+//! Prints one JSON object: `load_ms`, `optimise_ms`, `first_ms` (the first batch-1 run) and
+//! `warm_ms` (median of RUNS runs per batch size), or `error` when the side cannot load the
+//! model. Importing tract here is deliberate: "before" is tract as a user gets it.
+
+use std::path::Path;
+use std::time::Instant;
+
+use maas::engine::{self, Model};
+use maas::tensor::{DataType, Tensor, TensorData};
+use serde_json::{json, Value};
+use tract_onnx::prelude::{
+    Datum, Framework, InferenceFact, InferenceModel, InferenceModelExt, IntoRunnable, IntoTValue,
+    TDim, TValue, TVec, Tensor as TractTensor,
+};
+
+fn ms(started: Instant) -> f64 {
+    started.elapsed().as_secs_f64() * 1000.0
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+/// One case's inputs in maas's form.
+fn inputs_of(case: &Value) -> Vec<Tensor> {
+    let tensors = case["inputs"].as_array().expect("inputs");
+    tensors
+        .iter()
+        .map(|t| {
+            let shape: Vec<usize> = serde_json::from_value(t["shape"].clone()).expect("shape");
+            let numbers = t["data"].as_array().expect("data");
+            let datatype: DataType =
+                t["datatype"].as_str().expect("datatype").parse().expect("type");
+            let data = match datatype {
+                DataType::F32 => {
+                    TensorData::F32(numbers.iter().map(|v| v.as_f64().unwrap() as f32).collect())
+                }
+                DataType::I32 => {
+                    TensorData::I32(numbers.iter().map(|v| v.as_i64().unwrap() as i32).collect())
+                }
+                DataType::I64 => {
+                    TensorData::I64(numbers.iter().map(|v| v.as_i64().unwrap()).collect())
+                }
+                other => panic!("no benchmark inputs of type {other}"),
+            };
+            Tensor { name: t["name"].as_str().unwrap().to_owned(), shape, data }
+        })
+        .collect()
+}
+
+fn to_tract(tensor: &Tensor) -> TValue {
+    let built = match &tensor.data {
+        TensorData::F32(v) => TractTensor::from_shape(&tensor.shape, v),
+        TensorData::I32(v) => TractTensor::from_shape(&tensor.shape, v),
+        TensorData::I64(v) => TractTensor::from_shape(&tensor.shape, v),
+        _ => unreachable!("inputs_of makes only these"),
+    };
+    built.expect("a tract tensor").into_tvalue()
+}
+
+/// `first_ms` and the warm medians of `run` over each case.
+fn timings(
+    cases: &[(u64, Vec<Tensor>)],
+    runs: usize,
+    run: &dyn Fn(&[Tensor]) -> Result<(), String>,
+) -> Result<(f64, Value), String> {
+    let started = Instant::now();
+    run(&cases[0].1)?;
+    let first_ms = ms(started);
+    let mut warm = serde_json::Map::new();
+    for (batch, inputs) in cases {
+        run(inputs)?;
+        let samples = (0..runs)
+            .map(|_| {
+                let started = Instant::now();
+                run(inputs).map(|()| ms(started))
+            })
+            .collect::<Result<Vec<f64>, String>>()?;
+        warm.insert(batch.to_string(), json!(median(samples)));
+    }
+    Ok((first_ms, Value::Object(warm)))
+}
+
+/// The input's fact as maas gave it before the engine issue: its type, its fixed dimensions,
+/// and a symbol for each dynamic one (the ONNX dimension name, `N` for an unnamed batch).
+fn symbolic_fact(
+    model: &InferenceModel,
+    graph_inputs: &[tract_onnx::pb::ValueInfoProto],
+    tensor: &Tensor,
+) -> InferenceFact {
+    use tract_onnx::pb::{tensor_shape_proto::dimension::Value as Dim, type_proto::Value as Type};
+    let declared = graph_inputs.iter().find(|v| v.name == tensor.name);
+    let dims = declared.and_then(|v| v.r#type.as_ref()).and_then(|t| match &t.value {
+        Some(Type::TensorType(t)) => t.shape.as_ref().map(|s| s.dim.clone()),
+        _ => None,
+    });
+    let shape: Vec<TDim> = dims
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(axis, dim)| match &dim.value {
+            Some(Dim::DimValue(n)) if *n > 0 => TDim::from(*n),
+            Some(Dim::DimParam(p)) if !p.is_empty() => model.sym(p).into(),
+            _ if axis == 0 => model.sym("N").into(),
+            _ => model.sym(&format!("{}_{axis}", tensor.name)).into(),
+        })
+        .collect();
+    let datum_type = match tensor.data {
+        TensorData::F32(_) => f32::datum_type(),
+        TensorData::I32(_) => i32::datum_type(),
+        _ => i64::datum_type(),
+    };
+    InferenceFact::dt_shape(datum_type, shape)
+}
+
+fn before(path: &Path, cases: &[(u64, Vec<Tensor>)], runs: usize) -> Result<Value, String> {
+    let started = Instant::now();
+    let onnx = tract_onnx::onnx();
+    let proto = onnx.proto_model_for_path(path).map_err(|e| format!("{e:#}"))?;
+    let mut model = onnx.model_for_proto_model(&proto).map_err(|e| format!("{e:#}"))?;
+    let graph_inputs = proto.graph.as_ref().map(|g| g.input.as_slice()).unwrap_or_default();
+    for (index, tensor) in cases[0].1.iter().enumerate() {
+        let fact = symbolic_fact(&model, graph_inputs, tensor);
+        model.set_input_fact(index, fact).map_err(|e| format!("{e:#}"))?;
+    }
+    let load_ms = ms(started);
+    let started = Instant::now();
+    let plan =
+        model.into_optimized().and_then(|m| m.into_runnable()).map_err(|e| format!("{e:#}"))?;
+    let optimise_ms = ms(started);
+    let run = |inputs: &[Tensor]| {
+        let values: TVec<TValue> = inputs.iter().map(to_tract).collect();
+        plan.run(values).map(drop).map_err(|e| format!("{e:#}"))
+    };
+    let (first_ms, warm_ms) = timings(cases, runs, &run)?;
+    Ok(
+        json!({ "load_ms": load_ms, "optimise_ms": optimise_ms, "first_ms": first_ms, "warm_ms": warm_ms }),
+    )
+}
+
+fn after(path: &Path, cases: &[(u64, Vec<Tensor>)], runs: usize) -> Result<Value, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let limits = engine::Limits { max_tensor_bytes: 1 << 30 };
+    // Validation is what upload does; its parse and optimise times are the load's.
+    let validated = engine::validate(&bytes, &limits).map_err(|e| maas::error::chain(&e))?;
+    let model = Model::load_path(path, validated.loader, validated.plans)
+        .map_err(|e| maas::error::chain(&e))?;
+    let run = |inputs: &[Tensor]| {
+        model.run(inputs.to_vec()).map(drop).map_err(|e| maas::error::chain(&e))
+    };
+    let (first_ms, warm_ms) = timings(cases, runs, &run)?;
+    Ok(json!({
+        "load_ms": validated.report.parse_ms,
+        "optimise_ms": validated.report.optimise_ms,
+        "first_ms": first_ms,
+        "warm_ms": warm_ms,
+        "loader": validated.loader,
+        "plans": validated.plans,
+    }))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: zoo_bench ZOO_DIR MODEL before|after RUNS";
+    let [zoo, name, side, runs] = args.as_slice() else { panic!("{usage}") };
+    let runs: usize = runs.parse().expect(usage);
+    engine::use_threads(1);
+    let zoo = Path::new(zoo);
+    let cases: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(zoo.join("cases.json")).expect("cases.json"))
+            .expect("cases.json parses");
+    let cases: Vec<(u64, Vec<Tensor>)> = cases
+        .iter()
+        .filter(|c| c["model"] == name.as_str())
+        .map(|c| (c["batch"].as_u64().unwrap(), inputs_of(c)))
+        .collect();
+    assert!(!cases.is_empty(), "no cases for {name}");
+    let path = zoo.join(format!("{name}.onnx"));
+    let result = match side.as_str() {
+        "before" => before(&path, &cases, runs),
+        "after" => after(&path, &cases, runs),
+        _ => panic!("{usage}"),
+    };
+    let line =
+        result.unwrap_or_else(|error| json!({ "error": error.lines().next().unwrap_or("") }));
+    println!("{line}");
+}

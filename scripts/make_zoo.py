@@ -11,6 +11,7 @@ inputs at two batch sizes and onnxruntime's outputs for them, the independent re
           sk_logistic      LogisticRegression on iris
           sk_forest        RandomForestClassifier on iris (100 trees)
           sk_boosting      GradientBoostingClassifier on iris (100 rounds x 3 classes)
+          sk_forest_binary, sk_boosting_binary: the same on breast_cancer (two classes)
           sk_forest_reg    RandomForestRegressor on diabetes (100 trees)
           sk_boosting_reg  GradientBoostingRegressor on diabetes (100 rounds)
           sk_forest_tensor, sk_boosting_tensor: the two classifiers with zipmap=False, which
@@ -24,9 +25,7 @@ inputs at two batch sizes and onnxruntime's outputs for them, the independent re
                            from the `silero-vad` wheel
         ppocr_cls          PaddleOCR text-direction classifier, from the `rapidocr-onnxruntime`
                            wheel
-        DIR/zoo.json       [{model, source, bytes, tolerance, batches, refused}], one per
-                           model; `refused` is what a model maas cannot serve yet must be
-                           refused with (see REFUSED)
+        DIR/zoo.json       [{model, source, bytes, tolerance, batches}], one per model
         DIR/cases.json     [{model, batch, inputs, outputs}] in Open Inference Protocol form
       Wheels are fetched with `pip download --no-deps` into --wheels (default DIR/wheels),
       only when missing.
@@ -68,12 +67,6 @@ BATCHES = (1, 8)
 TREE_BATCHES = (1, 32)
 TOLERANCE = 1e-4
 TREE_TOLERANCE = 1e-5
-# Zoo models maas cannot serve yet, with text its 422 must contain (the node that fails).
-REFUSED = {
-    # An If whose branches tract analyses with symbolic shapes even when the inputs are
-    # concrete: the 8 kHz branch squeezes (samples + 320) / 512.
-    "silero_vad": "/decoder/If",
-}
 # (package==version, path inside the wheel, zoo name)
 WHEEL_MODELS = [
     ("magika==1.0.3", "magika/models/standard_v3_3/model.onnx", "magika"),
@@ -89,6 +82,12 @@ WHEEL_MODELS = [
 def iris() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_iris
     data = load_iris()
+    return data.data.astype(np.float32), data.target
+
+
+def breast_cancer() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_breast_cancer
+    data = load_breast_cancer()
     return data.data.astype(np.float32), data.target
 
 
@@ -109,6 +108,8 @@ def sklearn_models() -> dict[str, tuple[onnx.ModelProto, str]]:
         "sk_logistic": (LogisticRegression(max_iter=1000), iris),
         "sk_forest": (RandomForestClassifier(random_state=0), iris),
         "sk_boosting": (GradientBoostingClassifier(random_state=0), iris),
+        "sk_forest_binary": (RandomForestClassifier(random_state=0), breast_cancer),
+        "sk_boosting_binary": (GradientBoostingClassifier(random_state=0), breast_cancer),
         "sk_forest_reg": (RandomForestRegressor(random_state=0), diabetes),
         "sk_boosting_reg": (GradientBoostingRegressor(random_state=0), diabetes),
     }
@@ -128,7 +129,7 @@ def sklearn_models() -> dict[str, tuple[onnx.ModelProto, str]]:
 def sklearn_inputs(name: str, batch: int, session) -> dict[str, np.ndarray]:
     """Real rows plus a little noise. For classifiers, rows whose two best probabilities are
     within 0.05 are skipped, so the expected label never hangs on float rounding."""
-    x, _ = (diabetes if "_reg" in name else iris)()
+    x, _ = (diabetes if "_reg" in name else breast_cancer if "_binary" in name else iris)()
     rng = rng_for(f"{name}-input-{batch}")
     rows = []
     while len(rows) < batch:
@@ -358,8 +359,7 @@ def build(out: Path, wheels: Path) -> None:
                 "outputs": [tensor_json(n, np.asarray(a)) for n, a in outputs.items()],
             })
         zoo.append({"model": name, "source": source, "bytes": path.stat().st_size,
-                    "tolerance": TREE_TOLERANCE if trees else TOLERANCE, "batches": list(batches),
-                    "refused": REFUSED.get(name)})
+                    "tolerance": TREE_TOLERANCE if trees else TOLERANCE, "batches": list(batches)})
         print(f"  {name}: {path.stat().st_size:,} bytes, {source}")
     (out / "zoo.json").write_text(json.dumps(zoo, indent=1) + "\n")
     lines = ",\n".join("  " + json.dumps(case) for case in cases)

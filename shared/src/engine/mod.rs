@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use tract_onnx::pb;
 use tract_onnx::prelude::{
-    Datum, DatumType, Framework, InferenceFact, InferenceModelExt, TDim, TValue,
+    Datum, DatumType, Framework, InferenceFact, InferenceModel, InferenceModelExt, TDim, TValue,
     Tensor as TractTensor, TypedFact, TypedModel, TypedOp, WithOnnx,
 };
 use tract_onnx::tract_core::plan::SimplePlan;
@@ -166,8 +166,7 @@ fn translate(
     let folded;
     let proto = match loader {
         Loader::FoldConstantIf => {
-            folded = fold_constant_ifs(proto)
-                .ok_or_else(|| engine_problem("the graph has no `If` with a constant condition"))?;
+            folded = fold_ifs(proto, shapes)?;
             &folded
         }
         Loader::Plain | Loader::IgnoreValueInfo => proto,
@@ -177,6 +176,22 @@ fn translate(
     let mut model = onnx
         .model_for_proto_model(proto)
         .map_err(|e| engine_error("cannot translate the ONNX graph", e))?;
+    set_input_facts(&mut model, proto, &signature, shapes)?;
+    let typed = model
+        .into_typed()
+        .and_then(|typed| typed.into_decluttered())
+        .map_err(|e| engine_error("cannot analyse the model", e))?;
+    Ok((typed, signature))
+}
+
+/// Gives the graph's inputs their declared types and either symbolic shapes or, when given,
+/// concrete `shapes`.
+fn set_input_facts(
+    model: &mut InferenceModel,
+    proto: &pb::ModelProto,
+    signature: &Signature,
+    shapes: Option<&[Vec<usize>]>,
+) -> Result<(), Error> {
     if model.input_outlets().map_or(0, |o| o.len()) != signature.inputs.len() {
         return Err(engine_problem("the graph's inputs do not match its declared inputs"));
     }
@@ -189,17 +204,63 @@ fn translate(
         })?;
         let shape = match shapes.and_then(|s| s.get(index)) {
             Some(shape) => shape.iter().map(|&d| TDim::from(d)).collect(),
-            None => symbolic_shape(&model, proto, index, spec),
+            None => symbolic_shape(model, proto, index, spec),
         };
         model.set_input_fact(index, InferenceFact::dt_shape(datum_type, shape)).map_err(|e| {
             engine_error(format!("cannot set the facts of input `{}`", spec.name), e)
         })?;
     }
-    let typed = model
-        .into_typed()
-        .and_then(|typed| typed.into_decluttered())
-        .map_err(|e| engine_error("cannot analyse the model", e))?;
-    Ok((typed, signature))
+    Ok(())
+}
+
+/// The model with every top-level `If` folded whose condition is a constant, or which
+/// tract's analysis of the graph under the input facts finds constant (PyTorch's legacy
+/// exporter writes `squeeze` of a dynamic axis as `If(shape[-1] == 1, Squeeze, Identity)`,
+/// constant once shapes are). Repeats while inlined branches bring new foldable `If`s.
+fn fold_ifs(
+    proto: &pb::ModelProto,
+    shapes: Option<&[Vec<usize>]>,
+) -> Result<pb::ModelProto, Error> {
+    let mut folded: Option<pb::ModelProto> = None;
+    loop {
+        let current = folded.as_ref().unwrap_or(proto);
+        let known = analysed_conditions(current, shapes);
+        match fold_constant_ifs(current, &known) {
+            Some(next) => folded = Some(next),
+            None => break,
+        }
+    }
+    folded.ok_or_else(|| engine_problem("the graph has no `If` with a constant condition"))
+}
+
+/// The conditions of top-level `If` nodes whose value tract's analysis finds, by the name
+/// of the tensor that holds them. Analysis goes as far as it can; what it cannot settle is
+/// left out.
+fn analysed_conditions(
+    proto: &pb::ModelProto,
+    shapes: Option<&[Vec<usize>]>,
+) -> std::collections::HashMap<String, bool> {
+    use tract_onnx::tract_hir::infer::Factoid;
+    let mut known = std::collections::HashMap::new();
+    let Some(graph) = proto.graph.as_ref() else { return known };
+    let conditions = graph.node.iter().filter(|n| n.op_type == "If" && n.domain.is_empty());
+    let conditions: Vec<&String> = conditions.filter_map(|n| n.input.first()).collect();
+    let Ok(signature) = signature_of(proto) else { return known };
+    let Ok(parsed) = onnx().with_ignore_value_info(true).parse(proto, None) else { return known };
+    let mut model = parsed.model;
+    if conditions.is_empty() || set_input_facts(&mut model, proto, &signature, shapes).is_err() {
+        return known;
+    }
+    let _ = model.analyse(true);
+    for name in conditions {
+        let fact = parsed.outlets_by_name.get(name).and_then(|&o| model.outlet_fact(o).ok());
+        let Some(value) = fact.and_then(|f| f.value.concretize()) else { continue };
+        let Ok(value) = value.cast_to::<bool>() else { continue };
+        if let Ok(&[condition]) = value.try_as_plain_ram().and_then(|v| v.as_slice::<bool>()) {
+            known.insert(name.clone(), condition);
+        }
+    }
+    known
 }
 
 /// A boolean scalar tensor's value.
@@ -211,11 +272,14 @@ fn scalar_bool(tensor: &pb::TensorProto) -> Option<bool> {
     tensor.int32_data.first().map(|&v| v != 0).or_else(|| tensor.raw_data.first().map(|&b| b != 0))
 }
 
-/// The model with every top-level `If` whose condition is a constant (an initializer or a
-/// `Constant` node) replaced by the nodes of the branch it always takes; `None` when there is
-/// no such `If`. tract analyses both branches of an `If` and refuses branches whose shapes
+/// The model with every top-level `If` whose condition is a constant (an initializer, a
+/// `Constant` node, or in `known`) replaced by the nodes of the branch it always takes;
+/// `None` when there is no such `If`. tract analyses both branches of an `If` and refuses branches whose shapes
 /// differ even when the condition can never select one of them.
-fn fold_constant_ifs(proto: &pb::ModelProto) -> Option<pb::ModelProto> {
+fn fold_constant_ifs(
+    proto: &pb::ModelProto,
+    known: &std::collections::HashMap<String, bool>,
+) -> Option<pb::ModelProto> {
     let mut model = proto.clone();
     let graph = model.graph.as_mut()?;
     let mut folded = false;
@@ -227,8 +291,9 @@ fn fold_constant_ifs(proto: &pb::ModelProto) -> Option<pb::ModelProto> {
                 let value = n.attribute.iter().find(|a| a.name == "value")?.t.as_ref()?;
                 Some((n.output.first()?.clone(), scalar_bool(value)?))
             });
+        let known = known.iter().map(|(name, &value)| (name.clone(), value));
         let constants: std::collections::HashMap<String, bool> =
-            initializers.chain(constant_nodes).collect();
+            initializers.chain(constant_nodes).chain(known).collect();
         let Some(position) = graph.node.iter().position(|n| {
             n.op_type == "If"
                 && n.domain.is_empty()
@@ -334,16 +399,16 @@ pub fn validate(bytes: &[u8], limits: &Limits) -> Result<Validated, Error> {
             let model = Model::optimise(typed, signature).map_err(as_invalid)?;
             let optimise_ms = elapsed_ms(optimising);
             let trial = Instant::now();
-            model.run(trial_inputs(model.signature(), 1)?).map_err(trial_failed)?;
+            model.run(trial_inputs(model.signature(), 1, None)?).map_err(trial_failed)?;
             (model, loader, ValidationReport { parse_ms, optimise_ms, trial_ms: elapsed_ms(trial) })
         }
         Err(symbolic) => {
             let parse_ms = elapsed_ms(started);
-            let Some((model, loader, optimise_ms)) = per_shape_trial(&proto) else {
+            let Some((model, loader, inputs, optimise_ms)) = per_shape_trial(&proto) else {
                 return Err(as_invalid(symbolic));
             };
             let trial = Instant::now();
-            model.run(trial_inputs(model.signature(), TRIAL_DIMS[0])?).map_err(trial_failed)?;
+            model.run(inputs).map_err(trial_failed)?;
             (model, loader, ValidationReport { parse_ms, optimise_ms, trial_ms: elapsed_ms(trial) })
         }
     };
@@ -368,19 +433,24 @@ pub fn validate(bytes: &[u8], limits: &Limits) -> Result<Validated, Error> {
 const TRIAL_DIMS: [usize; 3] = [1, 64, 512];
 
 /// For a model no loader can plan symbolically: the first loader and trial size with which
-/// a per-shape plan builds and runs, and how long building and running that plan took (ms).
-fn per_shape_trial(proto: &pb::ModelProto) -> Option<(Model, Loader, f64)> {
+/// a per-shape plan builds and runs, the trial inputs, and how long building and running
+/// that plan took (ms).
+fn per_shape_trial(proto: &pb::ModelProto) -> Option<(Model, Loader, Vec<Tensor>, f64)> {
+    let signature = signature_of(proto).ok()?;
+    let batch_axes = plans::batch_axes(proto, &signature);
     for loader in Loader::ALL {
         for dims in TRIAL_DIMS {
             let started = Instant::now();
             let attempt = Model::per_shape(proto.clone(), loader).and_then(|model| {
-                model.run(trial_inputs(model.signature(), dims)?)?;
-                Ok(model)
+                let inputs = trial_inputs(model.signature(), dims, batch_axes.as_deref())?;
+                model.run(inputs.clone())?;
+                Ok((model, inputs))
             });
             match attempt {
-                Ok(model) => return Some((model, loader, elapsed_ms(started))),
+                Ok((model, inputs)) => return Some((model, loader, inputs, elapsed_ms(started))),
                 Err(err) => {
-                    tracing::debug!(?loader, dims, error = %crate::error::chain(&err), "per-shape plan failed");
+                    let error = crate::error::chain(&err);
+                    tracing::debug!(?loader, dims, %error, "per-shape plan failed");
                 }
             }
         }
@@ -425,25 +495,30 @@ fn check_declared_size(value: &pb::ValueInfoProto, limits: &Limits) -> Result<()
     }
 }
 
-/// Zeros of each input's declared type and shape: the batch (first) dimension at 1, other
-/// dynamic dimensions at `dims`.
-fn trial_inputs(signature: &Signature, dims: usize) -> Result<Vec<Tensor>, Error> {
+/// Zeros of each input's declared type and shape: the batch dimensions at 1 (each input's
+/// `batch_axes`, by default its first), other dynamic dimensions at `dims`.
+fn trial_inputs(
+    signature: &Signature,
+    dims: usize,
+    batch_axes: Option<&[Vec<usize>]>,
+) -> Result<Vec<Tensor>, Error> {
     signature
         .inputs
         .iter()
-        .map(|spec| {
+        .enumerate()
+        .map(|(index, spec)| {
+            let is_batch = |axis: usize| match batch_axes {
+                Some(axes) => axes.get(index).is_some_and(|a| a.contains(&axis)),
+                None => axis == 0,
+            };
             let shape: Vec<usize> = spec
                 .shape
                 .iter()
                 .enumerate()
-                .map(|(axis, &d)| {
-                    if d > 0 {
-                        d as usize
-                    } else if axis == 0 {
-                        1
-                    } else {
-                        dims
-                    }
+                .map(|(axis, &d)| match d {
+                    d if d > 0 => d as usize,
+                    _ if is_batch(axis) => 1,
+                    _ => dims,
                 })
                 .collect();
             let count = shape.iter().product();

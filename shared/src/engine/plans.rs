@@ -125,7 +125,7 @@ impl ShapePlans {
 /// The axes of each input that carry the batch: those declared with the same dimension
 /// name as the first input's first axis, or, when that is unnamed, every dynamic first axis.
 /// `None` when the first input has no dynamic first axis.
-fn batch_axes(proto: &pb::ModelProto, signature: &Signature) -> Option<Vec<Vec<usize>>> {
+pub(super) fn batch_axes(proto: &pb::ModelProto, signature: &Signature) -> Option<Vec<Vec<usize>>> {
     let graph = proto.graph.as_ref()?;
     let names = |input: &str| -> Vec<Option<String>> {
         let value = graph.input.iter().find(|v| v.name == input);

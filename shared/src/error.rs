@@ -39,6 +39,12 @@ pub enum Error {
     #[error("invalid model: {problem}")]
     InvalidModel { problem: String },
 
+    /// The inputs fit the model's signature, but the model cannot compute on them: a
+    /// dimension too small for its convolutions, an index out of range, a shape its plan
+    /// cannot be built for.
+    #[error("the model cannot run on these inputs: {problem}")]
+    InferenceRejected { problem: String },
+
     /// The configured store cannot do what was asked (presigned uploads on a local store).
     #[error("{message}")]
     Unsupported { message: String },
@@ -116,7 +122,7 @@ impl Error {
             | Error::UploadNotFound { .. } => 404,
             Error::Conflict { .. } => 409,
             Error::PayloadTooLarge { .. } => 413,
-            Error::InvalidModel { .. } => 422,
+            Error::InvalidModel { .. } | Error::InferenceRejected { .. } => 422,
             Error::Unsupported { .. } => 501,
             Error::StoreUnavailable { .. } => 503,
             Error::Store { .. }
@@ -153,6 +159,7 @@ impl Error {
             Error::UploadNotFound { .. } => "UploadNotFound",
             Error::Conflict { .. } => "Conflict",
             Error::InvalidModel { .. } => "InvalidModel",
+            Error::InferenceRejected { .. } => "InferenceRejected",
             Error::Unsupported { .. } => "Unsupported",
             Error::PayloadTooLarge { .. } => "PayloadTooLarge",
             Error::StoreUnavailable { .. } => "StoreUnavailable",

@@ -147,3 +147,30 @@ fn per_shape_plans_bucket_batches_and_stay_bounded() {
         assert_eq!(model.plan_count(), plans, "plans after a batch of {rows}");
     }
 }
+
+/// Inputs that fit a model's signature but that it cannot compute on (here 4 samples of
+/// audio, too short for the voice detector's 512-sample windows: no plan can be built for
+/// them) are 422 saying so, not a 500.
+#[tokio::test(flavor = "multi_thread")]
+async fn inputs_a_model_cannot_compute_on_are_422() {
+    let store = Arc::new(maas::store::MemoryStore::new());
+    let cache = tempfile::tempdir().unwrap();
+    let predictor = predictor(store, &cache);
+    for (model, inputs) in [(
+        "silero_vad",
+        json!([
+            {"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [0.0, 0.0, 0.0, 0.0]},
+            {"name": "state", "datatype": "FP32", "shape": [2, 1, 128], "data": vec![0.0; 256]},
+        ]),
+    )] {
+        let bytes = std::fs::read(zoo_dir().join(format!("{model}.onnx"))).unwrap();
+        let id = ModelId::new(model.replace('_', "-").parse().unwrap(), Version::new(1).unwrap());
+        predictor.registry().publish(&id, bytes.into(), &publish_limits()).await.unwrap();
+        let path = format!("/v2/models/{}/versions/1/infer", id.name);
+        let body = json!({ "inputs": inputs }).to_string().into_bytes();
+        let (status, served) = call(&predictor, "POST", &path, Some(body)).await;
+        assert_eq!(status, 422, "{model}: {served}");
+        let error = served["error"].as_str().unwrap();
+        assert!(error.starts_with("the model cannot run on these inputs: "), "{model}: {error}");
+    }
+}

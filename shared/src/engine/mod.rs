@@ -56,6 +56,12 @@ fn engine_error(message: impl Into<String>, err: tract_onnx::prelude::TractError
     Error::Engine { message: message.into(), source: Some(Arc::from(boxed)) }
 }
 
+/// A failure of inference on inputs that passed the signature's checks: the model cannot
+/// compute on them (422), with tract's explanation.
+fn rejected(err: tract_onnx::prelude::TractError) -> Error {
+    Error::InferenceRejected { problem: format!("{err:#}") }
+}
+
 fn engine_problem(message: impl Into<String>) -> Error {
     Error::Engine { message: message.into(), source: None }
 }
@@ -142,7 +148,7 @@ impl Model {
         let outputs = match &self.plans {
             Plans::Symbolic(plan) => {
                 let values = inputs.into_iter().map(TValue::from).collect();
-                plan.run(values).map_err(|e| engine_error("inference failed", e))?.into_vec()
+                plan.run(values).map_err(rejected)?.into_vec()
             }
             Plans::PerShape(plans) => plans.run(inputs, &self.signature)?,
         };
@@ -476,6 +482,7 @@ fn as_invalid(err: Error) -> Error {
         Error::Engine { .. } => {
             invalid(crate::error::chain(&err).trim_start_matches("engine failure: ").to_owned())
         }
+        Error::InferenceRejected { problem } => invalid(problem),
         other => other,
     }
 }

@@ -102,12 +102,19 @@ impl ShapePlans {
 
     fn run_exact(&self, inputs: Vec<TractTensor>) -> Result<Vec<TValue>, Error> {
         let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
-        let plan = self
-            .plans
-            .try_get_with(shapes.clone(), || self.build(&shapes))
-            .map_err(|e| Error::clone(&e))?;
+        let plan =
+            self.plans.try_get_with(shapes.clone(), || self.build(&shapes)).map_err(|e| {
+                // The inputs passed the signature's checks: a shape the model cannot be planned
+                // for is the request's problem.
+                Error::InferenceRejected {
+                    problem: format!(
+                        "no plan for input shapes {shapes:?}: {}",
+                        crate::error::chain(&*e).trim_start_matches("engine failure: ")
+                    ),
+                }
+            })?;
         let values = inputs.into_iter().map(TValue::from).collect();
-        let outputs = plan.run(values).map_err(|e| engine_error("inference failed", e))?;
+        let outputs = plan.run(values).map_err(super::rejected)?;
         Ok(outputs.into_vec())
     }
 

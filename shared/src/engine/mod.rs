@@ -251,10 +251,13 @@ fn analysed_conditions(
     let Some(graph) = proto.graph.as_ref() else { return known };
     let conditions = graph.node.iter().filter(|n| n.op_type == "If" && n.domain.is_empty());
     let conditions: Vec<&String> = conditions.filter_map(|n| n.input.first()).collect();
+    if conditions.is_empty() {
+        return known;
+    }
     let Ok(signature) = signature_of(proto) else { return known };
     let Ok(parsed) = onnx().with_ignore_value_info(true).parse(proto, None) else { return known };
     let mut model = parsed.model;
-    if conditions.is_empty() || set_input_facts(&mut model, proto, &signature, shapes).is_err() {
+    if set_input_facts(&mut model, proto, &signature, shapes).is_err() {
         return known;
     }
     let _ = model.analyse(true);
@@ -280,8 +283,8 @@ fn scalar_bool(tensor: &pb::TensorProto) -> Option<bool> {
 
 /// The model with every top-level `If` whose condition is a constant (an initializer, a
 /// `Constant` node, or in `known`) replaced by the nodes of the branch it always takes;
-/// `None` when there is no such `If`. tract analyses both branches of an `If` and refuses branches whose shapes
-/// differ even when the condition can never select one of them.
+/// `None` when there is no such `If`. tract analyses both branches of an `If` and refuses
+/// branches whose shapes differ even when the condition can never select one of them.
 fn fold_constant_ifs(
     proto: &pb::ModelProto,
     known: &std::collections::HashMap<String, bool>,
@@ -375,8 +378,9 @@ pub struct Validated {
 
 /// Checks that `bytes` are an ONNX model maas can serve: it parses, references no external
 /// data, declares no tensor over the limit, translates, optimises, and runs once on zeros of
-/// the declared types and shapes (dynamic dimensions at 1). Any failure is
-/// [`Error::InvalidModel`] saying what failed.
+/// the declared types and shapes (dynamic dimensions at 1). When no loader gives a symbolic
+/// plan, a per-shape plan is tried (`TRIAL_DIMS`). Any failure is [`Error::InvalidModel`]
+/// saying what failed.
 pub fn validate(bytes: &[u8], limits: &Limits) -> Result<Validated, Error> {
     let started = Instant::now();
     let proto = tract_onnx::onnx()

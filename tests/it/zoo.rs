@@ -84,9 +84,7 @@ async fn every_zoo_model_publishes_and_matches_onnxruntime() {
 /// Publishes one zoo model and compares what it serves with onnxruntime's outputs; says
 /// how validation loaded and planned it.
 async fn check(predictor: &Predictor, model: &ZooModel, cases: &[Case]) -> Result<String, String> {
-    let bytes = std::fs::read(zoo_dir().join(format!("{}.onnx", model.model))).unwrap();
-    let id = ModelId::new(model.model.replace('_', "-").parse().unwrap(), Version::new(1).unwrap());
-    let published = predictor.registry().publish(&id, bytes.into(), &publish_limits()).await;
+    let (id, published) = publish_zoo_model(predictor, &model.model).await;
     let manifest = published.map_err(|e| format!("does not publish: {e}"))?;
     let batches: Vec<usize> = cases.iter().map(|c| c.batch).collect();
     assert_eq!(batches, model.batches, "{}: reference cases", model.model);
@@ -156,21 +154,27 @@ async fn inputs_a_model_cannot_compute_on_are_422() {
     let store = Arc::new(maas::store::MemoryStore::new());
     let cache = tempfile::tempdir().unwrap();
     let predictor = predictor(store, &cache);
-    for (model, inputs) in [(
-        "silero_vad",
-        json!([
-            {"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [0.0, 0.0, 0.0, 0.0]},
-            {"name": "state", "datatype": "FP32", "shape": [2, 1, 128], "data": vec![0.0; 256]},
-        ]),
-    )] {
-        let bytes = std::fs::read(zoo_dir().join(format!("{model}.onnx"))).unwrap();
-        let id = ModelId::new(model.replace('_', "-").parse().unwrap(), Version::new(1).unwrap());
-        predictor.registry().publish(&id, bytes.into(), &publish_limits()).await.unwrap();
-        let path = format!("/v2/models/{}/versions/1/infer", id.name);
-        let body = json!({ "inputs": inputs }).to_string().into_bytes();
-        let (status, served) = call(&predictor, "POST", &path, Some(body)).await;
-        assert_eq!(status, 422, "{model}: {served}");
-        let error = served["error"].as_str().unwrap();
-        assert!(error.starts_with("the model cannot run on these inputs: "), "{model}: {error}");
-    }
+    let (id, published) = publish_zoo_model(&predictor, "silero_vad").await;
+    published.unwrap();
+    let inputs = json!([
+        {"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [0.0, 0.0, 0.0, 0.0]},
+        {"name": "state", "datatype": "FP32", "shape": [2, 1, 128], "data": vec![0.0; 256]},
+    ]);
+    let path = format!("/v2/models/{}/versions/1/infer", id.name);
+    let body = json!({ "inputs": inputs }).to_string().into_bytes();
+    let (status, served) = call(&predictor, "POST", &path, Some(body)).await;
+    assert_eq!(status, 422, "{served}");
+    let error = served["error"].as_str().unwrap();
+    assert!(error.starts_with("the model cannot run on these inputs: "), "{error}");
+}
+
+/// Publishes the zoo's `name` as version 1 (underscores become dashes in the model name).
+async fn publish_zoo_model(
+    predictor: &Predictor,
+    name: &str,
+) -> (ModelId, Result<maas::manifest::Manifest, maas::Error>) {
+    let bytes = std::fs::read(zoo_dir().join(format!("{name}.onnx"))).unwrap();
+    let id = ModelId::new(name.replace('_', "-").parse().unwrap(), Version::new(1).unwrap());
+    let published = predictor.registry().publish(&id, bytes.into(), &publish_limits()).await;
+    (id, published)
 }

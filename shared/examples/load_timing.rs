@@ -37,10 +37,11 @@ fn main() {
         Some("prepare") => {
             let (model, out) = (Path::new(&args[1]), Path::new(&args[2]));
             let bytes = std::fs::read(model).expect("read the model");
-            let signature = Model::load_path(model, Loader::Plain, Planning::Symbolic)
-                .expect("the model loads")
-                .signature()
-                .clone();
+            let signature =
+                Model::load_path(model, Loader::Plain, Planning::Symbolic, &Default::default())
+                    .expect("the model loads")
+                    .signature()
+                    .clone();
             std::fs::create_dir_all(out).expect("create OUT_DIR");
             std::fs::write(
                 out.join("model.nnef.tar"),
@@ -57,7 +58,8 @@ fn main() {
         Some("onnx") => {
             let path = Path::new(&args[1]);
             first_and_median(runs(), &|| {
-                Model::load_path(path, Loader::Plain, Planning::Symbolic).expect("ONNX loads")
+                Model::load_path(path, Loader::Plain, Planning::Symbolic, &Default::default())
+                    .expect("ONNX loads")
             })
         }
         Some("nnef") => {
@@ -68,7 +70,8 @@ fn main() {
             .expect("a signature");
             let artefact = dir.join("model.nnef.tar");
             first_and_median(runs(), &|| {
-                Model::load_nnef(&artefact, signature.clone()).expect("NNEF loads")
+                Model::load_nnef(&artefact, signature.clone(), &Default::default())
+                    .expect("NNEF loads")
             })
         }
         _ => panic!("{usage}"),

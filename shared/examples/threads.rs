@@ -49,8 +49,9 @@ fn main() {
         }
         _ => panic!("{usage}"),
     };
-    let model = Model::load_path(path.as_ref(), Loader::Plain, Planning::Symbolic)
-        .expect("the model loads");
+    let model =
+        Model::load_path(path.as_ref(), Loader::Plain, Planning::Symbolic, &Default::default())
+            .expect("the model loads");
     let name = path.rsplit('/').next().unwrap_or(path);
     for batch in args[3..].iter().map(|b| b.parse::<usize>().expect(usage)) {
         use_threads(1);

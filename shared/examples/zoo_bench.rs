@@ -152,10 +152,10 @@ fn before(path: &Path, cases: &[(u64, Vec<Tensor>)], runs: usize) -> Result<Valu
 
 fn after(path: &Path, cases: &[(u64, Vec<Tensor>)], runs: usize) -> Result<Value, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let limits = engine::Limits { max_tensor_bytes: 1 << 30 };
+    let limits = engine::Limits { max_tensor_bytes: 1 << 30, ..Default::default() };
     // Validation is what upload does; its parse and optimise times are the load's.
     let validated = engine::validate(&bytes, &limits).map_err(|e| maas::error::chain(&e))?;
-    let model = Model::load_path(path, validated.loader, validated.plans)
+    let model = Model::load_path(path, validated.loader, validated.plans, &limits)
         .map_err(|e| maas::error::chain(&e))?;
     let run = |inputs: &[Tensor]| {
         model.run(inputs.to_vec()).map(drop).map_err(|e| maas::error::chain(&e))

@@ -24,6 +24,7 @@ use crate::store::{LocalStore, MemoryStore, S3Store, SharedStore};
 /// | `MAAS_RESOLVE_TTL_SECONDS` | how long `latest` and aliases stay resolved before the store is asked again | 30 |
 /// | `MAAS_MAX_MODEL_BYTES` | largest ONNX file `model-upload` accepts (413 beyond) | 536870912 (512 MiB) |
 /// | `MAAS_MAX_TENSOR_BYTES` | largest tensor an uploaded model may declare, dynamic dimensions at 1 (422 beyond) | 268435456 (256 MiB) |
+/// | `MAAS_ENGINE_MEMORY_BYTES` | memory budget of one inference or trial run: bytes of tensors alive at once, and the largest single allocation the engine makes for a request (422 beyond) | a quarter of `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, else 1 GiB |
 /// | `MAAS_PRESIGN_EXPIRY_SECONDS` | how long a presigned upload URL stays valid | 900 |
 /// | `MAAS_ENGINE_THREADS` | threads for tract's matrix products (1: none besides the caller) | the CPUs available to the process |
 /// | `MAAS_SHAPE_PLANS` | optimised plans kept per model that is planned per input shape (LRU) | 8 |
@@ -111,6 +112,19 @@ impl Config {
         let lambda_memory_mib =
             lookup("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").and_then(|v| v.parse::<u64>().ok());
         let default_memory = lambda_memory_mib.map_or(GIB, |mib| mib * (1 << 20) / 2);
+        let defaults = engine::Limits::default();
+        let engine = engine::Limits {
+            max_tensor_bytes: parse_or(
+                &lookup,
+                "MAAS_MAX_TENSOR_BYTES",
+                defaults.max_tensor_bytes,
+            )?,
+            memory_bytes: parse_or(
+                &lookup,
+                "MAAS_ENGINE_MEMORY_BYTES",
+                lambda_memory_mib.map_or(defaults.memory_bytes, |mib| mib * (1 << 20) / 4),
+            )?,
+        };
         Ok(Config {
             store,
             s3_force_path_style: parse_or(&lookup, "MAAS_S3_FORCE_PATH_STYLE", false)?,
@@ -124,14 +138,13 @@ impl Config {
                     "MAAS_RESOLVE_TTL_SECONDS",
                     30,
                 )?),
+                engine,
             },
             preload: parse_preload(lookup("MAAS_PRELOAD").as_deref().unwrap_or(""))?,
             max_request_bytes: parse_or(&lookup, "MAAS_MAX_REQUEST_BYTES", 6 << 20)?,
             publish: PublishLimits {
                 max_model_bytes: parse_or(&lookup, "MAAS_MAX_MODEL_BYTES", 512 << 20)?,
-                engine: engine::Limits {
-                    max_tensor_bytes: parse_or(&lookup, "MAAS_MAX_TENSOR_BYTES", 256 << 20)?,
-                },
+                engine,
             },
             presign_expiry: Duration::from_secs(parse_or(
                 &lookup,

@@ -45,6 +45,11 @@ pub enum Error {
     #[error("the model cannot run on these inputs: {problem}")]
     InferenceRejected { problem: String },
 
+    /// Loading or running the model would take more memory than the engine's budget: a
+    /// tensor whose size comes from the inputs' values or the model's constants.
+    #[error("{what} would need {bytes} bytes, over the engine's memory budget of {limit} bytes")]
+    OverBudget { what: String, bytes: u64, limit: u64 },
+
     /// The configured store cannot do what was asked (presigned uploads on a local store).
     #[error("{message}")]
     Unsupported { message: String },
@@ -122,7 +127,9 @@ impl Error {
             | Error::UploadNotFound { .. } => 404,
             Error::Conflict { .. } => 409,
             Error::PayloadTooLarge { .. } => 413,
-            Error::InvalidModel { .. } | Error::InferenceRejected { .. } => 422,
+            Error::InvalidModel { .. }
+            | Error::InferenceRejected { .. }
+            | Error::OverBudget { .. } => 422,
             Error::Unsupported { .. } => 501,
             Error::StoreUnavailable { .. } => 503,
             Error::Store { .. }
@@ -160,6 +167,7 @@ impl Error {
             Error::Conflict { .. } => "Conflict",
             Error::InvalidModel { .. } => "InvalidModel",
             Error::InferenceRejected { .. } => "InferenceRejected",
+            Error::OverBudget { .. } => "OverBudget",
             Error::Unsupported { .. } => "Unsupported",
             Error::PayloadTooLarge { .. } => "PayloadTooLarge",
             Error::StoreUnavailable { .. } => "StoreUnavailable",

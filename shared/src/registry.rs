@@ -38,6 +38,8 @@ pub struct CacheSettings {
     pub disk_bytes: u64,
     /// How long `latest` and aliases stay resolved before the store is asked again.
     pub resolve_ttl: Duration,
+    /// The limits models are loaded and run within.
+    pub engine: engine::Limits,
 }
 
 /// Limits on what may be published.
@@ -77,6 +79,7 @@ type ResolveKey = (ModelName, Option<AliasName>);
 pub struct Registry {
     store: SharedStore,
     disk: DiskCache,
+    engine_limits: engine::Limits,
     loaded: Cache<ModelId, Arc<LoadedModel>>,
     resolved: Cache<ResolveKey, Version>,
 }
@@ -106,6 +109,7 @@ impl Registry {
         Self {
             store,
             disk: DiskCache::new(&settings.disk_dir, settings.disk_bytes),
+            engine_limits: settings.engine,
             loaded,
             resolved,
         }
@@ -196,11 +200,12 @@ impl Registry {
         let path = self.disk.file(self.store.as_ref(), id, &file).await?;
         let fetch_ms = elapsed_ms(started);
         let fetched = Instant::now();
-        let (loader, plans) = (manifest.loader, manifest.plans);
-        let model =
-            tokio::task::spawn_blocking(move || engine::Model::load_path(&path, loader, plans))
-                .await
-                .map_err(|e| Error::internal("loading a model", e))??;
+        let (loader, plans, limits) = (manifest.loader, manifest.plans, self.engine_limits);
+        let model = tokio::task::spawn_blocking(move || {
+            engine::Model::load_path(&path, loader, plans, &limits)
+        })
+        .await
+        .map_err(|e| Error::internal("loading a model", e))??;
         tracing::info!(
             model = %id,
             bytes = manifest.size,

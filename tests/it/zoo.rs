@@ -121,7 +121,8 @@ fn per_shape_plans_bucket_batches_and_stay_bounded() {
         .expect("a magika case at batch 8");
     maas::engine::set_plan_limit(2);
     let path = zoo_dir().join("magika.onnx");
-    let model = Model::load_path(&path, Loader::Plain, Planning::PerShape).unwrap();
+    let model =
+        Model::load_path(&path, Loader::Plain, Planning::PerShape, &Default::default()).unwrap();
     let bytes: Vec<i32> = case.inputs[0]["data"]
         .as_array()
         .unwrap()

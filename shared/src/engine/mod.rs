@@ -18,31 +18,51 @@ use tract_onnx::prelude::{
     Datum, DatumType, Framework, InferenceFact, InferenceModel, InferenceModelExt, TDim, TValue,
     Tensor as TractTensor, TypedFact, TypedModel, TypedOp, WithOnnx,
 };
-use tract_onnx::tract_core::plan::SimplePlan;
 
 use crate::elapsed_ms;
 use crate::error::Error;
 use crate::manifest::{Loader, Planning, Signature, TensorSpec, ValidationReport};
 use crate::tensor::{DataType, Tensor, TensorData};
 
+mod budget;
 mod ml;
 mod plans;
 
+use budget::{contained, BudgetedPlan};
+
 pub use plans::set_plan_limit;
 
-type Plan = SimplePlan<TypedFact, Box<dyn TypedOp>>;
+type Plan = tract_onnx::tract_core::plan::SimplePlan<TypedFact, Box<dyn TypedOp>>;
 
 /// A loaded, optimised model, ready to run batches.
 #[derive(Clone)]
 pub struct Model {
     plans: Plans,
     signature: Signature,
+    memory: Memory,
 }
 
 #[derive(Clone)]
 enum Plans {
-    Symbolic(Arc<Plan>),
+    Symbolic(Arc<BudgetedPlan>),
     PerShape(Arc<plans::ShapePlans>),
+}
+
+/// The memory one run of a model may use.
+#[derive(Debug, Clone, Copy)]
+struct Memory {
+    /// Bytes of tensors alive at once during a run, inputs included.
+    budget: u64,
+    /// The largest single allocation while the engine works on the model: the budget, or
+    /// twice the model file for work that handles its weights (loading, building a plan).
+    cap: u64,
+}
+
+impl Memory {
+    fn new(limits: &Limits, file_bytes: u64) -> Self {
+        let budget = limits.memory_bytes;
+        Self { budget, cap: budget.max(file_bytes.saturating_mul(2)) }
+    }
 }
 
 impl std::fmt::Debug for Model {
@@ -82,25 +102,37 @@ fn nnef() -> &'static tract_nnef::framework::Nnef {
 }
 
 impl Model {
-    /// Loads an ONNX file with the loader and planning its validation recorded.
-    pub fn load_path(path: &Path, loader: Loader, planning: Planning) -> Result<Self, Error> {
-        let proto = tract_onnx::onnx()
-            .proto_model_for_path(path)
-            .map_err(|e| engine_error("cannot parse the ONNX file", e))?;
-        match planning {
-            Planning::Symbolic => {
-                let (typed, signature) = translate(&proto, loader, None)?;
-                Self::optimise(typed, signature)
+    /// Loads an ONNX file with the loader and planning its validation recorded, within
+    /// `limits`: a model placed in the store without validation gets the same size checks
+    /// as an upload, and a failure is an error for this model only.
+    pub fn load_path(
+        path: &Path,
+        loader: Loader,
+        planning: Planning,
+        limits: &Limits,
+    ) -> Result<Self, Error> {
+        let file_bytes = std::fs::metadata(path).map_or(0, |m| m.len());
+        let memory = Memory::new(limits, file_bytes);
+        contained(memory.cap, "loading the model", || {
+            let proto = tract_onnx::onnx()
+                .proto_model_for_path(path)
+                .map_err(|e| engine_error("cannot parse the ONNX file", e))?;
+            check_declared(&proto, limits)?;
+            match planning {
+                Planning::Symbolic => {
+                    let (typed, signature) = translate(&proto, loader, None)?;
+                    Self::optimise(typed, signature, memory)
+                }
+                Planning::PerShape => Self::per_shape(proto, loader, memory),
             }
-            Planning::PerShape => Self::per_shape(proto, loader),
-        }
+        })
     }
 
     /// A model whose plans are built per input shape, on first use.
-    fn per_shape(proto: pb::ModelProto, loader: Loader) -> Result<Self, Error> {
+    fn per_shape(proto: pb::ModelProto, loader: Loader, memory: Memory) -> Result<Self, Error> {
         let signature = signature_of(&proto)?;
         let plans = plans::ShapePlans::new(proto, loader, &signature);
-        Ok(Self { plans: Plans::PerShape(Arc::new(plans)), signature })
+        Ok(Self { plans: Plans::PerShape(Arc::new(plans)), signature, memory })
     }
 
     /// How the model is planned.
@@ -121,19 +153,23 @@ impl Model {
 
     /// Loads the NNEF artefact written at upload: the ONNX translation is already done, so
     /// only optimisation is left. `signature` is the manifest's.
-    pub fn load_nnef(path: &Path, signature: Signature) -> Result<Self, Error> {
-        let typed = nnef()
-            .model_for_path(path)
-            .map_err(|e| engine_error("cannot read the NNEF artefact", e))?;
-        Self::optimise(typed, signature)
+    pub fn load_nnef(path: &Path, signature: Signature, limits: &Limits) -> Result<Self, Error> {
+        let memory = Memory::new(limits, std::fs::metadata(path).map_or(0, |m| m.len()));
+        contained(memory.cap, "loading the model", || {
+            let typed = nnef()
+                .model_for_path(path)
+                .map_err(|e| engine_error("cannot read the NNEF artefact", e))?;
+            Self::optimise(typed, signature, memory)
+        })
     }
 
-    fn optimise(typed: TypedModel, signature: Signature) -> Result<Self, Error> {
+    /// Checks the model's tensor sizes against the budget, then optimises and plans it.
+    fn optimise(typed: TypedModel, signature: Signature, memory: Memory) -> Result<Self, Error> {
+        budget::check_facts(&typed, memory.budget)?;
         let optimized =
             typed.into_optimized().map_err(|e| engine_error("cannot optimise the model", e))?;
-        let plan =
-            SimplePlan::new(optimized).map_err(|e| engine_error("cannot plan the model", e))?;
-        Ok(Self { plans: Plans::Symbolic(plan), signature })
+        let plan = BudgetedPlan::new(optimized)?;
+        Ok(Self { plans: Plans::Symbolic(Arc::new(plan)), signature, memory })
     }
 
     /// The inputs and outputs as the ONNX file declares them.
@@ -143,14 +179,19 @@ impl Model {
 
     /// Runs one batch. `inputs` must be in the signature's order and already checked against
     /// it (the protocol codec does that); outputs come back in the signature's order.
+    ///
+    /// The run stays within the model's memory budget ([`Error::OverBudget`] when it cannot)
+    /// and a failure inside the engine is an error, never a crash.
     pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
         let inputs = inputs.into_iter().map(to_tract).collect::<Result<Vec<_>, _>>()?;
         let outputs = match &self.plans {
-            Plans::Symbolic(plan) => {
+            Plans::Symbolic(plan) => contained(self.memory.budget, "running the model", || {
                 let values = inputs.into_iter().map(TValue::from).collect();
-                plan.run(values).map_err(rejected)?.into_vec()
-            }
-            Plans::PerShape(plans) => plans.run(inputs, &self.signature)?,
+                Ok(plan.run(values, self.memory.budget)?.into_vec())
+            })?,
+            Plans::PerShape(plans) => contained(self.memory.cap, "running the model", || {
+                plans.run(inputs, &self.signature, self.memory.budget)
+            })?,
         };
         self.signature
             .outputs
@@ -354,11 +395,21 @@ pub fn use_threads(threads: usize) {
     set_default_executor(executor);
 }
 
-/// Limits an upload is validated against.
+/// Limits a model is validated, loaded and run within.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// The largest tensor a declared shape may describe, with dynamic dimensions at 1.
     pub max_tensor_bytes: u64,
+    /// The memory budget of one run: bytes of tensors alive at once (inputs included), and
+    /// the largest single allocation the engine may make for a request.
+    pub memory_bytes: u64,
+}
+
+impl Default for Limits {
+    /// The defaults off Lambda: 256 MiB per declared tensor, 1 GiB per run.
+    fn default() -> Self {
+        Self { max_tensor_bytes: 256 << 20, memory_bytes: 1 << 30 }
+    }
 }
 
 /// What validating an upload found.
@@ -382,6 +433,12 @@ pub struct Validated {
 /// plan, a per-shape plan is tried (`TRIAL_DIMS`). Any failure is [`Error::InvalidModel`]
 /// saying what failed.
 pub fn validate(bytes: &[u8], limits: &Limits) -> Result<Validated, Error> {
+    let memory = Memory::new(limits, bytes.len() as u64);
+    contained(memory.cap, "validating the model", || validate_within(bytes, limits, memory))
+        .map_err(as_invalid)
+}
+
+fn validate_within(bytes: &[u8], limits: &Limits, memory: Memory) -> Result<Validated, Error> {
     let started = Instant::now();
     let proto = tract_onnx::onnx()
         .proto_model_for_read(&mut &bytes[..])
@@ -398,15 +455,12 @@ pub fn validate(bytes: &[u8], limits: &Limits) -> Result<Validated, Error> {
             tensor.name
         )));
     }
-    let declared = graph.input.iter().chain(&graph.output).chain(&graph.value_info);
-    for value in declared {
-        check_declared_size(value, limits)?;
-    }
+    check_declared(&proto, limits)?;
     let (model, loader, report) = match translate_any(&proto) {
         Ok((typed, signature, loader)) => {
             let parse_ms = elapsed_ms(started);
             let optimising = Instant::now();
-            let model = Model::optimise(typed, signature).map_err(as_invalid)?;
+            let model = Model::optimise(typed, signature, memory).map_err(as_invalid)?;
             let optimise_ms = elapsed_ms(optimising);
             let trial = Instant::now();
             model.run(trial_inputs(model.signature(), 1, None)?).map_err(trial_failed)?;
@@ -414,7 +468,7 @@ pub fn validate(bytes: &[u8], limits: &Limits) -> Result<Validated, Error> {
         }
         Err(symbolic) => {
             let parse_ms = elapsed_ms(started);
-            let Some((model, loader, inputs, optimise_ms)) = per_shape_trial(&proto) else {
+            let Some((model, loader, inputs, optimise_ms)) = per_shape_trial(&proto, memory) else {
                 return Err(as_invalid(symbolic));
             };
             let trial = Instant::now();
@@ -445,13 +499,16 @@ const TRIAL_DIMS: [usize; 3] = [1, 64, 512];
 /// For a model no loader can plan symbolically: the first loader and trial size with which
 /// a per-shape plan builds and runs, the trial inputs, and how long building and running
 /// that plan took (ms).
-fn per_shape_trial(proto: &pb::ModelProto) -> Option<(Model, Loader, Vec<Tensor>, f64)> {
+fn per_shape_trial(
+    proto: &pb::ModelProto,
+    memory: Memory,
+) -> Option<(Model, Loader, Vec<Tensor>, f64)> {
     let signature = signature_of(proto).ok()?;
     let batch_axes = plans::batch_axes(proto, &signature);
     for loader in Loader::ALL {
         for dims in TRIAL_DIMS {
             let started = Instant::now();
-            let attempt = Model::per_shape(proto.clone(), loader).and_then(|model| {
+            let attempt = Model::per_shape(proto.clone(), loader, memory).and_then(|model| {
                 let inputs = trial_inputs(model.signature(), dims, batch_axes.as_deref())?;
                 model.run(inputs.clone())?;
                 Ok((model, inputs))
@@ -487,8 +544,17 @@ fn as_invalid(err: Error) -> Error {
             invalid(crate::error::chain(&err).trim_start_matches("engine failure: ").to_owned())
         }
         Error::InferenceRejected { problem } => invalid(problem),
+        over @ Error::OverBudget { .. } => invalid(over.to_string()),
         other => other,
     }
+}
+
+/// Refuses a graph whose declared inputs, outputs or intermediate values describe a tensor
+/// over the limit.
+fn check_declared(proto: &pb::ModelProto, limits: &Limits) -> Result<(), Error> {
+    let Some(graph) = proto.graph.as_ref() else { return Ok(()) };
+    let declared = graph.input.iter().chain(&graph.output).chain(&graph.value_info);
+    declared.map(|value| check_declared_size(value, limits)).collect()
 }
 
 fn check_declared_size(value: &pb::ValueInfoProto, limits: &Limits) -> Result<(), Error> {

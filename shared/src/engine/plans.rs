@@ -15,7 +15,8 @@ use std::sync::Arc;
 use tract_onnx::pb;
 use tract_onnx::prelude::{TValue, Tensor as TractTensor};
 
-use super::{engine_error, engine_problem, translate, Plan};
+use super::budget::{check_facts, BudgetedPlan};
+use super::{engine_error, engine_problem, translate};
 use crate::error::Error;
 use crate::manifest::{Loader, Signature};
 
@@ -30,7 +31,7 @@ pub fn set_plan_limit(plans: u64) {
 pub(super) struct ShapePlans {
     proto: pb::ModelProto,
     loader: Loader,
-    plans: moka::sync::Cache<Vec<Vec<usize>>, Arc<Plan>>,
+    plans: moka::sync::Cache<Vec<Vec<usize>>, Arc<BudgetedPlan>>,
     /// For each input, the axes that carry the batch; `None` when batches are not bucketed.
     batch_axes: Option<Vec<Vec<usize>>>,
 }
@@ -51,20 +52,22 @@ impl ShapePlans {
         self.plans.entry_count()
     }
 
+    /// Runs one batch within `budget` bytes of live tensors (see [`BudgetedPlan::run`]).
     pub(super) fn run(
         &self,
         inputs: Vec<TractTensor>,
         signature: &Signature,
+        budget: u64,
     ) -> Result<Vec<TValue>, Error> {
         if let Some((batch, padded)) = self.bucket(&inputs).filter(|(b, p)| b != p) {
             let padded_inputs = self.pad(&inputs, batch, padded)?;
-            let outputs = self.run_exact(padded_inputs)?;
+            let outputs = self.run_exact(padded_inputs, budget)?;
             if let Some(outputs) = unpad(outputs, batch, padded, signature)? {
                 return Ok(outputs);
             }
             tracing::debug!(batch, padded, "an output has no batch axis to cut: running unpadded");
         }
-        self.run_exact(inputs)
+        self.run_exact(inputs, budget)
     }
 
     /// The batch size and its bucket, when every batch axis agrees on the size.
@@ -100,10 +103,15 @@ impl ShapePlans {
             .collect()
     }
 
-    fn run_exact(&self, inputs: Vec<TractTensor>) -> Result<Vec<TValue>, Error> {
+    fn run_exact(&self, inputs: Vec<TractTensor>, budget: u64) -> Result<Vec<TValue>, Error> {
         let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
-        let plan =
-            self.plans.try_get_with(shapes.clone(), || self.build(&shapes)).map_err(|e| {
+        let plan = self
+            .plans
+            .try_get_with(shapes.clone(), || self.build(&shapes, budget))
+            .map_err(|e| {
+                if let over @ Error::OverBudget { .. } = &*e {
+                    return over.clone();
+                }
                 // The inputs passed the signature's checks: a shape the model cannot be planned
                 // for is the request's problem.
                 Error::InferenceRejected {
@@ -114,16 +122,16 @@ impl ShapePlans {
                 }
             })?;
         let values = inputs.into_iter().map(TValue::from).collect();
-        let outputs = plan.run(values).map_err(super::rejected)?;
-        Ok(outputs.into_vec())
+        Ok(plan.run(values, budget)?.into_vec())
     }
 
-    fn build(&self, shapes: &[Vec<usize>]) -> Result<Arc<Plan>, Error> {
+    fn build(&self, shapes: &[Vec<usize>], budget: u64) -> Result<Arc<BudgetedPlan>, Error> {
         let started = std::time::Instant::now();
         let (typed, _) = translate(&self.proto, self.loader, Some(shapes))?;
+        check_facts(&typed, budget)?;
         let optimized =
             typed.into_optimized().map_err(|e| engine_error("cannot optimise the model", e))?;
-        let plan = Plan::new(optimized).map_err(|e| engine_error("cannot plan the model", e))?;
+        let plan = Arc::new(BudgetedPlan::new(optimized)?);
         tracing::info!(?shapes, elapsed_ms = crate::elapsed_ms(started), "plan built for a shape");
         Ok(plan)
     }

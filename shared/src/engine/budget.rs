@@ -1,0 +1,290 @@
+//! The engine's memory budget and its containment: nothing a caller or an uploader sends makes
+//! the engine allocate past a configured number of bytes, and nothing that fails inside tract
+//! takes the process down.
+//!
+//! Three layers, from the most precise to the last resort:
+//! 1. **Before each node runs** ([`BudgetedPlan::run`]), the sizes of its outputs are worked
+//!    out from the plan's facts and the symbols resolved so far, or, for shapes that depend on
+//!    input values (`Range`, `ConstantOfShape`, `Expand`, `Tile`, `Resize`, shapes computed
+//!    from `NonZero`), from the operator's own shape rule applied to the actual inputs. If the
+//!    tensors alive at that point plus the new outputs would pass the budget, the run stops with
+//!    [`Error::OverBudget`] naming the node and its output, before anything is allocated.
+//! 2. **An allocation cap** ([`CappedAllocator`], the process's global allocator): while the
+//!    engine works on a thread ([`contained`]), a single allocation larger than the cap is
+//!    refused. tract allocates tensors through one function that panics on a refused
+//!    allocation, so a size no check foresaw (constant folding at load time, scratch space)
+//!    becomes a panic instead of an out-of-memory kill.
+//! 3. **Containment** ([`contained`]): engine work runs under `catch_unwind`, and release
+//!    builds unwind (`panic = "unwind"` in the workspace manifest), so a panic inside tract is
+//!    an error for one request or upload, and the warm environment with its cached models
+//!    survives.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use tract_onnx::prelude::{
+    IntoArcTensor, SymbolValues, TValue, TVec, TractError, TractResult, TypedFact, TypedModel,
+};
+use tract_onnx::tract_core::plan::{eval, EvalContext, SimplePlan};
+
+use super::{engine_error, rejected, Plan};
+use crate::error::Error;
+
+thread_local! {
+    /// The largest single allocation allowed on this thread now.
+    static CAP: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// The size of the last allocation refused on this thread (0: none).
+    static REFUSED: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The system allocator, refusing single allocations over the calling thread's cap (no cap
+/// outside [`contained`]).
+pub struct CappedAllocator;
+
+fn refuses(size: usize) -> bool {
+    CAP.try_with(|cap| size > cap.get())
+        .unwrap_or(false)
+        .then(|| REFUSED.try_with(|refused| refused.set(size)))
+        .is_some()
+}
+
+// SAFETY: every call is forwarded to `System` unchanged, or answered with null, which is how
+// an allocator reports failure.
+unsafe impl GlobalAlloc for CappedAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if refuses(layout.size()) {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if refuses(layout.size()) {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if refuses(new_size) {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CappedAllocator = CappedAllocator;
+
+/// Runs engine work with single allocations capped at `cap` bytes on this thread and panics
+/// contained. A refused allocation is [`Error::OverBudget`]; any other panic is
+/// [`Error::InferenceRejected`] with its message, logged with `stage`.
+pub(super) fn contained<T>(
+    cap: u64,
+    stage: &str,
+    work: impl FnOnce() -> Result<T, Error>,
+) -> Result<T, Error> {
+    let previous = CAP.replace(usize::try_from(cap).unwrap_or(usize::MAX));
+    REFUSED.set(0);
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(work));
+    CAP.set(previous);
+    let refused = REFUSED.replace(0);
+    outcome.unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_owned());
+        tracing::warn!(stage, refused, panic = %message, "engine panic contained");
+        Err(if refused > 0 {
+            Error::OverBudget {
+                what: format!("an allocation while {stage}"),
+                bytes: refused as u64,
+                limit: cap,
+            }
+        } else {
+            Error::InferenceRejected {
+                problem: format!("the engine failed while {stage}: {message}"),
+            }
+        })
+    })
+}
+
+/// A tensor over the budget, found before its node ran.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} would need {bytes} bytes")]
+struct NodeOverBudget {
+    what: String,
+    bytes: u64,
+}
+
+/// An optimised plan that runs within a memory budget.
+#[derive(Debug)]
+pub(super) struct BudgetedPlan {
+    plan: Arc<Plan>,
+    /// By node id: the nodes whose outputs are no longer needed once this one ran.
+    frees: Vec<Vec<usize>>,
+}
+
+impl BudgetedPlan {
+    pub(super) fn new(model: TypedModel) -> Result<Self, Error> {
+        let plan = SimplePlan::new(model).map_err(|e| engine_error("cannot plan the model", e))?;
+        let frees = frees(&plan);
+        Ok(Self { plan, frees })
+    }
+
+    /// Runs the plan, stopping before any node whose outputs would take the tensors alive at
+    /// that point past `budget` bytes.
+    pub(super) fn run(&self, inputs: TVec<TValue>, budget: u64) -> Result<TVec<TValue>, Error> {
+        let mut held = vec![0u64; self.plan.model().nodes.len()];
+        let mut live = 0u64;
+        let mut state = self.plan.spawn().map_err(|e| engine_error("cannot start a run", e))?;
+        let outputs = state.run_plan_with_eval(inputs, |ctx, op_state, node, inputs| {
+            let mut reserved = live;
+            for (slot, bytes) in planned_bytes(ctx, node, &inputs).into_iter().enumerate() {
+                reserved = reserved.saturating_add(bytes.unwrap_or(0));
+                if reserved > budget {
+                    let fact = &node.outputs[slot].fact;
+                    let what = format!(
+                        "output {slot} of node `{}` ({:?}, shape {:?}), with {live} bytes of \
+                         other tensors alive,",
+                        node.name, fact.datum_type, fact.shape
+                    );
+                    return Err(TractError::new(NodeOverBudget { what, bytes: reserved }));
+                }
+            }
+            let outputs = eval(ctx, op_state, node, inputs)?;
+            held[node.id] = outputs.iter().map(|t| tensor_bytes(t.shape(), t.datum_type())).sum();
+            live = live.saturating_add(held[node.id]);
+            for &done in &self.frees[node.id] {
+                live = live.saturating_sub(std::mem::take(&mut held[done]));
+            }
+            Ok::<_, TractError>(outputs)
+        });
+        outputs.map_err(|err| match err.chain().find_map(|e| e.downcast_ref::<NodeOverBudget>()) {
+            Some(over) => {
+                Error::OverBudget { what: over.what.clone(), bytes: over.bytes, limit: budget }
+            }
+            None => rejected(err),
+        })
+    }
+}
+
+/// For each node, the producers whose outputs it is the last in the plan's order to read.
+/// Model outputs are never freed.
+fn frees(plan: &Plan) -> Vec<Vec<usize>> {
+    let model = plan.model();
+    let mut last_reader: Vec<Option<usize>> = vec![None; model.nodes.len()];
+    for &node in plan.order_without_consts() {
+        for input in &model.nodes[node].inputs {
+            last_reader[input.node] = Some(node);
+        }
+    }
+    for output in &model.outputs {
+        last_reader[output.node] = None;
+    }
+    let mut frees = vec![Vec::new(); model.nodes.len()];
+    for (producer, reader) in last_reader.into_iter().enumerate() {
+        if let Some(reader) = reader {
+            frees[reader].push(producer);
+        }
+    }
+    frees
+}
+
+/// The size of each output of `node` when it can be known before it runs: from the plan's
+/// facts under the symbols resolved so far, or else from the operator's shape rule applied
+/// to the actual inputs (small inputs as constants, so that shapes read from values resolve).
+fn planned_bytes(
+    ctx: &EvalContext,
+    node: &tract_onnx::prelude::TypedNode,
+    inputs: &[TValue],
+) -> Vec<Option<u64>> {
+    let from_plan: Vec<Option<u64>> = node
+        .outputs
+        .iter()
+        .map(|o| {
+            let shape = o.fact.shape.eval_to_usize(ctx.symbols).ok()?;
+            Some(tensor_bytes(&shape, o.fact.datum_type))
+        })
+        .collect();
+    if from_plan.iter().all(Option::is_some) {
+        return from_plan;
+    }
+    let from_inputs = output_facts_of(node, inputs).unwrap_or_default();
+    from_plan
+        .into_iter()
+        .enumerate()
+        .map(|(slot, known)| {
+            known.or_else(|| {
+                let fact = from_inputs.get(slot)?;
+                Some(tensor_bytes(fact.shape.as_concrete()?, fact.datum_type))
+            })
+        })
+        .collect()
+}
+
+/// Inputs with at most this many elements are given to shape rules as constants.
+const CONSTANT_INPUT_ELEMENTS: usize = 64;
+
+fn output_facts_of(
+    node: &tract_onnx::prelude::TypedNode,
+    inputs: &[TValue],
+) -> TractResult<TVec<TypedFact>> {
+    let facts = inputs
+        .iter()
+        .map(|value| {
+            if value.len() <= CONSTANT_INPUT_ELEMENTS {
+                TypedFact::try_from(value.clone().into_arc_tensor())
+            } else {
+                Ok(TypedFact::shape_and_dt_of(value))
+            }
+        })
+        .collect::<TractResult<TVec<TypedFact>>>()?;
+    let refs: TVec<&TypedFact> = facts.iter().collect();
+    node.op.output_facts(&refs)
+}
+
+/// Bytes of a tensor of `shape` and `datum_type`; `u64::MAX` when that overflows.
+pub(super) fn tensor_bytes(shape: &[usize], datum_type: tract_onnx::prelude::DatumType) -> u64 {
+    shape
+        .iter()
+        .try_fold(datum_type.size_of() as u64, |acc, &d| acc.checked_mul(d as u64))
+        .unwrap_or(u64::MAX)
+}
+
+/// Refuses a model in which some tensor is over `limit` bytes even at the smallest run: every
+/// dynamic dimension at 1. Checked at load and at upload, before optimisation folds constants.
+pub(super) fn check_facts(model: &TypedModel, limit: u64) -> Result<(), Error> {
+    for node in &model.nodes {
+        for (slot, output) in node.outputs.iter().enumerate() {
+            let mut smallest = SymbolValues::default();
+            for symbol in output.fact.shape.iter().flat_map(|d| d.symbols()) {
+                smallest.set(&symbol, 1);
+            }
+            let Ok(shape) = output.fact.shape.eval_to_usize(&smallest) else { continue };
+            let bytes = tensor_bytes(&shape, output.fact.datum_type);
+            if bytes > limit {
+                return Err(Error::OverBudget {
+                    what: format!(
+                        "output {slot} of node `{}` ({:?}, shape {:?})",
+                        node.name, output.fact.datum_type, output.fact.shape
+                    ),
+                    bytes,
+                    limit,
+                });
+            }
+        }
+    }
+    Ok(())
+}

@@ -32,6 +32,9 @@ step "Model zoo and onnxruntime outputs ($zoo)"
 step "Template lint"
 "$venv/bin/cfn-lint" template.yaml
 
+step "Least privilege: each function's IAM policy (scripts/check_policies.py)"
+"$venv/bin/python" scripts/check_policies.py template.yaml
+
 step "S3 server (moto)"
 port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 log="$root/target/moto.log"

@@ -32,6 +32,25 @@ step "Model zoo and onnxruntime outputs ($zoo)"
 step "Template lint"
 "$venv/bin/cfn-lint" template.yaml
 
+step "Least privilege: each function's IAM policy (scripts/check_policies.py)"
+"$venv/bin/python" scripts/check_policies.py template.yaml
+
+step "Dependencies: licenses, sources, bans, advisories (cargo deny, scripts/deny.toml)"
+if ! cargo deny --version >/dev/null 2>&1; then
+  echo "cargo-deny is missing; installing it (about 7 minutes on 2 cores)"
+  cargo install --locked cargo-deny
+fi
+checks=(licenses bans sources)
+# The RustSec database comes from GitHub (`cargo deny fetch`), which not every machine reaches:
+# advisories are checked against a copy when there is one, and never fetched here.
+advisory_dbs="${CARGO_HOME:-$HOME/.cargo}/advisory-dbs"
+if compgen -G "$advisory_dbs/advisory-db-*" > /dev/null; then
+  checks+=(advisories)
+else
+  echo "advisories NOT checked: no RustSec advisory database in $advisory_dbs"
+fi
+cargo deny --offline --locked --config scripts/deny.toml check --hide-inclusion-graph "${checks[@]}"
+
 step "S3 server (moto)"
 port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 log="$root/target/moto.log"

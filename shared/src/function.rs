@@ -1,5 +1,5 @@
-//! Start-up shared by the HTTP function binaries: logging, configuration, the registry, and
-//! running a handler under the Lambda runtime or as a local server.
+//! Start-up shared by the function binaries: logging (with no secrets in it), configuration,
+//! the registry, and running an HTTP handler under the Lambda runtime or as a local server.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use lambda_http::{Body, Request, Response};
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
 
 use crate::config::{Config, ConfigError};
 use crate::registry::Registry;
@@ -40,16 +43,29 @@ pub fn command_line(
     Some(ServeArgs::from_arg_matches(args).unwrap_or_else(|e| e.exit()))
 }
 
+/// Dependencies whose most detailed logs hold secrets, and the most detailed level they may
+/// log at whatever `RUST_LOG` says: at `trace` the AWS SDK logs every request whole (the
+/// signed `authorization` header, the session token, an upload's body), aws-sigv4 each
+/// request it signs, and the Lambda runtime every raw event (a caller's request body).
+const SECRET_KEEPERS: [(&str, Level); 5] = [
+    ("aws_smithy", Level::DEBUG),
+    ("aws_sigv4", Level::DEBUG),
+    ("aws_sdk", Level::DEBUG),
+    ("aws_config", Level::DEBUG),
+    ("lambda_runtime", Level::DEBUG),
+];
+
 /// JSON logs in Lambda (CloudWatch adds the time); compact human logs locally. `RUST_LOG`
-/// filters, `info` by default.
+/// filters, `info` by default; [`SECRET_KEEPERS`] never log above their cap.
 pub fn init_tracing(in_lambda: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let caps = Targets::new().with_default(Level::TRACE).with_targets(SECRET_KEEPERS);
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
     if in_lambda {
-        builder.json().without_time().with_ansi(false).init();
+        builder.json().without_time().with_ansi(false).finish().with(caps).init();
     } else {
-        builder.compact().init();
+        builder.compact().finish().with(caps).init();
     }
 }
 

@@ -4,9 +4,9 @@
 //! with a [`manifest`]; the [`registry`] pulls it on first use into a disk cache
 //! ([`disk_cache`]) and a bounded memory cache, loads it with the [`engine`], and the
 //! [`predictor`] serves it over the Open Inference Protocol ([`protocol`]); the
-//! [`publisher`] validates and publishes uploads. [`http`] holds the
-//! glue the HTTP functions share, [`function`] their start-up; [`config`] reads the
-//! environment.
+//! [`publisher`] validates uploads and publishes them through the registry's write path
+//! ([`registry::publish`]). [`http`] holds the glue the HTTP functions share, [`function`]
+//! their start-up; [`config`] reads the environment.
 
 pub mod config;
 pub mod disk_cache;

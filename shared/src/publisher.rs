@@ -9,12 +9,12 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::manifest::Manifest;
 use crate::names::{staging_key, AliasName, ModelId, ModelName, UploadId, Version};
-use crate::registry::{ModelDetail, PublishLimits, Registry};
+use crate::registry::{ModelDetail, PublishLimits, Registry, Writer};
 use crate::store::StoreError;
 
 #[derive(Debug, Clone)]
 pub struct Publisher {
-    registry: Arc<Registry>,
+    writer: Writer,
     limits: PublishLimits,
     presign_expiry: Duration,
 }
@@ -66,11 +66,11 @@ fn parse_id(name: &str, version: &str) -> Result<ModelId, Error> {
 
 impl Publisher {
     pub fn new(registry: Arc<Registry>, limits: PublishLimits, presign_expiry: Duration) -> Self {
-        Self { registry, limits, presign_expiry }
+        Self { writer: Writer::new(registry), limits, presign_expiry }
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
+        self.writer.registry()
     }
 
     fn model_bytes(body: &[u8]) -> Result<bytes::Bytes, Error> {
@@ -88,13 +88,13 @@ impl Publisher {
         body: &[u8],
     ) -> Result<Manifest, Error> {
         let id = parse_id(name, version)?;
-        self.registry.publish(&id, Self::model_bytes(body)?, &self.limits).await
+        self.writer.publish(&id, Self::model_bytes(body)?, &self.limits).await
     }
 
     /// `POST /models/{name}/versions`: the next free version.
     pub async fn post_version(&self, name: &str, body: &[u8]) -> Result<Manifest, Error> {
         let name: ModelName = name.parse()?;
-        self.registry.publish_next(&name, Self::model_bytes(body)?, &self.limits).await
+        self.writer.publish_next(&name, Self::model_bytes(body)?, &self.limits).await
     }
 
     /// `POST /models/{name}/uploads`: a presigned PUT URL for one staging key.
@@ -102,7 +102,7 @@ impl Publisher {
         let name: ModelName = name.parse()?;
         let upload = UploadId::random();
         let url = self
-            .registry
+            .registry()
             .store()
             .presign_put(&staging_key(&name, &upload), self.presign_expiry)
             .await?;
@@ -132,7 +132,7 @@ impl Publisher {
             Some(parse_version_body(body)?)
         };
         let key = staging_key(&name, &upload);
-        let store = self.registry.store();
+        let store = self.registry().store();
         let meta = match store.head(&key).await {
             Err(StoreError::NotFound { .. }) => {
                 return Err(Error::UploadNotFound {
@@ -152,11 +152,11 @@ impl Publisher {
             let bytes = store.get(&key).await?.bytes().await?;
             match version {
                 Some(version) => {
-                    self.registry
+                    self.writer
                         .publish(&ModelId::new(name.clone(), version), bytes, &self.limits)
                         .await
                 }
-                None => self.registry.publish_next(&name, bytes, &self.limits).await,
+                None => self.writer.publish_next(&name, bytes, &self.limits).await,
             }
         };
         // A conflict or an outage leaves the staged file for another commit.
@@ -171,12 +171,12 @@ impl Publisher {
 
     /// `GET /models`.
     pub async fn models(&self) -> Result<Vec<String>, Error> {
-        self.registry.models().await
+        self.registry().models().await
     }
 
     /// `GET /models/{name}`.
     pub async fn detail(&self, name: &str) -> Result<ModelDetail, Error> {
-        self.registry.detail(&name.parse()?).await
+        self.registry().detail(&name.parse()?).await
     }
 
     /// `PUT /models/{name}/aliases/{alias}` with `{"version": n}`.
@@ -188,17 +188,17 @@ impl Publisher {
     ) -> Result<AliasInfo, Error> {
         let (name, alias): (ModelName, AliasName) = (name.parse()?, alias.parse()?);
         let version = parse_version_body(body)?;
-        self.registry.set_alias(&name, &alias, version).await?;
+        self.writer.set_alias(&name, &alias, version).await?;
         Ok(AliasInfo { name: name.to_string(), alias: alias.to_string(), version: version.get() })
     }
 
     /// `DELETE /models/{name}/aliases/{alias}`.
     pub async fn delete_alias(&self, name: &str, alias: &str) -> Result<(), Error> {
-        self.registry.delete_alias(&name.parse()?, &alias.parse()?).await
+        self.writer.delete_alias(&name.parse()?, &alias.parse()?).await
     }
 
     /// `DELETE /models/{name}/versions/{v}`.
     pub async fn delete_version(&self, name: &str, version: &str) -> Result<(), Error> {
-        self.registry.delete_version(&parse_id(name, version)?).await
+        self.writer.delete_version(&parse_id(name, version)?).await
     }
 }

@@ -1,22 +1,25 @@
-//! The model registry: publishes versions and aliases to the store, finds them again, and
-//! keeps loaded models in a bounded in-memory cache, so the first request in an execution
-//! environment pays for the download and optimisation and every later one for a pinned
-//! version touches no store.
+//! The model registry's read path: finds published versions and aliases in the store,
+//! resolves `latest` and aliases (for a bounded time), and keeps loaded models in a bounded
+//! in-memory cache, so the first request in an execution environment pays for the download
+//! and optimisation and every later one for a pinned version touches no store. Concurrent
+//! requests for one cold model share one load.
 //!
-//! A version exists once its manifest does. Publishing writes `model.onnx` and then the
-//! manifest, each only if absent, so published versions are immutable and of two racing
-//! uploads of one version exactly one wins.
+//! Publishing, aliases and deletion are the write path, [`publish::Writer`], which only
+//! model-upload holds.
+
+pub mod publish;
+#[cfg(test)]
+mod testing;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use moka::future::Cache;
 use moka::policy::EvictionPolicy;
 use serde::{Deserialize, Serialize};
 
-use crate::disk_cache::{sha256_hex, DiskCache, ModelFile};
+use crate::disk_cache::{DiskCache, ModelFile};
 use crate::elapsed_ms;
 use crate::engine;
 use crate::error::Error;
@@ -26,6 +29,8 @@ use crate::names::{
     VersionSpec,
 };
 use crate::store::{SharedStore, StoreError};
+
+pub use publish::{PublishLimits, Writer};
 
 /// Limits of the caches; see [`crate::Config`] for the variables that set them.
 #[derive(Debug, Clone)]
@@ -39,14 +44,6 @@ pub struct CacheSettings {
     /// How long `latest` and aliases stay resolved before the store is asked again.
     pub resolve_ttl: Duration,
     /// The limits models are loaded and run within.
-    pub engine: engine::Limits,
-}
-
-/// Limits on what may be published.
-#[derive(Debug, Clone, Copy)]
-pub struct PublishLimits {
-    /// The largest ONNX file accepted.
-    pub max_model_bytes: u64,
     pub engine: engine::Limits,
 }
 
@@ -244,113 +241,6 @@ impl Registry {
         }
     }
 
-    /// Whether a version's manifest exists.
-    async fn is_published(&self, id: &ModelId) -> Result<bool, Error> {
-        match self.store.head(&id.manifest_key()).await {
-            Ok(_) => Ok(true),
-            Err(StoreError::NotFound { .. }) => Ok(false),
-            Err(err) => Err(err.into()),
-        }
-    }
-
-    /// Validates an ONNX file and publishes it as `id`. An existing version is a conflict and
-    /// is never changed.
-    pub async fn publish(
-        &self,
-        id: &ModelId,
-        bytes: Bytes,
-        limits: &PublishLimits,
-    ) -> Result<Manifest, Error> {
-        if bytes.len() as u64 > limits.max_model_bytes {
-            return Err(Error::PayloadTooLarge {
-                what: "model",
-                size: bytes.len() as u64,
-                limit: limits.max_model_bytes,
-            });
-        }
-        if self.is_published(id).await? {
-            return Err(version_exists(id));
-        }
-        let for_engine = bytes.clone();
-        let engine_limits = limits.engine;
-        let validated =
-            tokio::task::spawn_blocking(move || engine::validate(&for_engine, &engine_limits))
-                .await
-                .map_err(|e| Error::internal("validating a model", e))??;
-        let manifest = Manifest {
-            name: id.name.to_string(),
-            version: id.version.get(),
-            sha256: sha256_hex(&bytes),
-            size: bytes.len() as u64,
-            created: now_rfc3339(),
-            signature: validated.signature,
-            opset: validated.opset,
-            producer: validated.producer,
-            loader: validated.loader,
-            plans: validated.plans,
-            validation: Some(validated.report),
-        };
-        self.claim_model_key(id, bytes, &manifest.sha256).await?;
-        let manifest_json = serde_json::to_vec_pretty(&manifest)
-            .map_err(|e| Error::internal("encoding a manifest", e))?;
-        match self.store.put_if_absent(&id.manifest_key(), manifest_json.into()).await {
-            Err(StoreError::AlreadyExists { .. }) => return Err(version_exists(id)),
-            other => other?,
-        }
-        self.resolved.invalidate(&(id.name.clone(), None)).await;
-        tracing::info!(model = %id, bytes = manifest.size, sha256 = %manifest.sha256, "published");
-        Ok(manifest)
-    }
-
-    /// Writes `model.onnx` only if absent. If it is there already, the upload may go on only
-    /// when it holds the same bytes and no manifest exists (a retry of an interrupted publish).
-    async fn claim_model_key(&self, id: &ModelId, bytes: Bytes, sha256: &str) -> Result<(), Error> {
-        match self.store.put_if_absent(&id.model_key(), bytes).await {
-            Err(StoreError::AlreadyExists { .. }) => {}
-            other => return Ok(other?),
-        }
-        if self.is_published(id).await? {
-            return Err(version_exists(id));
-        }
-        let existing = self.store.get(&id.model_key()).await?.bytes().await?;
-        if sha256_hex(&existing) == sha256 {
-            Ok(())
-        } else {
-            Err(Error::Conflict {
-                message: format!(
-                    "version {} of model `{}` is being published by another upload",
-                    id.version, id.name
-                ),
-            })
-        }
-    }
-
-    /// Publishes as the next free version, trying the following one if another upload takes
-    /// it first.
-    pub async fn publish_next(
-        &self,
-        name: &ModelName,
-        bytes: Bytes,
-        limits: &PublishLimits,
-    ) -> Result<Manifest, Error> {
-        const ATTEMPTS: usize = 5;
-        let mut last = None;
-        for _ in 0..ATTEMPTS {
-            let next = match self.versions(name).await {
-                Ok(versions) => versions[versions.len() - 1].get() + 1,
-                Err(Error::ModelNotFound { .. }) => 1,
-                Err(err) => return Err(err),
-            };
-            let id = ModelId::new(name.clone(), Version::new(next).unwrap_or(Version::MIN));
-            match self.publish(&id, bytes.clone(), limits).await {
-                Err(err @ Error::Conflict { .. }) => last = Some(err),
-                other => return other,
-            }
-        }
-        Err(last
-            .unwrap_or_else(|| Error::Conflict { message: "too many concurrent uploads".into() }))
-    }
-
     /// Versions, manifests and aliases of one model.
     pub async fn detail(&self, name: &ModelName) -> Result<ModelDetail, Error> {
         let versions = self.versions(name).await?;
@@ -404,82 +294,136 @@ impl Registry {
             })
     }
 
-    /// Points an alias at a published version (creating or moving it).
-    pub async fn set_alias(
-        &self,
-        name: &ModelName,
-        alias: &AliasName,
-        version: Version,
-    ) -> Result<(), Error> {
-        let id = ModelId::new(name.clone(), version);
-        if !self.is_published(&id).await? {
-            return Err(self.not_found(&id).await);
-        }
-        let body = serde_json::to_vec(&AliasTarget { version: version.get() })
-            .map_err(|e| Error::internal("encoding an alias", e))?;
-        self.store.put(&alias_key(name, alias), body.into()).await?;
-        self.resolved.invalidate(&(name.clone(), Some(alias.clone()))).await;
-        Ok(())
+    /// Forgets what `latest` (no alias) or an alias of a model resolved to, after a write.
+    async fn forget_resolution(&self, name: &ModelName, alias: Option<&AliasName>) {
+        self.resolved.invalidate(&(name.clone(), alias.cloned())).await;
     }
 
-    pub async fn delete_alias(&self, name: &ModelName, alias: &AliasName) -> Result<(), Error> {
-        self.alias_target(name, alias).await?;
-        self.store.delete(&alias_key(name, alias)).await?;
-        self.resolved.invalidate(&(name.clone(), Some(alias.clone()))).await;
-        Ok(())
-    }
-
-    /// Removes a version, refused while an alias points to it. The manifest goes first, so
-    /// the version disappears before its files do.
-    pub async fn delete_version(&self, id: &ModelId) -> Result<(), Error> {
-        let pointing: Vec<String> = self
-            .aliases(&id.name)
-            .await?
-            .into_iter()
-            .filter(|(_, version)| *version == id.version.get())
-            .map(|(alias, _)| alias)
-            .collect();
-        if !pointing.is_empty() {
-            return Err(Error::Conflict {
-                message: format!(
-                    "version {} of model `{}` is the target of alias(es) {}; move or delete them first",
-                    id.version,
-                    id.name,
-                    pointing.join(", ")
-                ),
-            });
-        }
-        let has_model = match self.store.head(&id.model_key()).await {
-            Ok(_) => true,
-            Err(StoreError::NotFound { .. }) => false,
-            Err(err) => return Err(err.into()),
-        };
-        if !self.is_published(id).await? && !has_model {
-            return Err(self.not_found(id).await);
-        }
-        for key in [id.manifest_key(), id.model_key()] {
-            self.store.delete(&key).await?;
-        }
+    /// Forgets a deleted version: its loaded model and what `latest` resolved to.
+    async fn forget_model(&self, id: &ModelId) {
         self.loaded.invalidate(id).await;
-        self.resolved.invalidate(&(id.name.clone(), None)).await;
-        Ok(())
+        self.forget_resolution(&id.name, None).await;
     }
 }
 
-fn version_exists(id: &ModelId) -> Error {
-    Error::Conflict {
-        message: format!(
-            "version {} of model `{}` is already published; versions are immutable",
-            id.version, id.name
-        ),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
 
-/// The current time, RFC 3339, to the second.
-fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
-    now.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| now.unix_timestamp().to_string())
+    use super::testing::{id, Fixture, EXAMPLE_MODEL};
+    use super::*;
+    use crate::store::ObjectStore;
+
+    fn spec(text: &str) -> VersionSpec {
+        text.parse().unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_loads_of_a_cold_model_read_the_store_once() {
+        let fixture = Fixture::roomy();
+        fixture.place("iris", 1).await;
+        let id = id("iris", 1);
+        let start = Arc::new(tokio::sync::Barrier::new(16));
+        let loads: Vec<_> = (0..16)
+            .map(|_| {
+                let (registry, id, start) = (fixture.registry.clone(), id.clone(), start.clone());
+                tokio::spawn(async move {
+                    start.wait().await;
+                    registry.load(&id).await
+                })
+            })
+            .collect();
+        let mut models = Vec::new();
+        for load in loads {
+            models.push(load.await.unwrap().unwrap());
+        }
+        assert!(models.iter().all(|m| Arc::ptr_eq(m, &models[0])), "not one shared model");
+        assert_eq!(fixture.store.gets_of(&id.model_key()), 1, "model.onnx read more than once");
+        assert_eq!(fixture.store.gets_of(&id.manifest_key()), 1, "manifest read more than once");
+    }
+
+    #[tokio::test]
+    async fn the_least_recently_used_model_leaves_memory_and_reloads_from_disk() {
+        let size = EXAMPLE_MODEL.len() as u64;
+        let fixture = Fixture::new(Duration::from_secs(30), size * 5 / 2); // room for two
+        let registry = &fixture.registry;
+        for name in ["a", "b", "c"] {
+            fixture.place(name, 1).await;
+        }
+        for name in ["a", "b", "a", "c"] {
+            registry.load(&id(name, 1)).await.unwrap(); // the second `a` makes b the oldest
+            registry.memory_usage().await;
+        }
+        assert_eq!(registry.memory_usage().await, (2, 2 * size));
+        assert!(registry.is_loaded(&id("a", 1)).await, "the recently used model was evicted");
+        assert!(!registry.is_loaded(&id("b", 1)).await, "the least recently used model stayed");
+        assert!(registry.is_loaded(&id("c", 1)).await);
+
+        // Loading b again takes its file from the disk cache, not the store.
+        registry.load(&id("b", 1)).await.unwrap();
+        assert!(registry.is_loaded(&id("b", 1)).await);
+        assert_eq!(fixture.store.gets_of(&id("b", 1).model_key()), 1);
+        assert_eq!(fixture.store.gets_of(&id("b", 1).manifest_key()), 2);
+    }
+
+    /// moka keeps time with its own clock, not tokio's, so the TTL is short and real.
+    #[tokio::test]
+    async fn latest_and_aliases_stay_resolved_for_the_ttl_then_follow_the_store() {
+        let ttl = Duration::from_millis(400);
+        let fixture = Fixture::new(ttl, 1 << 30);
+        let (registry, iris) = (&fixture.registry, "iris".parse::<ModelName>().unwrap());
+        fixture.place("iris", 1).await;
+        fixture.place_alias("iris", "prod", 1).await;
+        assert_eq!(registry.resolve(&iris, &spec("latest")).await.unwrap(), id("iris", 1));
+        assert_eq!(registry.resolve(&iris, &spec("prod")).await.unwrap(), id("iris", 1));
+
+        // Another environment publishes version 2 and moves the alias: unseen within the TTL,
+        // and resolving again asks the store nothing.
+        fixture.place("iris", 2).await;
+        fixture.place_alias("iris", "prod", 2).await;
+        let calls = fixture.store.total();
+        assert_eq!(registry.resolve(&iris, &spec("latest")).await.unwrap(), id("iris", 1));
+        assert_eq!(registry.resolve(&iris, &spec("prod")).await.unwrap(), id("iris", 1));
+        // A pinned version needs no store call, even one that does not exist.
+        assert_eq!(registry.resolve(&iris, &spec("7")).await.unwrap(), id("iris", 7));
+        assert_eq!(fixture.store.total(), calls, "a resolution within the TTL asked the store");
+
+        tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+        assert_eq!(registry.resolve(&iris, &spec("latest")).await.unwrap(), id("iris", 2));
+        assert_eq!(registry.resolve(&iris, &spec("prod")).await.unwrap(), id("iris", 2));
+        assert_eq!(fixture.store.lists.load(Ordering::SeqCst), 2, "latest listed once per TTL");
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_manifest_fails_that_version_only_and_is_not_remembered() {
+        let fixture = Fixture::roomy();
+        let registry = &fixture.registry;
+        fixture.place("iris", 1).await;
+        fixture.place("iris", 2).await;
+        fixture
+            .store
+            .put(&id("iris", 2).manifest_key(), "{\"name\": \"iris\",".into())
+            .await
+            .unwrap();
+        let manifest_of_1 = fixture.store.get(&id("iris", 1).manifest_key()).await.unwrap();
+        let manifest_of_1 = manifest_of_1.bytes().await.unwrap();
+        fixture.store.put(&id("iris", 3).manifest_key(), manifest_of_1).await.unwrap();
+
+        let err = registry.load(&id("iris", 2)).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::CorruptModel { version: 2, problem, .. } if problem.contains("unreadable manifest")),
+            "{err:?}"
+        );
+        assert_eq!(err.status(), 500);
+        let err = registry.load(&id("iris", 3)).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::CorruptModel { version: 3, problem, .. } if problem.contains("iris@1")),
+            "a manifest of another version was accepted: {err:?}"
+        );
+        assert!(registry.load(&id("iris", 1)).await.is_ok(), "a sound version was refused");
+
+        // Mended in the store, the version loads: the failure was not cached.
+        fixture.place("iris", 2).await;
+        assert!(registry.load(&id("iris", 2)).await.is_ok());
+    }
 }

@@ -48,7 +48,7 @@ fn cargo_lambda() -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -58,14 +58,14 @@ fn read_log(path: &Path) -> String {
 
 /// A child process whose stdout and stderr go to one log file; killed when dropped, also
 /// when a test panics.
-struct Process {
-    name: String,
+pub(crate) struct Process {
+    pub(crate) name: String,
     child: Child,
     log: PathBuf,
 }
 
 impl Process {
-    fn spawn(name: &str, mut command: Command, log: PathBuf) -> Self {
+    pub(crate) fn spawn(name: &str, mut command: Command, log: PathBuf) -> Self {
         let out = File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
         command.stdin(Stdio::null()).stdout(out).stderr(err);
@@ -73,12 +73,12 @@ impl Process {
         Self { name: name.to_owned(), child, log }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         read_log(&self.log)
     }
 
     /// Panics, with the process's log, if it has exited.
-    fn assert_running(&mut self) {
+    pub(crate) fn assert_running(&mut self) {
         if let Some(status) = self.child.try_wait().unwrap() {
             panic!("{} exited ({status}); its log:\n{}", self.name, self.log());
         }
@@ -92,15 +92,28 @@ impl Drop for Process {
     }
 }
 
+/// A function binary to run from the repository root, without the `MAAS_*` and `AWS_*`
+/// variables of the test's environment.
+pub(crate) fn clean_command(name: &str) -> Command {
+    let mut command = Command::new(binary(name));
+    command.current_dir(repo_root());
+    for (variable, _) in std::env::vars() {
+        if variable.starts_with("MAAS_") || variable.starts_with("AWS_") {
+            command.env_remove(variable);
+        }
+    }
+    command
+}
+
 /// The Runtime API emulator on a port of its own, with its log in `dir`.
-struct Emulator {
+pub(crate) struct Emulator {
     process: Process,
     port: u16,
     dir: tempfile::TempDir,
 }
 
 impl Emulator {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let program = cargo_lambda();
         let dir = tempfile::tempdir().unwrap();
         // A port found free may be taken before the emulator binds it: then it exits, and
@@ -144,14 +157,8 @@ impl Emulator {
 
     /// Starts a function binary as a Lambda execution environment served by this emulator,
     /// with `env` on top of a clean environment (no inherited `MAAS_*` or `AWS_*` variable).
-    fn function(&self, name: &str, env: &[(&str, &str)]) -> Process {
-        let mut command = Command::new(binary(name));
-        command.current_dir(repo_root());
-        for (variable, _) in std::env::vars() {
-            if variable.starts_with("MAAS_") || variable.starts_with("AWS_") {
-                command.env_remove(variable);
-            }
-        }
+    pub(crate) fn function(&self, name: &str, env: &[(&str, &str)]) -> Process {
+        let mut command = clean_command(name);
         command
             .env("RUST_LOG", "info")
             .env("AWS_LAMBDA_RUNTIME_API", format!("http://127.0.0.1:{}/.rt/{name}", self.port))
@@ -164,7 +171,7 @@ impl Emulator {
 
     /// Invokes `function` with `event` through the emulator; returns the invoke status and
     /// the JSON result. Fails at once, with the logs, if the function or the emulator exits.
-    async fn invoke(&mut self, function: &mut Process, event: &Value) -> (u16, Value) {
+    pub(crate) async fn invoke(&mut self, function: &mut Process, event: &Value) -> (u16, Value) {
         let addr = format!("127.0.0.1:{}", self.port);
         let path = format!("/2015-03-31/functions/{}/invocations", function.name);
         let body = event.to_string();
@@ -207,7 +214,7 @@ impl Emulator {
 }
 
 /// A sample event of `tests/events/`.
-fn event(name: &str) -> Value {
+pub(crate) fn event(name: &str) -> Value {
     let path = repo_root().join("tests/events").join(name);
     let text =
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
@@ -215,7 +222,7 @@ fn event(name: &str) -> Value {
 }
 
 /// The status and JSON body of an API Gateway HTTP API (payload 2.0) response object.
-fn api_gateway_response(result: &Value) -> (u16, Value) {
+pub(crate) fn api_gateway_response(result: &Value) -> (u16, Value) {
     let status = result["statusCode"].as_u64().unwrap_or_else(|| panic!("no statusCode: {result}"));
     let body = result["body"].as_str().unwrap_or_else(|| panic!("no text body: {result}"));
     let body = if result["isBase64Encoded"] == true {

@@ -10,5 +10,6 @@ mod lambda_emulator;
 mod predict_api;
 mod processes;
 mod reference;
+mod secrets_in_logs;
 mod upload;
 mod zoo;

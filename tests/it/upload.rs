@@ -31,7 +31,7 @@ async fn objects_under(store: &S3Store, prefix: &str) -> Vec<String> {
 }
 
 /// PUTs `bytes` to a presigned URL, as a client does, and returns the S3 server's status.
-async fn put_presigned(url: &str, bytes: &[u8]) -> u16 {
+pub(crate) async fn put_presigned(url: &str, bytes: &[u8]) -> u16 {
     let rest = url.strip_prefix("http://").expect("a local http URL");
     let (addr, path) = rest.split_at(rest.find('/').expect("a path"));
     let headers = [("content-type", "application/octet-stream")];

@@ -11,7 +11,9 @@ use maas::manifest::{Loader, Planning};
 use maas::names::{ModelId, Version};
 use maas::tensor::{Tensor, TensorData};
 use maas::Predictor;
-use maas_tests::{call, cases_in, fresh_s3_store, predictor, publish_limits, zoo_dir, Case};
+use maas_tests::{
+    call, cases_in, fresh_s3_store, predictor, publish_limits, writer, zoo_dir, Case,
+};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -176,6 +178,6 @@ async fn publish_zoo_model(
 ) -> (ModelId, Result<maas::manifest::Manifest, maas::Error>) {
     let bytes = std::fs::read(zoo_dir().join(format!("{name}.onnx"))).unwrap();
     let id = ModelId::new(name.replace('_', "-").parse().unwrap(), Version::new(1).unwrap());
-    let published = predictor.registry().publish(&id, bytes.into(), &publish_limits()).await;
+    let published = writer(predictor).publish(&id, bytes.into(), &publish_limits()).await;
     (id, published)
 }

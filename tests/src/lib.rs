@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
-use maas::registry::{CacheSettings, PublishLimits};
-use maas::store::{GetResult, ObjectMeta, ObjectStore, S3Store, SharedStore, StoreError};
+use maas::registry::{CacheSettings, PublishLimits, Writer};
+pub use maas::store::CountingStore;
+use maas::store::{S3Store, SharedStore};
 use maas::{Predictor, Publisher, Registry};
 use serde::Deserialize;
 use serde_json::Value;
@@ -163,6 +163,11 @@ pub fn publisher(store: SharedStore, cache: &tempfile::TempDir) -> Publisher {
     Publisher::new(registry, publish_limits(), Duration::from_secs(900))
 }
 
+/// The registry's write path over a predictor's registry, so what it publishes is served.
+pub fn writer(predictor: &Predictor) -> Writer {
+    Writer::new(predictor.registry().clone())
+}
+
 /// Publishes a reference model as `name` version `version`.
 pub async fn publish(
     predictor: &Predictor,
@@ -174,7 +179,7 @@ pub async fn publish(
         name.parse().unwrap(),
         maas::names::Version::new(version).unwrap(),
     );
-    predictor.registry().publish(&id, bytes, &publish_limits()).await.expect("publish")
+    writer(predictor).publish(&id, bytes, &publish_limits()).await.expect("publish")
 }
 
 /// A request as API Gateway hands it to a function.
@@ -239,76 +244,4 @@ pub async fn http_request(
     let head = String::from_utf8_lossy(&response[..split]);
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status");
     (status, response[split + 4..].to_vec())
-}
-
-/// Counts the calls that reach a real store, by kind.
-#[derive(Debug)]
-pub struct CountingStore {
-    inner: SharedStore,
-    pub gets: AtomicUsize,
-    pub heads: AtomicUsize,
-    pub lists: AtomicUsize,
-    pub puts: AtomicUsize,
-    pub deletes: AtomicUsize,
-    /// Every key read with `get`, in order.
-    pub got: std::sync::Mutex<Vec<String>>,
-}
-
-impl CountingStore {
-    pub fn new(inner: SharedStore) -> Arc<Self> {
-        Arc::new(Self {
-            inner,
-            gets: AtomicUsize::new(0),
-            heads: AtomicUsize::new(0),
-            lists: AtomicUsize::new(0),
-            puts: AtomicUsize::new(0),
-            deletes: AtomicUsize::new(0),
-            got: std::sync::Mutex::new(Vec::new()),
-        })
-    }
-
-    /// How many times `key` was read.
-    pub fn gets_of(&self, key: &str) -> usize {
-        self.got.lock().unwrap().iter().filter(|k| *k == key).count()
-    }
-
-    /// Calls of every kind so far.
-    pub fn total(&self) -> usize {
-        [&self.gets, &self.heads, &self.lists, &self.puts, &self.deletes]
-            .iter()
-            .map(|c| c.load(Ordering::SeqCst))
-            .sum()
-    }
-}
-
-#[async_trait]
-impl ObjectStore for CountingStore {
-    async fn get(&self, key: &str) -> Result<GetResult, StoreError> {
-        self.gets.fetch_add(1, Ordering::SeqCst);
-        self.got.lock().unwrap().push(key.to_owned());
-        self.inner.get(key).await
-    }
-    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
-        self.heads.fetch_add(1, Ordering::SeqCst);
-        self.inner.head(key).await
-    }
-    async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
-        self.puts.fetch_add(1, Ordering::SeqCst);
-        self.inner.put(key, bytes).await
-    }
-    async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
-        self.puts.fetch_add(1, Ordering::SeqCst);
-        self.inner.put_if_absent(key, bytes).await
-    }
-    async fn presign_put(&self, key: &str, expires_in: Duration) -> Result<String, StoreError> {
-        self.inner.presign_put(key, expires_in).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        self.lists.fetch_add(1, Ordering::SeqCst);
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.deletes.fetch_add(1, Ordering::SeqCst);
-        self.inner.delete(key).await
-    }
 }

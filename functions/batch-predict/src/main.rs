@@ -19,6 +19,6 @@ async fn handle(event: LambdaEvent<S3Event>) -> Result<(), Diagnostic> {
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    tracing_subscriber::fmt().json().without_time().with_ansi(false).init();
+    maas::function::init_tracing(true);
     lambda_runtime::run(service_fn(handle)).await
 }

@@ -3,6 +3,7 @@
 //! Keys are relative, `/`-separated paths such as `models/iris/1/model.onnx`. Every backend
 //! checks them with [`check_key`], so no key can reach outside the store's root or prefix.
 
+mod counting;
 mod local;
 mod memory;
 mod s3;
@@ -16,6 +17,7 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
+pub use counting::CountingStore;
 pub use local::LocalStore;
 pub use memory::MemoryStore;
 pub use s3::S3Store;

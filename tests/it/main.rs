@@ -10,5 +10,6 @@ mod lambda_emulator;
 mod predict_api;
 mod processes;
 mod reference;
+mod s3_faults;
 mod upload;
 mod zoo;

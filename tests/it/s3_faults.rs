@@ -145,6 +145,7 @@ async fn survives(fault: Fault) {
     rig.proxy.inject(Injection::next(1, fault).on_paths_containing(MODEL_KEY));
     let once = infer(&predictor, &body).await;
     assert_eq!(once.status, 200, "{fault:?} once: {}", once.body);
+    assert!(once.took <= answer_within(), "{fault:?} once: 200 after {:?}", once.took);
     assert_matches_reference(&case, &once.body);
     assert_eq!(rig.proxy.faulted().len(), 1);
     assert_disk_cache_clean(cache.path());

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::engine;
 use crate::names::{ModelName, VersionSpec};
 use crate::registry::{CacheSettings, PublishLimits};
-use crate::store::{LocalStore, MemoryStore, S3Store, SharedStore};
+use crate::store::{LocalStore, MemoryStore, S3Settings, S3Store, SharedStore};
 
 /// Everything maas reads from its environment.
 ///
@@ -16,6 +16,14 @@ use crate::store::{LocalStore, MemoryStore, S3Store, SharedStore};
 /// |---|---|---|
 /// | `MAAS_STORE` | where models live: `s3://bucket[/prefix]`, `file:///dir` or a plain directory path, or `memory://` | required |
 /// | `MAAS_S3_FORCE_PATH_STYLE` | `true` for path-style S3 addressing (local S3-compatible servers) | `false` |
+/// | `MAAS_S3_CONNECT_TIMEOUT_MS` | limit on opening a connection to S3 | 1000 |
+/// | `MAAS_S3_ATTEMPT_TIMEOUT_MS` | limit on one attempt of an S3 call: up to the response head for a GET, the whole exchange otherwise (writes get 1 s more per 16 MiB of body) | 5000 |
+/// | `MAAS_S3_OPERATION_TIMEOUT_MS` | limit on one S3 call with all its retries and backoff (for a GET, up to the response head) | 15000 |
+/// | `MAAS_S3_BODY_IDLE_TIMEOUT_MS` | longest wait for the next bytes of an S3 GET body before it is resumed or fails; also the SDK's stalled-stream grace period | 5000 |
+/// | `MAAS_S3_MAX_ATTEMPTS` | attempts per S3 call (retries of throttling and transport errors), and per GET body (resumptions after a break) | 3 |
+/// | `MAAS_S3_RETRY_MODE` | `standard`, or `adaptive` (also rate-limits the client after throttling) | `standard` |
+/// | `MAAS_S3_INITIAL_BACKOFF_MS` | backoff before the first retry; doubled per retry, the wait a random fraction of it (full jitter) | 200 |
+/// | `MAAS_S3_MAX_BACKOFF_MS` | largest backoff between retries | 2000 |
 /// | `MAAS_CACHE_DIR` | directory of the disk cache of model files | `/tmp/maas-cache` |
 /// | `MAAS_DISK_CACHE_BYTES` | size bound of the disk cache | 402653184 (384 MiB) |
 /// | `MAAS_MEMORY_CACHE_BYTES` | bytes of model files kept loaded in memory (LRU beyond it) | half of `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, else 1 GiB |
@@ -30,11 +38,13 @@ use crate::store::{LocalStore, MemoryStore, S3Store, SharedStore};
 /// | `MAAS_SHAPE_PLANS` | optimised plans kept per model that is planned per input shape (LRU) | 8 |
 ///
 /// The S3 endpoint, region and credentials come from the standard AWS variables
-/// (`AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, `AWS_REGION`, ...).
+/// (`AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, `AWS_REGION`, ...); the `MAAS_S3_*` timeouts
+/// and retries take the place of the SDK's own. An S3 call that still fails is a 503 with
+/// `Retry-After`.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub store: StoreLocation,
-    pub s3_force_path_style: bool,
+    pub s3: S3Settings,
     pub cache: CacheSettings,
     pub preload: Vec<(ModelName, VersionSpec)>,
     pub max_request_bytes: usize,
@@ -83,11 +93,11 @@ impl FromStr for StoreLocation {
 }
 
 impl StoreLocation {
-    /// Opens the store. S3 clients are built from the standard AWS environment.
-    pub async fn open(&self, s3_force_path_style: bool) -> SharedStore {
+    /// Opens the store. S3 clients are built from the standard AWS environment and `s3`.
+    pub async fn open(&self, s3: &S3Settings) -> SharedStore {
         match self {
             StoreLocation::S3 { bucket, prefix } => {
-                Arc::new(S3Store::connect(bucket, prefix, s3_force_path_style).await)
+                Arc::new(S3Store::connect(bucket, prefix, s3).await)
             }
             StoreLocation::Local(dir) => Arc::new(LocalStore::new(dir)),
             StoreLocation::Memory => Arc::new(MemoryStore::new()),
@@ -127,7 +137,7 @@ impl Config {
         };
         Ok(Config {
             store,
-            s3_force_path_style: parse_or(&lookup, "MAAS_S3_FORCE_PATH_STYLE", false)?,
+            s3: s3_settings(&lookup)?,
             cache: CacheSettings {
                 memory_bytes: parse_or(&lookup, "MAAS_MEMORY_CACHE_BYTES", default_memory)?,
                 disk_dir: lookup("MAAS_CACHE_DIR")
@@ -155,6 +165,36 @@ impl Config {
             shape_plans: parse_or(&lookup, "MAAS_SHAPE_PLANS", 8)?.max(1),
         })
     }
+}
+
+fn s3_settings(lookup: &impl Fn(&str) -> Option<String>) -> Result<S3Settings, ConfigError> {
+    let default = S3Settings::default();
+    let millis = |variable: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+        let ms =
+            parse_or(lookup, variable, u64::try_from(default.as_millis()).unwrap_or(u64::MAX))?;
+        if ms == 0 {
+            return Err(ConfigError { variable, problem: "must be at least 1".into() });
+        }
+        Ok(Duration::from_millis(ms))
+    };
+    let max_attempts: u32 = parse_or(lookup, "MAAS_S3_MAX_ATTEMPTS", default.max_attempts)?;
+    if max_attempts == 0 {
+        return Err(ConfigError {
+            variable: "MAAS_S3_MAX_ATTEMPTS",
+            problem: "must be at least 1".into(),
+        });
+    }
+    Ok(S3Settings {
+        force_path_style: parse_or(lookup, "MAAS_S3_FORCE_PATH_STYLE", default.force_path_style)?,
+        connect_timeout: millis("MAAS_S3_CONNECT_TIMEOUT_MS", default.connect_timeout)?,
+        attempt_timeout: millis("MAAS_S3_ATTEMPT_TIMEOUT_MS", default.attempt_timeout)?,
+        operation_timeout: millis("MAAS_S3_OPERATION_TIMEOUT_MS", default.operation_timeout)?,
+        body_idle_timeout: millis("MAAS_S3_BODY_IDLE_TIMEOUT_MS", default.body_idle_timeout)?,
+        max_attempts,
+        retry_mode: parse_or(lookup, "MAAS_S3_RETRY_MODE", default.retry_mode)?,
+        initial_backoff: millis("MAAS_S3_INITIAL_BACKOFF_MS", default.initial_backoff)?,
+        max_backoff: millis("MAAS_S3_MAX_BACKOFF_MS", default.max_backoff)?,
+    })
 }
 
 /// The CPUs this process may use (cgroup limits included); Lambda gives 1 per 1769 MB.
@@ -239,7 +279,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.cache.memory_bytes, GIB);
-        assert!(c.s3_force_path_style);
+        assert!(c.s3.force_path_style);
         assert_eq!(c.preload.len(), 2);
         assert_eq!(c.preload[0].1, VersionSpec::Latest);
     }
@@ -252,5 +292,45 @@ mod tests {
         assert_eq!(err.variable, "MAAS_DISK_CACHE_BYTES");
         let err = config(&[("MAAS_STORE", "memory://"), ("MAAS_PRELOAD", "../etc")]).unwrap_err();
         assert_eq!(err.variable, "MAAS_PRELOAD");
+    }
+
+    #[test]
+    fn s3_timeouts_and_retries_default_for_lambda_and_can_be_set() {
+        let c = config(&[("MAAS_STORE", "memory://")]).unwrap();
+        assert_eq!(c.s3, S3Settings::default());
+        assert_eq!(c.s3.operation_timeout, Duration::from_secs(15));
+        let c = config(&[
+            ("MAAS_STORE", "memory://"),
+            ("MAAS_S3_CONNECT_TIMEOUT_MS", "250"),
+            ("MAAS_S3_ATTEMPT_TIMEOUT_MS", "700"),
+            ("MAAS_S3_OPERATION_TIMEOUT_MS", "2000"),
+            ("MAAS_S3_BODY_IDLE_TIMEOUT_MS", "300"),
+            ("MAAS_S3_MAX_ATTEMPTS", "5"),
+            ("MAAS_S3_RETRY_MODE", "adaptive"),
+            ("MAAS_S3_INITIAL_BACKOFF_MS", "10"),
+            ("MAAS_S3_MAX_BACKOFF_MS", "90"),
+        ])
+        .unwrap();
+        assert_eq!(c.s3.connect_timeout, Duration::from_millis(250));
+        assert_eq!(c.s3.attempt_timeout, Duration::from_millis(700));
+        assert_eq!(c.s3.operation_timeout, Duration::from_secs(2));
+        assert_eq!(c.s3.body_idle_timeout, Duration::from_millis(300));
+        assert_eq!(c.s3.max_attempts, 5);
+        assert_eq!(c.s3.retry_mode, aws_sdk_s3::config::retry::RetryMode::Adaptive);
+        assert_eq!(c.s3.initial_backoff, Duration::from_millis(10));
+        assert_eq!(c.s3.max_backoff, Duration::from_millis(90));
+    }
+
+    #[test]
+    fn unusable_s3_settings_name_their_variable() {
+        for (variable, value) in [
+            ("MAAS_S3_ATTEMPT_TIMEOUT_MS", "0"),
+            ("MAAS_S3_OPERATION_TIMEOUT_MS", "soon"),
+            ("MAAS_S3_MAX_ATTEMPTS", "0"),
+            ("MAAS_S3_RETRY_MODE", "eager"),
+        ] {
+            let err = config(&[("MAAS_STORE", "memory://"), (variable, value)]).unwrap_err();
+            assert_eq!(err.variable, variable, "{value}");
+        }
     }
 }

@@ -155,6 +155,16 @@ impl Error {
         }
     }
 
+    /// How many seconds a client should wait before retrying, for the errors that waiting
+    /// may cure (503): longer after throttling, which asks callers to slow down.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Error::StoreUnavailable { source: StoreError::Throttled { .. } } => Some(2),
+            Error::StoreUnavailable { .. } => Some(1),
+            _ => None,
+        }
+    }
+
     /// A short machine-readable name of the variant, for logs and Lambda `errorType`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -232,5 +242,16 @@ mod tests {
             StoreError::AccessDenied { key: "k".into(), source: Arc::new(std::fmt::Error) }.into();
         assert_eq!(throttled.status(), 503);
         assert_eq!(denied.status(), 500);
+    }
+
+    #[test]
+    fn only_503s_say_when_to_retry() {
+        let cause: Cause = Arc::new(std::fmt::Error);
+        let throttled: Error =
+            StoreError::Throttled { key: "k".into(), source: cause.clone() }.into();
+        let unavailable: Error = StoreError::Unavailable { key: "k".into(), source: cause }.into();
+        assert_eq!(throttled.retry_after(), Some(2));
+        assert_eq!(unavailable.retry_after(), Some(1));
+        assert_eq!(Error::ModelNotFound { name: "m".into() }.retry_after(), None);
     }
 }

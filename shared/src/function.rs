@@ -84,7 +84,7 @@ pub async fn registry(config: &Config) -> Arc<Registry> {
     crate::engine::use_threads(config.engine_threads);
     crate::engine::set_plan_limit(config.shape_plans);
     tracing::info!(threads = config.engine_threads, "engine threads");
-    let store = config.store.open(config.s3_force_path_style).await;
+    let store = config.store.open(&config.s3).await;
     Arc::new(Registry::new(store, &config.cache))
 }
 

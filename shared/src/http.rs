@@ -31,15 +31,20 @@ pub fn message_response(status: u16, message: &str) -> Response<Body> {
     json_response(status, &serde_json::json!({ "error": message }))
 }
 
-/// The response for an error: its status and client message. Internal failures are logged
-/// with their whole cause chain; client mistakes only at debug level.
+/// The response for an error: its status and client message, and `Retry-After` when
+/// retrying later may work (503). Internal failures are logged with their whole cause chain;
+/// client mistakes only at debug level.
 pub fn error_response(err: &Error) -> Response<Body> {
     if err.is_client_error() {
         tracing::debug!(kind = err.kind(), error = %err, "request refused");
     } else {
         tracing::error!(kind = err.kind(), error = %crate::error::chain(err), "request failed");
     }
-    message_response(err.status(), &err.client_message())
+    let mut response = message_response(err.status(), &err.client_message());
+    if let Some(seconds) = err.retry_after() {
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+    }
+    response
 }
 
 /// A route table: paths with `{parameters}`, each with the methods it answers and the action
@@ -135,4 +140,24 @@ where
             let _ = tokio::signal::ctrl_c().await;
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::StoreError;
+
+    #[test]
+    fn store_outages_say_when_to_retry_and_client_errors_do_not() {
+        let down: Error =
+            StoreError::Unavailable { key: "k".into(), source: Arc::new(std::fmt::Error) }.into();
+        let response = error_response(&down);
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let missing = error_response(&Error::ModelNotFound { name: "m".into() });
+        assert_eq!(missing.status(), 404);
+        assert!(missing.headers().get(header::RETRY_AFTER).is_none());
+    }
 }

@@ -10,6 +10,7 @@ mod lambda_emulator;
 mod predict_api;
 mod processes;
 mod reference;
+mod s3_faults;
 mod secrets_in_logs;
 mod upload;
 mod zoo;

@@ -13,9 +13,9 @@ use crate::predict_api::{assert_iris_answer, readme_request};
 use crate::reference::assert_matches_reference;
 
 /// A server process, killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
 }
 
 impl Drop for Server {
@@ -29,7 +29,23 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-async fn start(args: &[&str], env: &[(&str, &str)], cache: &tempfile::TempDir) -> Server {
+/// The environment that points a predict process at the S3 server at `endpoint`.
+pub(crate) fn s3_env(endpoint: &str) -> Vec<(&'static str, &str)> {
+    vec![
+        ("AWS_ENDPOINT_URL", endpoint),
+        ("MAAS_S3_FORCE_PATH_STYLE", "true"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+    ]
+}
+
+/// Starts `predict serve` with `args` and `env`, its disk cache in `cache`.
+pub(crate) async fn start(
+    args: &[&str],
+    env: &[(&str, &str)],
+    cache: &tempfile::TempDir,
+) -> Server {
     let addr = format!("127.0.0.1:{}", free_port());
     let mut command = Command::new(maas_tests::built_binary("predict"));
     command
@@ -92,13 +108,7 @@ async fn fresh_process_pulls_its_first_model_from_s3() {
     let cache = tempfile::tempdir().unwrap();
     let location = format!("s3://{}/maas", store.bucket());
     let endpoint = s3_endpoint();
-    let env = [
-        ("AWS_ENDPOINT_URL", endpoint.as_str()),
-        ("MAAS_S3_FORCE_PATH_STYLE", "true"),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-    ];
+    let env = s3_env(&endpoint);
     let server = start(&["--store", &location], &env, &cache).await;
     let case = cases().into_iter().find(|c| c.model == "mlp" && c.batch == 8).unwrap();
     let body = json!({ "inputs": case.inputs }).to_string();

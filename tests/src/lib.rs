@@ -1,6 +1,9 @@
 //! Helpers for the integration tests: the S3-compatible server started by
 //! `scripts/test.sh`, the reference models and cases made by `scripts/make_models.py`, and a
-//! way to call the predict handler with hand-built requests.
+//! way to call the predict handler with hand-built requests, and a proxy that injects S3
+//! faults ([`fault_proxy`]).
+
+pub mod fault_proxy;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use maas::registry::{CacheSettings, PublishLimits, Writer};
 pub use maas::store::CountingStore;
-use maas::store::{S3Store, SharedStore};
+use maas::store::{S3Settings, S3Store, SharedStore};
 use maas::{Predictor, Publisher, Registry};
 use serde::Deserialize;
 use serde_json::Value;
@@ -32,7 +35,17 @@ pub async fn s3_client_for(
     endpoint: &str,
     retry: aws_config::retry::RetryConfig,
 ) -> aws_sdk_s3::Client {
-    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let shared = sdk_config(endpoint, retry).await;
+    let config = aws_sdk_s3::config::Builder::from(&shared).force_path_style(true).build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+/// The AWS configuration of the test S3 server's credentials and region, for `endpoint`.
+async fn sdk_config(
+    endpoint: &str,
+    retry: aws_config::retry::RetryConfig,
+) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_s3::config::Credentials::new(
@@ -40,9 +53,15 @@ pub async fn s3_client_for(
         ))
         .retry_config(retry)
         .load()
-        .await;
-    let config = aws_sdk_s3::config::Builder::from(&shared).force_path_style(true).build();
-    aws_sdk_s3::Client::from_conf(config)
+        .await
+}
+
+/// A store on `bucket` (prefix `maas`) reached through `endpoint`, such as a
+/// [`fault_proxy::FaultProxy`], with its client built as production builds it from
+/// `settings` (timeouts, retries, path-style addressing).
+pub async fn s3_store_via(endpoint: &str, bucket: &str, settings: &S3Settings) -> S3Store {
+    let shared = sdk_config(endpoint, aws_config::retry::RetryConfig::standard()).await;
+    S3Store::from_sdk_config(&shared, bucket, "maas", settings)
 }
 
 /// A new, empty bucket of its own for one test.
@@ -226,6 +245,18 @@ pub async fn http_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, Vec<u8>) {
+    let (status, _, body) = http_exchange(addr, method, path, headers, body).await;
+    (status, body)
+}
+
+/// Like [`http_request`], also returning the response's headers (names lowercase).
+pub async fn http_exchange(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut head = format!(
@@ -243,5 +274,11 @@ pub async fn http_request(
     let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP head");
     let head = String::from_utf8_lossy(&response[..split]);
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status");
-    (status, response[split + 4..].to_vec())
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    (status, headers, response[split + 4..].to_vec())
 }

@@ -48,6 +48,7 @@ impl Fixture {
             disk_dir: disk.path().to_owned(),
             disk_bytes: 1 << 30,
             resolve_ttl: ttl,
+            engine: crate::engine::Limits::default(),
         };
         let registry = Arc::new(Registry::new(store.clone(), &settings));
         Self { store, registry, _disk: disk }

@@ -20,7 +20,7 @@ use futures::StreamExt;
 pub use counting::CountingStore;
 pub use local::LocalStore;
 pub use memory::MemoryStore;
-pub use s3::S3Store;
+pub use s3::{S3Settings, S3Store, UPLOAD_BYTES_PER_SECOND};
 
 use crate::error::Cause;
 

@@ -1,11 +1,21 @@
 //! The S3 backend, over `aws-sdk-s3`. Works with any S3-compatible server: the endpoint comes
 //! from the standard `AWS_ENDPOINT_URL`/`AWS_ENDPOINT_URL_S3` variables, and local servers
-//! need path-style addressing (see [`S3Store::connect`]).
+//! need path-style addressing (see [`S3Settings::force_path_style`]).
+//!
+//! Every call is bounded in time ([`S3Settings`]): connecting, each attempt (up to the first
+//! response byte), the whole call with its retries, and every wait for the next bytes of a
+//! GET body. Throttling and transport errors are retried by the SDK with jittered
+//! exponential backoff; a GET body that breaks or stalls mid-way is resumed from where it
+//! broke with a `Range` request pinned to the object's ETag. What still fails is
+//! [`StoreError::Throttled`] or [`StoreError::Unavailable`], a 503 for clients.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_sdk_s3::config::retry::{RetryConfig, RetryMode};
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::StalledStreamProtectionConfig;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
@@ -14,6 +24,79 @@ use bytes::Bytes;
 use futures::stream;
 
 use super::{check_key, check_prefix, GetResult, ObjectMeta, ObjectStore, StoreError};
+use crate::error::Cause;
+
+/// How the S3 client connects, waits and retries. [`crate::Config`] documents the variables
+/// that set each field; the defaults suit a Lambda function in the bucket's region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    /// Path-style addressing, which local S3-compatible servers need.
+    pub force_path_style: bool,
+    /// Limit on opening a connection.
+    pub connect_timeout: Duration,
+    /// Limit on one attempt of a call: up to the response head for a GET (whose body is
+    /// streamed), the whole exchange for every other call.
+    pub attempt_timeout: Duration,
+    /// Limit on a whole call, its retries and backoff included. Writes get longer limits in
+    /// proportion to their size ([`UPLOAD_BYTES_PER_SECOND`]).
+    pub operation_timeout: Duration,
+    /// Longest wait for the next bytes of a GET body; after it the read is resumed (or fails).
+    pub body_idle_timeout: Duration,
+    /// Attempts per call, the first included; also bounds the resumptions of one GET body.
+    pub max_attempts: u32,
+    /// `Standard` retries; `Adaptive` also rate-limits the client after throttling.
+    pub retry_mode: RetryMode,
+    /// Backoff before the first retry; each further one doubles it, up to `max_backoff`, and
+    /// the SDK waits a random fraction of it (full jitter).
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for S3Settings {
+    /// Lambda defaults. In-region S3 connects in milliseconds and sends a response head in
+    /// tens of milliseconds: 1 s to connect and 5 s per attempt cut only what is broken.
+    /// Three attempts fit in the 15 s per call, so a request whose store call fails for good
+    /// still gets its 503 well inside predict's 30 s function timeout. A body that sends
+    /// nothing for 5 s (the SDK's own stalled-stream grace period) is broken.
+    fn default() -> Self {
+        Self {
+            force_path_style: false,
+            connect_timeout: Duration::from_secs(1),
+            attempt_timeout: Duration::from_secs(5),
+            operation_timeout: Duration::from_secs(15),
+            body_idle_timeout: Duration::from_secs(5),
+            max_attempts: 3,
+            retry_mode: RetryMode::Standard,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The slowest write throughput the timeouts allow for: each attempt of a write gets one more
+/// second per this many bytes of its body (a 512 MiB model: 32 s).
+pub const UPLOAD_BYTES_PER_SECOND: u64 = 16 << 20;
+
+impl S3Settings {
+    fn timeouts(&self, extra: Duration) -> TimeoutConfig {
+        TimeoutConfig::builder()
+            .connect_timeout(self.connect_timeout)
+            .operation_attempt_timeout(self.attempt_timeout + extra)
+            .operation_timeout(self.operation_timeout + extra * self.max_attempts.max(1))
+            .build()
+    }
+
+    fn retries(&self) -> RetryConfig {
+        let retry = match self.retry_mode {
+            RetryMode::Adaptive => RetryConfig::adaptive(),
+            _ => RetryConfig::standard(),
+        };
+        retry
+            .with_max_attempts(self.max_attempts.max(1))
+            .with_initial_backoff(self.initial_backoff)
+            .with_max_backoff(self.max_backoff)
+    }
+}
 
 /// Objects live in `bucket` under `prefix` (empty, or ending with `/`).
 #[derive(Debug, Clone)]
@@ -21,23 +104,48 @@ pub struct S3Store {
     client: Client,
     bucket: String,
     prefix: String,
+    settings: S3Settings,
 }
 
 impl S3Store {
+    /// A store over a client built elsewhere, whose timeouts and retries are its own; GET
+    /// bodies get the default idle timeout and resumptions of [`S3Settings`].
     pub fn new(client: Client, bucket: impl Into<String>, prefix: impl Into<String>) -> Self {
         let mut prefix = prefix.into();
         if !prefix.is_empty() && !prefix.ends_with('/') {
             prefix.push('/');
         }
-        Self { client, bucket: bucket.into(), prefix }
+        Self { client, bucket: bucket.into(), prefix, settings: S3Settings::default() }
     }
 
-    /// Builds a client from the standard AWS environment (region, credentials, endpoint).
-    pub async fn connect(bucket: &str, prefix: &str, force_path_style: bool) -> Self {
+    /// Builds a client from the standard AWS environment (region, credentials, endpoint),
+    /// with the timeouts and retries of `settings`.
+    pub async fn connect(bucket: &str, prefix: &str, settings: &S3Settings) -> Self {
         let shared = aws_config::load_from_env().await;
-        let config =
-            aws_sdk_s3::config::Builder::from(&shared).force_path_style(force_path_style).build();
-        Self::new(Client::from_conf(config), bucket, prefix)
+        Self::from_sdk_config(&shared, bucket, prefix, settings)
+    }
+
+    /// Builds a client from an already loaded AWS configuration, with the timeouts and
+    /// retries of `settings` taking the place of the configuration's own.
+    pub fn from_sdk_config(
+        shared: &aws_config::SdkConfig,
+        bucket: &str,
+        prefix: &str,
+        settings: &S3Settings,
+    ) -> Self {
+        let config = aws_sdk_s3::config::Builder::from(shared)
+            .force_path_style(settings.force_path_style)
+            .timeout_config(settings.timeouts(Duration::ZERO))
+            .retry_config(settings.retries())
+            .stalled_stream_protection(
+                StalledStreamProtectionConfig::enabled()
+                    .grace_period(settings.body_idle_timeout)
+                    .build(),
+            )
+            .build();
+        let mut store = Self::new(Client::from_conf(config), bucket, prefix);
+        store.settings = settings.clone();
+        store
     }
 
     pub fn bucket(&self) -> &str {
@@ -47,6 +155,13 @@ impl S3Store {
     fn full_key(&self, key: &str) -> Result<String, StoreError> {
         check_key(key)?;
         Ok(format!("{}{key}", self.prefix))
+    }
+
+    /// Timeouts for writing `bytes`: the configured ones, longer by the time the body takes
+    /// at [`UPLOAD_BYTES_PER_SECOND`].
+    fn write_config(&self, bytes: &Bytes) -> aws_sdk_s3::config::Builder {
+        let extra = Duration::from_secs_f64(bytes.len() as f64 / UPLOAD_BYTES_PER_SECOND as f64);
+        aws_sdk_s3::config::Builder::new().timeout_config(self.settings.timeouts(extra))
     }
 }
 
@@ -61,7 +176,11 @@ where
     let key = key.to_owned();
     let status = err.raw_response().map(|raw| raw.status().as_u16());
     let code = err.code().map(str::to_owned);
-    let transport = matches!(err, SdkError::DispatchFailure(_) | SdkError::TimeoutError(_));
+    // A response that could not be read whole (reset, truncated) is a transport failure too.
+    let transport = matches!(
+        err,
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_)
+    );
     let source: crate::error::Cause = Arc::new(err);
     match (code.as_deref(), status) {
         _ if transport => StoreError::Unavailable { key, source },
@@ -92,6 +211,104 @@ where
     }
 }
 
+/// A GET body being read: the SDK's byte stream, and what is needed to resume it.
+struct ResumableBody {
+    client: Client,
+    bucket: String,
+    full_key: String,
+    key: String,
+    etag: Option<String>,
+    body: Option<ByteStream>,
+    received: u64,
+    size: u64,
+    idle_timeout: Duration,
+    resumes_left: u32,
+}
+
+impl ResumableBody {
+    /// [`Self::next`] in the shape `stream::unfold` takes.
+    async fn advance(mut self) -> Option<(Result<Bytes, StoreError>, Self)> {
+        self.next().await.map(|chunk| (chunk, self))
+    }
+
+    /// The next chunk; a broken or stalled stream is resumed where it broke while resumptions
+    /// are left, then reported as [`StoreError::Unavailable`].
+    async fn next(&mut self) -> Option<Result<Bytes, StoreError>> {
+        loop {
+            let body = self.body.as_mut()?;
+            let failure: Cause = match tokio::time::timeout(self.idle_timeout, body.next()).await {
+                Ok(None) => {
+                    self.body = None;
+                    return None;
+                }
+                Ok(Some(Ok(chunk))) => {
+                    self.received += chunk.len() as u64;
+                    return Some(Ok(chunk));
+                }
+                Ok(Some(Err(e))) => Arc::new(e),
+                Err(_) => Arc::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no body bytes for {:?}", self.idle_timeout),
+                )),
+            };
+            self.body = None;
+            let etag = match &self.etag {
+                Some(etag) if self.resumes_left > 0 => etag.clone(),
+                _ => {
+                    return Some(Err(StoreError::Unavailable {
+                        key: self.key.clone(),
+                        source: failure,
+                    }))
+                }
+            };
+            self.resumes_left -= 1;
+            tracing::warn!(
+                key = %self.key,
+                received = self.received,
+                size = self.size,
+                error = %crate::error::chain(failure.as_ref()),
+                "S3 body broke off; resuming"
+            );
+            match self.resume(&etag).await {
+                Ok(body) => self.body = Some(body),
+                Err(err) => return Some(Err(err)),
+            }
+        }
+    }
+
+    /// The rest of the object from `received` on, provided it is still the same object.
+    async fn resume(&self, etag: &str) -> Result<ByteStream, StoreError> {
+        let output = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&self.full_key)
+            .range(format!("bytes={}-", self.received))
+            .if_match(etag)
+            .send()
+            .await
+            .map_err(|e| match classify(&self.key, e) {
+                // 412: the object was replaced while it was being read.
+                StoreError::AlreadyExists { key } => StoreError::Other {
+                    key,
+                    source: Arc::new(std::io::Error::other("object changed while being read")),
+                },
+                other => other,
+            })?;
+        let expected = format!("bytes {}-", self.received);
+        if !output.content_range().is_some_and(|range| range.starts_with(&expected)) {
+            return Err(StoreError::Unavailable {
+                key: self.key.clone(),
+                source: Arc::new(std::io::Error::other(format!(
+                    "asked for {expected}, got range {:?}",
+                    output.content_range()
+                ))),
+            });
+        }
+        Ok(output.body)
+    }
+}
+
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn get(&self, key: &str) -> Result<GetResult, StoreError> {
@@ -105,22 +322,19 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| classify(key, e))?;
         let size = output.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
-        let owned_key = key.to_owned();
-        let chunks = stream::unfold(Some(output.body), move |body| {
-            let key = owned_key.clone();
-            async move {
-                let mut body: ByteStream = body?;
-                match body.next().await {
-                    None => None,
-                    Some(Ok(chunk)) => Some((Ok(chunk), Some(body))),
-                    // The connection broke mid-object: report it and end the stream.
-                    Some(Err(e)) => {
-                        Some((Err(StoreError::Unavailable { key, source: Arc::new(e) }), None))
-                    }
-                }
-            }
-        });
-        Ok(GetResult { size, chunks: Box::pin(chunks) })
+        let body = ResumableBody {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            full_key: full,
+            key: key.to_owned(),
+            etag: output.e_tag().map(str::to_owned),
+            body: Some(output.body),
+            received: 0,
+            size,
+            idle_timeout: self.settings.body_idle_timeout,
+            resumes_left: self.settings.max_attempts.saturating_sub(1),
+        };
+        Ok(GetResult { size, chunks: Box::pin(stream::unfold(body, ResumableBody::advance)) })
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
@@ -139,11 +353,14 @@ impl ObjectStore for S3Store {
 
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
         let full = self.full_key(key)?;
+        let config = self.write_config(&bytes);
         self.client
             .put_object()
             .bucket(&self.bucket)
             .key(&full)
             .body(ByteStream::from(bytes))
+            .customize()
+            .config_override(config)
             .send()
             .await
             .map_err(|e| classify(key, e))?;
@@ -152,12 +369,15 @@ impl ObjectStore for S3Store {
 
     async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
         let full = self.full_key(key)?;
+        let config = self.write_config(&bytes);
         self.client
             .put_object()
             .bucket(&self.bucket)
             .key(&full)
             .if_none_match("*")
             .body(ByteStream::from(bytes))
+            .customize()
+            .config_override(config)
             .send()
             .await
             .map_err(|e| classify(key, e))?;

@@ -4,6 +4,7 @@
 //! under cargo-lambda's Lambda Runtime API emulator.
 
 mod bad_input;
+mod bad_requests;
 mod cold_start;
 mod conformance;
 mod lambda_emulator;

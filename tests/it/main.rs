@@ -7,6 +7,7 @@ mod bad_input;
 mod bad_requests;
 mod cold_start;
 mod conformance;
+mod fuzz_corpora;
 mod lambda_emulator;
 mod predict_api;
 mod processes;

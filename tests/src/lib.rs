@@ -2,6 +2,8 @@
 //! `scripts/test.sh`, the reference models and cases made by `scripts/make_models.py`, and a
 //! way to call the predict handler with hand-built requests.
 
+pub mod fuzz;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

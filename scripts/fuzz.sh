@@ -35,6 +35,6 @@ for target in "${targets[@]}"; do
     options+=(-dict="tests/fuzz/$target.dict")
   fi
   cargo fuzz run "${fuzz[@]}" "$target" -- "${options[@]}"
-  cargo fuzz cmin "${fuzz[@]}" "$target"
+  cargo fuzz cmin "${fuzz[@]}" "$target" -- -set_cover_merge=1 -use_counters=0 -use_cmp=0
   echo "$target: corpus of $(ls "tests/fuzz/corpus/$target" | wc -l) files after minimising"
 done

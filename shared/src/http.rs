@@ -1,5 +1,6 @@
-//! HTTP glue shared by the HTTP functions: JSON responses, error responses, and a local
-//! server that feeds the same handlers as API Gateway.
+//! HTTP glue shared by the HTTP functions: JSON responses, error responses, routes, the
+//! Lambda runtime's entry with its event checks, and a local server that feeds the same
+//! handlers as API Gateway.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -47,7 +48,7 @@ pub fn error_response(err: &Error) -> Response<Body> {
 
 /// The header [`sanitize_event`] sets on a request whose body API Gateway marked as base64
 /// but is not; [`Routes::find`] answers such a request with a 400. The same header sent by a
-/// client is removed first.
+/// client is removed first (and by the local server).
 const UNDECODABLE_BODY: &str = "x-maas-undecodable-body";
 
 /// Makes an API Gateway event safe to convert into a request. lambda_http decodes a body
@@ -169,7 +170,9 @@ where
     let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
         let handler = handler.clone();
         async move {
-            let (parts, body) = request.into_parts();
+            let (mut parts, body) = request.into_parts();
+            // Only sanitize_event may mark a request.
+            parts.headers.remove(UNDECODABLE_BODY);
             let response = match axum::body::to_bytes(body, body_limit).await {
                 Ok(bytes) => {
                     let body =

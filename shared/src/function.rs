@@ -1,7 +1,6 @@
 //! Start-up shared by the function binaries: logging (with no secrets in it), configuration,
 //! the registry, and running an HTTP handler under the Lambda runtime or as a local server.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -101,12 +100,6 @@ where
 {
     match local {
         Some(addr) => Ok(crate::http::serve_locally(addr, body_limit, handler).await?),
-        None => {
-            lambda_http::run(lambda_http::service_fn(move |request| {
-                let response = handler(request);
-                async move { Ok::<_, Infallible>(response.await) }
-            }))
-            .await
-        }
+        None => crate::http::run_lambda(handler).await,
     }
 }

@@ -1,10 +1,14 @@
-//! HTTP glue shared by the HTTP functions: JSON responses, error responses, and a local
-//! server that feeds the same handlers as API Gateway.
+//! HTTP glue shared by the HTTP functions: JSON responses, error responses, routes, the
+//! Lambda runtime's entry with its event checks, and a local server that feeds the same
+//! handlers as API Gateway.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 
-use lambda_http::http::{header, Method, StatusCode};
+use base64::Engine as _;
+use lambda_http::http::{header, HeaderValue, Method, StatusCode};
+use lambda_http::request::LambdaRequest;
 use lambda_http::{Body, Request, Response};
 use serde::Serialize;
 
@@ -47,6 +51,33 @@ pub fn error_response(err: &Error) -> Response<Body> {
     response
 }
 
+/// The header [`sanitize_event`] sets on a request whose body API Gateway marked as base64
+/// but is not; [`Routes::find`] answers such a request with a 400. The same header sent by a
+/// client is removed first (and by the local server).
+const UNDECODABLE_BODY: &str = "x-maas-undecodable-body";
+
+/// Makes an API Gateway event safe to convert into a request. lambda_http decodes a body
+/// marked `isBase64Encoded` with an `expect`, so garbage there panics, which aborts a release
+/// build and throws away the warm environment. Such a body is dropped and the request marked,
+/// for the route lookup to answer 400 naming the problem.
+pub fn sanitize_event(event: &mut LambdaRequest) {
+    let LambdaRequest::ApiGatewayV2(event) = event else { return };
+    event.headers.remove(UNDECODABLE_BODY);
+    let engine = &base64::engine::general_purpose::STANDARD;
+    if event.is_base64_encoded && event.body.as_deref().is_some_and(|b| engine.decode(b).is_err()) {
+        event.body = None;
+        event.is_base64_encoded = false;
+        event.headers.insert(UNDECODABLE_BODY, HeaderValue::from_static("base64"));
+    }
+}
+
+/// An API Gateway event as a handler receives it under the Lambda runtime ([`run_lambda`]):
+/// sanitized, then converted by lambda_http.
+pub fn event_request(mut event: LambdaRequest) -> Request {
+    sanitize_event(&mut event);
+    event.into()
+}
+
 /// A route table: paths with `{parameters}`, each with the methods it answers and the action
 /// each method maps to.
 #[derive(Debug)]
@@ -77,18 +108,25 @@ impl<A: Copy + 'static> Routes<A> {
         Self { router }
     }
 
-    /// The action for a request, or the 404 (no such path) or 405 (no such method, with an
-    /// `Allow` header) response. A trailing `/` is ignored.
+    /// The action for a request, or the 404 (no such path), 405 (no such method, with an
+    /// `Allow` header) or 400 (a body [`sanitize_event`] found undecodable) response. A
+    /// trailing `/` is ignored.
     pub fn find<'r, 'p>(
         &'r self,
-        method: &Method,
-        path: &'p str,
+        request: &'p Request,
     ) -> Result<Matched<'r, 'p, A>, Box<Response<Body>>> {
+        let (method, path) = (request.method(), request.uri().path());
         let trimmed = path.trim_end_matches('/');
         let Ok(matched) = self.router.at(if trimmed.is_empty() { "/" } else { trimmed }) else {
             return Err(Box::new(message_response(404, &format!("no route for {trimmed}"))));
         };
         if let Some((_, action)) = matched.value.iter().find(|(m, _)| m == method) {
+            if request.headers().contains_key(UNDECODABLE_BODY) {
+                return Err(Box::new(message_response(
+                    400,
+                    "the request body is marked isBase64Encoded but is not valid base64",
+                )));
+            }
             return Ok(Matched { action: *action, params: matched.params });
         }
         let allowed: Vec<&str> = matched.value.iter().map(|(m, _)| m.as_str()).collect();
@@ -100,6 +138,26 @@ impl<A: Copy + 'static> Routes<A> {
         }
         Err(Box::new(response))
     }
+}
+
+/// Runs `handler` under the Lambda runtime (API Gateway HTTP API events) until the process
+/// ends. lambda_http's own `run`, with every event passed through [`sanitize_event`] first.
+pub async fn run_lambda<H, F>(handler: H) -> Result<(), lambda_http::Error>
+where
+    H: Fn(Request) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let handler = lambda_http::service_fn(move |request| {
+        let response = handler(request);
+        async move { Ok::<_, Infallible>(response.await) }
+    });
+    let events = lambda_http::tower::ServiceBuilder::new()
+        .map_request(|mut event: lambda_http::LambdaEvent<LambdaRequest>| {
+            sanitize_event(&mut event.payload);
+            event
+        })
+        .service(lambda_http::Adapter::from(handler));
+    lambda_http::lambda_runtime::run(events).await
 }
 
 /// Serves `handler` on `addr` over plain HTTP until Ctrl-C, turning each request into the
@@ -117,7 +175,9 @@ where
     let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
         let handler = handler.clone();
         async move {
-            let (parts, body) = request.into_parts();
+            let (mut parts, body) = request.into_parts();
+            // Only sanitize_event may mark a request.
+            parts.headers.remove(UNDECODABLE_BODY);
             let response = match axum::body::to_bytes(body, body_limit).await {
                 Ok(bytes) => {
                     let body =

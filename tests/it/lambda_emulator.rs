@@ -287,6 +287,17 @@ async fn predict_binary_answers_api_gateway_events_under_the_runtime_api() {
     assert_eq!(status, 400, "{error}");
     assert!(error["error"].as_str().is_some_and(|e| e.contains("invalid request body")), "{error}");
 
+    // A body marked base64 that is not: lambda_http's own conversion panics on it (a release
+    // build aborts); the function answers 400 and goes on to the next event.
+    let mut garbage = event("predict-infer.json");
+    garbage["body"] = Value::from("!!! not base64 !!!");
+    garbage["isBase64Encoded"] = Value::from(true);
+    let (status, result) = emulator.invoke(&mut predict, &garbage).await;
+    assert_eq!(status, 200, "{result}");
+    let (status, error) = api_gateway_response(&result);
+    assert_eq!(status, 400, "{error}");
+    assert!(error["error"].as_str().is_some_and(|e| e.contains("not valid base64")), "{error}");
+
     let (status, result) = emulator.invoke(&mut predict, &event("predict-metadata.json")).await;
     assert_eq!(status, 200, "{result}");
     let (status, metadata) = api_gateway_response(&result);

@@ -4,8 +4,10 @@
 //! under cargo-lambda's Lambda Runtime API emulator.
 
 mod bad_input;
+mod bad_requests;
 mod cold_start;
 mod conformance;
+mod fuzz_corpora;
 mod lambda_emulator;
 mod predict_api;
 mod processes;

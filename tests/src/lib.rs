@@ -5,6 +5,8 @@
 
 pub mod fault_proxy;
 
+pub mod fuzz;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -37,7 +37,7 @@ static ROUTES: LazyLock<Routes<Action>> = LazyLock::new(|| {
 
 /// Answers one request. Never fails: every error becomes a JSON error response.
 pub async fn handle(publisher: &Publisher, request: Request) -> Response<Body> {
-    let matched = match ROUTES.find(request.method(), request.uri().path()) {
+    let matched = match ROUTES.find(&request) {
         Ok(matched) => matched,
         Err(response) => return *response,
     };

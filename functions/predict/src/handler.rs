@@ -36,7 +36,7 @@ static ROUTES: LazyLock<Routes<Action>> = LazyLock::new(|| {
 /// Answers one request. Never fails: every error becomes a JSON error response.
 /// `{version}` may be a number, `latest` or an alias.
 pub async fn handle(predictor: &Predictor, request: Request) -> Response<Body> {
-    let matched = match ROUTES.find(request.method(), request.uri().path()) {
+    let matched = match ROUTES.find(&request) {
         Ok(matched) => matched,
         Err(response) => return *response,
     };

@@ -630,6 +630,15 @@ fn signature_of(proto: &pb::ModelProto) -> Result<Signature, Error> {
     })
 }
 
+/// The signature of an ONNX file, read without translating the graph: the entry point of the
+/// signature reader's fuzz target.
+pub fn read_signature(bytes: &[u8]) -> Result<Signature, Error> {
+    let proto = tract_onnx::onnx()
+        .proto_model_for_read(&mut &bytes[..])
+        .map_err(|e| invalid(format!("not an ONNX file: {e}")))?;
+    signature_of(&proto)
+}
+
 /// A `ZipMap` output (a sequence of maps in ONNX) is served as the probabilities it maps:
 /// FP32 `[batch, classes]`.
 fn zipmap_spec(graph: &pb::GraphProto, value: &pb::ValueInfoProto) -> Option<TensorSpec> {

@@ -11,6 +11,7 @@ cd "$root"
 venv="$root/.venv"
 models="$root/target/test-models"
 zoo="$root/target/zoo"
+hostile="$root/target/hostile"
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -28,6 +29,12 @@ step "Reference models and onnxruntime outputs ($models)"
 
 step "Model zoo and onnxruntime outputs ($zoo)"
 "$venv/bin/python" scripts/make_zoo.py build --out "$zoo"
+
+step "Hostile models ($hostile)"
+"$venv/bin/python" scripts/make_hostile.py --out "$hostile"
+
+step "Formatting (cargo fmt --check)"
+cargo fmt --all -- --check
 
 step "Template lint"
 "$venv/bin/cfn-lint" template.yaml
@@ -74,6 +81,7 @@ echo "moto listening on 127.0.0.1:$port (log: $log)"
 export MAAS_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
 export MAAS_TEST_MODELS="$models"
 export MAAS_TEST_ZOO="$zoo"
+export MAAS_TEST_HOSTILE="$hostile"
 export MAAS_TEST_CARGO_LAMBDA="$venv/bin/cargo-lambda"
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
 unset AWS_PROFILE AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3 MAAS_STORE
@@ -81,5 +89,11 @@ unset AWS_PROFILE AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3 MAAS_STORE
 step "Build (binaries are driven by the tests)"
 cargo build --workspace --bins
 
+step "Release build of predict and model-upload (hostile inputs are tried on what is deployed)"
+cargo build --release -p predict -p model-upload
+
 step "Tests"
 cargo test --workspace "$@"
+
+step "Lints (cargo clippy, warnings are errors)"
+cargo clippy --workspace --all-targets -- -D warnings

@@ -202,7 +202,15 @@ impl Registry {
             engine::Model::load_path(&path, loader, plans, &limits)
         })
         .await
-        .map_err(|e| Error::internal("loading a model", e))??;
+        .map_err(|e| Error::internal("loading a model", e))?
+        .map_err(|err| match err {
+            // A model placed in the store without model-upload's validation: an error for
+            // this model only.
+            Error::Engine { .. } | Error::InvalidModel { .. } | Error::InferenceRejected { .. } => {
+                corrupt(id, format!("it cannot be loaded: {}", crate::error::chain(&err)))
+            }
+            other => other,
+        })?;
         tracing::info!(
             model = %id,
             bytes = manifest.size,

@@ -8,6 +8,7 @@ mod bad_requests;
 mod cold_start;
 mod conformance;
 mod fuzz_corpora;
+mod hostile;
 mod lambda_emulator;
 mod predict_api;
 mod processes;

@@ -14,7 +14,7 @@ use crate::reference::assert_matches_reference;
 
 /// A server process, killed when dropped.
 pub(crate) struct Server {
-    child: Child,
+    pub(crate) child: Child,
     pub(crate) addr: String,
 }
 
@@ -46,8 +46,18 @@ pub(crate) async fn start(
     env: &[(&str, &str)],
     cache: &tempfile::TempDir,
 ) -> Server {
+    start_binary(&maas_tests::built_binary("predict"), args, env, cache).await
+}
+
+/// Starts `binary serve` (a function binary's local server) with `args` and `env`.
+pub(crate) async fn start_binary(
+    binary: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    cache: &tempfile::TempDir,
+) -> Server {
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut command = Command::new(maas_tests::built_binary("predict"));
+    let mut command = Command::new(binary);
     command
         .current_dir(repo_root())
         .args(["serve", "--addr", &addr])
@@ -59,10 +69,15 @@ pub(crate) async fn start(
     for (name, value) in env {
         command.env(name, value);
     }
-    let server = Server { child: command.spawn().expect("start predict"), addr };
+    let server = Server { child: command.spawn().expect("start the server"), addr };
     let deadline = Instant::now() + Duration::from_secs(30);
     while tokio::net::TcpStream::connect(&server.addr).await.is_err() {
-        assert!(Instant::now() < deadline, "predict did not listen on {}", server.addr);
+        assert!(
+            Instant::now() < deadline,
+            "{} did not listen on {}",
+            binary.display(),
+            server.addr
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     server

@@ -113,6 +113,27 @@ pub fn built_binary(name: &str) -> PathBuf {
     path
 }
 
+/// A function binary's release build (`scripts/test.sh` builds `predict` and `model-upload`
+/// with `cargo build --release`): hostile inputs are tried on what is deployed.
+pub fn release_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let target = exe.parent().and_then(|deps| deps.parent()).and_then(|p| p.parent()).unwrap();
+    let path = target.join("release").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --release -p {name}` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// The hostile models made by `scripts/make_hostile.py`, with `hostile.json`.
+pub fn hostile_dir() -> PathBuf {
+    std::env::var("MAAS_TEST_HOSTILE").map(PathBuf::from).expect(
+        "MAAS_TEST_HOSTILE is not set: run the tests with scripts/test.sh, which makes the models",
+    )
+}
+
 /// The repository's root folder.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()

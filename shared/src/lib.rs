@@ -3,7 +3,8 @@
 //! An ONNX model is published to an object store ([`store`]) under the layout of [`names`]
 //! with a [`manifest`]; the [`registry`] pulls it on first use into a disk cache
 //! ([`disk_cache`]) and a bounded memory cache, loads it with the [`engine`], and the
-//! [`predictor`] serves it over the Open Inference Protocol ([`protocol`]); the
+//! [`predictor`] runs requests against its [`signature`], decoded by the wire protocols of
+//! [`protocol`]; the
 //! [`publisher`] validates uploads and publishes them through the registry's write path
 //! ([`registry::publish`]). [`http`] holds the glue the HTTP functions share, [`function`]
 //! their start-up; [`config`] reads the environment.
@@ -20,6 +21,7 @@ pub mod predictor;
 pub mod protocol;
 pub mod publisher;
 pub mod registry;
+pub mod signature;
 pub mod store;
 pub mod tensor;
 

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::tensor::DataType;
+pub use crate::signature::{Signature, TensorSpec};
 
 /// `models/<name>/<version>/manifest.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,42 +82,4 @@ pub struct ValidationReport {
 pub struct Artefact {
     pub sha256: String,
     pub size: u64,
-}
-
-/// The tensors a model takes and gives, in the model's order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Signature {
-    pub inputs: Vec<TensorSpec>,
-    pub outputs: Vec<TensorSpec>,
-}
-
-/// One input or output of a model. A dynamic dimension is `-1`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TensorSpec {
-    pub name: String,
-    pub datatype: DataType,
-    pub shape: Vec<i64>,
-}
-
-impl TensorSpec {
-    /// Whether a concrete shape fits this spec: same rank, and equal in every fixed dimension.
-    pub fn accepts_shape(&self, shape: &[usize]) -> bool {
-        shape.len() == self.shape.len()
-            && self.shape.iter().zip(shape).all(|(&want, &got)| want < 0 || want as usize == got)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dynamic_dimensions_accept_any_size_and_fixed_ones_only_theirs() {
-        let spec = TensorSpec { name: "x".into(), datatype: DataType::F32, shape: vec![-1, 4] };
-        assert!(spec.accepts_shape(&[1, 4]));
-        assert!(spec.accepts_shape(&[64, 4]));
-        assert!(!spec.accepts_shape(&[1, 3]));
-        assert!(!spec.accepts_shape(&[4]));
-        assert!(!spec.accepts_shape(&[1, 4, 1]));
-    }
 }

@@ -1,17 +1,51 @@
-//! Open Inference Protocol operations over the registry, independent of how requests arrive
-//! (API Gateway, a local server, a test).
+//! Serving operations over the registry, independent of protocol and of how requests arrive
+//! (API Gateway, a local server, a test, a batch job): resolve a model, check a decoded
+//! request against its signature, run it, and return the outputs asked for.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::error::Error;
-use crate::names::{ModelId, ModelName, VersionSpec};
-use crate::protocol::{self, InferResponse, ModelMetadata, ResponseOutput, PLATFORM};
+use crate::manifest::Manifest;
+use crate::names::{ModelId, ModelName, Version, VersionSpec};
 use crate::registry::Registry;
+use crate::signature::{InferenceRequest, Signature};
+use crate::tensor::Tensor;
 
 #[derive(Debug, Clone)]
 pub struct Predictor {
     registry: Arc<Registry>,
     max_request_bytes: usize,
+}
+
+/// One inference: the model that ran, the outputs asked for (in the order asked), and where
+/// the time went.
+#[derive(Debug)]
+pub struct Inference {
+    pub model: ModelId,
+    pub outputs: Vec<Tensor>,
+    pub timings: Timings,
+}
+
+/// Milliseconds spent in each step of an inference.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    /// Resolving the version (a manifest or alias read when not cached).
+    pub resolve_ms: f64,
+    /// Getting the loaded model: fetching and loading it on a cold request, else a lookup.
+    pub load_ms: f64,
+    /// Decoding the request against the signature and checking it.
+    pub decode_ms: f64,
+    /// Running the engine.
+    pub infer_ms: f64,
+}
+
+/// A model as metadata describes it: the manifest of the version resolved, and the versions
+/// the request covers (all of them when it named none).
+#[derive(Debug, Clone)]
+pub struct ModelDescription {
+    pub manifest: Manifest,
+    pub versions: Vec<Version>,
 }
 
 /// The `{name}` and optional `{version}` of a request path, validated.
@@ -37,51 +71,60 @@ impl Predictor {
         self.registry.resolve(&name, &spec).await
     }
 
-    /// Runs one inference request (`POST /v2/models/{name}[/versions/{v}]/infer`).
-    #[tracing::instrument(skip(self, body), fields(bytes = body.len()))]
-    pub async fn infer(
+    /// Refuses a request body over the configured size (413).
+    pub fn check_request_size(&self, bytes: usize) -> Result<(), Error> {
+        if bytes <= self.max_request_bytes {
+            return Ok(());
+        }
+        Err(Error::PayloadTooLarge {
+            what: "request body",
+            size: bytes as u64,
+            limit: self.max_request_bytes as u64,
+        })
+    }
+
+    /// Runs one inference on `{name}` at `{version}` (latest when absent). `decode` turns
+    /// the protocol's request into named tensors given the model's signature; the result is
+    /// checked against the signature here, the same way for every protocol.
+    #[tracing::instrument(skip(self, decode))]
+    pub async fn infer<D>(
         &self,
         name: &str,
         version: Option<&str>,
-        body: &[u8],
-    ) -> Result<InferResponse, Error> {
-        if body.len() > self.max_request_bytes {
-            return Err(Error::PayloadTooLarge {
-                what: "request body",
-                size: body.len() as u64,
-                limit: self.max_request_bytes as u64,
-            });
-        }
+        decode: D,
+    ) -> Result<Inference, Error>
+    where
+        D: FnOnce(&Signature) -> Result<InferenceRequest, Error>,
+    {
+        let mut timings = Timings::default();
+        let started = Instant::now();
         let target = parse_target(name, version)?;
-        let request = protocol::parse_request(body)?;
         let id = self.registry.resolve(&target.0, &target.1).await?;
+        timings.resolve_ms = crate::elapsed_ms(started);
+        let started = Instant::now();
         let loaded = self.registry.load(&id).await?;
-        let decoded = protocol::decode(request, loaded.model.signature())?;
+        timings.load_ms = crate::elapsed_ms(started);
+        let started = Instant::now();
+        let signature = loaded.model.signature();
+        let request = signature.check(decode(signature)?)?;
+        timings.decode_ms = crate::elapsed_ms(started);
+        let started = Instant::now();
         let runner = Arc::clone(&loaded);
-        let inputs = decoded.inputs;
+        let inputs = request.inputs;
         let outputs = tokio::task::spawn_blocking(move || runner.model.run(inputs))
             .await
             .map_err(|e| Error::internal("running inference", e))??;
-        let mut outputs: Vec<Option<_>> = outputs.into_iter().map(Some).collect();
-        let selected = decoded
+        timings.infer_ms = crate::elapsed_ms(started);
+        let mut outputs: Vec<Option<Tensor>> = outputs.into_iter().map(Some).collect();
+        let selected = request
             .outputs
             .iter()
             .filter_map(|wanted| {
-                let position = loaded
-                    .model
-                    .signature()
-                    .outputs
-                    .iter()
-                    .position(|spec| &spec.name == wanted)?;
-                outputs[position].take().map(ResponseOutput::from)
+                let position = signature.outputs.iter().position(|spec| &spec.name == wanted)?;
+                outputs[position].take()
             })
             .collect();
-        Ok(InferResponse {
-            model_name: id.name.to_string(),
-            model_version: id.version.to_string(),
-            id: decoded.id,
-            outputs: selected,
-        })
+        Ok(Inference { model: id, outputs: selected, timings })
     }
 
     /// Model metadata (`GET /v2/models/{name}[/versions/{v}]`). Without a version it
@@ -90,7 +133,7 @@ impl Predictor {
         &self,
         name: &str,
         version: Option<&str>,
-    ) -> Result<ModelMetadata, Error> {
+    ) -> Result<ModelDescription, Error> {
         let (model_name, spec) = parse_target(name, version)?;
         let id = self.registry.resolve(&model_name, &spec).await?;
         let manifest = self.registry.manifest(&id).await?;
@@ -98,13 +141,7 @@ impl Predictor {
             VersionSpec::Exact(_) | VersionSpec::Alias(_) => vec![id.version],
             VersionSpec::Latest => self.registry.versions(&model_name).await?,
         };
-        Ok(ModelMetadata {
-            name: manifest.name,
-            versions: versions.iter().map(ToString::to_string).collect(),
-            platform: PLATFORM,
-            inputs: manifest.signature.inputs,
-            outputs: manifest.signature.outputs,
-        })
+        Ok(ModelDescription { manifest, versions })
     }
 
     /// Readiness of one model (`GET .../ready`): loads it if it is not loaded, so a call

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use maas::manifest::Manifest;
+use maas::protocol::oip::infer_json;
 use maas::store::{LocalStore, SharedStore};
 use maas_tests::{hostile_dir, predictor, publisher, release_binary, repo_root};
 use serde::Deserialize;
@@ -76,7 +77,7 @@ async fn value_driven_sizes_publish_but_hostile_requests_are_422_naming_the_node
         let published = publisher.put_version(&case.name, "1", &bytes_of(case)).await;
         assert!(published.is_ok(), "{}: {published:?}", case.name);
         let body = serde_json::to_vec(&case.request).unwrap();
-        let err = predictor.infer(&case.name, None, &body).await.unwrap_err();
+        let err = infer_json(&predictor, &case.name, None, &body).await.unwrap_err();
         assert_eq!(err.status(), 422, "{} ({}): {err}", case.name, case.why);
         assert_eq!(err.kind(), "OverBudget", "{}: {err}", case.name);
         assert!(err.to_string().contains("node `"), "{}: {err}", case.name);
@@ -110,10 +111,10 @@ async fn models_written_to_the_bucket_by_hand_fail_alone() {
     let predictor = predictor(store, &cache);
     let iris = crate::predict_api::readme_request().to_string();
     for case in refused(&cases) {
-        let err = predictor.infer(&case.name, None, iris.as_bytes()).await.unwrap_err();
+        let err = infer_json(&predictor, &case.name, None, iris.as_bytes()).await.unwrap_err();
         assert!(err.status() >= 400, "{}: {err}", case.name);
         // The others keep serving.
-        let answer = predictor.infer("iris", None, iris.as_bytes()).await;
+        let answer = infer_json(&predictor, "iris", None, iris.as_bytes()).await;
         assert!(answer.is_ok(), "after {}: {answer:?}", case.name);
     }
 }

@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
 use maas::http::{error_response, json_response, Routes};
-use maas::protocol::ServerMetadata;
+use maas::protocol::oip::{self, ModelMetadata, ServerMetadata};
 use maas::Predictor;
 use serde_json::json;
 
@@ -46,7 +46,10 @@ pub async fn handle(predictor: &Predictor, request: Request) -> Response<Body> {
         Action::Server => Ok(json_response(200, &ServerMetadata::current())),
         Action::Live => Ok(json_response(200, &json!({ "live": true }))),
         Action::Ready => Ok(json_response(200, &json!({ "ready": true }))),
-        Action::Model => predictor.metadata(name, version).await.map(|m| json_response(200, &m)),
+        Action::Model => predictor
+            .metadata(name, version)
+            .await
+            .map(|m| json_response(200, &ModelMetadata::from(m))),
         Action::ModelReady => predictor.ready(name, version).await.map(|id| {
             let version = id.version.to_string();
             json_response(
@@ -54,10 +57,9 @@ pub async fn handle(predictor: &Predictor, request: Request) -> Response<Body> {
                 &json!({ "name": id.name.as_str(), "version": version, "ready": true }),
             )
         }),
-        Action::Infer => predictor
-            .infer(name, version, request.body().as_ref())
-            .await
-            .map(|r| json_response(200, &r)),
+        Action::Infer => {
+            oip::infer(predictor, name, version, request.headers(), request.body()).await
+        }
     };
     result.unwrap_or_else(|err| error_response(&err))
 }

@@ -1,0 +1,6 @@
+//! The wire protocols predict speaks, each a codec over the protocol-neutral
+//! [`Predictor::infer`](crate::Predictor::infer): [`json`] holds the JSON number handling
+//! they share, [`oip`] the Open Inference Protocol (KServe v2).
+
+pub mod json;
+pub mod oip;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::engine;
 use crate::names::{ModelName, VersionSpec};
+use crate::predictor::RequestLimits;
 use crate::registry::{CacheSettings, PublishLimits};
 use crate::store::{LocalStore, MemoryStore, S3Settings, S3Store, SharedStore};
 
@@ -29,6 +30,9 @@ use crate::store::{LocalStore, MemoryStore, S3Settings, S3Store, SharedStore};
 /// | `MAAS_MEMORY_CACHE_BYTES` | bytes of model files kept loaded in memory (LRU beyond it) | half of `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, else 1 GiB |
 /// | `MAAS_PRELOAD` | models loaded during start-up (the Lambda init phase): `name` or `name:version`, comma-separated | none |
 /// | `MAAS_MAX_REQUEST_BYTES` | largest request body accepted (413 beyond) | 6291456 (6 MiB, Lambda's payload limit) |
+/// | `MAAS_MAX_RESPONSE_BYTES` | largest response as Lambda returns it, base64 of binary bodies and JSON escapes counted (413 naming batch-predict beyond) | 6291456 (6 MiB, Lambda's synchronous response limit) |
+/// | `MAAS_MAX_BATCH` | most rows in one request: the first dimension of inputs whose first dimension is dynamic (413 beyond) | 4096 |
+/// | `MAAS_MAX_ELEMENTS` | most elements of all inputs of one request together (413 beyond) | 4194304 |
 /// | `MAAS_RESOLVE_TTL_SECONDS` | how long `latest` and aliases stay resolved before the store is asked again | 30 |
 /// | `MAAS_MAX_MODEL_BYTES` | largest ONNX file `model-upload` accepts (413 beyond) | 536870912 (512 MiB) |
 /// | `MAAS_MAX_TENSOR_BYTES` | largest tensor an uploaded model may declare, dynamic dimensions at 1 (422 beyond) | 268435456 (256 MiB) |
@@ -47,7 +51,8 @@ pub struct Config {
     pub s3: S3Settings,
     pub cache: CacheSettings,
     pub preload: Vec<(ModelName, VersionSpec)>,
-    pub max_request_bytes: usize,
+    pub requests: RequestLimits,
+    pub max_response_bytes: u64,
     pub publish: PublishLimits,
     pub presign_expiry: Duration,
     pub engine_threads: usize,
@@ -123,6 +128,7 @@ impl Config {
             lookup("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").and_then(|v| v.parse::<u64>().ok());
         let default_memory = lambda_memory_mib.map_or(GIB, |mib| mib * (1 << 20) / 2);
         let defaults = engine::Limits::default();
+        let requests = RequestLimits::default();
         let engine = engine::Limits {
             max_tensor_bytes: parse_or(
                 &lookup,
@@ -151,7 +157,16 @@ impl Config {
                 engine,
             },
             preload: parse_preload(lookup("MAAS_PRELOAD").as_deref().unwrap_or(""))?,
-            max_request_bytes: parse_or(&lookup, "MAAS_MAX_REQUEST_BYTES", 6 << 20)?,
+            requests: RequestLimits {
+                max_request_bytes: parse_or(
+                    &lookup,
+                    "MAAS_MAX_REQUEST_BYTES",
+                    requests.max_request_bytes,
+                )?,
+                max_batch: parse_or(&lookup, "MAAS_MAX_BATCH", requests.max_batch)?,
+                max_elements: parse_or(&lookup, "MAAS_MAX_ELEMENTS", requests.max_elements)?,
+            },
+            max_response_bytes: parse_or(&lookup, "MAAS_MAX_RESPONSE_BYTES", 6 << 20)?,
             publish: PublishLimits {
                 max_model_bytes: parse_or(&lookup, "MAAS_MAX_MODEL_BYTES", 512 << 20)?,
                 engine,
@@ -269,7 +284,8 @@ mod tests {
     fn defaults_and_overrides() {
         let c = config(&[("MAAS_STORE", "memory://")]).unwrap();
         assert_eq!(c.cache.memory_bytes, GIB);
-        assert_eq!(c.max_request_bytes, 6 << 20);
+        assert_eq!(c.requests, RequestLimits::default());
+        assert_eq!(c.max_response_bytes, 6 << 20);
         assert!(c.preload.is_empty());
         let c = config(&[
             ("MAAS_STORE", "memory://"),

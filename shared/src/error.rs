@@ -66,6 +66,14 @@ pub enum Error {
     #[error("{what} is {size} bytes, over the limit of {limit} bytes")]
     PayloadTooLarge { what: &'static str, size: u64, limit: u64 },
 
+    /// A request asks for more than a configured limit allows (rows, elements).
+    #[error("{what} is {size}, over the limit of {limit} ({variable})")]
+    OverLimit { what: &'static str, size: u64, limit: u64, variable: &'static str },
+
+    /// The response would not fit a synchronous Lambda response.
+    #[error("the response would be {size} bytes as Lambda returns it, over the limit of {limit} bytes of a synchronous invocation; ask for fewer rows or outputs, or use batch-predict (files in S3) for large results")]
+    ResponseTooLarge { size: u64, limit: u64 },
+
     /// The object store cannot be reached or is throttling us; retrying later may work.
     #[error("model store unavailable")]
     StoreUnavailable {
@@ -126,7 +134,9 @@ impl Error {
             | Error::AliasNotFound { .. }
             | Error::UploadNotFound { .. } => 404,
             Error::Conflict { .. } => 409,
-            Error::PayloadTooLarge { .. } => 413,
+            Error::PayloadTooLarge { .. }
+            | Error::OverLimit { .. }
+            | Error::ResponseTooLarge { .. } => 413,
             Error::InvalidModel { .. }
             | Error::InferenceRejected { .. }
             | Error::OverBudget { .. } => 422,
@@ -180,6 +190,8 @@ impl Error {
             Error::OverBudget { .. } => "OverBudget",
             Error::Unsupported { .. } => "Unsupported",
             Error::PayloadTooLarge { .. } => "PayloadTooLarge",
+            Error::OverLimit { .. } => "OverLimit",
+            Error::ResponseTooLarge { .. } => "ResponseTooLarge",
             Error::StoreUnavailable { .. } => "StoreUnavailable",
             Error::Store { .. } => "StoreFailure",
             Error::CorruptModel { .. } => "CorruptModel",

@@ -11,6 +11,7 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
 use crate::config::{Config, ConfigError};
+use crate::metrics;
 use crate::registry::Registry;
 
 /// `serve`: run the function's HTTP API on a local address instead of under Lambda.
@@ -87,19 +88,43 @@ pub async fn registry(config: &Config) -> Arc<Registry> {
     Arc::new(Registry::new(store, &config.cache))
 }
 
+/// How a function binary serves HTTP.
+#[derive(Debug, Clone, Copy)]
+pub struct Serving {
+    /// The function's name in logs and metrics.
+    pub function: &'static str,
+    /// Largest request body the local server reads (API Gateway has its own).
+    pub body_limit: usize,
+    /// Largest response as Lambda sends it (413 beyond); the local server applies it too.
+    pub response_limit: u64,
+}
+
 /// Runs `handler` until the process ends: as a local server on `local` when given,
-/// otherwise under the Lambda runtime (API Gateway HTTP API events).
+/// otherwise under the Lambda runtime (API Gateway HTTP API events). Every request is
+/// reported ([`crate::metrics::observe`]: a summary line, and metrics under Lambda) and
+/// every response held to `serving.response_limit`.
 pub async fn run<H, F>(
     local: Option<SocketAddr>,
-    body_limit: usize,
+    serving: Serving,
     handler: H,
 ) -> Result<(), lambda_http::Error>
 where
     H: Fn(Request) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
+    let output = match local {
+        Some(_) => metrics::Output::SummaryOnly,
+        None => metrics::Output::SummaryAndMetrics,
+    };
+    let handler = move |request: Request| {
+        let handler = handler.clone();
+        async move {
+            let response = metrics::observe(serving.function, output, request, handler).await;
+            crate::http::limit_response(response, serving.response_limit)
+        }
+    };
     match local {
-        Some(addr) => Ok(crate::http::serve_locally(addr, body_limit, handler).await?),
+        Some(addr) => Ok(crate::http::serve_locally(addr, serving.body_limit, handler).await?),
         None => crate::http::run_lambda(handler).await,
     }
 }

@@ -18,12 +18,17 @@ use crate::error::Error;
 /// `-Infinity`: [`crate::protocol::json::to_vec`]).
 pub fn json_response(status: u16, body: &impl Serialize) -> Response<Body> {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    match crate::protocol::json::to_vec(body) {
-        Ok(bytes) => Response::builder()
+    // Text, not binary: API Gateway gets JSON as it is, not base64 (a third larger).
+    match crate::protocol::json::to_vec(body).map(String::from_utf8) {
+        Ok(Ok(text)) => Response::builder()
             .status(status)
             .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(bytes))
+            .body(Body::Text(text))
             .unwrap_or_else(|_| Response::new(Body::Empty)),
+        Ok(Err(err)) => {
+            tracing::error!(error = %err, "a JSON response is not UTF-8");
+            message_response(500, "internal error")
+        }
         Err(err) => {
             tracing::error!(error = %err, "cannot encode a response");
             message_response(500, "internal error")
@@ -139,6 +144,37 @@ impl<A: Copy + 'static> Routes<A> {
         }
         Err(Box::new(response))
     }
+}
+
+/// The size of `response` as the Lambda runtime sends it: the body as a JSON string (text
+/// with its escapes, binary as base64) plus the status, headers and field names around it.
+pub fn lambda_response_size(response: &Response<Body>) -> u64 {
+    const ENVELOPE: u64 = 96;
+    let body = match response.body() {
+        Body::Empty => 0,
+        Body::Text(text) => text.len() + text.bytes().filter(|b| json_escape_grows(*b)).count() * 5,
+        Body::Binary(bytes) => bytes.len().div_ceil(3) * 4,
+        _ => 0,
+    };
+    let headers: usize =
+        response.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 6).sum();
+    ENVELOPE + (body + headers) as u64
+}
+
+/// Whether a byte takes more than itself in a JSON string: at most 6 bytes (`\u0001`), so
+/// counting 5 extra is an upper bound.
+fn json_escape_grows(byte: u8) -> bool {
+    byte < 0x20 || byte == b'"' || byte == b'\\'
+}
+
+/// `response`, or a 413 naming its size when it would not fit in `limit` bytes as Lambda
+/// sends it (API Gateway would answer an opaque 502).
+pub fn limit_response(response: Response<Body>, limit: u64) -> Response<Body> {
+    let size = lambda_response_size(&response);
+    if size <= limit {
+        return response;
+    }
+    error_response(&Error::ResponseTooLarge { size, limit })
 }
 
 /// Runs `handler` under the Lambda runtime (API Gateway HTTP API events) until the process

@@ -16,12 +16,14 @@ pub mod error;
 pub mod function;
 pub mod http;
 pub mod manifest;
+pub mod metrics;
 pub mod names;
 pub mod predictor;
 pub mod protocol;
 pub mod publisher;
 pub mod registry;
 pub mod signature;
+pub mod stats;
 pub mod store;
 pub mod tensor;
 

@@ -7,15 +7,35 @@ use std::time::Instant;
 
 use crate::error::Error;
 use crate::manifest::Manifest;
+use crate::metrics;
 use crate::names::{ModelId, ModelName, Version, VersionSpec};
 use crate::registry::Registry;
-use crate::signature::{InferenceRequest, Signature};
+use crate::signature::{CheckedRequest, InferenceRequest, Signature};
+use crate::stats::{Scope, Statistics, StatsResponse};
 use crate::tensor::Tensor;
 
 #[derive(Debug, Clone)]
 pub struct Predictor {
     registry: Arc<Registry>,
-    max_request_bytes: usize,
+    limits: RequestLimits,
+    stats: Arc<Statistics>,
+}
+
+/// Bounds on what one request may ask for (413 beyond each, naming it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Bytes of a request body.
+    pub max_request_bytes: usize,
+    /// Rows of a batch: the first dimension of inputs whose first dimension is dynamic.
+    pub max_batch: usize,
+    /// Elements of all input tensors together.
+    pub max_elements: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits { max_request_bytes: 6 << 20, max_batch: 4096, max_elements: 4 << 20 }
+    }
 }
 
 /// One inference: the model that ran, the outputs asked for (in the order asked), and where
@@ -40,6 +60,12 @@ pub struct Timings {
     pub infer_ms: f64,
 }
 
+impl Timings {
+    pub fn total_ms(&self) -> f64 {
+        self.resolve_ms + self.load_ms + self.decode_ms + self.infer_ms
+    }
+}
+
 /// A model as metadata describes it: the manifest of the version resolved, and the versions
 /// the request covers (all of them when it named none).
 #[derive(Debug, Clone)]
@@ -54,16 +80,16 @@ fn parse_target(name: &str, version: Option<&str>) -> Result<(ModelName, Version
 }
 
 impl Predictor {
-    pub fn new(registry: Arc<Registry>, max_request_bytes: usize) -> Self {
-        Self { registry, max_request_bytes }
+    pub fn new(registry: Arc<Registry>, limits: RequestLimits) -> Self {
+        Self { registry, limits, stats: Arc::default() }
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
     }
 
-    pub fn max_request_bytes(&self) -> usize {
-        self.max_request_bytes
+    pub fn limits(&self) -> &RequestLimits {
+        &self.limits
     }
 
     async fn resolve(&self, name: &str, version: Option<&str>) -> Result<ModelId, Error> {
@@ -73,13 +99,13 @@ impl Predictor {
 
     /// Refuses a request body over the configured size (413).
     pub fn check_request_size(&self, bytes: usize) -> Result<(), Error> {
-        if bytes <= self.max_request_bytes {
+        if bytes <= self.limits.max_request_bytes {
             return Ok(());
         }
         Err(Error::PayloadTooLarge {
             what: "request body",
             size: bytes as u64,
-            limit: self.max_request_bytes as u64,
+            limit: self.limits.max_request_bytes as u64,
         })
     }
 
@@ -101,12 +127,32 @@ impl Predictor {
         let target = parse_target(name, version)?;
         let id = self.registry.resolve(&target.0, &target.1).await?;
         timings.resolve_ms = crate::elapsed_ms(started);
+        metrics::note(|record| record.model = Some(id.clone()));
+        let result = self.run(&id, decode, timings).await;
+        match &result {
+            Ok(inference) => metrics::note(|record| record.timings = inference.timings),
+            Err(_) => self.stats.failure(&id, started.elapsed()),
+        }
+        result
+    }
+
+    /// [`Predictor::infer`] once the version is known.
+    async fn run<D>(
+        &self,
+        id: &ModelId,
+        decode: D,
+        mut timings: Timings,
+    ) -> Result<Inference, Error>
+    where
+        D: FnOnce(&Signature) -> Result<InferenceRequest, Error>,
+    {
         let started = Instant::now();
-        let loaded = self.registry.load(&id).await?;
+        let loaded = self.registry.load(id).await?;
         timings.load_ms = crate::elapsed_ms(started);
         let started = Instant::now();
         let signature = loaded.model.signature();
         let request = signature.check(decode(signature)?)?;
+        let batch = self.check_limits(&request, signature)?;
         timings.decode_ms = crate::elapsed_ms(started);
         let started = Instant::now();
         let runner = Arc::clone(&loaded);
@@ -115,6 +161,7 @@ impl Predictor {
             .await
             .map_err(|e| Error::internal("running inference", e))??;
         timings.infer_ms = crate::elapsed_ms(started);
+        let started = Instant::now();
         let mut outputs: Vec<Option<Tensor>> = outputs.into_iter().map(Some).collect();
         let selected = request
             .outputs
@@ -124,7 +171,60 @@ impl Predictor {
                 outputs[position].take()
             })
             .collect();
-        Ok(Inference { model: id, outputs: selected, timings })
+        self.stats.success(id, batch, &timings, crate::elapsed_ms(started));
+        Ok(Inference { model: id.clone(), outputs: selected, timings })
+    }
+
+    /// Checks the batch size and element count against the limits; returns the batch size
+    /// (1 when no input has a dynamic first dimension).
+    fn check_limits(
+        &self,
+        request: &CheckedRequest,
+        signature: &Signature,
+    ) -> Result<usize, Error> {
+        let batch = request
+            .inputs
+            .iter()
+            .zip(&signature.inputs)
+            .find(|(_, spec)| spec.shape.first() == Some(&-1))
+            .map_or(1, |(tensor, _)| tensor.shape[0]);
+        let elements: usize = request.inputs.iter().map(|tensor| tensor.data.len()).sum();
+        let checks = [
+            ("the batch size (rows)", batch, self.limits.max_batch, "MAAS_MAX_BATCH"),
+            (
+                "the number of input elements",
+                elements,
+                self.limits.max_elements,
+                "MAAS_MAX_ELEMENTS",
+            ),
+        ];
+        for (what, size, limit, variable) in checks {
+            if size > limit {
+                return Err(Error::OverLimit {
+                    what,
+                    size: size as u64,
+                    limit: limit as u64,
+                    variable,
+                });
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Statistics of this execution environment (`GET /v2/models[/{name}[/versions/{v}]]/stats`):
+    /// every model served when `name` is `None`; else the model, which must exist.
+    pub async fn stats(
+        &self,
+        name: Option<&str>,
+        version: Option<&str>,
+    ) -> Result<StatsResponse, Error> {
+        let Some(name) = name else { return Ok(self.stats.report(Scope::All)) };
+        let (model_name, spec) = parse_target(name, version)?;
+        let id = self.registry.resolve(&model_name, &spec).await?;
+        Ok(match version {
+            Some(_) => self.stats.report(Scope::Version(&id)),
+            None => self.stats.report(Scope::Model(&model_name, &id)),
+        })
     }
 
     /// Model metadata (`GET /v2/models/{name}[/versions/{v}]`). Without a version it

@@ -211,11 +211,16 @@ impl Registry {
             }
             other => other,
         })?;
+        let engine_ms = elapsed_ms(fetched);
+        crate::metrics::note(|record| {
+            record.fetch_ms = Some(fetch_ms);
+            record.engine_ms = Some(engine_ms);
+        });
         tracing::info!(
             model = %id,
             bytes = manifest.size,
             fetch_ms,
-            engine_ms = elapsed_ms(fetched),
+            engine_ms,
             elapsed_ms = elapsed_ms(started),
             "model loaded"
         );

@@ -275,6 +275,7 @@ async fn predict_binary_answers_api_gateway_events_under_the_runtime_api() {
     let (status, served) = api_gateway_response(&result);
     assert_eq!(status, 200, "{served}");
     assert_eq!(result["headers"]["content-type"], "application/json", "{result}");
+    assert_ne!(result["isBase64Encoded"], true, "JSON goes to API Gateway as text: {result}");
     assert_iris_answer(&served);
     assert_eq!(served["model_name"], "iris");
     assert_eq!(served["model_version"], "1");
@@ -306,9 +307,46 @@ async fn predict_binary_answers_api_gateway_events_under_the_runtime_api() {
     assert_eq!(metadata["platform"], "onnx_onnxv1");
 
     // The model was loaded once, at init: the invocations did not load it again.
-    let loads =
-        log_lines(&predict).iter().filter(|l| l["fields"]["message"] == "model loaded").count();
+    let lines = log_lines(&predict);
+    let loads = lines.iter().filter(|l| l["fields"]["message"] == "model loaded").count();
     assert_eq!(loads, 1, "{}", predict.log());
+    assert_reports_each_invocation(&lines, &[200, 400, 400, 200]);
+}
+
+/// One summary line and one Embedded Metric Format record per invocation, in order: the first
+/// a cold start that inferred with iris 1, every one with its status and request id.
+fn assert_reports_each_invocation(lines: &[Value], statuses: &[u64]) {
+    let summaries: Vec<&Value> =
+        lines.iter().filter(|l| l["fields"]["message"] == "request").collect();
+    let records: Vec<&Value> = lines.iter().filter(|l| l.get("_aws").is_some()).collect();
+    assert_eq!(summaries.len(), statuses.len(), "summary lines: {summaries:?}");
+    assert_eq!(records.len(), statuses.len(), "metrics records: {records:?}");
+    for ((summary, record), &status) in summaries.iter().zip(&records).zip(statuses) {
+        assert_eq!(summary["fields"]["status"], status, "{summary}");
+        assert_eq!(record["status"], status, "{record}");
+        let id = summary["fields"]["request_id"].as_str().unwrap();
+        assert!(id != "-" && record["request_id"] == id, "{summary} {record}");
+        let directive = &record["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], "maas");
+        for metric in directive["Metrics"].as_array().unwrap() {
+            let name = metric["Name"].as_str().unwrap();
+            assert!(record[name].is_number(), "metric {name} has no value: {record}");
+        }
+        assert_eq!(record["status_4xx"], if status / 100 == 4 { 1.0 } else { 0.0 });
+    }
+    let first = records[0];
+    assert_eq!(
+        (first["function"].as_str(), first["model"].as_str()),
+        (Some("predict"), Some("iris"))
+    );
+    assert_eq!(first["version"], "1");
+    assert_eq!(first["cold_start"], 1.0);
+    assert!(first["inference_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{first}");
+    assert!(records[1..].iter().all(|r| r["cold_start"] == 0.0));
+    assert_eq!(
+        first["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+        serde_json::json!([["function", "model", "version"]])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

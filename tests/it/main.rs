@@ -10,6 +10,7 @@ mod conformance;
 mod fuzz_corpora;
 mod hostile;
 mod lambda_emulator;
+mod limits;
 mod predict_api;
 mod processes;
 mod reference;

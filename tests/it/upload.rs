@@ -18,7 +18,10 @@ use crate::reference::assert_matches_reference;
 fn predictor_with_ttl(store: SharedStore, cache: &tempfile::TempDir, ttl: Duration) -> Predictor {
     let mut settings = cache_settings(cache.path());
     settings.resolve_ttl = ttl;
-    Predictor::new(Arc::new(Registry::new(store, &settings)), 6 << 20)
+    Predictor::new(
+        Arc::new(Registry::new(store, &settings)),
+        maas::predictor::RequestLimits::default(),
+    )
 }
 
 fn mlp_case() -> (Vec<u8>, maas_tests::Case) {

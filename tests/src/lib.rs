@@ -194,7 +194,10 @@ pub fn cache_settings(dir: &std::path::Path) -> CacheSettings {
 
 /// A predictor over `store` with its own temporary disk cache.
 pub fn predictor(store: SharedStore, cache: &tempfile::TempDir) -> Predictor {
-    Predictor::new(Arc::new(Registry::new(store, &cache_settings(cache.path()))), 6 << 20)
+    Predictor::new(
+        Arc::new(Registry::new(store, &cache_settings(cache.path()))),
+        maas::predictor::RequestLimits::default(),
+    )
 }
 
 /// The default publishing limits of `Config`.

@@ -20,6 +20,10 @@ async fn main() -> Result<(), lambda_http::Error> {
         async move { model_upload::handler::handle(&publisher, request).await }
     };
     // A direct upload carries the whole model; the local server accepts up to the model limit.
-    let body_limit = usize::try_from(config.publish.max_model_bytes).unwrap_or(usize::MAX);
-    function::run(serve.map(|args| args.addr), body_limit, handler).await
+    let serving = function::Serving {
+        function: "model-upload",
+        body_limit: usize::try_from(config.publish.max_model_bytes).unwrap_or(usize::MAX),
+        response_limit: config.max_response_bytes,
+    };
+    function::run(serve.map(|args| args.addr), serving, handler).await
 }

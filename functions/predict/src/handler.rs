@@ -17,6 +17,7 @@ enum Action {
     Model,
     ModelReady,
     Infer,
+    Stats,
 }
 
 static ROUTES: LazyLock<Routes<Action>> = LazyLock::new(|| {
@@ -30,6 +31,9 @@ static ROUTES: LazyLock<Routes<Action>> = LazyLock::new(|| {
         ("/v2/models/{name}/versions/{version}", Method::GET, Action::Model),
         ("/v2/models/{name}/versions/{version}/ready", Method::GET, Action::ModelReady),
         ("/v2/models/{name}/versions/{version}/infer", Method::POST, Action::Infer),
+        ("/v2/models/stats", Method::GET, Action::Stats),
+        ("/v2/models/{name}/stats", Method::GET, Action::Stats),
+        ("/v2/models/{name}/versions/{version}/stats", Method::GET, Action::Stats),
     ])
 });
 
@@ -40,7 +44,8 @@ pub async fn handle(predictor: &Predictor, request: Request) -> Response<Body> {
         Ok(matched) => matched,
         Err(response) => return *response,
     };
-    let name = matched.params.get("name").unwrap_or_default();
+    let named = matched.params.get("name");
+    let name = named.unwrap_or_default();
     let version = matched.params.get("version");
     let result = match matched.action {
         Action::Server => Ok(json_response(200, &ServerMetadata::current())),
@@ -57,6 +62,7 @@ pub async fn handle(predictor: &Predictor, request: Request) -> Response<Body> {
                 &json!({ "name": id.name.as_str(), "version": version, "ready": true }),
             )
         }),
+        Action::Stats => predictor.stats(named, version).await.map(|s| json_response(200, &s)),
         Action::Infer => {
             oip::infer(predictor, name, version, request.headers(), request.body()).await
         }

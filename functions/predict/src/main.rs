@@ -17,12 +17,17 @@ async fn main() -> Result<(), lambda_http::Error> {
     function::init_tracing(serve.is_none());
     let store = serve.as_ref().map(|args| args.store.as_deref().unwrap_or(EXAMPLE_STORE));
     let config = function::config(store)?;
-    let predictor = Predictor::new(function::registry(&config).await, config.max_request_bytes);
+    let predictor = Predictor::new(function::registry(&config).await, config.requests);
     // Runs during the Lambda init phase, before the first request.
     predictor.preload(&config.preload).await;
     let handler = move |request| {
         let predictor = predictor.clone();
         async move { predict::handler::handle(&predictor, request).await }
     };
-    function::run(serve.map(|args| args.addr), config.max_request_bytes, handler).await
+    let serving = function::Serving {
+        function: "predict",
+        body_limit: config.requests.max_request_bytes,
+        response_limit: config.max_response_bytes,
+    };
+    function::run(serve.map(|args| args.addr), serving, handler).await
 }

@@ -119,7 +119,11 @@ impl InferResponse {
 
 impl ServerMetadata {
     pub fn current() -> Self {
-        ServerMetadata { name: "maas", version: env!("CARGO_PKG_VERSION"), extensions: Vec::new() }
+        ServerMetadata {
+            name: "maas",
+            version: env!("CARGO_PKG_VERSION"),
+            extensions: vec!["statistics"],
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::manifest::Manifest;
 use crate::metrics;
 use crate::names::{ModelId, ModelName, Version, VersionSpec};
-use crate::registry::Registry;
+use crate::registry::{LoadedModel, Registry};
 use crate::signature::{CheckedRequest, InferenceRequest, Signature};
 use crate::stats::{Scope, Statistics, StatsResponse};
 use crate::tensor::Tensor;
@@ -128,7 +128,11 @@ impl Predictor {
         let id = self.registry.resolve(&target.0, &target.1).await?;
         timings.resolve_ms = crate::elapsed_ms(started);
         metrics::note(|record| record.model = Some(id.clone()));
-        let result = self.run(&id, decode, timings).await;
+        let loading = Instant::now();
+        // A version that does not exist or cannot load fails here and has no statistics.
+        let loaded = self.registry.load(&id).await?;
+        timings.load_ms = crate::elapsed_ms(loading);
+        let result = self.run(&loaded, decode, timings).await;
         match &result {
             Ok(inference) => metrics::note(|record| record.timings = inference.timings),
             Err(_) => self.stats.failure(&id, started.elapsed()),
@@ -139,23 +143,21 @@ impl Predictor {
     /// [`Predictor::infer`] once the version is known.
     async fn run<D>(
         &self,
-        id: &ModelId,
+        loaded: &Arc<LoadedModel>,
         decode: D,
         mut timings: Timings,
     ) -> Result<Inference, Error>
     where
         D: FnOnce(&Signature) -> Result<InferenceRequest, Error>,
     {
-        let started = Instant::now();
-        let loaded = self.registry.load(id).await?;
-        timings.load_ms = crate::elapsed_ms(started);
+        let id = &loaded.id;
         let started = Instant::now();
         let signature = loaded.model.signature();
         let request = signature.check(decode(signature)?)?;
         let batch = self.check_limits(&request, signature)?;
         timings.decode_ms = crate::elapsed_ms(started);
         let started = Instant::now();
-        let runner = Arc::clone(&loaded);
+        let runner = Arc::clone(loaded);
         let inputs = request.inputs;
         let outputs = tokio::task::spawn_blocking(move || runner.model.run(inputs))
             .await
@@ -221,6 +223,8 @@ impl Predictor {
         let Some(name) = name else { return Ok(self.stats.report(Scope::All)) };
         let (model_name, spec) = parse_target(name, version)?;
         let id = self.registry.resolve(&model_name, &spec).await?;
+        // The version must exist (resolving a number does not read the store).
+        self.registry.manifest(&id).await?;
         Ok(match version {
             Some(_) => self.stats.report(Scope::Version(&id)),
             None => self.stats.report(Scope::Model(&model_name, &id)),

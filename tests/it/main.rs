@@ -11,6 +11,7 @@ mod fuzz_corpora;
 mod hostile;
 mod lambda_emulator;
 mod limits;
+mod openapi;
 mod predict_api;
 mod processes;
 mod reference;

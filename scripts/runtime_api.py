@@ -139,7 +139,15 @@ class Handler(BaseHTTPRequestHandler):
         lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
         head = ("\r\n".join(lines) + "\r\n\r\n").encode()
         if not stream:
-            self.connection.sendall(head + body)
+            # One writev of the head and the body (no copy of a large event).
+            pieces = [memoryview(head), memoryview(body)]
+            while pieces:
+                sent = self.connection.sendmsg(pieces)
+                while pieces and sent >= len(pieces[0]):
+                    sent -= len(pieces[0])
+                    pieces.pop(0)
+                if pieces:
+                    pieces[0] = pieces[0][sent:]
             return
         self.connection.sendall(head + body[:FIRST_PIECE])
         at = FIRST_PIECE

@@ -12,8 +12,8 @@ packet capture and the numbers.
 This server does what AWS's Runtime API does (its open-source twin, the Runtime Interface
 Emulator, is Go's net/http, which sets TCP_NODELAY on every connection; it reads the whole
 invoke body, then writes the event): every accepted connection gets TCP_NODELAY, and each
-answer is written with one `sendall`. Two switches bring back cargo-lambda's behaviour, one
-part at a time, to show which part causes the stall:
+answer is written at once, head and body in one send. Two switches bring back cargo-lambda's
+behaviour, one part at a time, to show which part causes the stall:
 
     --nagle         leave TCP_NODELAY off on accepted connections (Nagle's algorithm on)
     --stream-event  write the event to the function in pieces: the head and the first 16 KiB,
@@ -36,22 +36,22 @@ Usage: python scripts/runtime_api.py [--addr 127.0.0.1:0] [--nagle] [--stream-ev
 It prints `listening on http://HOST:PORT (TCP_NODELAY ..., event written ...)` on stdout once
 it accepts connections, and for each accepted connection a `connection ... TCP_NODELAY=0|1`
 line on stderr, read back from the socket. Only the Python standard library; only for local
-benchmarks and tests (no limits on body size, no authentication).
+benchmarks and tests (no limits on body size, no authentication). One asyncio thread serves
+every connection, so an invocation costs no thread switches in the server.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
-import queue
 import re
 import socket
 import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
 
 INVOKE = re.compile(r"^/2015-03-31/functions/(?P<name>[^/]+)/invocations$")
 RUNTIME = re.compile(r"^/\.rt/(?P<name>[^/]+)/2018-06-01/runtime/"
@@ -63,6 +63,7 @@ DEADLINE_S = 900
 # hyper's read buffer grows through while cargo-lambda reads the invoke body.
 FIRST_PIECE = 16 * 1024
 LATER_PIECES = (16 * 1024, 32 * 1024, 64 * 1024, 128 * 1024)
+NOT_FOUND = b'{"errorType":"NotFound","errorMessage":"no such endpoint"}'
 
 
 @dataclass
@@ -70,140 +71,117 @@ class Invocation:
     request_id: str
     event: bytes
     content_type: str
-    done: threading.Event = field(default_factory=threading.Event)
-    status: int = 0
-    result: bytes = b""
-    result_type: str = "application/json"
+    result: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
-class Functions:
+class RuntimeApi:
     """The events waiting for each function, and the invocations it has taken."""
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.waiting: dict[str, queue.Queue[Invocation]] = {}
+    def __init__(self, nagle: bool, stream_event: bool) -> None:
+        self.nagle, self.stream_event = nagle, stream_event
+        self.waiting: dict[str, asyncio.Queue[Invocation]] = {}
         self.taken: dict[str, Invocation] = {}
 
-    def queue(self, name: str) -> queue.Queue[Invocation]:
-        with self.lock:
-            return self.waiting.setdefault(name, queue.Queue())
+    def queue(self, name: str) -> asyncio.Queue[Invocation]:
+        return self.waiting.setdefault(name, asyncio.Queue())
 
-    def take(self, name: str) -> Invocation:
-        invocation = self.queue(name).get()
-        with self.lock:
-            self.taken[invocation.request_id] = invocation
-        return invocation
-
-    def finish(self, request_id: str, status: int, result: bytes, result_type: str) -> bool:
-        with self.lock:
-            invocation = self.taken.pop(request_id, None)
-        if invocation is None:
-            return False
-        invocation.status, invocation.result, invocation.result_type = status, result, result_type
-        invocation.done.set()
-        return True
-
-    def fail_oldest(self, name: str, result: bytes, result_type: str) -> None:
-        """An init error: the oldest waiting invocation of `name` fails with it."""
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        # asyncio turns TCP_NODELAY on for every TCP connection; --nagle turns it off again.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0 if self.nagle else 1)
+        nodelay = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        peer = writer.get_extra_info("peername")
+        print(f"connection from {peer[0]}:{peer[1]} TCP_NODELAY={int(bool(nodelay))}",
+              file=sys.stderr, flush=True)
         try:
-            invocation = self.queue(name).get_nowait()
-        except queue.Empty:
-            return
-        invocation.status, invocation.result, invocation.result_type = 500, result, result_type
-        invocation.done.set()
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                method, target, _ = lines[0].split(" ", 2)
+                headers = {k.strip().lower(): v.strip()
+                           for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+                body = await reader.readexactly(int(headers.get("content-length") or 0))
+                await self.route(method, target.split("?", 1)[0], headers, body, writer)
+                if headers.get("connection", "").lower() == "close":
+                    return
+        finally:
+            writer.close()
 
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: "RuntimeApiServer"
-
-    def setup(self) -> None:
-        super().setup()
-        if not self.server.nagle:
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        nodelay = self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-        print(f"connection from {self.client_address[0]}:{self.client_address[1]} "
-              f"TCP_NODELAY={int(bool(nodelay))}", file=sys.stderr, flush=True)
-
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 (the base class's name)
-        pass
-
-    def body(self) -> bytes:
-        return self.rfile.read(int(self.headers.get("content-length") or 0))
-
-    def answer(self, status: int, body: bytes = b"", content_type: str = "application/json",
-               headers: dict[str, str] | None = None, stream: bool = False) -> None:
-        """Writes the whole answer with one sendall, or in pieces with `stream`."""
-        lines = [f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}",
-                 f"content-type: {content_type}", f"content-length: {len(body)}"]
-        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode()
-        if not stream:
-            # One writev of the head and the body (no copy of a large event).
-            pieces = [memoryview(head), memoryview(body)]
-            while pieces:
-                sent = self.connection.sendmsg(pieces)
-                while pieces and sent >= len(pieces[0]):
-                    sent -= len(pieces[0])
-                    pieces.pop(0)
-                if pieces:
-                    pieces[0] = pieces[0][sent:]
-            return
-        self.connection.sendall(head + body[:FIRST_PIECE])
-        at = FIRST_PIECE
-        for size in itertools.chain(LATER_PIECES, itertools.repeat(LATER_PIECES[-1])):
-            if at >= len(body):
-                break
-            self.connection.sendall(body[at:at + size])
-            at += size
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-        path = self.path.split("?", 1)[0]
-        if m := INVOKE.match(path):
-            invocation = Invocation(str(uuid.uuid4()), self.body(),
-                                    self.headers.get("content-type") or "application/json")
-            self.server.functions.queue(m["name"]).put(invocation)
-            invocation.done.wait()
-            self.answer(invocation.status, invocation.result, invocation.result_type)
-        elif (m := RUNTIME.match(path)) and m["id"]:
-            status = 200 if m["kind"] == "response" else 500
-            found = self.server.functions.finish(
-                m["id"], status, self.body(), self.headers.get("content-type") or "application/json")
-            if found:
-                self.answer(202, b'{"status":"OK"}')
-            else:
-                self.answer(400, b'{"errorType":"InvalidRequestID","errorMessage":"unknown request id"}')
-        elif m and m["init"]:
-            self.server.functions.fail_oldest(m["name"], self.body(),
-                                              self.headers.get("content-type") or "application/json")
-            self.answer(202, b'{"status":"OK"}')
+    async def route(self, method: str, path: str, headers: dict[str, str], body: bytes,
+                    writer: asyncio.StreamWriter) -> None:
+        content_type = headers.get("content-type") or "application/json"
+        invoke, runtime = INVOKE.match(path), RUNTIME.match(path)
+        if method == "POST" and invoke:
+            invocation = Invocation(str(uuid.uuid4()), body, content_type)
+            self.queue(invoke["name"]).put_nowait(invocation)
+            status, result, result_type = await invocation.result
+            await answer(writer, status, result, result_type)
+        elif method == "GET" and runtime and runtime["next"]:
+            invocation = await self.queue(runtime["name"]).get()
+            self.taken[invocation.request_id] = invocation
+            deadline_ms = int((time.time() + DEADLINE_S) * 1000)
+            await answer(writer, 200, invocation.event, invocation.content_type, {
+                "lambda-runtime-aws-request-id": invocation.request_id,
+                "lambda-runtime-deadline-ms": str(deadline_ms),
+                "lambda-runtime-invoked-function-arn":
+                    f"arn:aws:lambda:us-east-1:000000000000:function:{runtime['name']}",
+            }, stream=self.stream_event)
+        elif method == "POST" and runtime and runtime["id"]:
+            invocation = self.taken.pop(runtime["id"], None)
+            if invocation is None:
+                await answer(writer, 400, b'{"errorType":"InvalidRequestID",'
+                                          b'"errorMessage":"unknown request id"}')
+                return
+            invocation.result.set_result((200 if runtime["kind"] == "response" else 500,
+                                          body, content_type))
+            await answer(writer, 202, b'{"status":"OK"}')
+        elif method == "POST" and runtime and runtime["init"]:
+            # An init error fails the oldest waiting invocation of the function.
+            waiting = self.queue(runtime["name"])
+            if not waiting.empty():
+                waiting.get_nowait().result.set_result((500, body, content_type))
+            await answer(writer, 202, b'{"status":"OK"}')
         else:
-            self.body()
-            self.answer(404, b'{"errorType":"NotFound","errorMessage":"no such endpoint"}')
-
-    def do_GET(self) -> None:  # noqa: N802
-        m = RUNTIME.match(self.path.split("?", 1)[0])
-        if not m or not m["next"]:
-            self.answer(404, b'{"errorType":"NotFound","errorMessage":"no such endpoint"}')
-            return
-        invocation = self.server.functions.take(m["name"])
-        deadline_ms = int((time.time() + DEADLINE_S) * 1000)
-        self.answer(200, invocation.event, invocation.content_type, {
-            "lambda-runtime-aws-request-id": invocation.request_id,
-            "lambda-runtime-deadline-ms": str(deadline_ms),
-            "lambda-runtime-invoked-function-arn":
-                f"arn:aws:lambda:us-east-1:000000000000:function:{m['name']}",
-        }, stream=self.server.stream_event)
+            await answer(writer, 404, NOT_FOUND)
 
 
-class RuntimeApiServer(ThreadingHTTPServer):
-    daemon_threads = True
-    # A waiting `next` holds its thread; the default backlog (5) is enough for a benchmark.
+async def answer(writer: asyncio.StreamWriter, status: int, body: bytes,
+                 content_type: str = "application/json", headers: dict[str, str] | None = None,
+                 stream: bool = False) -> None:
+    """Writes the whole answer at once (one send while the socket takes it), or in pieces with
+    `stream`, each piece its own send."""
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", f"content-type: {content_type}",
+             f"content-length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    if not stream:
+        writer.writelines([head, body])
+        await writer.drain()
+        return
+    writer.write(head + body[:FIRST_PIECE])
+    await writer.drain()
+    at = FIRST_PIECE
+    for size in itertools.chain(LATER_PIECES, itertools.repeat(LATER_PIECES[-1])):
+        if at >= len(body):
+            break
+        writer.write(body[at:at + size])
+        await writer.drain()
+        at += size
 
-    def __init__(self, addr: tuple[str, int], nagle: bool, stream_event: bool) -> None:
-        super().__init__(addr, Handler)
-        self.nagle, self.stream_event = nagle, stream_event
-        self.functions = Functions()
+
+async def serve(host: str, port: int, nagle: bool, stream_event: bool) -> None:
+    api = RuntimeApi(nagle, stream_event)
+    # A buffer limit above Lambda's 6 MB payloads: an event is read without flow-control pauses.
+    server = await asyncio.start_server(api.serve, host, port, limit=8 << 20)
+    bound_host, bound_port = server.sockets[0].getsockname()[:2]
+    print(f"listening on http://{bound_host}:{bound_port} "
+          f"(TCP_NODELAY {'off' if nagle else 'on'}, "
+          f"event written {'in pieces' if stream_event else 'whole'})", flush=True)
+    async with server:
+        await server.serve_forever()
 
 
 def main() -> int:
@@ -214,13 +192,8 @@ def main() -> int:
                         help="write the event in pieces, as cargo-lambda does")
     args = parser.parse_args()
     host, _, port = args.addr.rpartition(":")
-    server = RuntimeApiServer((host, int(port)), args.nagle, args.stream_event)
-    bound_host, bound_port = server.server_address[:2]
-    print(f"listening on http://{bound_host}:{bound_port} "
-          f"(TCP_NODELAY {'off' if args.nagle else 'on'}, "
-          f"event written {'in pieces' if args.stream_event else 'whole'})", flush=True)
     try:
-        server.serve_forever()
+        asyncio.run(serve(host, int(port), args.nagle, args.stream_event))
     except KeyboardInterrupt:
         pass
     return 0

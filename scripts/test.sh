@@ -80,6 +80,7 @@ export MAAS_TEST_MODELS="$models"
 export MAAS_TEST_ZOO="$zoo"
 export MAAS_TEST_HOSTILE="$hostile"
 export MAAS_TEST_CARGO_LAMBDA="$venv/bin/cargo-lambda"
+export MAAS_TEST_PYTHON="$venv/bin/python"
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
 unset AWS_PROFILE AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3 MAAS_STORE
 

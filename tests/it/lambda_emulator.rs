@@ -17,6 +17,9 @@
 //!   result with status 200, or, when the function reports an error, status 500 with the
 //!   runtime's `{"errorType", "errorMessage"}` body. Invocations sent before the function
 //!   polls wait in the emulator's queue.
+//!
+//! `scripts/runtime_api.py` serves the same URLs the way AWS's Runtime API writes events (in
+//! one piece, TCP_NODELAY on); the event-size benchmark runs under it, and one test here.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -45,6 +48,16 @@ fn cargo_lambda() -> PathBuf {
          scripts/requirements.txt",
         path.display()
     );
+    path
+}
+
+/// The Python of the test venv (`scripts/test.sh` creates it and exports its path).
+fn venv_python() -> PathBuf {
+    let path = std::env::var("MAAS_TEST_PYTHON").map(PathBuf::from).expect(
+        "MAAS_TEST_PYTHON is not set: run the tests with scripts/test.sh, which creates the venv \
+         and exports its Python",
+    );
+    assert!(path.is_file(), "MAAS_TEST_PYTHON={} does not exist", path.display());
     path
 }
 
@@ -105,7 +118,9 @@ pub(crate) fn clean_command(name: &str) -> Command {
     command
 }
 
-/// The Runtime API emulator on a port of its own, with its log in `dir`.
+/// A Lambda Runtime API server on a port of its own, with its log in `dir`: cargo-lambda's
+/// emulator ([`Emulator::start`]) or `scripts/runtime_api.py` ([`Emulator::start_nodelay`]).
+/// Both serve the same URLs.
 pub(crate) struct Emulator {
     process: Process,
     port: u16,
@@ -113,13 +128,10 @@ pub(crate) struct Emulator {
 }
 
 impl Emulator {
+    /// cargo-lambda's emulator.
     pub(crate) async fn start() -> Self {
         let program = cargo_lambda();
-        let dir = tempfile::tempdir().unwrap();
-        // A port found free may be taken before the emulator binds it: then it exits, and
-        // another port is tried.
-        for attempt in 0..3 {
-            let port = free_port();
+        Self::start_with("the cargo-lambda emulator", |port| {
             let mut command = Command::new(&program);
             command.current_dir(repo_root()).args([
                 "lambda",
@@ -131,8 +143,33 @@ impl Emulator {
                 "--invoke-port",
                 &port.to_string(),
             ]);
-            let log = dir.path().join(format!("emulator-{attempt}.log"));
-            let mut process = Process::spawn("the cargo-lambda emulator", command, log);
+            command
+        })
+        .await
+    }
+
+    /// `scripts/runtime_api.py`: a Runtime API that writes each event in one piece on
+    /// TCP_NODELAY connections, as AWS's does (the one the event-size benchmark uses).
+    pub(crate) async fn start_nodelay() -> Self {
+        let python = venv_python();
+        Self::start_with("scripts/runtime_api.py", |port| {
+            let mut command = Command::new(&python);
+            command
+                .arg(repo_root().join("scripts/runtime_api.py"))
+                .args(["--addr", &format!("127.0.0.1:{port}")]);
+            command
+        })
+        .await
+    }
+
+    async fn start_with(what: &str, command: impl Fn(u16) -> Command) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // A port found free may be taken before the server binds it: then it exits, and
+        // another port is tried.
+        for attempt in 0..3 {
+            let port = free_port();
+            let log = dir.path().join(format!("runtime-api-{attempt}.log"));
+            let mut process = Process::spawn(what, command(port), log);
             let deadline = Instant::now() + STEP_TIMEOUT;
             loop {
                 if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
@@ -146,7 +183,7 @@ impl Emulator {
                 }
                 assert!(
                     Instant::now() < deadline,
-                    "the cargo-lambda emulator did not listen on 127.0.0.1:{port}; its log:\n{}",
+                    "{what} did not listen on 127.0.0.1:{port}; its log:\n{}",
                     process.log()
                 );
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -242,19 +279,24 @@ fn log_lines(process: &Process) -> Vec<Value> {
     complete.lines().filter_map(|line| serde_json::from_str(line).ok()).collect()
 }
 
+/// `predict` serving the example store with iris preloaded, its disk cache in `cache`.
+fn example_predict(emulator: &Emulator, cache: &Path) -> Process {
+    let store = repo_root().join("scripts/example-store");
+    emulator.function(
+        "predict",
+        &[
+            ("MAAS_STORE", store.to_str().unwrap()),
+            ("MAAS_CACHE_DIR", cache.to_str().unwrap()),
+            ("MAAS_PRELOAD", "iris"),
+        ],
+    )
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn predict_binary_answers_api_gateway_events_under_the_runtime_api() {
     let mut emulator = Emulator::start().await;
     let cache = tempfile::tempdir().unwrap();
-    let store = repo_root().join("scripts/example-store");
-    let mut predict = emulator.function(
-        "predict",
-        &[
-            ("MAAS_STORE", store.to_str().unwrap()),
-            ("MAAS_CACHE_DIR", cache.path().to_str().unwrap()),
-            ("MAAS_PRELOAD", "iris"),
-        ],
-    );
+    let mut predict = example_predict(&emulator, cache.path());
 
     // MAAS_PRELOAD loads the model during init, before any event is sent.
     let deadline = Instant::now() + STEP_TIMEOUT;
@@ -406,4 +448,43 @@ async fn batch_predict_binary_reports_its_error_type() {
         let message = error["errorMessage"].as_str().unwrap_or_default();
         assert!(message.contains("not implemented"), "{error}");
     }
+}
+
+/// `event` with an extra top-level field (which lambda_http ignores) that brings its JSON to
+/// `size` bytes.
+fn padded(mut event: Value, size: usize) -> Value {
+    event["padding"] = Value::from("");
+    let bare = event.to_string().len();
+    assert!(size >= bare, "{size} bytes is below the event's {bare}");
+    event["padding"] = Value::from("x".repeat(size - bare));
+    assert_eq!(event.to_string().len(), size);
+    event
+}
+
+// Under cargo-lambda's emulator, events of about 16-64 KiB cost ~45 ms each: it forwards an
+// event in pieces on connections without TCP_NODELAY, and Nagle's algorithm holds each piece
+// until the function's delayed ACK of the one before (scripts/benchmarks.md, "Event size
+// sweep"). The benchmark therefore serves events with scripts/runtime_api.py; this checks, from
+// the socket option and not from timings, that it keeps Nagle off on every connection, and
+// that the function answers events of every size under it.
+#[tokio::test(flavor = "multi_thread")]
+async fn predict_binary_answers_events_of_every_size_over_nodelay_runtime_api_connections() {
+    let mut api = Emulator::start_nodelay().await;
+    let cache = tempfile::tempdir().unwrap();
+    let mut predict = example_predict(&api, cache.path());
+    for size in [2 << 10, 24 << 10, 1 << 20] {
+        let (status, result) =
+            api.invoke(&mut predict, &padded(event("predict-infer.json"), size)).await;
+        assert_eq!(status, 200, "{size} bytes: {result}");
+        let (status, served) = api_gateway_response(&result);
+        assert_eq!(status, 200, "{size} bytes: {served}");
+        assert_iris_answer(&served);
+    }
+
+    // The server reads TCP_NODELAY back from each socket it accepts: the function's
+    // connections to the Runtime API and the invoker's.
+    let log = api.process.log();
+    let connections: Vec<&str> = log.lines().filter(|l| l.starts_with("connection from")).collect();
+    assert!(connections.len() >= 4, "expected the function's and 3 invokes' connections:\n{log}");
+    assert!(connections.iter().all(|c| c.ends_with(" TCP_NODELAY=1")), "{log}");
 }

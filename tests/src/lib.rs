@@ -267,8 +267,8 @@ pub async fn call_upload(
     status_and_json(model_upload::handler::handle(publisher, request(method, path, body)).await)
 }
 
-/// One HTTP/1.1 request over a plain socket to `addr` (`host:port`); returns the status and
-/// the body.
+/// One HTTP/1.1 request over a new connection to `addr` (`host:port`), written with one
+/// write; returns the status and the body.
 pub async fn http_request(
     addr: &str,
     method: &str,
@@ -298,8 +298,12 @@ pub async fn http_exchange(
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
-    socket.write_all(head.as_bytes()).await.unwrap();
-    socket.write_all(body).await.unwrap();
+    // Head and body in one write: written apart, a server that forwards the body as it reads
+    // it (cargo-lambda's emulator does, to the function) sends it in pieces, and pieces meet
+    // Nagle's algorithm and delayed ACKs (scripts/benchmarks.md, "Event size sweep").
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    socket.write_all(&request).await.unwrap();
     let mut response = Vec::new();
     socket.read_to_end(&mut response).await.unwrap();
     let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP head");

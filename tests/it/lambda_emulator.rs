@@ -27,7 +27,7 @@ use base64::Engine as _;
 use maas_tests::{built_binary as binary, repo_root};
 use serde_json::Value;
 
-use crate::predict_api::assert_iris_answer;
+use crate::predict_api::{assert_iris_answer, assert_iris_rows};
 
 /// How long any one step may take before the test fails.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -279,6 +279,13 @@ async fn predict_binary_answers_api_gateway_events_under_the_runtime_api() {
     assert_iris_answer(&served);
     assert_eq!(served["model_name"], "iris");
     assert_eq!(served["model_version"], "1");
+
+    // TensorFlow Serving's REST API, routed by API Gateway's `/v1/{proxy+}`.
+    let (status, result) = emulator.invoke(&mut predict, &event("predict-tf-predict.json")).await;
+    assert_eq!(status, 200, "{result}");
+    let (status, rows) = api_gateway_response(&result);
+    assert_eq!(status, 200, "{rows}");
+    assert_iris_rows(&rows);
 
     let mut malformed = event("predict-infer.json");
     malformed["body"] = Value::from("{\"inputs\": [");

@@ -283,10 +283,12 @@ impl<'a> Nested<'a> {
         Nested { data, shape, offset: 0 }
     }
 
-    /// Row `index` of dimension 0: the sub-tensor of shape `shape[1..]`.
+    /// Row `index` of dimension 0: the sub-tensor of shape `shape[1..]` (of a scalar, the
+    /// element `index` places further).
     pub fn row(&self, index: usize) -> Nested<'a> {
-        let stride: usize = self.shape[1..].iter().product();
-        Nested { data: self.data, shape: &self.shape[1..], offset: self.offset + index * stride }
+        let inner = self.shape.get(1..).unwrap_or_default();
+        let stride = inner.iter().product::<usize>();
+        Nested { data: self.data, shape: inner, offset: self.offset + index * stride }
     }
 }
 

@@ -368,7 +368,10 @@ fn tensor(spec: &TensorSpec, data: &[Value], shape: Vec<usize>) -> Result<Tensor
         return Err(bad(format!("shape {shape:?} has an empty dimension")));
     }
     spec.check_shape(&shape)?;
-    let count: usize = shape.iter().product();
+    let count = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| bad(format!("shape {shape:?} has too many elements")))?;
     let mut leaves = Vec::with_capacity(count.min(1 << 20));
     json::flatten(data, &shape, &mut leaves).map_err(bad)?;
     if leaves.len() != count {
@@ -790,6 +793,23 @@ mod tests {
             let message = refusal(signature, body.clone());
             assert!(message.contains(expected), "{body}: got {message:?}, expected {expected:?}");
         }
+    }
+
+    #[test]
+    fn a_shape_read_from_first_elements_cannot_overflow() {
+        // 300^8 elements overflow usize: only the first element of each level is deep.
+        let signature = Signature {
+            inputs: vec![spec("x", DataType::F32, &[-1; 8])],
+            outputs: vec![spec("y", DataType::F32, &[-1])],
+        };
+        let mut value = json!(vec![0; 300]);
+        for _ in 1..8 {
+            let mut level = vec![json!(0); 300];
+            level[0] = value;
+            value = Value::Array(level);
+        }
+        let message = refusal(&signature, json!({ "inputs": value }));
+        assert!(message.contains("has too many elements"), "{message}");
     }
 
     #[test]

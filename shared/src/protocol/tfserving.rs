@@ -184,9 +184,6 @@ impl PredictRequest {
             (Some(_), Some(_)) => Err(Error::invalid_request(
                 "a request has either `instances` (row form) or `inputs` (columnar form), not both",
             )),
-            (Some(Value::Array(rows)), None) if rows.is_empty() => {
-                Err(Error::invalid_request("`instances` is empty: send at least one instance"))
-            }
             (Some(Value::Array(rows)), None) => Ok(Form::Rows(rows)),
             (Some(_), None) => {
                 Err(Error::invalid_request("`instances` must be a list, one element per instance"))
@@ -270,7 +267,10 @@ fn only_input<'s>(signature: &'s Signature, how: &str) -> Result<&'s TensorSpec,
 /// The row form: bare values for a one-input model, else objects keyed by input name, each
 /// input's values stacked along a new dimension 0 (the instances).
 fn decode_rows(rows: Vec<Value>, signature: &Signature) -> Result<Vec<Tensor>, Error> {
-    if !is_named(&rows[0]) {
+    let Some(first) = rows.first() else {
+        return Err(Error::invalid_request("`instances` is empty: send at least one instance"));
+    };
+    if !is_named(first) {
         if let Some(index) = rows.iter().position(is_named) {
             return Err(Error::invalid_request(format!(
                 "instance {index} is an object but instance 0 is not: either every instance is \
@@ -281,7 +281,7 @@ fn decode_rows(rows: Vec<Value>, signature: &Signature) -> Result<Vec<Tensor>, E
         return Ok(vec![stacked(spec, &rows)?]);
     }
     let first: Vec<String> =
-        rows[0].as_object().map(|row| row.keys().cloned().collect()).unwrap_or_default();
+        first.as_object().map(|row| row.keys().cloned().collect()).unwrap_or_default();
     let mut columns: Vec<Vec<Value>> =
         first.iter().map(|_| Vec::with_capacity(rows.len())).collect();
     for (index, row) in rows.into_iter().enumerate() {
@@ -339,7 +339,7 @@ fn nested_shape(value: &Value) -> Vec<usize> {
 /// One input given as the values of each instance: shape `[instances, ...]`.
 fn stacked(spec: &TensorSpec, rows: &[Value]) -> Result<Tensor, Error> {
     let mut shape = vec![rows.len()];
-    shape.extend(nested_shape(&rows[0]));
+    shape.extend(rows.first().map(nested_shape).unwrap_or_default());
     tensor(spec, rows, shape)
 }
 

@@ -294,6 +294,8 @@ async fn every_error_status_of_the_tensorflow_serving_routes() {
     publish(&predictor, "two_io", 1, model_bytes("two_io")).await;
     let predict = "/v1/models/two_io:predict";
     let oversized = format!("{{\"instances\": [{}]}}", " ".repeat(6 << 20));
+    publish(&predictor, "half_plus_two", 1, model_bytes("half_plus_two")).await;
+    let over_batch = format!("{{\"instances\": [{}1]}}", "1, ".repeat(4096));
     let cases: Vec<(&str, &str, &str, u16, &str)> = vec![
         ("POST", predict, "{", 400, "invalid request body"),
         ("POST", predict, r#"{"instances": [], "inputs": []}"#, 400, "not both"),
@@ -343,6 +345,7 @@ async fn every_error_status_of_the_tensorflow_serving_routes() {
         ("GET", predict, "", 405, "GET is not allowed on /v1/models/two_io:predict; use POST"),
         ("POST", "/v1/models/two_io/metadata", "{}", 405, "use GET"),
         ("POST", predict, &oversized, 413, "over the limit"),
+        ("POST", "/v1/models/half_plus_two:predict", &over_batch, 413, "MAAS_MAX_BATCH"),
         ("GET", "/v1/models/broken/versions/1/metadata", "", 500, "internal error"),
         (
             "POST",

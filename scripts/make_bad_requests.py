@@ -393,6 +393,42 @@ for what, raw, error in [
     case("predict", "base64", f"decodes-to-{what}", "POST", INFER, 400, error,
          body_base64=base64.b64encode(raw).decode())
 
+# ------------------------------------------------------------------ TensorFlow Serving REST API
+TF_PREDICT = "/v1/models/iris:predict"
+for what, body, error in [
+    ("both-forms", {"instances": ROW, "inputs": ROW}, "not both"),
+    ("neither-form", {"signature_name": "serving_default"}, "missing `instances`"),
+    ("other-signature", {"signature_name": "predict_images", "instances": ROW}, "signature_name `predict_images`"),
+    ("empty-instances", {"instances": []}, "`instances` is empty"),
+    ("instances-object", {"instances": {"float_input": ROW}}, "`instances` must be a list"),
+    ("ragged-rows", {"instances": [[5.1, 3.5, 1.4, 0.2], [5.1, 3.5]]}, "nested data has 2 elements at depth 1"),
+    ("scalar-rows", {"instances": [5.1, 3.5, 1.4, 0.2]}, "does not match the model's shape [-1, 4]"),
+    ("too-deep", {"instances": [ROW]}, "does not match the model's shape [-1, 4]"),
+    ("empty-row", {"instances": [[]]}, "has an empty dimension"),
+    ("string-value", {"instances": [[5.1, "3.5", 1.4, 0.2]]}, "is not a valid FP32 value"),
+    ("unknown-input", {"instances": [{"x": [5.1, 3.5, 1.4, 0.2]}]}, "the model has no such input"),
+    ("mixed-rows", {"instances": [[5.1, 3.5, 1.4, 0.2], {"float_input": [5.1, 3.5, 1.4, 0.2]}]}, "instance 1 is an object"),
+    ("columns-object-value", {"inputs": {"float_input": {"b": 1}}}, "is an object"),
+    ("b64-for-numbers", {"instances": [[{"b64": "AAAA"}, 3.5, 1.4, 0.2]]}, "is not a valid FP32 value"),
+    ("overflowing-fp32", {"inputs": [[1e39, 3.5, 1.4, 0.2]]}, "is not a valid FP32 value"),
+]:
+    predict("tfserving", what, body, 400, error, path=TF_PREDICT)
+predict("tfserving", "not-json", "{\"instances\": [", 400, "invalid request body", path=TF_PREDICT)
+for what, method, path, status, error in [
+    ("unknown-verb", "POST", "/v1/models/iris:explain", 404, "unknown method `:explain`"),
+    ("unknown-suffix", "GET", "/v1/models/iris/signatures", 404, "no route for /v1/models/iris/signatures"),
+    ("version-not-number", "POST", "/v1/models/iris/versions/prod:predict", 400, "invalid model version"),
+    ("label-is-latest", "GET", "/v1/models/iris/labels/latest", 400, "invalid alias"),
+    ("bad-name", "GET", "/v1/models/..%2F..:predict", 400, "invalid model name"),
+    ("unknown-model", "POST", "/v1/models/rose:predict", 404, "model `rose` not found"),
+    ("unknown-label", "GET", "/v1/models/iris/labels/prod/metadata", 404, "has no alias `prod`"),
+    ("get-predict", "GET", TF_PREDICT, 405, "use POST"),
+    ("post-status", "POST", "/v1/models/iris", 405, "use GET"),
+    ("delete-metadata", "DELETE", "/v1/models/iris/metadata", 405, "use GET, POST"),
+]:
+    body = None if method != "POST" else json.dumps({"instances": ROW})
+    case("predict", "tfserving", what, method, path, status, error, body=body, headers=JSON)
+
 # ------------------------------------------------------------------ model-upload
 IRIS_BYTES = IRIS.read_bytes()
 

@@ -12,6 +12,9 @@ seeds, fixed timestamps), so re-running it gives byte-identical files.
         DIR/cnn.onnx     CNN built with onnx.helper:  image [N,1,12,12] -> logits [N,10]
         DIR/forest.onnx  scikit-learn RandomForestClassifier on iris (skl2onnx,
                          zipmap off): float_input [N,4] -> label [N], probabilities [N,3]
+        DIR/two_io.onnx  two inputs, two outputs of different datatypes (onnx.helper):
+                         a [N,3], b [N,2] -> y [N,4] FP32, label [N] INT64
+        DIR/half_plus_two.onnx  TensorFlow Serving's example model as ONNX: x [N] -> y = 0.5x + 2
         DIR/cases.json   inputs and onnxruntime outputs for each model at batch 1 and 8,
                          in KServe Open Inference Protocol v2 tensor form
         DIR/refuse/      files the model-upload validator must refuse (see REFUSALS):
@@ -285,6 +288,42 @@ def make_constant_if() -> onnx.ModelProto:
     node = helper.make_node("If", ["cond"], ["y"], name="if", then_branch=then_branch, else_branch=else_branch)
     cond = helper.make_tensor("cond", TensorProto.BOOL, [], [True])
     graph = helper.make_graph([node], "constant_if", [x], [float_value("y", ["batch", 4])], [cond])
+    return finish_model(graph)
+
+
+def make_two_io() -> onnx.ModelProto:
+    """Two inputs and two outputs of different datatypes, for codecs that name them:
+    a [batch,3], b [batch,2] -> y = Tanh(a Wa + b Wb + c) [batch,4] FP32,
+    label = ArgMax(y, axis 1) [batch] INT64."""
+    rng = rng_for("two_io")
+    node = helper.make_node
+    nodes = [
+        node("MatMul", ["a", "Wa"], ["from_a"], name="matmul_a"),
+        node("MatMul", ["b", "Wb"], ["from_b"], name="matmul_b"),
+        node("Add", ["from_a", "from_b"], ["sum"], name="add"),
+        node("Add", ["sum", "c"], ["pre"], name="bias"),
+        node("Tanh", ["pre"], ["y"], name="tanh"),
+        node("ArgMax", ["y"], ["label"], name="argmax", axis=1, keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "two_io", [float_value("a", ["batch", 3]), float_value("b", ["batch", 2])],
+        [float_value("y", ["batch", 4]),
+         helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"])],
+        initializer=[weight(rng, "Wa", (3, 4), 3), weight(rng, "Wb", (2, 4), 2), bias(rng, "c", 4)],
+    )
+    return finish_model(graph)
+
+
+def make_half_plus_two() -> onnx.ModelProto:
+    """TensorFlow Serving's `half_plus_two` example as ONNX: x [batch] -> y = 0.5 x + 2 [batch],
+    so its documented request and answer can be replayed."""
+    node = helper.make_node
+    half = numpy_helper.from_array(np.array(0.5, np.float32), "half")
+    two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
+    nodes = [node("Mul", ["x", "half"], ["scaled"], name="mul"),
+             node("Add", ["scaled", "two"], ["y"], name="add")]
+    graph = helper.make_graph(nodes, "half_plus_two", [float_value("x", ["batch"])],
+                              [float_value("y", ["batch"])], initializer=[half, two])
     return finish_model(graph)
 
 
@@ -686,6 +725,7 @@ def make_test_set(out: Path) -> None:
     forest = make_forest(n_estimators=10, max_depth=4)
     forest_session = ort_session(forest)
     value_info, constant_if = make_value_info_mismatch(), make_constant_if()
+    two_io, half_plus_two = make_two_io(), make_half_plus_two()
     # name: (model, inputs for a batch size, what tract's plain load must refuse it with)
     models = {
         "mlp": (mlp, lambda batch: uniform_inputs(mlp, batch, low=-1.0), None),
@@ -695,6 +735,8 @@ def make_test_set(out: Path) -> None:
                        "Impossible to unify"),
         "constant_if": (constant_if, lambda batch: uniform_inputs(constant_if, batch, low=-1.0),
                         "IfThenElse"),
+        "two_io": (two_io, lambda batch: uniform_inputs(two_io, batch, low=-1.0), None),
+        "half_plus_two": (half_plus_two, lambda batch: uniform_inputs(half_plus_two, batch, low=-4.0, high=4.0), None),
     }
     cases = []
     for name, (model, inputs_for, tract_refuses) in models.items():

@@ -91,6 +91,11 @@ profile=${MAAS_TEST_PROFILE:-ci}
 step "Build (profile $profile; binaries are driven by the tests)"
 cargo build --profile "$profile" --workspace --bins
 
+step "From a CSV to an API (scripts/csv_to_api.py on the binaries just built)"
+bin_dir="target/$profile"
+[[ $profile == dev ]] && bin_dir=target/debug
+"$venv/bin/python" scripts/csv_to_api.py --bin-dir "$bin_dir"
+
 step "Tests"
 cargo test --profile "$profile" --workspace "$@"
 

@@ -31,6 +31,15 @@ pub enum Error {
     #[error("model `{name}` has no version {version}")]
     VersionNotFound { name: String, version: u64 },
 
+    /// No route answers this path: protocols that read their own paths (TensorFlow
+    /// Serving's `/v1/models/...`) say what they expected.
+    #[error("{message}")]
+    NoRoute { message: String },
+
+    /// The path exists, but not for this method.
+    #[error("{method} is not allowed on {path}; use {allowed}")]
+    MethodNotAllowed { method: String, path: String, allowed: &'static str },
+
     /// The request conflicts with what is stored: a published version, an alias.
     #[error("{message}")]
     Conflict { message: String },
@@ -132,7 +141,9 @@ impl Error {
             Error::ModelNotFound { .. }
             | Error::VersionNotFound { .. }
             | Error::AliasNotFound { .. }
-            | Error::UploadNotFound { .. } => 404,
+            | Error::UploadNotFound { .. }
+            | Error::NoRoute { .. } => 404,
+            Error::MethodNotAllowed { .. } => 405,
             Error::Conflict { .. } => 409,
             Error::PayloadTooLarge { .. }
             | Error::OverLimit { .. }
@@ -184,6 +195,8 @@ impl Error {
             Error::VersionNotFound { .. } => "VersionNotFound",
             Error::AliasNotFound { .. } => "AliasNotFound",
             Error::UploadNotFound { .. } => "UploadNotFound",
+            Error::NoRoute { .. } => "NoRoute",
+            Error::MethodNotAllowed { .. } => "MethodNotAllowed",
             Error::Conflict { .. } => "Conflict",
             Error::InvalidModel { .. } => "InvalidModel",
             Error::InferenceRejected { .. } => "InferenceRejected",

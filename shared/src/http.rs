@@ -41,8 +41,8 @@ pub fn message_response(status: u16, message: &str) -> Response<Body> {
     json_response(status, &serde_json::json!({ "error": message }))
 }
 
-/// The response for an error: its status and client message, and `Retry-After` when
-/// retrying later may work (503). Internal failures are logged with their whole cause chain;
+/// The response for an error: its status and client message, `Retry-After` when retrying
+/// later may work (503), and `Allow` for a method not allowed (405). Internal failures are logged with their whole cause chain;
 /// client mistakes only at debug level.
 pub fn error_response(err: &Error) -> Response<Body> {
     if err.is_client_error() {
@@ -53,6 +53,9 @@ pub fn error_response(err: &Error) -> Response<Body> {
     let mut response = message_response(err.status(), &err.client_message());
     if let Some(seconds) = err.retry_after() {
         response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+    }
+    if let Error::MethodNotAllowed { allowed, .. } = err {
+        response.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static(allowed));
     }
     response
 }

@@ -52,7 +52,7 @@ async fn each_bad_request_gets_its_status_and_a_message() {
         ("POST", "/v2/models/iris/infer", Some(oversized), 413, "over the limit of 6291456 bytes"),
         ("GET", "/v2/models/iris/infer", None, 405, "GET is not allowed on /v2/models/iris/infer; use POST"),
         ("POST", "/v2/models/iris", Some(b"{}".to_vec()), 405, "use GET"),
-        ("GET", "/v1/models/iris", None, 404, "no route for /v1/models/iris"),
+        ("GET", "/v1/iris", None, 404, "no route for /v1/iris"),
         ("GET", "/v2/models/iris/versions/1/explain", None, 404, "no route"),
     ];
     for (method, path, body, status, message) in cases {

@@ -30,7 +30,7 @@ use base64::Engine as _;
 use maas_tests::{built_binary as binary, repo_root};
 use serde_json::Value;
 
-use crate::predict_api::assert_iris_answer;
+use crate::predict_api::{assert_iris_answer, assert_iris_rows};
 
 /// How long any one step may take before the test fails.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -322,6 +322,13 @@ async fn predict_binary_answers_api_gateway_events_under_the_runtime_api() {
     assert_eq!(served["model_name"], "iris");
     assert_eq!(served["model_version"], "1");
 
+    // TensorFlow Serving's REST API, routed by API Gateway's `/v1/{proxy+}`.
+    let (status, result) = emulator.invoke(&mut predict, &event("predict-tf-predict.json")).await;
+    assert_eq!(status, 200, "{result}");
+    let (status, rows) = api_gateway_response(&result);
+    assert_eq!(status, 200, "{rows}");
+    assert_iris_rows(&rows);
+
     let mut malformed = event("predict-infer.json");
     malformed["body"] = Value::from("{\"inputs\": [");
     let (status, result) = emulator.invoke(&mut predict, &malformed).await;
@@ -352,7 +359,13 @@ async fn predict_binary_answers_api_gateway_events_under_the_runtime_api() {
     let lines = log_lines(&predict);
     let loads = lines.iter().filter(|l| l["fields"]["message"] == "model loaded").count();
     assert_eq!(loads, 1, "{}", predict.log());
-    assert_reports_each_invocation(&lines, &[200, 400, 400, 200]);
+    assert_reports_each_invocation(&lines, &[200, 200, 400, 400, 200]);
+    let protocols: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "request")
+        .map(|l| &l["fields"]["protocol"])
+        .collect();
+    assert_eq!(protocols[..2], ["oip-json", "tfserving"], "{}", predict.log());
 }
 
 /// One summary line and one Embedded Metric Format record per invocation, in order: the first

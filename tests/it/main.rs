@@ -17,5 +17,6 @@ mod processes;
 mod reference;
 mod s3_faults;
 mod secrets_in_logs;
+mod tfserving;
 mod upload;
 mod zoo;

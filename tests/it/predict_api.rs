@@ -36,6 +36,31 @@ pub fn assert_iris_answer(served: &Value) {
     }
 }
 
+/// The README's two rows in TensorFlow Serving's row form.
+pub fn readme_rows() -> Value {
+    json!({"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]})
+}
+
+/// The example classifier's answer to [`readme_rows`]: one object per row with both
+/// outputs, the same numbers as the Open Inference Protocol answer.
+pub fn assert_iris_rows(served: &Value) {
+    let rows = served["predictions"].as_array().unwrap_or_else(|| panic!("{served}"));
+    assert_eq!(rows.len(), 2, "{served}");
+    let outputs = ["label", "probabilities"].map(|name| {
+        let data: Vec<Value> = rows
+            .iter()
+            .flat_map(|row| match &row[name] {
+                Value::Array(items) => items.clone(),
+                scalar => vec![scalar.clone()],
+            })
+            .collect();
+        let shape = if name == "label" { json!([2]) } else { json!([2, 3]) };
+        let datatype = if name == "label" { "INT64" } else { "FP32" };
+        json!({"name": name, "datatype": datatype, "shape": shape, "data": data})
+    });
+    assert_iris_answer(&json!({ "outputs": outputs }));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn example_model_predicts_the_true_species() {
     let cache = tempfile::tempdir().unwrap();
@@ -164,6 +189,10 @@ async fn sample_api_gateway_events_are_served() {
     let (status, metadata) =
         call_with_event(&predictor, &sample_event("predict-metadata.json")).await;
     assert_eq!((status, metadata["name"].clone()), (200, json!("iris")));
+    let (status, rows) =
+        call_with_event(&predictor, &sample_event("predict-tf-predict.json")).await;
+    assert_eq!(status, 200, "{rows}");
+    assert_iris_rows(&rows);
     let (status, health) = call_with_event(&predictor, &sample_event("predict-health.json")).await;
     assert_eq!((status, health), (200, json!({"ready": true})));
 }

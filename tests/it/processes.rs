@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use maas_tests::{cases, fresh_s3_store, model_bytes, predictor, publish, repo_root, s3_endpoint};
 use serde_json::{json, Value};
 
-use crate::predict_api::{assert_iris_answer, readme_request};
+use crate::predict_api::{assert_iris_answer, assert_iris_rows, readme_request, readme_rows};
 use crate::reference::assert_matches_reference;
 
 /// A server process, killed when dropped.
@@ -107,6 +107,19 @@ async fn local_server_serves_the_example_model_as_the_readme_shows() {
         http(&server.addr, "POST", "/v2/models/iris/infer", &readme_request().to_string()).await;
     assert_eq!(status, 200, "{served}");
     assert_iris_answer(&served);
+    // TensorFlow Serving's REST API on the same server.
+    let (status, rows) =
+        http(&server.addr, "POST", "/v1/models/iris:predict", &readme_rows().to_string()).await;
+    assert_eq!(status, 200, "{rows}");
+    assert_iris_rows(&rows);
+    let (status, metadata) =
+        http(&server.addr, "GET", "/v1/models/iris/versions/1/metadata", "").await;
+    assert_eq!(status, 200, "{metadata}");
+    let inputs =
+        &metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]["inputs"];
+    assert_eq!(inputs["float_input"]["dtype"], "DT_FLOAT", "{metadata}");
+    let (status, error) = http(&server.addr, "GET", "/v1/models/iris:predict", "").await;
+    assert_eq!(status, 405, "{error}");
     let (status, error) = http(&server.addr, "POST", "/v2/models/iris/infer", "{").await;
     assert_eq!(status, 400);
     assert!(error["error"].as_str().unwrap().contains("invalid request body"));

@@ -14,7 +14,9 @@ pub const TOLERANCE: f64 = 1e-4;
 /// `value_info` is what PyTorch's dynamo exporter writes, and `constant_if` has an `If` with a
 /// constant condition and branches of different shapes: tract's plain load refuses both
 /// (scripts/make_models.py checks that), so they are served through fallback loaders.
-pub const MODELS: [&str; 5] = ["mlp", "cnn", "forest", "value_info", "constant_if"];
+/// `two_io` has two inputs and two outputs, `half_plus_two` is TensorFlow Serving's example.
+pub const MODELS: [&str; 7] =
+    ["mlp", "cnn", "forest", "value_info", "constant_if", "two_io", "half_plus_two"];
 
 /// The loader validation must find for each model.
 fn expected_loader(model: &str) -> Loader {

@@ -1,4 +1,5 @@
-//! Routes of the Open Inference Protocol REST API, mapped to [`maas::Predictor`] calls.
+//! Routes of the Open Inference Protocol REST API (`/v2`) and TensorFlow Serving's REST API
+//! (`/v1/models/...`, whose paths its codec parses), mapped to [`maas::Predictor`] calls.
 
 use std::sync::LazyLock;
 
@@ -6,6 +7,7 @@ use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
 use maas::http::{error_response, json_response, Routes};
 use maas::protocol::oip::{self, ModelMetadata, ServerMetadata};
+use maas::protocol::tfserving;
 use maas::Predictor;
 use serde_json::json;
 
@@ -18,6 +20,7 @@ enum Action {
     ModelReady,
     Infer,
     Stats,
+    TfServing,
 }
 
 static ROUTES: LazyLock<Routes<Action>> = LazyLock::new(|| {
@@ -34,6 +37,8 @@ static ROUTES: LazyLock<Routes<Action>> = LazyLock::new(|| {
         ("/v2/models/stats", Method::GET, Action::Stats),
         ("/v2/models/{name}/stats", Method::GET, Action::Stats),
         ("/v2/models/{name}/versions/{version}/stats", Method::GET, Action::Stats),
+        ("/v1/models/{*rest}", Method::GET, Action::TfServing),
+        ("/v1/models/{*rest}", Method::POST, Action::TfServing),
     ])
 });
 
@@ -65,6 +70,10 @@ pub async fn handle(predictor: &Predictor, request: Request) -> Response<Body> {
         Action::Stats => predictor.stats(named, version).await.map(|s| json_response(200, &s)),
         Action::Infer => {
             oip::infer(predictor, name, version, request.headers(), request.body()).await
+        }
+        Action::TfServing => {
+            let rest = matched.params.get("rest").unwrap_or_default();
+            tfserving::handle(predictor, request.method(), rest, request.body()).await
         }
     };
     result.unwrap_or_else(|err| error_response(&err))

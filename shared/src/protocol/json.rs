@@ -236,6 +236,94 @@ macro_rules! data_conversions {
 }
 crate::for_each_numeric_type!(data_conversions);
 
+/// How one element is written on its own, for [`Nested`]: floats as in [`to_vec`].
+trait ScalarJson {
+    fn serialize_scalar<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error>;
+}
+
+macro_rules! scalar_json_plain {
+    ($($ty:ty),*) => {$(
+        impl ScalarJson for $ty {
+            fn serialize_scalar<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                self.serialize(serializer)
+            }
+        }
+    )*};
+}
+scalar_json_plain!(bool, u8, u16, u32, u64, i8, i16, i32, i64);
+
+impl ScalarJson for f32 {
+    fn serialize_scalar<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.is_finite() {
+            return self.serialize(serializer);
+        }
+        serialize_float(f64::from(*self), serializer)
+    }
+}
+
+impl ScalarJson for f64 {
+    fn serialize_scalar<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serialize_float(*self, serializer)
+    }
+}
+
+/// Part of a tensor written as nested JSON arrays that follow `shape` (a bare scalar when the
+/// shape is `[]`), starting at element `offset` of the flat, row-major `data`: the form of
+/// TensorFlow Serving's answers. Non-finite floats need [`to_vec`].
+#[derive(Debug, Clone, Copy)]
+pub struct Nested<'a> {
+    pub data: &'a TensorData,
+    pub shape: &'a [usize],
+    pub offset: usize,
+}
+
+impl<'a> Nested<'a> {
+    /// The whole of a tensor's data, nested by its shape.
+    pub fn new(data: &'a TensorData, shape: &'a [usize]) -> Self {
+        Nested { data, shape, offset: 0 }
+    }
+
+    /// Row `index` of dimension 0: the sub-tensor of shape `shape[1..]` (of a scalar, the
+    /// element `index` places further).
+    pub fn row(&self, index: usize) -> Nested<'a> {
+        let inner = self.shape.get(1..).unwrap_or_default();
+        let stride = inner.iter().product::<usize>();
+        Nested { data: self.data, shape: inner, offset: self.offset + index * stride }
+    }
+}
+
+macro_rules! nested_scalar {
+    ($(($variant:ident, $ty:ty, $name:literal)),* $(,)?) => {
+        /// Element `index` of `data`, on its own.
+        fn serialize_scalar_at<S: Serializer>(
+            data: &TensorData,
+            index: usize,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match data {
+                $(TensorData::$variant(values) => match values.get(index) {
+                    Some(value) => value.serialize_scalar(serializer),
+                    None => Err(serde::ser::Error::custom("tensor data shorter than its shape")),
+                },)*
+            }
+        }
+    };
+}
+crate::for_each_numeric_type!(nested_scalar);
+
+impl Serialize for Nested<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let Some(&len) = self.shape.first() else {
+            return serialize_scalar_at(self.data, self.offset, serializer);
+        };
+        let mut seq = serializer.serialize_seq(Some(len))?;
+        for index in 0..len {
+            seq.serialize_element(&self.row(index))?;
+        }
+        seq.end()
+    }
+}
+
 /// Collects the scalars of flat or nested `data`. Nested data must follow the shape exactly;
 /// flat data is counted by the caller.
 pub fn flatten<'a>(
@@ -326,6 +414,18 @@ mod tests {
         assert_eq!(value["s"], "NaN \" Infinity");
         assert!(convert(DataType::I32, &leaves[..1]).is_err(), "NaN is no integer");
         assert!(from_slice::<Value>(b"[NaNa]").is_err());
+    }
+
+    #[test]
+    fn nested_data_follows_the_shape_with_tokens_for_non_finite_floats() {
+        let data = TensorData::F32(vec![1.0, f32::NAN, 2.5, f32::NEG_INFINITY, 0.1, 3.0]);
+        let text = to_vec(&Nested::new(&data, &[2, 3])).unwrap();
+        assert_eq!(std::str::from_utf8(&text).unwrap(), "[[1.0,NaN,2.5],[-Infinity,0.1,3.0]]");
+        let rows = Nested::new(&data, &[3, 2]);
+        assert_eq!(to_vec(&rows.row(2)).unwrap(), b"[0.1,3.0]");
+        let labels = TensorData::I64(vec![7, 8]);
+        assert_eq!(to_vec(&Nested::new(&labels, &[2]).row(1)).unwrap(), b"8");
+        assert_eq!(to_vec(&Nested::new(&labels, &[2, 0])).unwrap(), b"[[],[]]");
     }
 
     #[test]

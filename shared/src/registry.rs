@@ -5,7 +5,9 @@
 //! requests for one cold model share one load.
 //!
 //! The cache weighs a model by the memory it holds loaded ([`LoadedModel::weight`]), measured
-//! by the engine, not by its file.
+//! by the engine, not by its file. A model evicted while requests still run on it stays in
+//! memory until they end; a request for it meanwhile takes that copy back into the cache
+//! rather than loading a second one.
 //!
 //! Publishing, aliases and deletion are the write path, [`publish::Writer`], which only
 //! model-upload holds.
@@ -14,9 +16,9 @@ pub mod publish;
 #[cfg(test)]
 mod testing;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
@@ -102,6 +104,8 @@ pub struct Registry {
     disk: DiskCache,
     engine_limits: engine::Limits,
     loaded: Cache<ModelId, Arc<LoadedModel>>,
+    /// Models evicted from `loaded`, alive while a request still holds them.
+    evicted: Arc<Mutex<HashMap<ModelId, Weak<LoadedModel>>>>,
     resolved: Cache<ResolveKey, Version>,
 }
 
@@ -115,16 +119,23 @@ fn corrupt(id: &ModelId, problem: impl Into<String>) -> Error {
 
 impl Registry {
     pub fn new(store: SharedStore, settings: &CacheSettings) -> Self {
+        let evicted = Arc::new(Mutex::new(HashMap::new()));
+        let remember = Arc::clone(&evicted);
         let loaded = Cache::builder()
             .max_capacity(settings.memory_bytes)
             .weigher(|_, model: &Arc<LoadedModel>| {
                 u32::try_from(model.weight()).unwrap_or(u32::MAX).max(1)
             })
             .eviction_policy(EvictionPolicy::lru())
-            .eviction_listener(|id: Arc<ModelId>, model: Arc<LoadedModel>, cause| {
-                // Weighed again (`reweigh`): the model stays.
-                if cause == RemovalCause::Replaced {
-                    return;
+            .eviction_listener(move |id: Arc<ModelId>, model: Arc<LoadedModel>, cause| {
+                match cause {
+                    // Weighed again (`reweigh`): the model stays.
+                    RemovalCause::Replaced => return,
+                    // Deleted (`forget_model`): never taken back.
+                    RemovalCause::Explicit => {}
+                    RemovalCause::Size | RemovalCause::Expired => {
+                        remember_evicted(&remember, &id, &model);
+                    }
                 }
                 let bytes = model.weight();
                 tracing::info!(model = %id, ?cause, bytes, "model left the memory cache");
@@ -137,6 +148,7 @@ impl Registry {
             disk: DiskCache::new(&settings.disk_dir, settings.disk_bytes),
             engine_limits: settings.engine,
             loaded,
+            evicted,
             resolved,
         }
     }
@@ -238,6 +250,11 @@ impl Registry {
     }
 
     async fn load_uncached(&self, id: &ModelId) -> Result<Arc<LoadedModel>, Error> {
+        if let Some(alive) = self.take_back(id) {
+            let bytes = alive.weight();
+            tracing::info!(model = %id, bytes, "model taken back into the memory cache");
+            return Ok(alive);
+        }
         let started = Instant::now();
         let manifest = self.fetch_manifest(id).await?;
         let file = ModelFile::onnx(id, &manifest);
@@ -356,11 +373,30 @@ impl Registry {
         self.resolved.invalidate(&(name.clone(), alias.cloned())).await;
     }
 
+    /// The evicted copy of a model that a request still holds, if any.
+    fn take_back(&self, id: &ModelId) -> Option<Arc<LoadedModel>> {
+        let mut evicted = self.evicted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        evicted.remove(id)?.upgrade()
+    }
+
     /// Forgets a deleted version: its loaded model and what `latest` resolved to.
     async fn forget_model(&self, id: &ModelId) {
         self.loaded.invalidate(id).await;
+        self.evicted.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
         self.forget_resolution(&id.name, None).await;
     }
+}
+
+/// Remembers an evicted model so that a request can take it back while another still holds
+/// it, and forgets the ones no request holds any more.
+fn remember_evicted(
+    evicted: &Mutex<HashMap<ModelId, Weak<LoadedModel>>>,
+    id: &ModelId,
+    model: &Arc<LoadedModel>,
+) {
+    let mut evicted = evicted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    evicted.retain(|_, model| model.strong_count() > 0);
+    evicted.insert(id.clone(), Arc::downgrade(model));
 }
 
 #[cfg(test)]
@@ -479,6 +515,39 @@ mod tests {
         assert_eq!(bytes, weights["b"] + weights["c"]);
         assert!(!registry.is_loaded(&id("a", 1)).await, "the least recently used model stayed");
         assert!(registry.is_loaded(&id("c", 1)).await);
+    }
+
+    #[tokio::test]
+    async fn an_evicted_model_a_request_still_holds_is_taken_back_not_loaded_again() {
+        let weight = example_weight().await;
+        let fixture = Fixture::new(Duration::from_secs(30), weight * 3 / 2); // room for one
+        let registry = &fixture.registry;
+        for name in ["a", "b"] {
+            fixture.place(name, 1).await;
+        }
+        let held = registry.load(&id("a", 1)).await.unwrap(); // a request running on a
+        registry.load(&id("b", 1)).await.unwrap();
+        registry.memory_usage().await;
+        assert!(!registry.is_loaded(&id("a", 1)).await, "a was not evicted");
+
+        let again = registry.load(&id("a", 1)).await.unwrap();
+        assert!(Arc::ptr_eq(&held, &again), "a second copy of a was loaded");
+        assert_eq!(fixture.store.gets_of(&id("a", 1).manifest_key()), 1, "a was loaded again");
+        assert!(registry.is_loaded(&id("a", 1)).await, "a was not taken back into the cache");
+        assert_eq!(registry.memory_usage().await, (1, again.weight()));
+
+        // Once no request holds it, an evicted model is gone (moka lets go of an evicted
+        // value within a maintenance run or two): the next request loads it.
+        let weak = Arc::downgrade(&held);
+        drop((held, again));
+        registry.load(&id("b", 1)).await.unwrap();
+        for _ in 0..10 {
+            registry.memory_usage().await;
+        }
+        assert!(!registry.is_loaded(&id("a", 1)).await);
+        assert_eq!(weak.strong_count(), 0, "an evicted model nobody uses stayed in memory");
+        registry.load(&id("a", 1)).await.unwrap();
+        assert_eq!(fixture.store.gets_of(&id("a", 1).manifest_key()), 2);
     }
 
     /// moka keeps time with its own clock, not tokio's, so the TTL is short and real.

@@ -130,6 +130,8 @@ impl Model {
                 }
             })
         });
+        // What the load freed goes back to the system, not into this thread's arena.
+        crate::malloc::trim();
         Ok(Self { held, ..model? })
     }
 

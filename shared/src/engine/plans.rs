@@ -150,6 +150,7 @@ impl ShapePlans {
                 typed.into_optimized().map_err(|e| engine_error("cannot optimise the model", e))?;
             BudgetedPlan::new(optimized).map(Arc::new)
         });
+        crate::malloc::trim();
         let plan = plan?;
         self.plan_bytes.fetch_add(bytes, Ordering::Relaxed);
         tracing::info!(

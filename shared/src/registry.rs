@@ -103,6 +103,8 @@ pub struct Registry {
     store: SharedStore,
     disk: DiskCache,
     engine_limits: engine::Limits,
+    /// One model is parsed and optimised at a time (see `load_uncached`).
+    loading: tokio::sync::Semaphore,
     loaded: Cache<ModelId, Arc<LoadedModel>>,
     /// Models evicted from `loaded`, alive while a request still holds them.
     evicted: Arc<Mutex<HashMap<ModelId, Weak<LoadedModel>>>>,
@@ -147,6 +149,7 @@ impl Registry {
             store,
             disk: DiskCache::new(&settings.disk_dir, settings.disk_bytes),
             engine_limits: settings.engine,
+            loading: tokio::sync::Semaphore::new(1),
             loaded,
             evicted,
             resolved,
@@ -260,6 +263,14 @@ impl Registry {
         let file = ModelFile::onnx(id, &manifest);
         let path = self.disk.file(self.store.as_ref(), id, &file).await?;
         let fetch_ms = elapsed_ms(started);
+        // Loading a model needs several times its file for a while (decoded protobuf, graph,
+        // optimised copy). Loads of different models at once would add those peaks up, and
+        // compete for the same CPUs anyway: one at a time.
+        let _loading = self
+            .loading
+            .acquire()
+            .await
+            .map_err(|e| Error::internal("waiting to load a model", e))?;
         let fetched = Instant::now();
         let (loader, plans, limits) = (manifest.loader, manifest.plans, self.engine_limits);
         let model = tokio::task::spawn_blocking(move || {

@@ -124,6 +124,9 @@ impl Model {
                 match planning {
                     Planning::Symbolic => {
                         let (typed, signature) = translate(&proto, loader, None)?;
+                        // The decoded file is not needed to optimise: freed before, it does
+                        // not add to the load's peak.
+                        drop(proto);
                         Self::optimise(typed, signature, memory)
                     }
                     Planning::PerShape => Self::per_shape(proto, loader, memory),

@@ -26,7 +26,7 @@ use crate::store::{LocalStore, MemoryStore, S3Settings, S3Store, SharedStore};
 /// | `MAAS_S3_MAX_BACKOFF_MS` | largest backoff between retries | 2000 |
 /// | `MAAS_CACHE_DIR` | directory of the disk cache of model files | `/tmp/maas-cache` |
 /// | `MAAS_DISK_CACHE_BYTES` | size bound of the disk cache | 402653184 (384 MiB) |
-/// | `MAAS_MEMORY_CACHE_BYTES` | bytes of loaded models kept in memory (LRU beyond it); a model weighs what it holds loaded, several times its file | half of `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, else 1 GiB |
+/// | `MAAS_MEMORY_CACHE_BYTES` | bytes of loaded models kept in memory (LRU beyond it); a model weighs what it holds loaded, at least its file (small models several times it) | half of `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, else 1 GiB |
 /// | `MAAS_PRELOAD` | models loaded during start-up (the Lambda init phase): `name` or `name:version`, comma-separated | none |
 /// | `MAAS_MAX_REQUEST_BYTES` | largest request body accepted (413 beyond) | 6291456 (6 MiB, Lambda's payload limit) |
 /// | `MAAS_RESOLVE_TTL_SECONDS` | how long `latest` and aliases stay resolved before the store is asked again | 30 |

@@ -400,6 +400,31 @@ mod tests {
     }
 
     #[test]
+    fn a_measurement_counts_what_the_work_keeps_not_what_it_freed() {
+        let (kept, bytes) = measured(|| {
+            let scratch = vec![1u8; 4 << 20];
+            drop(scratch);
+            vec![1u8; 1 << 20]
+        });
+        assert_eq!(kept.len(), 1 << 20);
+        assert!((1 << 20..(1 << 20) + 4096).contains(&bytes), "{bytes} bytes");
+        // Freeing what was allocated before is no negative weight.
+        let (_, bytes) = measured(|| drop(kept));
+        assert_eq!(bytes, 0);
+    }
+
+    #[test]
+    fn a_nested_measurement_counts_into_the_outer_one() {
+        let ((outer, (inner, inner_bytes)), outer_bytes) = measured(|| {
+            let outer = vec![1u8; 2 << 20];
+            (outer, measured(|| vec![1u8; 1 << 20]))
+        });
+        assert!((1 << 20..2 << 20).contains(&inner_bytes), "inner: {inner_bytes} bytes");
+        assert!((3 << 20..4 << 20).contains(&outer_bytes), "outer: {outer_bytes} bytes");
+        assert_eq!(outer.len() + inner.len(), 3 << 20);
+    }
+
+    #[test]
     fn tensor_sizes_saturate_instead_of_overflowing() {
         assert_eq!(tensor_bytes(&[2, 3], DatumType::F32), 24);
         assert_eq!(tensor_bytes(&[], DatumType::I64), 8);

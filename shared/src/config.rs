@@ -27,7 +27,7 @@ use crate::store::{LocalStore, MemoryStore, S3Settings, S3Store, SharedStore};
 /// | `MAAS_S3_MAX_BACKOFF_MS` | largest backoff between retries | 2000 |
 /// | `MAAS_CACHE_DIR` | directory of the disk cache of model files | `/tmp/maas-cache` |
 /// | `MAAS_DISK_CACHE_BYTES` | size bound of the disk cache | 402653184 (384 MiB) |
-/// | `MAAS_MEMORY_CACHE_BYTES` | bytes of model files kept loaded in memory (LRU beyond it) | half of `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, else 1 GiB |
+/// | `MAAS_MEMORY_CACHE_BYTES` | bytes of loaded models kept in memory (LRU beyond it); a model weighs what it holds loaded, at least its file (small models several times it) | half of `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, else 1 GiB |
 /// | `MAAS_PRELOAD` | models loaded during start-up (the Lambda init phase): `name` or `name:version`, comma-separated | none |
 /// | `MAAS_MAX_REQUEST_BYTES` | largest request body accepted (413 beyond) | 6291456 (6 MiB, Lambda's payload limit) |
 /// | `MAAS_MAX_RESPONSE_BYTES` | largest response as Lambda returns it, base64 of binary bodies and JSON escapes counted (413 naming batch-predict beyond) | 6291456 (6 MiB, Lambda's synchronous response limit) |
@@ -40,6 +40,7 @@ use crate::store::{LocalStore, MemoryStore, S3Settings, S3Store, SharedStore};
 /// | `MAAS_PRESIGN_EXPIRY_SECONDS` | how long a presigned upload URL stays valid | 900 |
 /// | `MAAS_ENGINE_THREADS` | threads for tract's matrix products (1: none besides the caller) | the CPUs available to the process |
 /// | `MAAS_SHAPE_PLANS` | optimised plans kept per model that is planned per input shape (LRU) | 8 |
+/// | `MAAS_MALLOC_ARENAS` | glibc malloc arenas (`mallopt(M_ARENA_MAX)`): fewer arenas hold less freed memory; 0 keeps glibc's default (8 per core) | 2 |
 ///
 /// The S3 endpoint, region and credentials come from the standard AWS variables
 /// (`AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, `AWS_REGION`, ...); the `MAAS_S3_*` timeouts
@@ -57,6 +58,8 @@ pub struct Config {
     pub presign_expiry: Duration,
     pub engine_threads: usize,
     pub shape_plans: u64,
+    /// 0: glibc's default.
+    pub malloc_arenas: usize,
 }
 
 /// A configuration variable has a value that cannot be used.
@@ -178,6 +181,7 @@ impl Config {
             )?),
             engine_threads: parse_or(&lookup, "MAAS_ENGINE_THREADS", available_cpus())?.max(1),
             shape_plans: parse_or(&lookup, "MAAS_SHAPE_PLANS", 8)?.max(1),
+            malloc_arenas: parse_or(&lookup, "MAAS_MALLOC_ARENAS", 2)?,
         })
     }
 }
@@ -286,15 +290,18 @@ mod tests {
         assert_eq!(c.cache.memory_bytes, GIB);
         assert_eq!(c.requests, RequestLimits::default());
         assert_eq!(c.max_response_bytes, 6 << 20);
+        assert_eq!(c.malloc_arenas, 2);
         assert!(c.preload.is_empty());
         let c = config(&[
             ("MAAS_STORE", "memory://"),
             ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "2048"),
             ("MAAS_PRELOAD", "iris, mlp:3"),
             ("MAAS_S3_FORCE_PATH_STYLE", "true"),
+            ("MAAS_MALLOC_ARENAS", "0"),
         ])
         .unwrap();
         assert_eq!(c.cache.memory_bytes, GIB);
+        assert_eq!(c.malloc_arenas, 0);
         assert!(c.s3.force_path_style);
         assert_eq!(c.preload.len(), 2);
         assert_eq!(c.preload[0].1, VersionSpec::Latest);

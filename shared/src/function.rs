@@ -78,9 +78,10 @@ pub fn config(store: Option<&str>) -> Result<Config, ConfigError> {
     })
 }
 
-/// The registry over the configured store, for the whole execution environment; also sizes
-/// the engine's thread pool and its per-shape plan caches.
+/// The registry over the configured store, for the whole execution environment; also bounds
+/// malloc's arenas and sizes the engine's thread pool and its per-shape plan caches.
 pub async fn registry(config: &Config) -> Arc<Registry> {
+    crate::malloc::limit_arenas(config.malloc_arenas);
     crate::engine::use_threads(config.engine_threads);
     crate::engine::set_plan_limit(config.shape_plans);
     tracing::info!(threads = config.engine_threads, "engine threads");

@@ -7,7 +7,7 @@
 //! [`protocol`]; the
 //! [`publisher`] validates uploads and publishes them through the registry's write path
 //! ([`registry::publish`]). [`http`] holds the glue the HTTP functions share, [`function`]
-//! their start-up; [`config`] reads the environment.
+//! their start-up, [`malloc`] the C allocator's tuning; [`config`] reads the environment.
 
 pub mod config;
 pub mod disk_cache;
@@ -15,6 +15,7 @@ pub mod engine;
 pub mod error;
 pub mod function;
 pub mod http;
+pub mod malloc;
 pub mod manifest;
 pub mod metrics;
 pub mod names;

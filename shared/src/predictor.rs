@@ -161,7 +161,11 @@ impl Predictor {
         let inputs = request.inputs;
         let outputs = tokio::task::spawn_blocking(move || runner.model.run(inputs))
             .await
-            .map_err(|e| Error::internal("running inference", e))??;
+            .map_err(|e| Error::internal("running inference", e))?;
+        // A per-shape model may have built a plan for these inputs (even for a failed run):
+        // it weighs more now.
+        self.registry.reweigh(loaded).await;
+        let outputs = outputs?;
         timings.infer_ms = crate::elapsed_ms(started);
         let started = Instant::now();
         let mut outputs: Vec<Option<Tensor>> = outputs.into_iter().map(Some).collect();

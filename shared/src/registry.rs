@@ -4,6 +4,11 @@
 //! and optimisation and every later one for a pinned version touches no store. Concurrent
 //! requests for one cold model share one load.
 //!
+//! The cache weighs a model by the memory it holds loaded ([`LoadedModel::weight`]), measured
+//! by the engine, not by its file. A model evicted while requests still run on it stays in
+//! memory until they end; a request for it meanwhile takes that copy back into the cache
+//! rather than loading a second one.
+//!
 //! Publishing, aliases and deletion are the write path, [`publish::Writer`], which only
 //! model-upload holds.
 
@@ -11,11 +16,14 @@ pub mod publish;
 #[cfg(test)]
 mod testing;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
+use moka::notification::RemovalCause;
+use moka::ops::compute::Op;
 use moka::policy::EvictionPolicy;
 use serde::{Deserialize, Serialize};
 
@@ -35,7 +43,7 @@ pub use publish::{PublishLimits, Writer};
 /// Limits of the caches; see [`crate::Config`] for the variables that set them.
 #[derive(Debug, Clone)]
 pub struct CacheSettings {
-    /// Bytes of model files the memory cache may hold (models weigh their ONNX file size).
+    /// Bytes of loaded models the memory cache may hold (see [`LoadedModel::weight`]).
     pub memory_bytes: u64,
     /// Where downloaded model files are kept.
     pub disk_dir: std::path::PathBuf,
@@ -53,6 +61,24 @@ pub struct LoadedModel {
     pub id: ModelId,
     pub manifest: Manifest,
     pub model: engine::Model,
+    /// The weight the memory cache last gave it.
+    weighed: AtomicU64,
+}
+
+impl LoadedModel {
+    fn new(id: ModelId, manifest: Manifest, model: engine::Model) -> Self {
+        let loaded = Self { id, manifest, model, weighed: AtomicU64::new(0) };
+        loaded.weighed.store(loaded.weight(), Ordering::Relaxed);
+        loaded
+    }
+
+    /// What the model weighs in the memory cache: the bytes it holds in memory
+    /// ([`engine::Model::memory_bytes`]: measured while it was loaded and optimised, plus any
+    /// per-shape plans it holds), and never less than its ONNX file. An optimised model
+    /// holds several times its file (weights packed for the matrix kernels beside the graph).
+    pub fn weight(&self) -> u64 {
+        self.model.memory_bytes().max(self.manifest.size)
+    }
 }
 
 /// What an alias object holds.
@@ -77,7 +103,11 @@ pub struct Registry {
     store: SharedStore,
     disk: DiskCache,
     engine_limits: engine::Limits,
+    /// One model is parsed and optimised at a time (see `load_uncached`).
+    loading: tokio::sync::Semaphore,
     loaded: Cache<ModelId, Arc<LoadedModel>>,
+    /// Models evicted from `loaded`, alive while a request still holds them.
+    evicted: Arc<Mutex<HashMap<ModelId, Weak<LoadedModel>>>>,
     resolved: Cache<ResolveKey, Version>,
 }
 
@@ -91,15 +121,27 @@ fn corrupt(id: &ModelId, problem: impl Into<String>) -> Error {
 
 impl Registry {
     pub fn new(store: SharedStore, settings: &CacheSettings) -> Self {
+        let evicted = Arc::new(Mutex::new(HashMap::new()));
+        let remember = Arc::clone(&evicted);
         let loaded = Cache::builder()
             .max_capacity(settings.memory_bytes)
             .weigher(|_, model: &Arc<LoadedModel>| {
-                u32::try_from(model.manifest.size).unwrap_or(u32::MAX).max(1)
+                u32::try_from(model.weight()).unwrap_or(u32::MAX).max(1)
             })
             .eviction_policy(EvictionPolicy::lru())
-            .eviction_listener(
-                |id, _, cause| tracing::info!(model = %id, ?cause, "model left the memory cache"),
-            )
+            .eviction_listener(move |id: Arc<ModelId>, model: Arc<LoadedModel>, cause| {
+                match cause {
+                    // Weighed again (`reweigh`): the model stays.
+                    RemovalCause::Replaced => return,
+                    // Deleted (`forget_model`): never taken back.
+                    RemovalCause::Explicit => {}
+                    RemovalCause::Size | RemovalCause::Expired => {
+                        remember_evicted(&remember, &id, &model);
+                    }
+                }
+                let bytes = model.weight();
+                tracing::info!(model = %id, ?cause, bytes, "model left the memory cache");
+            })
             .build();
         let resolved =
             Cache::builder().max_capacity(10_000).time_to_live(settings.resolve_ttl).build();
@@ -107,7 +149,9 @@ impl Registry {
             store,
             disk: DiskCache::new(&settings.disk_dir, settings.disk_bytes),
             engine_limits: settings.engine,
+            loading: tokio::sync::Semaphore::new(1),
             loaded,
+            evicted,
             resolved,
         }
     }
@@ -179,6 +223,24 @@ impl Registry {
         self.loaded.try_get_with_by_ref(id, self.load_uncached(id)).await.map_err(|e| (*e).clone())
     }
 
+    /// Weighs a loaded model again once it holds more or less than the cache last counted (a
+    /// per-shape plan built or dropped), so eviction follows what models really hold. Nothing
+    /// happens when the cache no longer holds this very model.
+    pub async fn reweigh(&self, loaded: &Arc<LoadedModel>) {
+        let weight = loaded.weight();
+        if loaded.weighed.swap(weight, Ordering::Relaxed) == weight {
+            return;
+        }
+        self.loaded
+            .entry_by_ref(&loaded.id)
+            .and_compute_with(|entry| {
+                let same = entry.is_some_and(|e| Arc::ptr_eq(e.value(), loaded));
+                std::future::ready(if same { Op::Put(Arc::clone(loaded)) } else { Op::Nop })
+            })
+            .await;
+        tracing::debug!(model = %loaded.id, bytes = weight, "model weighed again");
+    }
+
     /// True when the model is in the memory cache (nothing is fetched).
     pub async fn is_loaded(&self, id: &ModelId) -> bool {
         self.loaded.contains_key(id)
@@ -191,11 +253,24 @@ impl Registry {
     }
 
     async fn load_uncached(&self, id: &ModelId) -> Result<Arc<LoadedModel>, Error> {
+        if let Some(alive) = self.take_back(id) {
+            let bytes = alive.weight();
+            tracing::info!(model = %id, bytes, "model taken back into the memory cache");
+            return Ok(alive);
+        }
         let started = Instant::now();
         let manifest = self.fetch_manifest(id).await?;
         let file = ModelFile::onnx(id, &manifest);
         let path = self.disk.file(self.store.as_ref(), id, &file).await?;
         let fetch_ms = elapsed_ms(started);
+        // Loading a model needs several times its file for a while (decoded protobuf, graph,
+        // optimised copy). Loads of different models at once would add those peaks up, and
+        // compete for the same CPUs anyway: one at a time.
+        let _loading = self
+            .loading
+            .acquire()
+            .await
+            .map_err(|e| Error::internal("waiting to load a model", e))?;
         let fetched = Instant::now();
         let (loader, plans, limits) = (manifest.loader, manifest.plans, self.engine_limits);
         let model = tokio::task::spawn_blocking(move || {
@@ -216,15 +291,17 @@ impl Registry {
             record.fetch_ms = Some(fetch_ms);
             record.engine_ms = Some(engine_ms);
         });
+        let loaded = LoadedModel::new(id.clone(), manifest, model);
         tracing::info!(
             model = %id,
-            bytes = manifest.size,
+            bytes = loaded.manifest.size,
+            memory_bytes = loaded.weight(),
             fetch_ms,
             engine_ms,
             elapsed_ms = elapsed_ms(started),
             "model loaded"
         );
-        Ok(Arc::new(LoadedModel { id: id.clone(), manifest, model }))
+        Ok(Arc::new(loaded))
     }
 
     async fn fetch_manifest(&self, id: &ModelId) -> Result<Manifest, Error> {
@@ -312,18 +389,37 @@ impl Registry {
         self.resolved.invalidate(&(name.clone(), alias.cloned())).await;
     }
 
+    /// The evicted copy of a model that a request still holds, if any.
+    fn take_back(&self, id: &ModelId) -> Option<Arc<LoadedModel>> {
+        let mut evicted = self.evicted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        evicted.remove(id)?.upgrade()
+    }
+
     /// Forgets a deleted version: its loaded model and what `latest` resolved to.
     async fn forget_model(&self, id: &ModelId) {
         self.loaded.invalidate(id).await;
+        self.evicted.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
         self.forget_resolution(&id.name, None).await;
     }
+}
+
+/// Remembers an evicted model so that a request can take it back while another still holds
+/// it, and forgets the ones no request holds any more.
+fn remember_evicted(
+    evicted: &Mutex<HashMap<ModelId, Weak<LoadedModel>>>,
+    id: &ModelId,
+    model: &Arc<LoadedModel>,
+) {
+    let mut evicted = evicted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    evicted.retain(|_, model| model.strong_count() > 0);
+    evicted.insert(id.clone(), Arc::downgrade(model));
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;
 
-    use super::testing::{id, Fixture, EXAMPLE_MODEL};
+    use super::testing::{id, Fixture, ZOO_ATTENTION, ZOO_MLP};
     use super::*;
     use crate::store::ObjectStore;
 
@@ -355,19 +451,28 @@ mod tests {
         assert_eq!(fixture.store.gets_of(&id.manifest_key()), 1, "manifest read more than once");
     }
 
+    /// What the example model weighs once loaded, measured in a registry of its own.
+    async fn example_weight() -> u64 {
+        let fixture = Fixture::roomy();
+        fixture.place("iris", 1).await;
+        fixture.registry.load(&id("iris", 1)).await.unwrap().weight()
+    }
+
     #[tokio::test]
     async fn the_least_recently_used_model_leaves_memory_and_reloads_from_disk() {
-        let size = EXAMPLE_MODEL.len() as u64;
-        let fixture = Fixture::new(Duration::from_secs(30), size * 5 / 2); // room for two
+        let weight = example_weight().await;
+        let fixture = Fixture::new(Duration::from_secs(30), weight * 5 / 2); // room for two
         let registry = &fixture.registry;
         for name in ["a", "b", "c"] {
             fixture.place(name, 1).await;
         }
+        let mut weights = BTreeMap::new();
         for name in ["a", "b", "a", "c"] {
-            registry.load(&id(name, 1)).await.unwrap(); // the second `a` makes b the oldest
+            let loaded = registry.load(&id(name, 1)).await.unwrap(); // the second `a` makes b the oldest
+            weights.insert(name, loaded.weight());
             registry.memory_usage().await;
         }
-        assert_eq!(registry.memory_usage().await, (2, 2 * size));
+        assert_eq!(registry.memory_usage().await, (2, weights["a"] + weights["c"]));
         assert!(registry.is_loaded(&id("a", 1)).await, "the recently used model was evicted");
         assert!(!registry.is_loaded(&id("b", 1)).await, "the least recently used model stayed");
         assert!(registry.is_loaded(&id("c", 1)).await);
@@ -377,6 +482,88 @@ mod tests {
         assert!(registry.is_loaded(&id("b", 1)).await);
         assert_eq!(fixture.store.gets_of(&id("b", 1).model_key()), 1);
         assert_eq!(fixture.store.gets_of(&id("b", 1).manifest_key()), 2);
+    }
+
+    #[tokio::test]
+    async fn a_loaded_model_weighs_what_it_holds_in_memory_not_its_file() {
+        let fixture = Fixture::roomy();
+        for (name, model) in [("mlp", ZOO_MLP), ("attention", ZOO_ATTENTION)] {
+            let manifest = fixture.publish(name, 1, model).await;
+            let loaded = fixture.registry.load(&id(name, 1)).await.unwrap();
+            // Packed weights beside the graph: about 2.7 times the MLP's file, 3.5 times
+            // attention's.
+            assert!(
+                loaded.weight() > 2 * manifest.size,
+                "{name}: {} bytes loaded for a file of {}",
+                loaded.weight(),
+                manifest.size
+            );
+            // Measured, not guessed: a few times the file, not the process's whole heap.
+            assert!(loaded.weight() < 8 * manifest.size, "{name}: {} bytes", loaded.weight());
+        }
+        let (entries, bytes) = fixture.registry.memory_usage().await;
+        assert_eq!(entries, 2);
+        let loaded_mlp = fixture.registry.load(&id("mlp", 1)).await.unwrap();
+        let loaded_attention = fixture.registry.load(&id("attention", 1)).await.unwrap();
+        assert_eq!(bytes, loaded_mlp.weight() + loaded_attention.weight());
+    }
+
+    #[tokio::test]
+    async fn eviction_counts_what_models_hold_so_files_that_fit_can_still_be_too_many() {
+        let fixture = Fixture::roomy();
+        let mlp = fixture.publish("probe", 1, ZOO_MLP).await;
+        let weight = fixture.registry.load(&id("probe", 1)).await.unwrap().weight();
+        // Room for the three files many times over, for two of the loaded models only.
+        let budget = weight * 5 / 2;
+        assert!(budget > 3 * mlp.size, "the test needs files that all fit the budget");
+        let fixture = Fixture::new(Duration::from_secs(30), budget);
+        for name in ["a", "b", "c"] {
+            fixture.publish(name, 1, ZOO_MLP).await;
+        }
+        let registry = &fixture.registry;
+        let mut weights = BTreeMap::new();
+        for name in ["a", "b", "c"] {
+            weights.insert(name, registry.load(&id(name, 1)).await.unwrap().weight());
+            registry.memory_usage().await;
+        }
+        let (entries, bytes) = registry.memory_usage().await;
+        assert_eq!(entries, 2, "the cache holds more than its budget");
+        assert_eq!(bytes, weights["b"] + weights["c"]);
+        assert!(!registry.is_loaded(&id("a", 1)).await, "the least recently used model stayed");
+        assert!(registry.is_loaded(&id("c", 1)).await);
+    }
+
+    #[tokio::test]
+    async fn an_evicted_model_a_request_still_holds_is_taken_back_not_loaded_again() {
+        let weight = example_weight().await;
+        let fixture = Fixture::new(Duration::from_secs(30), weight * 3 / 2); // room for one
+        let registry = &fixture.registry;
+        for name in ["a", "b"] {
+            fixture.place(name, 1).await;
+        }
+        let held = registry.load(&id("a", 1)).await.unwrap(); // a request running on a
+        registry.load(&id("b", 1)).await.unwrap();
+        registry.memory_usage().await;
+        assert!(!registry.is_loaded(&id("a", 1)).await, "a was not evicted");
+
+        let again = registry.load(&id("a", 1)).await.unwrap();
+        assert!(Arc::ptr_eq(&held, &again), "a second copy of a was loaded");
+        assert_eq!(fixture.store.gets_of(&id("a", 1).manifest_key()), 1, "a was loaded again");
+        assert!(registry.is_loaded(&id("a", 1)).await, "a was not taken back into the cache");
+        assert_eq!(registry.memory_usage().await, (1, again.weight()));
+
+        // Once no request holds it, an evicted model is gone (moka lets go of an evicted
+        // value within a maintenance run or two): the next request loads it.
+        let weak = Arc::downgrade(&held);
+        drop((held, again));
+        registry.load(&id("b", 1)).await.unwrap();
+        for _ in 0..10 {
+            registry.memory_usage().await;
+        }
+        assert!(!registry.is_loaded(&id("a", 1)).await);
+        assert_eq!(weak.strong_count(), 0, "an evicted model nobody uses stayed in memory");
+        registry.load(&id("a", 1)).await.unwrap();
+        assert_eq!(fixture.store.gets_of(&id("a", 1).manifest_key()), 2);
     }
 
     /// moka keeps time with its own clock, not tokio's, so the TTL is short and real.

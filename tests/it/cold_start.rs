@@ -181,11 +181,12 @@ async fn memory_cache_evicts_the_least_recently_used_model_beyond_its_budget() {
     for (name, model) in [("a", "mlp"), ("b", "mlp"), ("c", "mlp")] {
         publish(&loader, name, 1, model_bytes(model)).await;
     }
-    // Room for two copies of the MLP, not three.
-    let mut settings = cache_settings(cache.path());
-    settings.memory_bytes = 2 * model_bytes("mlp").len() as u64 + 1;
-    let registry = Registry::new(store, &settings);
     let id = |name: &str| ModelId::new(name.parse().unwrap(), Version::new(1).unwrap());
+    // Room for two loaded copies of the MLP, not three: models weigh what they hold loaded.
+    let weight = loader.registry().load(&id("a")).await.unwrap().weight();
+    let mut settings = cache_settings(cache.path());
+    settings.memory_bytes = 2 * weight + weight / 2;
+    let registry = Registry::new(store, &settings);
 
     // The cache records accesses asynchronously; `memory_usage` settles them after each step.
     for name in ["a", "b", "a", "c"] {
@@ -194,7 +195,7 @@ async fn memory_cache_evicts_the_least_recently_used_model_beyond_its_budget() {
     }
     let (entries, bytes) = registry.memory_usage().await;
     assert_eq!(entries, 2);
-    assert!(bytes <= settings.memory_bytes);
+    assert_eq!(bytes, 2 * weight);
     assert!(registry.is_loaded(&id("a")).await, "the recently used model was evicted");
     assert!(!registry.is_loaded(&id("b")).await, "the least recently used model stayed");
     assert!(registry.is_loaded(&id("c")).await);

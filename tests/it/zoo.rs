@@ -114,7 +114,8 @@ async fn check(predictor: &Predictor, model: &ZooModel, cases: &[Case]) -> Resul
 
 /// A per-shape model (magika's `BroadcastTo` needs concrete shapes) runs batches of 5 and 8
 /// on one plan (5 is padded to 8), keeps at most the configured number of plans, and gives
-/// each row what onnxruntime gave it in a batch of 8.
+/// each row what onnxruntime gave it in a batch of 8. The memory it holds counts the plans
+/// it keeps, not the ones it dropped.
 #[test]
 fn per_shape_plans_bucket_batches_and_stay_bounded() {
     let case = cases_in(&zoo_dir())
@@ -133,6 +134,7 @@ fn per_shape_plans_bucket_batches_and_stay_bounded() {
         .collect();
     let expected = &case.outputs[0];
     let (width, classes) = (bytes.len() / 8, expected.data.len() / 8);
+    let mut held = vec![model.memory_bytes()];
     for (rows, plans) in [(5, 1), (8, 1), (3, 2), (1, 2)] {
         let input = Tensor {
             name: "bytes".into(),
@@ -146,7 +148,41 @@ fn per_shape_plans_bucket_batches_and_stay_bounded() {
             assert!((f64::from(got) - want).abs() <= 1e-4, "batch {rows} [{i}]: {got} vs {want}");
         }
         assert_eq!(model.plan_count(), plans, "plans after a batch of {rows}");
+        held.push(model.memory_bytes());
     }
+    // Plans for 8 and 4 rows each add what they hold; the plan for 1 row takes the place of
+    // the one for 8 (about as big: the packed weights dominate), not a third place.
+    let (first_plan, second_plan) = (held[1] - held[0], held[3] - held[2]);
+    assert!(first_plan > 0 && second_plan > 0 && held[2] == held[1], "{held:?}");
+    assert!(held[4].abs_diff(held[3]) < first_plan / 2, "a dropped plan still counts: {held:?}");
+}
+
+/// A per-shape model weighs its plans: loading builds none, a request builds one and the
+/// memory cache weighs the model again with it, so eviction follows what the model holds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_per_shape_model_weighs_more_in_the_memory_cache_once_it_holds_a_plan() {
+    let case = cases_in(&zoo_dir())
+        .into_iter()
+        .find(|c| c.model == "magika" && c.batch == 8)
+        .expect("a magika case at batch 8");
+    let store = Arc::new(maas::store::MemoryStore::new());
+    let cache = tempfile::tempdir().unwrap();
+    let predictor = predictor(store, &cache);
+    let (id, published) = publish_zoo_model(&predictor, "magika").await;
+    assert_eq!(published.unwrap().plans, Planning::PerShape);
+    let registry = predictor.registry();
+    let loaded = registry.load(&id).await.unwrap();
+    let unplanned = loaded.weight();
+    assert_eq!(registry.memory_usage().await, (1, unplanned));
+
+    let path = format!("/v2/models/{}/versions/1/infer", id.name);
+    let body = json!({ "inputs": case.inputs }).to_string().into_bytes();
+    let (status, served) = call(&predictor, "POST", &path, Some(body)).await;
+    assert_eq!(status, 200, "{served}");
+    let planned = loaded.weight();
+    // A plan holds the weights again, packed: it weighs about as much as the model's file.
+    assert!(planned > unplanned + unplanned / 2, "{unplanned} bytes, then {planned} with a plan");
+    assert_eq!(registry.memory_usage().await, (1, planned), "the cache kept the old weight");
 }
 
 /// Inputs that fit a model's signature but that it cannot compute on (here 4 samples of

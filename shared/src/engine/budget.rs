@@ -18,6 +18,10 @@
 //!    builds unwind (`panic = "unwind"` in the workspace manifest), so a panic inside tract is
 //!    an error for one request or upload, and the warm environment with its cached models
 //!    survives.
+//!
+//! The same allocator also measures what a model holds ([`measured`]): the net bytes a thread
+//! allocates while it loads and optimises a model, or builds a plan, are what the result keeps
+//! alive, and the memory cache weighs models by them.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -37,10 +41,15 @@ thread_local! {
     static CAP: Cell<usize> = const { Cell::new(usize::MAX) };
     /// The size of the last allocation refused on this thread (0: none).
     static REFUSED: Cell<usize> = const { Cell::new(0) };
+    /// Whether this thread's allocations are being counted ([`measured`]).
+    static MEASURING: Cell<bool> = const { Cell::new(false) };
+    /// Bytes allocated minus bytes freed on this thread since the measurement began.
+    static NET: Cell<isize> = const { Cell::new(0) };
 }
 
 /// The system allocator, refusing single allocations over the calling thread's cap (no cap
-/// outside [`contained`]).
+/// outside [`contained`]) and counting the calling thread's net allocations while it is
+/// [`measured`].
 pub struct CappedAllocator;
 
 fn refuses(size: usize) -> bool {
@@ -48,6 +57,21 @@ fn refuses(size: usize) -> bool {
         .unwrap_or(false)
         .then(|| REFUSED.try_with(|refused| refused.set(size)))
         .is_some()
+}
+
+/// Adds `bytes` (negative: freed) to this thread's count when a measurement is active.
+fn count(bytes: isize) {
+    if MEASURING.try_with(Cell::get).unwrap_or(false) {
+        let _ = NET.try_with(|net| net.set(net.get().wrapping_add(bytes)));
+    }
+}
+
+/// `ptr` passed on, counting `bytes` when it is an allocation (not null).
+fn counted(ptr: *mut u8, bytes: isize) -> *mut u8 {
+    if !ptr.is_null() {
+        count(bytes);
+    }
+    ptr
 }
 
 // SAFETY: every call is forwarded to `System` unchanged, or answered with null, which is how
@@ -58,7 +82,7 @@ unsafe impl GlobalAlloc for CappedAllocator {
             return std::ptr::null_mut();
         }
         // SAFETY: forwarded with the caller's guarantees.
-        unsafe { System.alloc(layout) }
+        counted(unsafe { System.alloc(layout) }, layout.size() as isize)
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
@@ -66,21 +90,47 @@ unsafe impl GlobalAlloc for CappedAllocator {
             return std::ptr::null_mut();
         }
         // SAFETY: forwarded with the caller's guarantees.
-        unsafe { System.alloc_zeroed(layout) }
+        counted(unsafe { System.alloc_zeroed(layout) }, layout.size() as isize)
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if refuses(new_size) {
             return std::ptr::null_mut();
         }
+        let grown = (new_size as isize).wrapping_sub(layout.size() as isize);
         // SAFETY: forwarded with the caller's guarantees.
-        unsafe { System.realloc(ptr, layout, new_size) }
+        counted(unsafe { System.realloc(ptr, layout, new_size) }, grown)
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        count(-(layout.size() as isize));
         // SAFETY: forwarded with the caller's guarantees.
         unsafe { System.dealloc(ptr, layout) }
     }
+}
+
+/// Runs `work` and returns its result with the net bytes this thread allocated meanwhile
+/// (allocated minus freed, at least 0): what the result keeps alive, when `work` builds it
+/// on this thread. Memory freed here that was allocated before counts against it; nested
+/// measurements count into the outer one too, and a panic in `work` ends the measurement.
+pub(super) fn measured<T>(work: impl FnOnce() -> T) -> (T, u64) {
+    /// Restores the outer measurement, adding this one's count to it, even on a panic.
+    struct Measurement {
+        outer: bool,
+        before: isize,
+    }
+    impl Drop for Measurement {
+        fn drop(&mut self) {
+            let net = NET.get();
+            MEASURING.set(self.outer);
+            NET.set(if self.outer { self.before.wrapping_add(net) } else { 0 });
+        }
+    }
+    let measurement = Measurement { outer: MEASURING.replace(true), before: NET.replace(0) };
+    let result = work();
+    let net = NET.get();
+    drop(measurement);
+    (result, u64::try_from(net).unwrap_or(0))
 }
 
 #[global_allocator]
@@ -347,6 +397,31 @@ mod tests {
             Ok(())
         });
         assert!(matches!(err, Err(Error::OverBudget { .. })), "{err:?}");
+    }
+
+    #[test]
+    fn a_measurement_counts_what_the_work_keeps_not_what_it_freed() {
+        let (kept, bytes) = measured(|| {
+            let scratch = vec![1u8; 4 << 20];
+            drop(scratch);
+            vec![1u8; 1 << 20]
+        });
+        assert_eq!(kept.len(), 1 << 20);
+        assert!((1 << 20..(1 << 20) + 4096).contains(&bytes), "{bytes} bytes");
+        // Freeing what was allocated before is no negative weight.
+        let (_, bytes) = measured(|| drop(kept));
+        assert_eq!(bytes, 0);
+    }
+
+    #[test]
+    fn a_nested_measurement_counts_into_the_outer_one() {
+        let ((outer, (inner, inner_bytes)), outer_bytes) = measured(|| {
+            let outer = vec![1u8; 2 << 20];
+            (outer, measured(|| vec![1u8; 1 << 20]))
+        });
+        assert!((1 << 20..2 << 20).contains(&inner_bytes), "inner: {inner_bytes} bytes");
+        assert!((3 << 20..4 << 20).contains(&outer_bytes), "outer: {outer_bytes} bytes");
+        assert_eq!(outer.len() + inner.len(), 3 << 20);
     }
 
     #[test]

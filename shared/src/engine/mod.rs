@@ -28,7 +28,7 @@ mod budget;
 mod ml;
 mod plans;
 
-use budget::{contained, BudgetedPlan};
+use budget::{contained, measured, BudgetedPlan};
 
 pub use plans::set_plan_limit;
 
@@ -40,6 +40,8 @@ pub struct Model {
     plans: Plans,
     signature: Signature,
     memory: Memory,
+    /// Heap bytes the model holds, measured while it was loaded ([`Model::memory_bytes`]).
+    held: u64,
 }
 
 #[derive(Clone)]
@@ -113,26 +115,34 @@ impl Model {
     ) -> Result<Self, Error> {
         let file_bytes = std::fs::metadata(path).map_or(0, |m| m.len());
         let memory = Memory::new(limits, file_bytes);
-        contained(memory.cap, "loading the model", || {
-            let proto = tract_onnx::onnx()
-                .proto_model_for_path(path)
-                .map_err(|e| engine_error("cannot parse the ONNX file", e))?;
-            check_declared(&proto, limits)?;
-            match planning {
-                Planning::Symbolic => {
-                    let (typed, signature) = translate(&proto, loader, None)?;
-                    Self::optimise(typed, signature, memory)
+        let (model, held) = measured(|| {
+            contained(memory.cap, "loading the model", || {
+                let proto = tract_onnx::onnx()
+                    .proto_model_for_path(path)
+                    .map_err(|e| engine_error("cannot parse the ONNX file", e))?;
+                check_declared(&proto, limits)?;
+                match planning {
+                    Planning::Symbolic => {
+                        let (typed, signature) = translate(&proto, loader, None)?;
+                        // The decoded file is not needed to optimise: freed before, it does
+                        // not add to the load's peak.
+                        drop(proto);
+                        Self::optimise(typed, signature, memory)
+                    }
+                    Planning::PerShape => Self::per_shape(proto, loader, memory),
                 }
-                Planning::PerShape => Self::per_shape(proto, loader, memory),
-            }
-        })
+            })
+        });
+        // What the load freed goes back to the system, not into this thread's arena.
+        crate::malloc::trim();
+        Ok(Self { held, ..model? })
     }
 
     /// A model whose plans are built per input shape, on first use.
     fn per_shape(proto: pb::ModelProto, loader: Loader, memory: Memory) -> Result<Self, Error> {
         let signature = signature_of(&proto)?;
         let plans = plans::ShapePlans::new(proto, loader, &signature);
-        Ok(Self { plans: Plans::PerShape(Arc::new(plans)), signature, memory })
+        Ok(Self { plans: Plans::PerShape(Arc::new(plans)), signature, memory, held: 0 })
     }
 
     /// How the model is planned.
@@ -155,12 +165,26 @@ impl Model {
     /// only optimisation is left. `signature` is the manifest's.
     pub fn load_nnef(path: &Path, signature: Signature, limits: &Limits) -> Result<Self, Error> {
         let memory = Memory::new(limits, std::fs::metadata(path).map_or(0, |m| m.len()));
-        contained(memory.cap, "loading the model", || {
-            let typed = nnef()
-                .model_for_path(path)
-                .map_err(|e| engine_error("cannot read the NNEF artefact", e))?;
-            Self::optimise(typed, signature, memory)
-        })
+        let (model, held) = measured(|| {
+            contained(memory.cap, "loading the model", || {
+                let typed = nnef()
+                    .model_for_path(path)
+                    .map_err(|e| engine_error("cannot read the NNEF artefact", e))?;
+                Self::optimise(typed, signature, memory)
+            })
+        });
+        Ok(Self { held, ..model? })
+    }
+
+    /// Bytes of memory the model holds: the heap its loading and optimisation left allocated
+    /// (weights as tract packed them, plans, the graph), plus the per-shape plans it holds
+    /// now. 0 for a model validated from bytes rather than loaded.
+    pub fn memory_bytes(&self) -> u64 {
+        let plans = match &self.plans {
+            Plans::Symbolic(_) => 0,
+            Plans::PerShape(plans) => plans.memory_bytes(),
+        };
+        self.held.saturating_add(plans)
     }
 
     /// Checks the model's tensor sizes against the budget, then optimises and plans it.
@@ -169,7 +193,7 @@ impl Model {
         let optimized =
             typed.into_optimized().map_err(|e| engine_error("cannot optimise the model", e))?;
         let plan = BudgetedPlan::new(optimized)?;
-        Ok(Self { plans: Plans::Symbolic(Arc::new(plan)), signature, memory })
+        Ok(Self { plans: Plans::Symbolic(Arc::new(plan)), signature, memory, held: 0 })
     }
 
     /// The inputs and outputs as the ONNX file declares them.

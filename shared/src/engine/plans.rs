@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tract_onnx::pb;
 use tract_onnx::prelude::{TValue, Tensor as TractTensor};
 
-use super::budget::{check_facts, BudgetedPlan};
+use super::budget::{check_facts, measured, BudgetedPlan};
 use super::{engine_error, engine_problem, translate};
 use crate::error::Error;
 use crate::manifest::{Loader, Signature};
@@ -27,23 +27,38 @@ pub fn set_plan_limit(plans: u64) {
     PLAN_LIMIT.store(plans.max(1), Ordering::Relaxed);
 }
 
+/// A plan and the heap bytes building it left allocated.
+type SizedPlan = (Arc<BudgetedPlan>, u64);
+
 /// The plans of one model, built on demand.
 pub(super) struct ShapePlans {
     proto: pb::ModelProto,
     loader: Loader,
-    plans: moka::sync::Cache<Vec<Vec<usize>>, Arc<BudgetedPlan>>,
+    plans: moka::sync::Cache<Vec<Vec<usize>>, SizedPlan>,
+    /// Bytes of the plans cached now.
+    plan_bytes: Arc<AtomicU64>,
     /// For each input, the axes that carry the batch; `None` when batches are not bucketed.
     batch_axes: Option<Vec<Vec<usize>>>,
 }
 
 impl ShapePlans {
     pub(super) fn new(proto: pb::ModelProto, loader: Loader, signature: &Signature) -> Self {
+        let plan_bytes = Arc::new(AtomicU64::new(0));
+        let evicted = Arc::clone(&plan_bytes);
         let plans = moka::sync::Cache::builder()
             .max_capacity(PLAN_LIMIT.load(Ordering::Relaxed))
             .eviction_policy(moka::policy::EvictionPolicy::lru())
+            .eviction_listener(move |_, (_, bytes): SizedPlan, _| {
+                evicted.fetch_sub(bytes, Ordering::Relaxed);
+            })
             .build();
         let batch_axes = batch_axes(&proto, signature);
-        Self { proto, loader, plans, batch_axes }
+        Self { proto, loader, plans, plan_bytes, batch_axes }
+    }
+
+    /// Bytes of the plans cached now, as measured when each was built.
+    pub(super) fn memory_bytes(&self) -> u64 {
+        self.plan_bytes.load(Ordering::Relaxed)
     }
 
     /// How many plans are cached now.
@@ -105,7 +120,7 @@ impl ShapePlans {
 
     fn run_exact(&self, inputs: Vec<TractTensor>, budget: u64) -> Result<Vec<TValue>, Error> {
         let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
-        let plan = self
+        let (plan, _) = self
             .plans
             .try_get_with(shapes.clone(), || self.build(&shapes, budget))
             .map_err(|e| {
@@ -125,15 +140,26 @@ impl ShapePlans {
         Ok(plan.run(values, budget)?.into_vec())
     }
 
-    fn build(&self, shapes: &[Vec<usize>], budget: u64) -> Result<Arc<BudgetedPlan>, Error> {
+    /// Builds the plan for `shapes`, counting the bytes it holds into the model's.
+    fn build(&self, shapes: &[Vec<usize>], budget: u64) -> Result<SizedPlan, Error> {
         let started = std::time::Instant::now();
-        let (typed, _) = translate(&self.proto, self.loader, Some(shapes))?;
-        check_facts(&typed, budget)?;
-        let optimized =
-            typed.into_optimized().map_err(|e| engine_error("cannot optimise the model", e))?;
-        let plan = Arc::new(BudgetedPlan::new(optimized)?);
-        tracing::info!(?shapes, elapsed_ms = crate::elapsed_ms(started), "plan built for a shape");
-        Ok(plan)
+        let (plan, bytes) = measured(|| {
+            let (typed, _) = translate(&self.proto, self.loader, Some(shapes))?;
+            check_facts(&typed, budget)?;
+            let optimized =
+                typed.into_optimized().map_err(|e| engine_error("cannot optimise the model", e))?;
+            BudgetedPlan::new(optimized).map(Arc::new)
+        });
+        crate::malloc::trim();
+        let plan = plan?;
+        self.plan_bytes.fetch_add(bytes, Ordering::Relaxed);
+        tracing::info!(
+            ?shapes,
+            bytes,
+            elapsed_ms = crate::elapsed_ms(started),
+            "plan built for a shape"
+        );
+        Ok((plan, bytes))
     }
 }
 

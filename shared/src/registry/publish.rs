@@ -236,14 +236,10 @@ fn now_rfc3339() -> String {
 mod tests {
     use super::*;
     use crate::names::VersionSpec;
-    use crate::registry::testing::{example_variant, id, Fixture, EXAMPLE_MODEL};
+    use crate::registry::testing::{
+        example_variant, id, publish_limits as limits, Fixture, EXAMPLE_MODEL,
+    };
     use crate::store::ObjectStore;
-
-    /// The default limits of `Config`.
-    fn limits() -> PublishLimits {
-        let memory = |name: &str| (name == "MAAS_STORE").then(|| "memory://".to_owned());
-        crate::Config::from_lookup(memory).unwrap().publish
-    }
 
     fn writer(fixture: &Fixture) -> Writer {
         Writer::new(fixture.registry.clone())

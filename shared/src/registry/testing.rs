@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{CacheSettings, Registry};
+use super::{CacheSettings, PublishLimits, Registry, Writer};
+use crate::manifest::Manifest;
 use crate::names::{alias_key, ModelId, Version};
 use crate::store::{CountingStore, MemoryStore, ObjectStore};
 
@@ -16,6 +17,18 @@ pub const EXAMPLE_MODEL: &[u8] =
     include_bytes!("../../../scripts/example-store/models/iris/1/model.onnx");
 const EXAMPLE_MANIFEST: &str =
     include_str!("../../../scripts/example-store/models/iris/1/manifest.json");
+
+/// `tests/zoo/torch_mlp_legacy.onnx`: a small MLP exported by PyTorch, planned symbolically.
+pub const ZOO_MLP: &[u8] = include_bytes!("../../../tests/zoo/torch_mlp_legacy.onnx");
+/// `tests/zoo/torch_attention_dynamo.onnx`: attention exported by PyTorch's dynamo exporter,
+/// planned per input shape.
+pub const ZOO_ATTENTION: &[u8] = include_bytes!("../../../tests/zoo/torch_attention_dynamo.onnx");
+
+/// The default publishing limits of `Config`.
+pub fn publish_limits() -> PublishLimits {
+    let memory = |name: &str| (name == "MAAS_STORE").then(|| "memory://".to_owned());
+    crate::Config::from_lookup(memory).unwrap().publish
+}
 
 pub fn id(name: &str, version: u64) -> ModelId {
     ModelId::new(name.parse().unwrap(), Version::new(version).unwrap())
@@ -68,6 +81,16 @@ impl Fixture {
         self.store.put(&id.model_key(), Bytes::from_static(EXAMPLE_MODEL)).await.unwrap();
         let manifest = serde_json::to_vec(&manifest).unwrap();
         self.store.put(&id.manifest_key(), manifest.into()).await.unwrap();
+    }
+
+    /// Publishes `model` as `name` `version` through the write path: validated, with the
+    /// manifest model-upload would write.
+    pub async fn publish(&self, name: &str, version: u64, model: &'static [u8]) -> Manifest {
+        let writer = Writer::new(self.registry.clone());
+        writer
+            .publish(&id(name, version), Bytes::from_static(model), &publish_limits())
+            .await
+            .unwrap()
     }
 
     /// Points `alias` of `name` at `version`.

@@ -169,6 +169,13 @@ impl Error {
     /// The message safe to show a client: the full text for client errors, a generic
     /// sentence for internal ones.
     pub fn client_message(&self) -> String {
+        if let Error::CorruptModel { name, version, .. } = self {
+            // Which model is broken is the caller's to know; why stays in the logs.
+            return format!(
+                "model `{name}` version {version} cannot be served: its files in the store are \
+                 damaged or not a model the engine can load; republish it through model-upload"
+            );
+        }
         match self.status() {
             503 => "model store unavailable, retry later".to_owned(),
             _ if !self.is_client_error() => "internal error".to_owned(),
@@ -256,7 +263,9 @@ mod tests {
             problem: "sha256 mismatch in /tmp/secret/path".into(),
         };
         assert_eq!(err.status(), 500);
-        assert_eq!(err.client_message(), "internal error");
+        let message = err.client_message();
+        assert!(message.starts_with("model `iris` version 3 cannot be served"), "{message}");
+        assert!(!message.contains("/tmp") && !message.contains("sha256"), "{message}");
     }
 
     #[test]

@@ -346,7 +346,13 @@ async fn every_error_status_of_the_tensorflow_serving_routes() {
         ("POST", "/v1/models/two_io/metadata", "{}", 405, "use GET"),
         ("POST", predict, &oversized, 413, "over the limit"),
         ("POST", "/v1/models/half_plus_two:predict", &over_batch, 413, "MAAS_MAX_BATCH"),
-        ("GET", "/v1/models/broken/versions/1/metadata", "", 500, "internal error"),
+        (
+            "GET",
+            "/v1/models/broken/versions/1/metadata",
+            "",
+            500,
+            "model `broken` version 1 cannot be served",
+        ),
         (
             "POST",
             "/v1/models/two_io:classify",

@@ -28,11 +28,11 @@ fn spec(name: &str, datatype: DataType, shape: &[i64]) -> TensorSpec {
 
 /// The signatures requests are decoded against: the example iris model; an image model with
 /// fixed dimensions; one input of every datatype maas carries, with batch and inner dynamic
-/// dimensions; and inputs of the datatypes it recognises but refuses.
+/// dimensions; and half-precision and string inputs together.
 static SIGNATURES: LazyLock<Vec<Signature>> = LazyLock::new(|| {
     use DataType::*;
     let outputs = vec![spec("label", I64, &[-1]), spec("probabilities", F32, &[-1, 3])];
-    let every_type = [Bool, U8, U16, U32, U64, I8, I16, I32, I64, F32, F64];
+    let every_type = [Bool, U8, U16, U32, U64, I8, I16, I32, I64, F16, F32, F64, Bytes];
     vec![
         Signature { inputs: vec![spec("float_input", F32, &[-1, 4])], outputs: outputs.clone() },
         Signature { inputs: vec![spec("image", F32, &[1, 1, 12, 12])], outputs: outputs.clone() },

@@ -119,6 +119,16 @@ impl FromJson for f32 {
     }
 }
 
+impl FromJson for half::f16 {
+    /// A finite number must fit FP16's range (65504): 1e5 is refused, not turned into infinity.
+    fn from_json(value: &Value) -> Option<Self> {
+        match value.as_f64() {
+            Some(n) => Some(half::f16::from_f64(n)).filter(|n| n.is_finite()),
+            None => non_finite(value).map(half::f16::from_f64),
+        }
+    }
+}
+
 impl FromJson for f64 {
     fn from_json(value: &Value) -> Option<Self> {
         value.as_f64().or_else(|| non_finite(value))
@@ -201,6 +211,13 @@ impl ToJson for f32 {
     }
 }
 
+impl ToJson for half::f16 {
+    fn serialize_element<S: SerializeSeq>(&self, seq: &mut S) -> Result<(), S::Error> {
+        // As the FP32 value it widens to, which holds it exactly.
+        self.to_f32().serialize_element(seq)
+    }
+}
+
 impl ToJson for f64 {
     fn serialize_element<S: SerializeSeq>(&self, seq: &mut S) -> Result<(), S::Error> {
         seq.serialize_element(&Float(*self))
@@ -214,11 +231,13 @@ macro_rules! data_conversions {
         pub fn convert(datatype: DataType, leaves: &[&Value]) -> Result<TensorData, String> {
             match datatype {
                 $(DataType::$variant => convert_all::<$ty>(leaves, datatype).map(TensorData::$variant),)*
-                DataType::F16 | DataType::Bytes => Err(format!("datatype {datatype} is not supported")),
+                DataType::Bytes => convert_strings(leaves).map(TensorData::Bytes),
             }
         }
 
-        /// A flat JSON array of the elements. Non-finite floats need [`to_vec`].
+        /// A flat JSON array of the elements. Non-finite floats need [`to_vec`]. `BYTES`
+        /// elements are strings, invalid UTF-8 replaced by U+FFFD: binary outputs carry the
+        /// exact bytes.
         impl Serialize for TensorData {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                 match self {
@@ -229,12 +248,31 @@ macro_rules! data_conversions {
                         }
                         seq.end()
                     })*
+                    TensorData::Bytes(values) => {
+                        let mut seq = serializer.serialize_seq(Some(values.len()))?;
+                        for value in values {
+                            seq.serialize_element(&String::from_utf8_lossy(value))?;
+                        }
+                        seq.end()
+                    }
                 }
             }
         }
     };
 }
 crate::for_each_numeric_type!(data_conversions);
+
+/// `BYTES` elements in JSON are strings, taken as their UTF-8 bytes.
+fn convert_strings(leaves: &[&Value]) -> Result<Vec<Vec<u8>>, String> {
+    leaves
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            Value::String(text) => Ok(text.as_bytes().to_vec()),
+            _ => Err(format!("element {i} ({v}) is not a string, as BYTES elements are in JSON")),
+        })
+        .collect()
+}
 
 /// Collects the scalars of flat or nested `data`. Nested data must follow the shape exactly;
 /// flat data is counted by the caller.
@@ -311,6 +349,28 @@ mod tests {
         assert_eq!(convert(DataType::F64, &[&big]), Ok(TensorData::F64(vec![1e300])));
         let truth = json!(true);
         assert_eq!(convert(DataType::Bool, &[&truth]), Ok(TensorData::Bool(vec![true])));
+    }
+
+    #[test]
+    fn fp16_is_range_checked_and_bytes_are_strings_both_ways() {
+        let (half, huge, text) = (json!(0.5), json!(1e5), json!("setosa"));
+        assert_eq!(
+            convert(DataType::F16, &[&half]),
+            Ok(TensorData::F16(vec![half::f16::from_f32(0.5)]))
+        );
+        assert!(convert(DataType::F16, &[&huge]).is_err(), "65504 is FP16's largest");
+        assert_eq!(
+            convert(DataType::Bytes, &[&text]),
+            Ok(TensorData::Bytes(vec![b"setosa".to_vec()]))
+        );
+        assert_eq!(
+            convert(DataType::Bytes, &[&half]),
+            Err("element 0 (0.5) is not a string, as BYTES elements are in JSON".into())
+        );
+        let written = to_vec(&TensorData::F16(vec![half::f16::from_f32(0.1)])).unwrap();
+        assert_eq!(written, b"[0.099975586]");
+        let written = to_vec(&TensorData::Bytes(vec![b"a\"".to_vec(), vec![0xff]])).unwrap();
+        assert_eq!(std::str::from_utf8(&written).unwrap(), "[\"a\\\"\",\"\u{fffd}\"]");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The wire protocols predict speaks, each a codec over the protocol-neutral
 //! [`Predictor::infer`](crate::Predictor::infer): [`json`] holds the JSON number handling
-//! they share, [`oip`] the Open Inference Protocol (KServe v2).
+//! they share, [`oip`] the Open Inference Protocol (KServe v2) and [`binary`] its binary
+//! tensor extension.
 
+pub mod binary;
 pub mod json;
 pub mod oip;

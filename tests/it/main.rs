@@ -5,6 +5,7 @@
 
 mod bad_input;
 mod bad_requests;
+mod binary_tensors;
 mod cold_start;
 mod conformance;
 mod fuzz_corpora;
@@ -15,5 +16,6 @@ mod processes;
 mod reference;
 mod s3_faults;
 mod secrets_in_logs;
+mod triton_client;
 mod upload;
 mod zoo;

@@ -319,7 +319,9 @@ fn decode_input(
             let data = binary::decode(datatype, count, chunks.take(&input.name, size)?);
             return Ok(Tensor { data: data.map_err(bad)?, name: input.name, shape });
         }
-        (None, None) => return Err(bad("has neither data nor binary_data_size".to_owned())),
+        (None, None) => {
+            return Err(bad("has neither data (a JSON array) nor binary_data_size".to_owned()))
+        }
         (None, Some(data)) => data,
     };
     let Value::Array(data) = data else {
@@ -496,7 +498,7 @@ mod tests {
                 "4 bytes of binary data are not 2 FP32",
             ),
             (x(json!({"binary_data_size": -4})), &[][..], "must be a non-negative integer"),
-            (x(json!({})), &[][..], "has neither data nor binary_data_size"),
+            (x(json!({})), &[][..], "has neither data (a JSON array) nor binary_data_size"),
             (
                 json!({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2], "parameters": {"binary_data_size": 8}}]}),
                 &[0u8; 8][..],

@@ -68,6 +68,9 @@ def body_of(options, args):
         rows = [[5.1, 3.5, 1.4, 0.2 + 0.1 * (i % 7)] for i in range(options["rows"])]
         request = {"inputs": [{"name": "float_input", "shape": [len(rows), 4], "datatype": "FP32", "data": rows}]}
         return json.dumps(request).encode(), "application/json"
+    if "tf_rows" in options:
+        rows = [[5.1, 3.5, 1.4, 0.2 + 0.1 * (i % 7)] for i in range(options["tf_rows"])]
+        return json.dumps({"instances": rows}).encode(), "application/json"
     if options.get("file"):
         return Path(args.model).read_bytes(), "application/octet-stream"
     if options.get("garbage"):
@@ -141,7 +144,7 @@ def reach(spec, args, servers):
 def fuzz(args, servers):
     """schemathesis against each API; its exit status says whether a check failed."""
     problems = []
-    for server, paths in (("predict", "^/v2"), ("upload", "^/models")):
+    for server, paths in (("predict", "^/v[12]"), ("upload", "^/models")):
         command = [
             str(Path(sys.executable).parent / "schemathesis"), "run", args.spec,
             "--url", servers[server], "--include-path-regex", paths,

@@ -5,7 +5,7 @@
 # runs on stable Rust with RUSTC_BOOTSTRAP=1, since libFuzzer needs nightly compiler flags.
 #
 # Usage: scripts/fuzz.sh [RUNS [TARGET...]]   (RUNS: executions per target, default 1000000;
-#                                               targets: protocol, names, signature by default)
+#                                               targets: protocol, binary, names, signature by default)
 #
 # A crash stops the script with the input in tests/fuzz/artifacts/<target>/. Fix the code, then
 # copy the input to tests/fuzz/regressions/<target>/ so that the integration tests replay it.
@@ -19,7 +19,7 @@ runs=${1:-1000000}
 shift || true
 targets=("$@")
 if [[ ${#targets[@]} -eq 0 ]]; then
-  targets=(protocol names signature)
+  targets=(protocol binary names signature)
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -75,6 +75,22 @@ def iris(shape, data, datatype: str = "FP32", name: str = "float_input", **extra
 ROW = [[5.1, 3.5, 1.4, 0.2]]
 BODY = "invalid request body"
 
+# ------------------------------------------------------------------ predict: binary tensors
+BINARY_HEADER = json.dumps({"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32",
+                                        "parameters": {"binary_data_size": 16}}]})
+for what, length, data, error in [
+    ("header-past-body", len(BINARY_HEADER) + 17, bytes(16), "but the body has only"),
+    ("header-not-a-number", "twelve", bytes(16), "Inference-Header-Content-Length must be a byte count"),
+    ("short-data", len(BINARY_HEADER), bytes(12), "binary_data_size is 16 but only 12 bytes"),
+    ("extra-data", len(BINARY_HEADER), bytes(20), "4 bytes of binary data follow"),
+    ("header-cuts-json", len(BINARY_HEADER) - 1, bytes(16), BODY),
+]:
+    body = BINARY_HEADER.encode() + data
+    case("predict", "binary", what, "POST", INFER, 400, error,
+         body_base64=base64.b64encode(body).decode(),
+         headers={"content-type": "application/octet-stream",
+                  "inference-header-content-length": str(length)})
+
 # ------------------------------------------------------------------ predict: structure
 for what, text, error in [
     ("empty", None, "EOF while parsing"),
@@ -96,7 +112,8 @@ for what, text, error in [
     ("input-empty", '{"inputs": [{}]}', "missing field `name`"),
     ("input-no-shape", '{"inputs": [{"name": "float_input", "datatype": "FP32", "data": [1, 2, 3, 4]}]}', "missing field `shape`"),
     ("input-no-datatype", '{"inputs": [{"name": "float_input", "shape": [1, 4], "data": [1, 2, 3, 4]}]}', "missing field `datatype`"),
-    ("input-no-data", '{"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32"}]}', "missing field `data`"),
+    ("input-no-data", '{"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32"}]}',
+     "has neither data (a JSON array) nor binary_data_size"),
     ("trailing-garbage", json.dumps(iris([1, 4], ROW)) + " x", "trailing characters"),
     ("two-documents", json.dumps(iris([1, 4], ROW)) * 2, "trailing characters"),
     ("trailing-comma", '{"inputs": [],}', "trailing comma"),
@@ -155,15 +172,15 @@ for what, datatype, error in [
     ("int32", "INT32", "datatype is INT32 but the model expects FP32"),
     ("uint8", "UINT8", "datatype is UINT8 but the model expects FP32"),
     ("bool", "BOOL", "datatype is BOOL but the model expects FP32"),
-    ("fp16", "FP16", "datatype FP16 is not supported"),
-    ("bytes", "BYTES", "datatype BYTES is not supported"),
+    ("fp16", "FP16", "datatype is FP16 but the model expects FP32"),
+    ("bytes", "BYTES", "datatype is BYTES but the model expects FP32"),
 ]:
     predict("types", f"datatype-{what}", iris([1, 4], ROW, datatype=datatype), 400, error)
 
 for what, data, error in [
     ("string", "5.1,3.5,1.4,0.2", "data must be a JSON array"),
     ("object", {"0": 5.1}, "data must be a JSON array"),
-    ("null", None, "data must be a JSON array"),
+    ("null", None, "has neither data (a JSON array) nor binary_data_size"),
     ("number", 5.1, "data must be a JSON array"),
     ("bool", True, "data must be a JSON array"),
     ("string-element", [[5.1, "3.5", 1.4, 0.2]], 'element 1 ("3.5") is not a valid FP32 value'),

@@ -47,15 +47,9 @@ impl TensorSpec {
             && self.shape.iter().zip(shape).all(|(&want, &got)| want < 0 || want as usize == got)
     }
 
-    /// The datatype a request states for this input, checked: carried by maas and the
-    /// model's. Codecs that read a stated datatype call this before decoding data.
+    /// The datatype a request states for this input, checked against the model's. Codecs
+    /// that read a stated datatype call this before decoding data.
     pub fn check_datatype(&self, datatype: DataType) -> Result<(), Error> {
-        if !datatype.is_supported() {
-            return Err(Error::invalid_input(
-                &self.name,
-                format!("datatype {datatype} is not supported"),
-            ));
-        }
         if datatype != self.datatype {
             return Err(Error::invalid_input(
                 &self.name,

@@ -6,8 +6,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// Calls `$mac!(Variant, rust_type, "OIP_NAME")` once for every datatype that maas can carry
-/// as numbers, so the per-type code below is written once.
+/// Calls `$mac!(Variant, rust_type, "OIP_NAME")` once for every datatype that maas carries
+/// as fixed-width numbers (all but `BYTES`), so the per-type code below is written once.
 #[macro_export]
 #[doc(hidden)]
 macro_rules! for_each_numeric_type {
@@ -22,6 +22,7 @@ macro_rules! for_each_numeric_type {
             (I16, i16, "INT16"),
             (I32, i32, "INT32"),
             (I64, i64, "INT64"),
+            (F16, half::f16, "FP16"),
             (F32, f32, "FP32"),
             (F64, f64, "FP64"),
         }
@@ -34,9 +35,7 @@ macro_rules! define_types {
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum DataType {
             $($variant,)*
-            /// Half-precision floats: declared by some models, not carried by maas yet.
-            F16,
-            /// Strings: declared by some models, not carried by maas yet.
+            /// Byte strings of any length (ONNX `string` tensors).
             Bytes,
         }
 
@@ -45,7 +44,6 @@ macro_rules! define_types {
             pub fn name(self) -> &'static str {
                 match self {
                     $(DataType::$variant => $name,)*
-                    DataType::F16 => "FP16",
                     DataType::Bytes => "BYTES",
                 }
             }
@@ -53,7 +51,6 @@ macro_rules! define_types {
             fn from_name(name: &str) -> Option<Self> {
                 match name {
                     $($name => Some(DataType::$variant),)*
-                    "FP16" => Some(DataType::F16),
                     "BYTES" => Some(DataType::Bytes),
                     _ => None,
                 }
@@ -64,18 +61,22 @@ macro_rules! define_types {
         #[derive(Debug, Clone, PartialEq)]
         pub enum TensorData {
             $($variant(Vec<$ty>),)*
+            /// One byte string per element; models see them as UTF-8 strings.
+            Bytes(Vec<Vec<u8>>),
         }
 
         impl TensorData {
             pub fn datatype(&self) -> DataType {
                 match self {
                     $(TensorData::$variant(_) => DataType::$variant,)*
+                    TensorData::Bytes(_) => DataType::Bytes,
                 }
             }
 
             pub fn len(&self) -> usize {
                 match self {
                     $(TensorData::$variant(v) => v.len(),)*
+                    TensorData::Bytes(v) => v.len(),
                 }
             }
 
@@ -87,13 +88,6 @@ macro_rules! define_types {
 }
 
 for_each_numeric_type!(define_types);
-
-impl DataType {
-    /// True for the datatypes maas can carry; `FP16` and `BYTES` are recognised but refused.
-    pub fn is_supported(self) -> bool {
-        !matches!(self, DataType::F16 | DataType::Bytes)
-    }
-}
 
 impl fmt::Display for DataType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -155,7 +149,5 @@ mod tests {
             assert_eq!(datatype.name(), name);
         }
         assert!("FLOAT".parse::<DataType>().is_err());
-        assert!(!DataType::F16.is_supported());
-        assert!(DataType::F32.is_supported());
     }
 }

@@ -348,6 +348,38 @@ async fn predict_binary_answers_api_gateway_events_under_the_runtime_api() {
     assert_eq!(status, 400, "{error}");
     assert!(error["error"].as_str().is_some_and(|e| e.contains("not valid base64")), "{error}");
 
+    // The binary tensor extension: API Gateway hands the function a binary body in base64,
+    // and the binary answer goes back in base64 with isBase64Encoded.
+    let rows: Vec<u8> =
+        [5.1f32, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let header = serde_json::json!({
+        "inputs": [{"name": "float_input", "shape": [2, 4], "datatype": "FP32",
+                    "parameters": {"binary_data_size": rows.len()}}],
+        "outputs": [{"name": "label", "parameters": {"binary_data": true}}, {"name": "probabilities"}],
+    })
+    .to_string();
+    let mut binary = event("predict-infer.json");
+    let engine = &base64::engine::general_purpose::STANDARD;
+    binary["body"] = Value::from(engine.encode([header.as_bytes(), &rows].concat()));
+    binary["isBase64Encoded"] = Value::from(true);
+    binary["headers"]["content-type"] = Value::from("application/octet-stream");
+    binary["headers"]["inference-header-content-length"] = Value::from(header.len().to_string());
+    let (status, result) = emulator.invoke(&mut predict, &binary).await;
+    assert_eq!((status, result["statusCode"].as_u64()), (200, Some(200)), "{result}");
+    assert_eq!(result["isBase64Encoded"], true, "{result}");
+    assert_eq!(result["headers"]["content-type"], "application/octet-stream", "{result}");
+    let body = engine.decode(result["body"].as_str().unwrap()).unwrap();
+    let length: usize = result["headers"]["inference-header-content-length"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Inference-Header-Content-Length: {result}"));
+    let answer: Value = serde_json::from_slice(&body[..length]).unwrap();
+    assert_eq!(answer["outputs"][0]["parameters"]["binary_data_size"], 16, "{answer}");
+    assert_eq!(answer["outputs"][1]["shape"], serde_json::json!([2, 3]), "{answer}");
+    let labels: Vec<i64> =
+        body[length..].chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+    assert_eq!(labels, [0, 2], "setosa and virginica");
+
     let (status, result) = emulator.invoke(&mut predict, &event("predict-metadata.json")).await;
     assert_eq!(status, 200, "{result}");
     let (status, metadata) = api_gateway_response(&result);

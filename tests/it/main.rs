@@ -5,6 +5,7 @@
 
 mod bad_input;
 mod bad_requests;
+mod binary_tensors;
 mod cold_start;
 mod conformance;
 mod fuzz_corpora;
@@ -18,5 +19,6 @@ mod reference;
 mod s3_faults;
 mod secrets_in_logs;
 mod tfserving;
+mod triton_client;
 mod upload;
 mod zoo;

@@ -19,7 +19,8 @@ const MAX_MODEL_BYTES: &str = "100000";
 const NOWHERE: &str = "http://127.0.0.1:9";
 
 /// The example store, plus the hostile `range` model (published: its danger is in the
-/// request) and `broken`, placed by hand: a file that matches its manifest but is no ONNX.
+/// request) and `broken`, placed by hand: a file that matches its manifest but is no ONNX;
+/// each with the alias `prod`.
 async fn predict_store(dir: &Path, cache: &tempfile::TempDir) {
     let copy = Command::new("cp")
         .arg("-r")
@@ -28,9 +29,9 @@ async fn predict_store(dir: &Path, cache: &tempfile::TempDir) {
         .status()
         .unwrap();
     assert!(copy.success());
-    let store = Arc::new(LocalStore::new(dir));
+    let publisher = publisher(Arc::new(LocalStore::new(dir)), cache);
     let range = std::fs::read(hostile_dir().join("range.onnx")).unwrap();
-    publisher(store, cache).put_version("range", "1", &range).await.unwrap();
+    publisher.put_version("range", "1", &range).await.unwrap();
     let garbage = b"this file is not an ONNX model".repeat(4);
     let iris = std::fs::read(dir.join("models/iris/1/manifest.json")).unwrap();
     let mut manifest: Manifest = serde_json::from_slice(&iris).unwrap();
@@ -41,6 +42,9 @@ async fn predict_store(dir: &Path, cache: &tempfile::TempDir) {
     std::fs::create_dir_all(&broken).unwrap();
     std::fs::write(broken.join("model.onnx"), &garbage).unwrap();
     std::fs::write(broken.join("manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
+    for name in ["iris", "range", "broken"] {
+        publisher.set_alias(name, "prod", br#"{"version": 1}"#).await.unwrap();
+    }
 }
 
 fn url(server: &Server) -> String {

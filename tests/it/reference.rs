@@ -1,5 +1,6 @@
 //! Predictions served by the handler agree with onnxruntime's on the reference models
-//! (MLP, CNN, scikit-learn random forest), at batch 1 and batch 8.
+//! (MLP, CNN, scikit-learn random forests with integer and string labels, FP16, two inputs
+//! and two outputs with strings), at batch 1 and batch 8.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -14,9 +15,20 @@ pub const TOLERANCE: f64 = 1e-4;
 /// `value_info` is what PyTorch's dynamo exporter writes, and `constant_if` has an `If` with a
 /// constant condition and branches of different shapes: tract's plain load refuses both
 /// (scripts/make_models.py checks that), so they are served through fallback loaders.
-/// `two_io` has two inputs and two outputs, `half_plus_two` is TensorFlow Serving's example.
-pub const MODELS: [&str; 7] =
-    ["mlp", "cnn", "forest", "value_info", "constant_if", "two_io", "half_plus_two"];
+/// `two_io` has two inputs and two outputs, `half_plus_two` is TensorFlow Serving's example,
+/// `species` has BYTES labels, `half` FP16 tensors and `text_io` a BYTES input.
+pub const MODELS: [&str; 10] = [
+    "mlp",
+    "cnn",
+    "forest",
+    "value_info",
+    "constant_if",
+    "two_io",
+    "half_plus_two",
+    "species",
+    "half",
+    "text_io",
+];
 
 /// The loader validation must find for each model.
 fn expected_loader(model: &str) -> Loader {
@@ -51,11 +63,16 @@ pub fn assert_matches_within(case: &Case, served: &Value, tolerance: f64) {
             .unwrap_or_else(|| panic!("{context}: missing"));
         assert_eq!(got["datatype"], expected.datatype.as_str(), "{context}: datatype");
         assert_eq!(got["shape"], json!(expected.shape), "{context}: shape");
+        if expected.datatype == "BYTES" {
+            assert_eq!(got["data"], json!(expected.data), "{context}");
+            continue;
+        }
         let data: Vec<f64> =
             got["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-        assert_eq!(data.len(), expected.data.len(), "{context}: element count");
+        let want = expected.numbers();
+        assert_eq!(data.len(), want.len(), "{context}: element count");
         let exact = expected.datatype.starts_with("INT") || expected.datatype.starts_with("UINT");
-        for (i, (&g, &e)) in data.iter().zip(&expected.data).enumerate() {
+        for (i, (&g, &e)) in data.iter().zip(&want).enumerate() {
             let allowed = if exact { 0.0 } else { tolerance * e.abs().max(1.0) };
             assert!((g - e).abs() <= allowed, "{context}[{i}]: served {g}, onnxruntime {e}");
         }

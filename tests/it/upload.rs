@@ -291,6 +291,18 @@ fn refusal_corpus() -> Vec<(String, Vec<u8>, u16, &'static str)> {
         ("broken graph".into(), file("bad_graph.onnx"), 422, "missing"),
         ("tree with a cycle".into(), file("cyclic_tree.onnx"), 422, "tree 0 has a cycle"),
         ("sequence output".into(), file("sequence.onnx"), 422, "`y` is not a tensor"),
+        (
+            "string operator tract lacks".into(),
+            file("label_encoder.onnx"),
+            422,
+            "node `encode` (LabelEncoder) works on string tensors with operators tract cannot run",
+        ),
+        (
+            "string labels tract cannot type".into(),
+            file("string_linear.onnx"),
+            422,
+            "LinearClassifier",
+        ),
         ("empty body".into(), Vec::new(), 400, "the request body is empty"),
     ]
 }

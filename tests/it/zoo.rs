@@ -132,8 +132,8 @@ fn per_shape_plans_bucket_batches_and_stay_bounded() {
         .iter()
         .map(|v| v.as_i64().unwrap() as i32)
         .collect();
-    let expected = &case.outputs[0];
-    let (width, classes) = (bytes.len() / 8, expected.data.len() / 8);
+    let expected = case.outputs[0].numbers();
+    let (width, classes) = (bytes.len() / 8, expected.len() / 8);
     let mut held = vec![model.memory_bytes()];
     for (rows, plans) in [(5, 1), (8, 1), (3, 2), (1, 2)] {
         let input = Tensor {
@@ -144,7 +144,7 @@ fn per_shape_plans_bucket_batches_and_stay_bounded() {
         let outputs = model.run(vec![input]).unwrap();
         assert_eq!(outputs[0].shape, [rows, classes], "batch {rows}");
         let TensorData::F32(scores) = &outputs[0].data else { panic!("FP32 scores") };
-        for (i, (&got, &want)) in scores.iter().zip(&expected.data[..rows * classes]).enumerate() {
+        for (i, (&got, &want)) in scores.iter().zip(&expected[..rows * classes]).enumerate() {
             assert!((f64::from(got) - want).abs() <= 1e-4, "batch {rows} [{i}]: {got} vs {want}");
         }
         assert_eq!(model.plan_count(), plans, "plans after a batch of {rows}");

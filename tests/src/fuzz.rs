@@ -10,8 +10,8 @@ use maas::names::{
     alias_key, alias_of_key, staging_key, version_of_manifest_key, AliasName, ModelId, ModelName,
     UploadId, Version, VersionSpec,
 };
-use maas::protocol::json;
-use maas::protocol::oip::{decode, parse_request, ResponseOutput};
+use maas::protocol::oip::{decode, decode_with_binary, parse_request, ResponseOutput};
+use maas::protocol::{binary, json};
 use maas::tensor::DataType;
 use maas::Error;
 
@@ -19,8 +19,12 @@ use maas::Error;
 pub type Entry = fn(&[u8]);
 
 /// The fuzz targets, by the name of their binary and corpus folder.
-pub const TARGETS: [(&str, Entry); 3] =
-    [("protocol", protocol), ("names", names), ("signature", signature)];
+pub const TARGETS: [(&str, Entry); 4] = [
+    ("protocol", protocol),
+    ("binary", binary_request),
+    ("names", names),
+    ("signature", signature),
+];
 
 fn spec(name: &str, datatype: DataType, shape: &[i64]) -> TensorSpec {
     TensorSpec { name: name.to_owned(), datatype, shape: shape.to_vec() }
@@ -28,11 +32,11 @@ fn spec(name: &str, datatype: DataType, shape: &[i64]) -> TensorSpec {
 
 /// The signatures requests are decoded against: the example iris model; an image model with
 /// fixed dimensions; one input of every datatype maas carries, with batch and inner dynamic
-/// dimensions; and inputs of the datatypes it recognises but refuses.
+/// dimensions; and half-precision and string inputs together.
 static SIGNATURES: LazyLock<Vec<Signature>> = LazyLock::new(|| {
     use DataType::*;
     let outputs = vec![spec("label", I64, &[-1]), spec("probabilities", F32, &[-1, 3])];
-    let every_type = [Bool, U8, U16, U32, U64, I8, I16, I32, I64, F32, F64];
+    let every_type = [Bool, U8, U16, U32, U64, I8, I16, I32, I64, F16, F32, F64, Bytes];
     vec![
         Signature { inputs: vec![spec("float_input", F32, &[-1, 4])], outputs: outputs.clone() },
         Signature { inputs: vec![spec("image", F32, &[1, 1, 12, 12])], outputs: outputs.clone() },
@@ -109,6 +113,43 @@ pub fn protocol(body: &[u8]) {
             format!("{:?}", decoded.inputs),
             "encoding and decoding changed the tensors"
         );
+    }
+}
+
+/// A binary-extension request: the first two bytes (little-endian) are the
+/// `Inference-Header-Content-Length`, the rest the body. Every error is a 400, and the inputs
+/// decoded survive the binary encoding and decoding unchanged.
+pub fn binary_request(data: &[u8]) {
+    let Some((length, body)) = data.split_first_chunk::<2>() else { return };
+    let mut headers = lambda_http::http::HeaderMap::new();
+    headers.insert(binary::HEADER_LENGTH, u16::from_le_bytes(*length).into());
+    let (header, tensors) = match binary::split(&headers, body) {
+        Ok(parts) => parts,
+        Err(err) => return assert_bad_request(&err),
+    };
+    let request = match parse_request(header) {
+        Ok(request) => request,
+        Err(err) => return assert_bad_request(&err),
+    };
+    for signature in SIGNATURES.iter() {
+        let decoded = decode_with_binary(request.clone(), tensors, signature)
+            .and_then(|r| signature.check(r));
+        let decoded = match decoded {
+            Ok(decoded) => decoded,
+            Err(err) => {
+                assert_bad_request(&err);
+                continue;
+            }
+        };
+        for tensor in &decoded.inputs {
+            let mut bytes = Vec::new();
+            binary::encode(&tensor.data, &mut bytes);
+            assert_eq!(bytes.len(), binary::encoded_len(&tensor.data));
+            let again = binary::decode(tensor.datatype(), tensor.data.len(), &bytes)
+                .expect("encoded elements decode");
+            // Compared as printed so that NaN equals NaN.
+            assert_eq!(format!("{again:?}"), format!("{:?}", tensor.data));
+        }
     }
 }
 

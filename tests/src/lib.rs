@@ -158,7 +158,17 @@ pub struct ReferenceOutput {
     pub name: String,
     pub datatype: String,
     pub shape: Vec<usize>,
-    pub data: Vec<f64>,
+    /// Numbers, or strings for `BYTES`.
+    pub data: Vec<Value>,
+}
+
+impl ReferenceOutput {
+    /// The elements as numbers; panics on strings.
+    pub fn numbers(&self) -> Vec<f64> {
+        let number =
+            |v: &Value| v.as_f64().unwrap_or_else(|| panic!("{}: {v} is no number", self.name));
+        self.data.iter().map(number).collect()
+    }
 }
 
 /// The reference cases of the test models.

@@ -9,7 +9,8 @@
 //! ONNX-ML specification as onnxruntime implements it (scores summed in tree order, base
 //! values added, then the post transform; labels from the first highest score, or by
 //! threshold for two classes scored in one column), checked against onnxruntime by the model
-//! zoo test. Classifiers with string labels stay on tract's implementation.
+//! zoo test. Labels may be integers or strings (`classlabels_strings`, which scikit-learn
+//! writes for a classifier trained on string labels and tract's own classifier cannot type).
 //!
 //! `ZipMap` turns class probabilities into a sequence of `{label: probability}` maps, a type
 //! tract and the Open Inference Protocol do not carry: here it passes the probabilities
@@ -32,19 +33,27 @@ pub(super) fn register(ops: &mut OnnxOpRegister) {
 type Built = TractResult<(Box<dyn InferenceOp>, Vec<String>)>;
 
 fn classifier(ctx: &ParsingContext, node: &NodeProto) -> Built {
-    let labels = node.get_attr_opt_slice::<i64>("classlabels_int64s")?;
+    let ints = node.get_attr_opt_slice::<i64>("classlabels_int64s")?;
+    let strings = node.get_attr_opt_tvec::<&str>("classlabels_strings")?;
+    let labels = match (ints, strings) {
+        (Some(ints), None) => Some(Labels::Ints(ints.into())),
+        (None, Some(strings)) => {
+            Some(Labels::Strings(strings.iter().map(|s| (*s).to_owned()).collect()))
+        }
+        _ => None,
+    };
     let op = match labels {
         Some(labels) if labels.len() > 2 => {
             let forest = Forest::parse(ctx, node, Kind::Classifier { classes: labels.len() })?;
-            Some(TreeEnsemble { forest: Arc::new(forest), head: Head::Classes(labels.into()) })
+            Some(TreeEnsemble { forest: Arc::new(forest), head: Head::Classes(labels) })
         }
-        Some(&[negative, positive]) => binary(ctx, node, [negative, positive]),
+        Some(labels) if labels.len() == 2 => binary(ctx, node, labels),
         _ => None,
     };
     match op {
         Some(op) => Ok((expand(op), vec![])),
-        // String labels (a type maas does not carry) and two-class layouts not handled
-        // below: tract's implementation.
+        // Two-class layouts not handled below, and attributes tract's implementation
+        // refuses with its own message.
         None => tract_builder("TreeEnsembleClassifier")?(ctx, node),
     }
 }
@@ -54,7 +63,7 @@ fn classifier(ctx: &ParsingContext, node: &NodeProto) -> Built {
 /// onnxruntime defines plainly: probabilities (no post transform, no negative weight: scores
 /// `[1 - s, s]`, the second label when `s > 0.5`) and log-odds (`LOGISTIC`: scores
 /// `[σ(-s), σ(s)]`, the second label when `s > 0`).
-fn binary(ctx: &ParsingContext, node: &NodeProto, labels: [i64; 2]) -> Option<TreeEnsemble> {
+fn binary(ctx: &ParsingContext, node: &NodeProto, labels: Labels) -> Option<TreeEnsemble> {
     let mut forest = Forest::parse(ctx, node, Kind::Classifier { classes: 1 }).ok()?;
     let no_negative_weight = forest.weights.iter().all(|&(_, w)| w >= 0.0);
     let rule = match (forest.post, no_negative_weight) {
@@ -462,9 +471,47 @@ enum Head {
     /// The scores, one column per target.
     Regressor,
     /// Labels from the first highest score, then the scores, one column per class.
-    Classes(Arc<[i64]>),
+    Classes(Labels),
     /// Two classes scored in one column (see [`binary`]): labels, then two score columns.
-    Binary { labels: [i64; 2], rule: BinaryRule },
+    Binary { labels: Labels, rule: BinaryRule },
+}
+
+/// A classifier's labels, in class order: integers, or strings (an ONNX `string` tensor).
+#[derive(Debug, Clone, PartialEq)]
+enum Labels {
+    Ints(Arc<[i64]>),
+    Strings(Arc<[String]>),
+}
+
+impl Labels {
+    fn len(&self) -> usize {
+        match self {
+            Labels::Ints(labels) => labels.len(),
+            Labels::Strings(labels) => labels.len(),
+        }
+    }
+
+    fn datum_type(&self) -> DatumType {
+        match self {
+            Labels::Ints(_) => i64::datum_type(),
+            Labels::Strings(_) => String::datum_type(),
+        }
+    }
+
+    /// The labels of the chosen classes, one per row.
+    fn pick(&self, chosen: &[usize]) -> TractResult<Tensor> {
+        let rows = chosen.len();
+        Ok(match self {
+            Labels::Ints(labels) => {
+                let picked: Vec<i64> = chosen.iter().map(|&c| labels[c]).collect();
+                Tensor::from_shape(&[rows], &picked)?
+            }
+            Labels::Strings(labels) => {
+                let picked: Vec<String> = chosen.iter().map(|&c| labels[c].clone()).collect();
+                tract_ndarray::Array1::from_vec(picked).into_dyn().into()
+            }
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -500,15 +547,16 @@ impl TreeEnsemble {
         }
     }
 
-    /// Labels and the final scores from the raw scores (`targets` per row).
-    fn finish(&self, mut scores: Vec<f32>) -> (Option<Vec<i64>>, Vec<f32>) {
+    /// The class chosen for each row (a position in the labels) and the final scores, from
+    /// the raw scores (`targets` per row).
+    fn finish(&self, mut scores: Vec<f32>) -> (Option<Vec<usize>>, Vec<f32>) {
         let forest = &self.forest;
         match &self.head {
             Head::Regressor => {
                 forest.transform(&mut scores);
                 (None, scores)
             }
-            Head::Classes(labels) => {
+            Head::Classes(_) => {
                 let first_highest = |row: &[f32]| {
                     let mut best = 0;
                     for (at, &score) in row.iter().enumerate() {
@@ -516,19 +564,18 @@ impl TreeEnsemble {
                             best = at;
                         }
                     }
-                    labels[best]
+                    best
                 };
                 let chosen = scores.chunks_exact(forest.targets).map(first_highest).collect();
                 forest.transform(&mut scores);
                 (Some(chosen), scores)
             }
-            Head::Binary { labels: [negative, positive], rule } => {
+            Head::Binary { rule, .. } => {
                 let (threshold, columns): (f32, fn(f32) -> [f32; 2]) = match rule {
                     BinaryRule::Probability => (0.5, |s| [1.0 - s, s]),
                     BinaryRule::Logit => (0.0, |s| [logistic(-s), logistic(s)]),
                 };
-                let chosen =
-                    scores.iter().map(|&s| if s > threshold { *positive } else { *negative });
+                let chosen = scores.iter().map(|&s| usize::from(s > threshold));
                 (Some(chosen.collect()), scores.iter().flat_map(|&s| columns(s)).collect())
             }
         }
@@ -584,11 +631,13 @@ impl EvalOp for TreeEnsemble {
         if width > 0 {
             forest.score(input, width, &mut scores);
         }
-        let (labels, scores) = self.finish(scores);
+        let (chosen, scores) = self.finish(scores);
         let scores = Tensor::from_shape(&[rows, self.columns()], &scores)?.into_tvalue();
-        Ok(match labels {
-            Some(labels) => tvec!(Tensor::from_shape(&[rows], &labels)?.into_tvalue(), scores),
-            None => tvec!(scores),
+        Ok(match (&self.head, chosen) {
+            (Head::Classes(labels) | Head::Binary { labels, .. }, Some(chosen)) => {
+                tvec!(labels.pick(&chosen)?.into_tvalue(), scores)
+            }
+            _ => tvec!(scores),
         })
     }
 }
@@ -598,9 +647,11 @@ impl TypedOp for TreeEnsemble {
         ensure!(inputs[0].rank() == 2, "tree ensemble input must be [batch, features]");
         let rows = inputs[0].shape[0].clone();
         let scores = f32::fact([rows.clone(), self.columns().to_dim()]);
-        Ok(match self.head {
+        Ok(match &self.head {
             Head::Regressor => tvec!(scores),
-            _ => tvec!(i64::fact([rows]), scores),
+            Head::Classes(labels) | Head::Binary { labels, .. } => {
+                tvec!(labels.datum_type().fact([rows]), scores)
+            }
         })
     }
 
@@ -630,8 +681,8 @@ impl Expansion for TreeEnsemble {
         s.equals(&scores.rank, 2)?;
         s.equals(&scores.shape[0], &inputs[0].shape[0])?;
         s.equals(&scores.shape[1], self.columns().to_dim())?;
-        if self.head != Head::Regressor {
-            s.equals(&outputs[0].datum_type, i64::datum_type())?;
+        if let Head::Classes(labels) | Head::Binary { labels, .. } = &self.head {
+            s.equals(&outputs[0].datum_type, labels.datum_type())?;
             s.equals(&outputs[0].rank, 1)?;
             s.equals(&outputs[0].shape[0], &inputs[0].shape[0])?;
         }
@@ -778,14 +829,26 @@ mod tests {
     fn binary_heads_score_both_classes_the_way_onnxruntime_does() {
         let ensemble = |rule| TreeEnsemble {
             forest: Arc::new(forest(Aggregate::Sum)),
-            head: Head::Binary { labels: [7, 9], rule },
+            head: Head::Binary { labels: Labels::Ints([7, 9].into()), rule },
         };
         let (labels, scores) = ensemble(BinaryRule::Probability).finish(vec![0.25, 0.5, 0.75]);
-        assert_eq!(labels.unwrap(), [7, 7, 9], "the second label only above 0.5");
+        assert_eq!(labels.unwrap(), [0, 0, 1], "the second label only above 0.5");
         assert_eq!(scores, [0.75, 0.25, 0.5, 0.5, 0.25, 0.75]);
         let (labels, scores) = ensemble(BinaryRule::Logit).finish(vec![-1.0, 0.0, 2.0]);
-        assert_eq!(labels.unwrap(), [7, 7, 9], "the second label only above 0");
+        assert_eq!(labels.unwrap(), [0, 0, 1], "the second label only above 0");
         let expected = [0.7310586, 0.26894143, 0.5, 0.5, 0.11920292, 0.880797];
         assert!(scores.iter().zip(expected).all(|(s, e)| (s - e).abs() < 1e-6), "{scores:?}");
+    }
+
+    #[test]
+    fn labels_are_picked_by_class_as_integers_or_strings() {
+        let ints = Labels::Ints([7, 9].into()).pick(&[1, 0]).unwrap();
+        assert_eq!(ints, Tensor::from_shape(&[2], &[9i64, 7]).unwrap());
+        let names: Arc<[String]> = ["setosa".to_owned(), "virginica".to_owned()].into();
+        let strings = Labels::Strings(names).pick(&[1, 1, 0]).unwrap();
+        assert_eq!(strings.datum_type(), String::datum_type());
+        assert_eq!(strings.shape(), [3]);
+        let picked = strings.try_as_plain_ram().unwrap().as_slice::<String>().unwrap().to_vec();
+        assert_eq!(picked, ["virginica", "virginica", "setosa"]);
     }
 }

@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use tract_onnx::pb;
 use tract_onnx::prelude::{
-    Datum, DatumType, Framework, InferenceFact, InferenceModel, InferenceModelExt, TDim, TValue,
-    Tensor as TractTensor, TypedFact, TypedModel, TypedOp, WithOnnx,
+    tract_ndarray, Datum, DatumType, Framework, InferenceFact, InferenceModel, InferenceModelExt,
+    TDim, TValue, Tensor as TractTensor, TypedFact, TypedModel, TypedOp, WithOnnx,
 };
 
 use crate::elapsed_ms;
@@ -480,6 +480,7 @@ fn validate_within(bytes: &[u8], limits: &Limits, memory: Memory) -> Result<Vali
         )));
     }
     check_declared(&proto, limits)?;
+    check_string_ops(&proto)?;
     let (model, loader, report) = match translate_any(&proto) {
         Ok((typed, signature, loader)) => {
             let parse_ms = elapsed_ms(started);
@@ -571,6 +572,45 @@ fn as_invalid(err: Error) -> Error {
         over @ Error::OverBudget { .. } => invalid(over.to_string()),
         other => other,
     }
+}
+
+/// ONNX operators on string tensors that tract 0.23 does not implement. tract runs strings
+/// through `CategoryMapper`, the labels of `LinearClassifier` and `TreeEnsembleClassifier`,
+/// `Cast` to FP32, and the operators that only move elements (`Identity`, `Reshape`,
+/// `Gather`, `Concat`...).
+const STRING_OPS_TRACT_LACKS: [&str; 9] = [
+    "StringNormalizer",
+    "TfIdfVectorizer",
+    "LabelEncoder",
+    "OneHotEncoder",
+    "DictVectorizer",
+    "StringConcat",
+    "StringSplit",
+    "RegexFullMatch",
+    "Tokenizer",
+];
+
+/// Refuses a graph with string operators tract cannot run, naming each node and operator
+/// (tract alone would name only the first operator it fails to find).
+fn check_string_ops(proto: &pb::ModelProto) -> Result<(), Error> {
+    let Some(graph) = proto.graph.as_ref() else { return Ok(()) };
+    let lacking: Vec<String> = graph
+        .node
+        .iter()
+        .filter(|n| STRING_OPS_TRACT_LACKS.contains(&n.op_type.as_str()))
+        .map(|n| format!("`{}` ({})", n.name, n.op_type))
+        .collect();
+    if lacking.is_empty() {
+        return Ok(());
+    }
+    Err(invalid(format!(
+        "node{} {} work{} on string tensors with operators tract cannot run; tract runs strings \
+         through CategoryMapper, the labels of LinearClassifier and TreeEnsembleClassifier, \
+         Cast to FP32 and operators that only move elements",
+        if lacking.len() > 1 { "s" } else { "" },
+        lacking.join(", "),
+        if lacking.len() > 1 { "" } else { "s" },
+    )))
 }
 
 /// Refuses a graph whose declared inputs, outputs or intermediate values describe a tensor
@@ -788,20 +828,27 @@ macro_rules! conversions {
         fn datum_type_of(datatype: DataType) -> Option<DatumType> {
             match datatype {
                 $(DataType::$variant => Some(<$ty>::datum_type()),)*
-                DataType::F16 | DataType::Bytes => None,
+                DataType::Bytes => Some(String::datum_type()),
             }
         }
 
         fn zeros(datatype: DataType, count: usize) -> Option<TensorData> {
             match datatype {
                 $(DataType::$variant => Some(TensorData::$variant(vec![<$ty>::default(); count])),)*
-                DataType::F16 | DataType::Bytes => None,
+                DataType::Bytes => Some(TensorData::Bytes(vec![Vec::new(); count])),
             }
         }
 
         fn to_tract(tensor: Tensor) -> Result<TractTensor, Error> {
             let result = match &tensor.data {
                 $(TensorData::$variant(v) => TractTensor::from_shape::<$ty>(&tensor.shape, v),)*
+                TensorData::Bytes(v) => {
+                    let strings = utf8_strings(&tensor.name, v)?;
+                    let array = tract_ndarray::ArrayD::from_shape_vec(tensor.shape.clone(), strings);
+                    return array.map(TractTensor::from).map_err(|e| {
+                        Error::internal(format!("cannot build input `{}`", tensor.name), e)
+                    });
+                }
             };
             result.map_err(|e| engine_error(format!("cannot build input `{}`", tensor.name), e))
         }
@@ -815,8 +862,10 @@ macro_rules! conversions {
             };
             let datum_type = value.datum_type();
             let data = $(if datum_type == <$ty>::datum_type() {
-                TensorData::$variant(value.try_as_plain_ram().and_then(|v| v.as_slice::<$ty>().map(<[$ty]>::to_vec)).map_err(|e| engine_error("cannot read an output", e))?)
-            } else)* {
+                TensorData::$variant(plain_slice::<$ty>(&value)?.to_vec())
+            } else)* if datum_type == String::datum_type() {
+                TensorData::Bytes(plain_slice::<String>(&value)?.iter().map(|s| s.as_bytes().to_vec()).collect())
+            } else {
                 return Err(engine_problem(format!("output `{name}` has unsupported type {datum_type:?}")));
             };
             Ok(Tensor { name: name.to_owned(), shape: value.shape().to_vec(), data })
@@ -825,3 +874,27 @@ macro_rules! conversions {
 }
 
 crate::for_each_numeric_type!(conversions);
+
+/// An output's elements.
+fn plain_slice<T: Datum>(value: &TractTensor) -> Result<&[T], Error> {
+    value
+        .try_as_plain_ram()
+        .and_then(|v| v.as_slice::<T>())
+        .map_err(|e| engine_error("cannot read an output", e))
+}
+
+/// `BYTES` elements as the strings tract's string operators take: they must be UTF-8 (400).
+fn utf8_strings(input: &str, elements: &[Vec<u8>]) -> Result<Vec<String>, Error> {
+    elements
+        .iter()
+        .enumerate()
+        .map(|(i, bytes)| {
+            String::from_utf8(bytes.clone()).map_err(|e| {
+                Error::invalid_input(
+                    input,
+                    format!("element {i} is not UTF-8 ({e}); the model takes strings"),
+                )
+            })
+        })
+        .collect()
+}

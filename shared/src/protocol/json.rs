@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use std::io;
 
 use serde::de::DeserializeOwned;
-use serde::ser::SerializeSeq;
+use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 
@@ -119,6 +119,16 @@ impl FromJson for f32 {
     }
 }
 
+impl FromJson for half::f16 {
+    /// A finite number must fit FP16's range (65504): 1e5 is refused, not turned into infinity.
+    fn from_json(value: &Value) -> Option<Self> {
+        match value.as_f64() {
+            Some(n) => Some(half::f16::from_f64(n)).filter(|n| n.is_finite()),
+            None => non_finite(value).map(half::f16::from_f64),
+        }
+    }
+}
+
 impl FromJson for f64 {
     fn from_json(value: &Value) -> Option<Self> {
         value.as_f64().or_else(|| non_finite(value))
@@ -201,6 +211,13 @@ impl ToJson for f32 {
     }
 }
 
+impl ToJson for half::f16 {
+    fn serialize_element<S: SerializeSeq>(&self, seq: &mut S) -> Result<(), S::Error> {
+        // As the FP32 value it widens to, which holds it exactly.
+        self.to_f32().serialize_element(seq)
+    }
+}
+
 impl ToJson for f64 {
     fn serialize_element<S: SerializeSeq>(&self, seq: &mut S) -> Result<(), S::Error> {
         seq.serialize_element(&Float(*self))
@@ -214,11 +231,13 @@ macro_rules! data_conversions {
         pub fn convert(datatype: DataType, leaves: &[&Value]) -> Result<TensorData, String> {
             match datatype {
                 $(DataType::$variant => convert_all::<$ty>(leaves, datatype).map(TensorData::$variant),)*
-                DataType::F16 | DataType::Bytes => Err(format!("datatype {datatype} is not supported")),
+                DataType::Bytes => convert_strings(leaves).map(TensorData::Bytes),
             }
         }
 
-        /// A flat JSON array of the elements. Non-finite floats need [`to_vec`].
+        /// A flat JSON array of the elements. Non-finite floats need [`to_vec`]. `BYTES`
+        /// elements are strings, invalid UTF-8 replaced by U+FFFD: binary outputs carry the
+        /// exact bytes.
         impl Serialize for TensorData {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                 match self {
@@ -229,6 +248,13 @@ macro_rules! data_conversions {
                         }
                         seq.end()
                     })*
+                    TensorData::Bytes(values) => {
+                        let mut seq = serializer.serialize_seq(Some(values.len()))?;
+                        for value in values {
+                            seq.serialize_element(&String::from_utf8_lossy(value))?;
+                        }
+                        seq.end()
+                    }
                 }
             }
         }
@@ -261,6 +287,12 @@ impl ScalarJson for f32 {
     }
 }
 
+impl ScalarJson for half::f16 {
+    fn serialize_scalar<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.to_f32().serialize_scalar(serializer)
+    }
+}
+
 impl ScalarJson for f64 {
     fn serialize_scalar<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serialize_float(*self, serializer)
@@ -275,12 +307,14 @@ pub struct Nested<'a> {
     pub data: &'a TensorData,
     pub shape: &'a [usize],
     pub offset: usize,
+    /// BYTES elements as `{"b64": "..."}` rather than (UTF-8) strings.
+    pub b64: bool,
 }
 
 impl<'a> Nested<'a> {
     /// The whole of a tensor's data, nested by its shape.
-    pub fn new(data: &'a TensorData, shape: &'a [usize]) -> Self {
-        Nested { data, shape, offset: 0 }
+    pub fn new(data: &'a TensorData, shape: &'a [usize], b64: bool) -> Self {
+        Nested { data, shape, offset: 0, b64 }
     }
 
     /// Row `index` of dimension 0: the sub-tensor of shape `shape[1..]` (of a scalar, the
@@ -288,7 +322,7 @@ impl<'a> Nested<'a> {
     pub fn row(&self, index: usize) -> Nested<'a> {
         let inner = self.shape.get(1..).unwrap_or_default();
         let stride = inner.iter().product::<usize>();
-        Nested { data: self.data, shape: inner, offset: self.offset + index * stride }
+        Nested { shape: inner, offset: self.offset + index * stride, ..*self }
     }
 }
 
@@ -296,15 +330,27 @@ macro_rules! nested_scalar {
     ($(($variant:ident, $ty:ty, $name:literal)),* $(,)?) => {
         /// Element `index` of `data`, on its own.
         fn serialize_scalar_at<S: Serializer>(
-            data: &TensorData,
-            index: usize,
+            nested: &Nested<'_>,
             serializer: S,
         ) -> Result<S::Ok, S::Error> {
-            match data {
-                $(TensorData::$variant(values) => match values.get(index) {
+            let short = || serde::ser::Error::custom("tensor data shorter than its shape");
+            match nested.data {
+                $(TensorData::$variant(values) => match values.get(nested.offset) {
                     Some(value) => value.serialize_scalar(serializer),
-                    None => Err(serde::ser::Error::custom("tensor data shorter than its shape")),
+                    None => Err(short()),
                 },)*
+                TensorData::Bytes(values) => {
+                    use base64::Engine as _;
+                    let value = values.get(nested.offset).ok_or_else(short)?;
+                    if nested.b64 {
+                        let text = base64::engine::general_purpose::STANDARD.encode(value);
+                        let mut map = serializer.serialize_map(Some(1))?;
+                        map.serialize_entry("b64", &text)?;
+                        map.end()
+                    } else {
+                        serializer.serialize_str(&String::from_utf8_lossy(value))
+                    }
+                }
             }
         }
     };
@@ -314,13 +360,40 @@ crate::for_each_numeric_type!(nested_scalar);
 impl Serialize for Nested<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let Some(&len) = self.shape.first() else {
-            return serialize_scalar_at(self.data, self.offset, serializer);
+            return serialize_scalar_at(self, serializer);
         };
         let mut seq = serializer.serialize_seq(Some(len))?;
         for index in 0..len {
             seq.serialize_element(&self.row(index))?;
         }
         seq.end()
+    }
+}
+
+/// `BYTES` elements in JSON are strings, taken as their UTF-8 bytes, or `{"b64": "..."}`
+/// objects (TensorFlow Serving's form), taken as the bytes their base64 stands for.
+fn convert_strings(leaves: &[&Value]) -> Result<Vec<Vec<u8>>, String> {
+    use base64::Engine as _;
+    leaves
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match (v, b64_text(v)) {
+            (Value::String(text), _) => Ok(text.as_bytes().to_vec()),
+            (_, Some(text)) => base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|e| format!("element {i}: `b64` is not valid base64 ({e})")),
+            _ => Err(format!(
+                "element {i} ({v}) is not a string or {{\"b64\": ...}}, as BYTES elements are in JSON"
+            )),
+        })
+        .collect()
+}
+
+/// The text of a `{"b64": "..."}` value, TensorFlow Serving's form of a BYTES element.
+pub fn b64_text(value: &Value) -> Option<&str> {
+    match value {
+        Value::Object(map) if map.len() == 1 => map.get("b64").and_then(Value::as_str),
+        _ => None,
     }
 }
 
@@ -333,7 +406,8 @@ pub fn flatten<'a>(
 ) -> Result<(), String> {
     let nested = data.first().is_some_and(Value::is_array);
     if !nested {
-        if let Some(position) = data.iter().position(|v| v.is_array() || v.is_object()) {
+        let composite = |v: &Value| v.is_array() || (v.is_object() && b64_text(v).is_none());
+        if let Some(position) = data.iter().position(composite) {
             return Err(format!("data mixes nested arrays and scalars (element {position})"));
         }
         out.extend(data);
@@ -402,6 +476,29 @@ mod tests {
     }
 
     #[test]
+    fn fp16_is_range_checked_and_bytes_are_strings_both_ways() {
+        let (half, huge, text) = (json!(0.5), json!(1e5), json!("setosa"));
+        assert_eq!(
+            convert(DataType::F16, &[&half]),
+            Ok(TensorData::F16(vec![half::f16::from_f32(0.5)]))
+        );
+        assert!(convert(DataType::F16, &[&huge]).is_err(), "65504 is FP16's largest");
+        assert_eq!(
+            convert(DataType::Bytes, &[&text]),
+            Ok(TensorData::Bytes(vec![b"setosa".to_vec()]))
+        );
+        assert_eq!(
+            convert(DataType::Bytes, &[&half]),
+            Err("element 0 (0.5) is not a string or {\"b64\": ...}, as BYTES elements are in JSON"
+                .into())
+        );
+        let written = to_vec(&TensorData::F16(vec![half::f16::from_f32(0.1)])).unwrap();
+        assert_eq!(written, b"[0.099975586]");
+        let written = to_vec(&TensorData::Bytes(vec![b"a\"".to_vec(), vec![0xff]])).unwrap();
+        assert_eq!(std::str::from_utf8(&written).unwrap(), "[\"a\\\"\",\"\u{fffd}\"]");
+    }
+
+    #[test]
     fn non_finite_tokens_are_read_outside_strings_only() {
         let body = br#"{"a": [NaN, -Infinity, Infinity, 1.5], "s": "NaN \" Infinity"}"#;
         let value: Value = from_slice(body).unwrap();
@@ -419,13 +516,13 @@ mod tests {
     #[test]
     fn nested_data_follows_the_shape_with_tokens_for_non_finite_floats() {
         let data = TensorData::F32(vec![1.0, f32::NAN, 2.5, f32::NEG_INFINITY, 0.1, 3.0]);
-        let text = to_vec(&Nested::new(&data, &[2, 3])).unwrap();
+        let text = to_vec(&Nested::new(&data, &[2, 3], false)).unwrap();
         assert_eq!(std::str::from_utf8(&text).unwrap(), "[[1.0,NaN,2.5],[-Infinity,0.1,3.0]]");
-        let rows = Nested::new(&data, &[3, 2]);
+        let rows = Nested::new(&data, &[3, 2], false);
         assert_eq!(to_vec(&rows.row(2)).unwrap(), b"[0.1,3.0]");
         let labels = TensorData::I64(vec![7, 8]);
-        assert_eq!(to_vec(&Nested::new(&labels, &[2]).row(1)).unwrap(), b"8");
-        assert_eq!(to_vec(&Nested::new(&labels, &[2, 0])).unwrap(), b"[[],[]]");
+        assert_eq!(to_vec(&Nested::new(&labels, &[2], false).row(1)).unwrap(), b"8");
+        assert_eq!(to_vec(&Nested::new(&labels, &[2, 0], false)).unwrap(), b"[[],[]]");
     }
 
     #[test]

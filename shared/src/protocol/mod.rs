@@ -1,8 +1,9 @@
 //! The wire protocols predict speaks, each a codec over the protocol-neutral
 //! [`Predictor::infer`](crate::Predictor::infer): [`json`] holds the JSON number handling
-//! they share, [`oip`] the Open Inference Protocol (KServe v2), [`tfserving`] TensorFlow
-//! Serving's REST API (KServe v1).
+//! they share, [`oip`] the Open Inference Protocol (KServe v2) with [`binary`], its binary
+//! tensor extension, and [`tfserving`] TensorFlow Serving's REST API (KServe v1).
 
+pub mod binary;
 pub mod json;
 pub mod oip;
 pub mod tfserving;

@@ -1,13 +1,16 @@
-//! The Open Inference Protocol (KServe v2) JSON codec: requests are decoded into named
-//! tensors (each checked against the model's input as it is read, so errors name the input
-//! and what was expected), and inference results are encoded back.
+//! The Open Inference Protocol (KServe v2) codec: requests are decoded into named tensors
+//! (each checked against the model's input as it is read, so errors name the input and what
+//! was expected), and inference results are encoded back, in JSON or, where the request asks,
+//! with the [`binary`] tensor extension.
 
-use lambda_http::http::HeaderMap;
+use std::collections::HashMap;
+
+use lambda_http::http::{header, HeaderMap};
 use lambda_http::{Body, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::json;
+use super::{binary, json};
 use crate::error::Error;
 use crate::http::json_response;
 use crate::predictor::{Inference, ModelDescription, Predictor};
@@ -34,7 +37,9 @@ pub struct RequestInput {
     pub name: String,
     pub shape: Vec<i64>,
     pub datatype: String,
-    pub data: Value,
+    /// Absent when the elements are binary (`parameters.binary_data_size`).
+    #[serde(default)]
+    pub data: Option<Value>,
     #[serde(default)]
     pub parameters: Option<Map<String, Value>>,
 }
@@ -61,7 +66,17 @@ pub struct ResponseOutput {
     pub name: String,
     pub datatype: DataType,
     pub shape: Vec<usize>,
-    pub data: TensorData,
+    /// `binary_data_size` for an output sent in binary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<OutputParameters>,
+    /// Absent for an output sent in binary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<TensorData>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputParameters {
+    pub binary_data_size: usize,
 }
 
 impl From<Tensor> for ResponseOutput {
@@ -70,7 +85,8 @@ impl From<Tensor> for ResponseOutput {
             datatype: tensor.datatype(),
             name: tensor.name,
             shape: tensor.shape,
-            data: tensor.data,
+            parameters: None,
+            data: Some(tensor.data),
         }
     }
 }
@@ -122,21 +138,97 @@ impl ServerMetadata {
         ServerMetadata {
             name: "maas",
             version: env!("CARGO_PKG_VERSION"),
-            extensions: vec!["statistics"],
+            extensions: vec![binary::EXTENSION, "statistics"],
         }
     }
 }
 
-/// `POST /v2/models/{name}[/versions/{v}]/infer`: decodes the body, runs it, and answers
-/// with the outputs as JSON.
+/// `POST /v2/models/{name}[/versions/{v}]/infer`: decodes the body (a JSON request, or a JSON
+/// header and binary tensor data when `Inference-Header-Content-Length` says so), runs it,
+/// and answers with the outputs, those asked for in binary after a JSON header.
 pub async fn infer(
     predictor: &Predictor,
     name: &str,
     version: Option<&str>,
-    _headers: &HeaderMap,
+    headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response<Body>, Error> {
-    Ok(json_response(200, &infer_json(predictor, name, version, body).await?))
+    predictor.check_request_size(body.len())?;
+    let (header, data) = binary::split(headers, body)?;
+    let request = parse_request(header)?;
+    let id = request.id.clone();
+    let forms = OutputForms::of(&request)?;
+    let inference = predictor
+        .infer(name, version, |signature| decode_with_binary(request, data, signature))
+        .await?;
+    encode_response(InferResponse::new(inference, id), &forms)
+}
+
+/// Which outputs go in binary: each output's `parameters.binary_data` when given, else the
+/// request's `parameters.binary_data_output` (false by default).
+#[derive(Debug, Default)]
+struct OutputForms {
+    default: bool,
+    per_output: HashMap<String, bool>,
+}
+
+impl OutputForms {
+    fn of(request: &InferRequest) -> Result<Self, Error> {
+        let flag = |parameters: Option<&Map<String, Value>>, key: &str| match parameters
+            .and_then(|p| p.get(key))
+        {
+            None => Ok(None),
+            Some(Value::Bool(flag)) => Ok(Some(*flag)),
+            Some(other) => Err(Error::invalid_request(format!(
+                "parameter `{key}` must be true or false, not {other}"
+            ))),
+        };
+        let default = flag(request.parameters.as_ref(), "binary_data_output")?.unwrap_or(false);
+        let mut per_output = HashMap::new();
+        for output in request.outputs.iter().flatten() {
+            if let Some(binary) = flag(output.parameters.as_ref(), "binary_data")? {
+                per_output.insert(output.name.clone(), binary);
+            }
+        }
+        Ok(Self { default, per_output })
+    }
+
+    fn binary(&self, output: &str) -> bool {
+        self.per_output.get(output).copied().unwrap_or(self.default)
+    }
+}
+
+/// The answer: JSON when every output is in JSON; else the JSON header (binary outputs
+/// carrying `binary_data_size` instead of `data`) followed by their elements, as
+/// `application/octet-stream` with `Inference-Header-Content-Length`.
+fn encode_response(
+    mut response: InferResponse,
+    forms: &OutputForms,
+) -> Result<Response<Body>, Error> {
+    let mut data = Vec::new();
+    for output in &mut response.outputs {
+        if !forms.binary(&output.name) {
+            continue;
+        }
+        if let Some(elements) = output.data.take() {
+            output.parameters =
+                Some(OutputParameters { binary_data_size: binary::encoded_len(&elements) });
+            binary::encode(&elements, &mut data);
+        }
+    }
+    if response.outputs.iter().all(|output| output.parameters.is_none()) {
+        return Ok(json_response(200, &response));
+    }
+    let mut body =
+        json::to_vec(&response).map_err(|e| Error::internal("encoding a response", e))?;
+    let header_length = body.len();
+    body.extend_from_slice(&data);
+    Response::builder()
+        .status(200)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(binary::HEADER_LENGTH, header_length)
+        .body(Body::Binary(body))
+        .map_err(|e| Error::internal("building a response", e))
 }
 
 /// An inference request in the protocol's JSON form, answered in it.
@@ -159,22 +251,50 @@ pub fn parse_request(body: &[u8]) -> Result<InferRequest, Error> {
     json::from_slice(body).map_err(|e| Error::invalid_request(format!("invalid request body: {e}")))
 }
 
-/// Converts a request's inputs to named tensors, each checked against the model's input of
-/// that name as it is read; [`Signature::check`] checks the whole request.
+/// Converts a JSON request's inputs to named tensors, each checked against the model's input
+/// of that name as it is read; [`Signature::check`] checks the whole request.
 pub fn decode(request: InferRequest, signature: &Signature) -> Result<InferenceRequest, Error> {
+    decode_with_binary(request, &[], signature)
+}
+
+/// [`decode`], with `data` the binary tensor data that followed the JSON header: inputs with
+/// `parameters.binary_data_size` take their elements from it in request order, and all of it
+/// must be taken.
+pub fn decode_with_binary(
+    request: InferRequest,
+    data: &[u8],
+    signature: &Signature,
+) -> Result<InferenceRequest, Error> {
+    let mut chunks = binary::Chunks::new(data);
     let inputs = request
         .inputs
         .into_iter()
         .map(|input| {
             let spec = signature.input(&input.name)?;
-            decode_input(input, spec)
+            decode_input(input, spec, &mut chunks)
         })
         .collect::<Result<Vec<_>, _>>()?;
+    chunks.finish()?;
     let outputs = request.outputs.map(|outputs| outputs.into_iter().map(|o| o.name).collect());
     Ok(InferenceRequest { inputs, outputs })
 }
 
-fn decode_input(input: RequestInput, spec: &TensorSpec) -> Result<Tensor, Error> {
+/// The input's `parameters.binary_data_size`, if it has one.
+fn binary_data_size(input: &RequestInput) -> Result<Option<usize>, Error> {
+    let Some(size) = input.parameters.as_ref().and_then(|p| p.get("binary_data_size")) else {
+        return Ok(None);
+    };
+    let size = size.as_u64().and_then(|s| usize::try_from(s).ok());
+    size.map(Some).ok_or_else(|| {
+        Error::invalid_input(&input.name, "binary_data_size must be a non-negative integer")
+    })
+}
+
+fn decode_input(
+    input: RequestInput,
+    spec: &TensorSpec,
+    chunks: &mut binary::Chunks<'_>,
+) -> Result<Tensor, Error> {
     let bad = |problem: String| Error::invalid_input(&input.name, problem);
     let datatype: DataType = input.datatype.parse().map_err(|e| bad(format!("{e}")))?;
     spec.check_datatype(datatype)?;
@@ -191,7 +311,20 @@ fn decode_input(input: RequestInput, spec: &TensorSpec) -> Result<Tensor, Error>
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| bad(format!("shape {shape:?} has too many elements")))?;
-    let Value::Array(data) = &input.data else {
+    let data = match (binary_data_size(&input)?, &input.data) {
+        (Some(_), Some(_)) => {
+            return Err(bad("has both data and binary_data_size; give one".to_owned()))
+        }
+        (Some(size), None) => {
+            let data = binary::decode(datatype, count, chunks.take(&input.name, size)?);
+            return Ok(Tensor { data: data.map_err(bad)?, name: input.name, shape });
+        }
+        (None, None) => {
+            return Err(bad("has neither data (a JSON array) nor binary_data_size".to_owned()))
+        }
+        (None, Some(data)) => data,
+    };
+    let Value::Array(data) = data else {
         return Err(bad("data must be a JSON array".to_owned()));
     };
     let mut leaves = Vec::with_capacity(count.min(data.len().max(1) * 64));
@@ -261,7 +394,7 @@ mod tests {
             ),
             (
                 json!({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP16", "data": [1, 2]}]}),
-                "FP16 is not supported",
+                "datatype is FP16 but the model expects FP32",
             ),
             (
                 json!({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FLOAT", "data": [1, 2]}]}),
@@ -318,6 +451,129 @@ mod tests {
                 "{body}: got {message:?}, expected it to contain {expected:?}"
             );
         }
+    }
+
+    /// A request of a JSON header and binary data, as tritonclient sends it.
+    fn binary_request(header: Value, data: &[u8]) -> (HeaderMap, Vec<u8>) {
+        let mut body = header.to_string().into_bytes();
+        let mut headers = HeaderMap::new();
+        headers.insert(binary::HEADER_LENGTH, body.len().into());
+        body.extend_from_slice(data);
+        (headers, body)
+    }
+
+    fn decode_binary(header: Value, data: &[u8]) -> Result<CheckedRequest, Error> {
+        let (headers, body) = binary_request(header, data);
+        let (header, data) = binary::split(&headers, &body)?;
+        let signature = signature();
+        signature.check(decode_with_binary(parse_request(header)?, data, &signature)?)
+    }
+
+    #[test]
+    fn binary_inputs_decode_to_the_same_tensor_as_json() {
+        let floats: Vec<u8> =
+            [1.0f32, 2.5, 3.0, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let binary = decode_binary(
+            json!({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "parameters": {"binary_data_size": 16}}]}),
+            &floats,
+        )
+        .unwrap();
+        let json = decode_json(json!({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [1, 2.5, 3, 4]}]})).unwrap();
+        assert_eq!(binary, json);
+    }
+
+    #[test]
+    fn binary_mistakes_are_named() {
+        let x = |parameters: Value| json!({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "parameters": parameters}]});
+        let cases = [
+            (x(json!({"binary_data_size": 8})), &[0u8; 12][..], "4 bytes of binary data follow"),
+            (
+                x(json!({"binary_data_size": 12})),
+                &[0u8; 8][..],
+                "binary_data_size is 12 but only 8",
+            ),
+            (
+                x(json!({"binary_data_size": 4})),
+                &[0u8; 4][..],
+                "4 bytes of binary data are not 2 FP32",
+            ),
+            (x(json!({"binary_data_size": -4})), &[][..], "must be a non-negative integer"),
+            (x(json!({})), &[][..], "has neither data (a JSON array) nor binary_data_size"),
+            (
+                json!({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2], "parameters": {"binary_data_size": 8}}]}),
+                &[0u8; 8][..],
+                "has both data and binary_data_size",
+            ),
+        ];
+        for (header, data, expected) in cases {
+            let err = decode_binary(header.clone(), data).unwrap_err();
+            assert_eq!(err.status(), 400, "{err}");
+            assert!(
+                err.to_string().contains(expected),
+                "{header}: got {err}, expected {expected:?}"
+            );
+        }
+    }
+
+    fn response() -> InferResponse {
+        let outputs = vec![
+            Tensor { name: "y".into(), shape: vec![2, 1], data: TensorData::F32(vec![0.5, -1.0]) },
+            Tensor { name: "label".into(), shape: vec![2], data: TensorData::I64(vec![3, 4]) },
+        ];
+        InferResponse {
+            model_name: "m".into(),
+            model_version: "1".into(),
+            id: None,
+            outputs: outputs.into_iter().map(ResponseOutput::from).collect(),
+        }
+    }
+
+    fn forms(request: Value) -> OutputForms {
+        OutputForms::of(&parse_request(request.to_string().as_bytes()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn outputs_asked_for_in_binary_follow_the_json_header() {
+        let inputs = json!([{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]);
+        let forms = forms(
+            json!({"inputs": inputs, "outputs": [{"name": "y", "parameters": {"binary_data": true}}, {"name": "label"}]}),
+        );
+        let response = encode_response(response(), &forms).unwrap();
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/octet-stream");
+        let length: usize =
+            response.headers()[binary::HEADER_LENGTH].to_str().unwrap().parse().unwrap();
+        let body = response.body().as_ref();
+        let head: Value = serde_json::from_slice(&body[..length]).unwrap();
+        assert_eq!(
+            head["outputs"],
+            json!([
+                {"name": "y", "datatype": "FP32", "shape": [2, 1], "parameters": {"binary_data_size": 8}},
+                {"name": "label", "datatype": "INT64", "shape": [2], "data": [3, 4]},
+            ])
+        );
+        assert_eq!(body[length..], [0, 0, 0, 0x3f, 0, 0, 0x80, 0xbf]);
+    }
+
+    #[test]
+    fn binary_data_output_applies_to_outputs_without_their_own_choice() {
+        let inputs = json!([{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]);
+        let all = forms(json!({"inputs": inputs, "parameters": {"binary_data_output": true}}));
+        assert!(all.binary("y") && all.binary("label"));
+        let but_label = forms(
+            json!({"inputs": inputs, "parameters": {"binary_data_output": true}, "outputs": [{"name": "label", "parameters": {"binary_data": false}}]}),
+        );
+        assert!(but_label.binary("y") && !but_label.binary("label"));
+        let none = encode_response(response(), &forms(json!({"inputs": inputs}))).unwrap();
+        assert_eq!(none.headers()[header::CONTENT_TYPE], "application/json");
+        assert!(none.headers().get(binary::HEADER_LENGTH).is_none());
+        let request = parse_request(
+            json!({"inputs": inputs, "parameters": {"binary_data_output": 1}})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+        let err = OutputForms::of(&request).unwrap_err();
+        assert!(err.to_string().contains("`binary_data_output` must be true or false"), "{err}");
     }
 
     #[test]

@@ -3,9 +3,9 @@
 //! metadata. Its paths are parsed here, since `{name}:predict` is no route pattern.
 //!
 //! Shapes come from the JSON nesting; the model's signature gives each input's datatype (and
-//! checks its rank). Numeric datatypes only for now: a BYTES or FP16 input or output is
-//! refused, naming it (TensorFlow Serving writes BYTES values as `{"b64": "..."}`; see
-//! [`is_b64`] for where they will be read).
+//! checks its rank). BYTES elements are strings or `{"b64": "..."}` objects in requests;
+//! in answers, outputs whose name ends in `_bytes` are written as `{"b64": "..."}` (as
+//! TensorFlow Serving does), other BYTES outputs as strings. FP16 travels as numbers.
 
 use lambda_http::http::Method;
 use lambda_http::{Body, Response};
@@ -224,12 +224,6 @@ pub async fn predict(
 /// as it is read; [`Signature::check`] checks the whole request. Refuses models with outputs
 /// this codec cannot write, before running them.
 pub fn decode(form: Form, signature: &Signature) -> Result<InferenceRequest, Error> {
-    if let Some(spec) = signature.outputs.iter().find(|spec| !spec.datatype.is_supported()) {
-        return Err(Error::invalid_request(format!(
-            "output `{}` is {}, which the TensorFlow Serving API does not carry yet",
-            spec.name, spec.datatype
-        )));
-    }
     let inputs = match form {
         Form::Rows(rows) => decode_rows(rows, signature)?,
         Form::Columns(columns) => decode_columns(columns, signature)?,
@@ -237,11 +231,10 @@ pub fn decode(form: Form, signature: &Signature) -> Result<InferenceRequest, Err
     Ok(InferenceRequest { inputs, outputs: None })
 }
 
-/// A `{"b64": "..."}` value: how TensorFlow Serving writes the elements of BYTES tensors. It
-/// is told apart from an object of named inputs here; BYTES data is not decoded yet (such
-/// inputs are refused by their datatype before their values are read).
+/// A `{"b64": "..."}` value: how TensorFlow Serving writes the elements of BYTES tensors,
+/// told apart here from an object of named inputs.
 pub fn is_b64(value: &Value) -> bool {
-    matches!(value, Value::Object(map) if is_b64_map(map))
+    json::b64_text(value).is_some()
 }
 
 fn is_b64_map(map: &Map<String, Value>) -> bool {
@@ -424,8 +417,9 @@ impl Serialize for PredictResponse {
     }
 }
 
+/// A tensor as TensorFlow Serving writes it: BYTES outputs named `*_bytes` in base64.
 fn nested(tensor: &Tensor) -> Nested<'_> {
-    Nested::new(&tensor.data, &tensor.shape)
+    Nested::new(&tensor.data, &tensor.shape, tensor.name.ends_with("_bytes"))
 }
 
 /// `predictions`: the one output's rows, or one object per row with every output's row.
@@ -813,15 +807,21 @@ mod tests {
     }
 
     #[test]
-    fn bytes_inputs_and_outputs_are_refused_by_name() {
+    fn bytes_read_strings_and_b64_and_write_b64_for_bytes_named_outputs() {
         let mut strings = one_input();
         strings.inputs[0].datatype = DataType::Bytes;
-        let message = refusal(&strings, json!({"instances": [[{"b64": "aGk="}, {"b64": "aGk="}]]}));
-        assert!(message.contains("input `x`: datatype BYTES is not supported"), "{message}");
-        let mut labels = one_input();
-        labels.outputs.push(spec("label", DataType::Bytes, &[-1]));
-        let message = refusal(&labels, json!({"instances": [[1, 2]]}));
-        assert!(message.contains("output `label` is BYTES"), "{message}");
+        strings.inputs[0].shape = vec![-1];
+        let request = decoded(&strings, json!({"instances": [{"b64": "aGk="}, "yo"]})).unwrap();
+        assert_eq!(request.inputs[0].data, TensorData::Bytes(vec![b"hi".to_vec(), b"yo".to_vec()]));
+        let message = refusal(&strings, json!({"instances": [{"b64": "!!"}]}));
+        assert!(message.contains("not valid base64"), "{message}");
+        let data = TensorData::Bytes(vec![vec![0xff, 0x00], b"ok".to_vec()]);
+        let encoded = Tensor { name: "image_bytes".into(), shape: vec![2], data: data.clone() };
+        let text = Tensor { name: "label".into(), shape: vec![2], data };
+        let written = json::to_vec(&Columns(&[encoded, text])).unwrap();
+        let written = String::from_utf8(written).unwrap();
+        let expected = "{\"image_bytes\":[{\"b64\":\"/wA=\"},{\"b64\":\"b2s=\"}],\"label\":[\"\u{fffd}\\u0000\",\"ok\"]}";
+        assert_eq!(written, expected);
     }
 
     fn tensor(name: &str, shape: &[usize], data: TensorData) -> Tensor {

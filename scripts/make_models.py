@@ -319,6 +319,10 @@ def make_two_io() -> onnx.ModelProto:
         [float_value("y", ["batch", 4]),
          helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"])],
         initializer=[weight(rng, "Wa", (3, 4), 3), weight(rng, "Wb", (2, 4), 2), bias(rng, "c", 4)],
+    )
+    return finish_model(graph)
+
+
 def make_half() -> onnx.ModelProto:
     """A half-precision MLP: x FP16 [batch,8] -> Cast FP32 -> MatMul 8x16, Relu, MatMul 16x4 ->
     Cast FP16 -> y FP16 [batch,4]. The arithmetic is FP32 inside, as onnxruntime's CPU kernels
@@ -352,6 +356,8 @@ def make_half_plus_two() -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "half_plus_two", [float_value("x", ["batch"])],
                               [float_value("y", ["batch"])], initializer=[half, two])
     return finish_model(graph)
+
+
 SPECIES = ["setosa", "versicolor", "virginica"]
 
 

@@ -151,6 +151,9 @@ def fuzz(args, servers):
             "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
             "--phases", "examples,coverage,fuzzing", "--max-examples", str(args.examples),
             "--workers", "1", "--suppress-health-check", "all", "--seed", "1",
+            # Deliberate 501s (no tf.Example signatures): checked by the reach requests,
+            # while schemathesis's first check refuses every 5xx.
+            "--exclude-operation-id", "tfClassify", "--exclude-operation-id", "tfRegress",
         ]
         print("+", " ".join(command), flush=True)
         if subprocess.run(command).returncode != 0:

@@ -391,7 +391,7 @@ async fn predict_binary_answers_api_gateway_events_under_the_runtime_api() {
     let lines = log_lines(&predict);
     let loads = lines.iter().filter(|l| l["fields"]["message"] == "model loaded").count();
     assert_eq!(loads, 1, "{}", predict.log());
-    assert_reports_each_invocation(&lines, &[200, 200, 400, 400, 200]);
+    assert_reports_each_invocation(&lines, &[200, 200, 400, 400, 200, 200]);
     let protocols: Vec<&Value> = lines
         .iter()
         .filter(|l| l["fields"]["message"] == "request")

@@ -66,7 +66,7 @@ async fn servers_answer_as_the_openapi_document_says() {
     let (predict, upload) = (built_binary("predict"), built_binary("model-upload"));
     let caches: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let local = ["--store", store.path().to_str().unwrap()];
-    let limits = [("MAAS_MAX_BATCH", "64"), ("MAAS_MAX_RESPONSE_BYTES", "1300")];
+    let limits = [("MAAS_MAX_BATCH", "200"), ("MAAS_MAX_RESPONSE_BYTES", "1500")];
     let servers = [
         ("predict", start_binary(&predict, &local, &limits, &caches[0]).await),
         (

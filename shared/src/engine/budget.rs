@@ -347,8 +347,9 @@ mod tests {
     /// Allocates as tract does: a refused allocation is a panic.
     fn allocate_like_tract(bytes: usize) {
         let layout = Layout::from_size_align(bytes, 16).unwrap();
-        // SAFETY: a non-zero size; freed at once.
-        let ptr = unsafe { std::alloc::alloc(layout) };
+        // SAFETY: a non-zero size; freed at once. `black_box` keeps optimised builds from
+        // removing the pair, which would never reach the allocator.
+        let ptr = std::hint::black_box(unsafe { std::alloc::alloc(layout) });
         assert!(!ptr.is_null(), "failed to allocate {layout:?}");
         // SAFETY: allocated above with this layout.
         unsafe { std::alloc::dealloc(ptr, layout) };

@@ -6,10 +6,10 @@
 use std::sync::Arc;
 
 use lambda_http::Body;
-use maas_tests::{call, cases, fresh_s3_store, model_bytes, predictor, publish};
+use maas_tests::{call, cases, predictor};
 use serde_json::{json, Value};
 
-use crate::reference::{assert_matches_reference, MODELS};
+use crate::reference::{assert_matches_reference, serving_every_reference_model, MODELS};
 
 /// One tensor's elements in the binary form: little-endian, BYTES as 4-byte length + bytes.
 fn encode(datatype: &str, data: &[Value]) -> Vec<u8> {
@@ -111,12 +111,8 @@ fn binary_inputs(case: &maas_tests::Case) -> (Vec<Value>, Vec<u8>) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn binary_requests_give_the_numbers_json_requests_give() {
-    let store = Arc::new(fresh_s3_store().await);
     let cache = tempfile::tempdir().unwrap();
-    let predictor = predictor(store, &cache);
-    for model in MODELS {
-        publish(&predictor, model, 1, model_bytes(model)).await;
-    }
+    let predictor = serving_every_reference_model(&cache).await;
     let cases = cases();
     for case in cases.iter().filter(|c| MODELS.contains(&c.model.as_str())) {
         let path = format!("/v2/models/{}/infer", case.model);

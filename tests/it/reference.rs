@@ -79,6 +79,15 @@ pub fn assert_matches_within(case: &Case, served: &Value, tolerance: f64) {
     }
 }
 
+/// A predictor over a fresh S3 store with every reference model published as version 1.
+pub async fn serving_every_reference_model(cache: &tempfile::TempDir) -> maas::Predictor {
+    let predictor = predictor(Arc::new(fresh_s3_store().await), cache);
+    for model in MODELS {
+        publish(&predictor, model, 1, model_bytes(model)).await;
+    }
+    predictor
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn served_predictions_match_onnxruntime() {
     let store = Arc::new(fresh_s3_store().await);

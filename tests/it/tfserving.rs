@@ -9,12 +9,11 @@ use std::sync::Arc;
 use maas::names::{ModelId, Version};
 use maas::store::{MemoryStore, ObjectStore};
 use maas_tests::{
-    call, cases, fresh_s3_store, model_bytes, predictor, publish, request, s3_store_via, writer,
-    Case,
+    call, cases, model_bytes, predictor, publish, request, s3_store_via, writer, Case,
 };
 use serde_json::{json, Value};
 
-use crate::reference::{assert_matches_reference, MODELS};
+use crate::reference::{assert_matches_reference, serving_every_reference_model};
 
 /// Flat row-major `data` as nested lists following `shape` (a scalar for `[]`).
 pub fn nest(data: &[Value], shape: &[usize]) -> Value {
@@ -134,12 +133,8 @@ fn numbers(answer: &Value) -> Vec<(String, Value, Value)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rows_columns_and_the_open_inference_protocol_give_the_same_numbers() {
-    let store = Arc::new(fresh_s3_store().await);
     let cache = tempfile::tempdir().unwrap();
-    let predictor = predictor(store, &cache);
-    for model in MODELS {
-        publish(&predictor, model, 1, model_bytes(model)).await;
-    }
+    let predictor = serving_every_reference_model(&cache).await;
     let cases = cases();
     assert!(cases
         .iter()

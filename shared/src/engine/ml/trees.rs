@@ -1,38 +1,26 @@
-//! ONNX-ML operators maas registers in tract's ONNX operator registry: tree ensembles
-//! (`TreeEnsembleClassifier`, `TreeEnsembleRegressor`) evaluated over flat node arrays, and
-//! `ZipMap`.
+//! Tree ensembles (`TreeEnsembleClassifier`, `TreeEnsembleRegressor`) evaluated over flat node
+//! arrays.
 //!
-//! tract 0.23 has no `TreeEnsembleRegressor` and no `ZipMap`, and its classifier was 90-860×
-//! slower than onnxruntime on scikit-learn's iris forests. Here a forest is one array of
-//! fixed-size nodes walked with plain indices, every leaf's weights a range of one array: no
-//! allocation per row or per node, and a batch is scored tree by tree. Results follow the
-//! ONNX-ML specification as onnxruntime implements it (scores summed in tree order, base
-//! values added, then the post transform; labels from the first highest score, or by
-//! threshold for two classes scored in one column), checked against onnxruntime by the model
-//! zoo test. Labels may be integers or strings (`classlabels_strings`, which scikit-learn
-//! writes for a classifier trained on string labels and tract's own classifier cannot type).
-//!
-//! `ZipMap` turns class probabilities into a sequence of `{label: probability}` maps, a type
-//! tract and the Open Inference Protocol do not carry: here it passes the probabilities
-//! through as a `[batch, classes]` tensor whose columns follow the ZipMap's class labels
-//! (the classifier's label order).
+//! tract 0.23 has no `TreeEnsembleRegressor`, and its classifier was 90-860× slower than
+//! onnxruntime on scikit-learn's iris forests. Here a forest is one array of fixed-size nodes
+//! walked with plain indices, every leaf's weights a range of one array: no allocation per row
+//! or per node, and a batch is scored tree by tree. Results follow the ONNX-ML specification as
+//! onnxruntime implements it (scores summed in tree order, base values added, then the post
+//! transform; labels from the first highest score, or by threshold for two classes scored in
+//! one column), checked against onnxruntime by the model zoo test. Labels may be integers or
+//! strings (`classlabels_strings`, which scikit-learn writes for a classifier trained on string
+//! labels and tract's own classifier cannot type).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tract_onnx::model::{OnnxOpRegister, ParsingContext};
-use tract_onnx::pb::{NodeProto, TensorProto};
+use tract_onnx::model::ParsingContext;
+use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 
-pub(super) fn register(ops: &mut OnnxOpRegister) {
-    ops.insert("TreeEnsembleClassifier", classifier);
-    ops.insert("TreeEnsembleRegressor", regressor);
-    ops.insert("ZipMap", zipmap);
-}
+use super::{floats, tract_builder, Built};
 
-type Built = TractResult<(Box<dyn InferenceOp>, Vec<String>)>;
-
-fn classifier(ctx: &ParsingContext, node: &NodeProto) -> Built {
+pub(super) fn classifier(ctx: &ParsingContext, node: &NodeProto) -> Built {
     let ints = node.get_attr_opt_slice::<i64>("classlabels_int64s")?;
     let strings = node.get_attr_opt_tvec::<&str>("classlabels_strings")?;
     let labels = match (ints, strings) {
@@ -75,29 +63,11 @@ fn binary(ctx: &ParsingContext, node: &NodeProto, labels: Labels) -> Option<Tree
     Some(TreeEnsemble { forest: Arc::new(forest), head: Head::Binary { labels, rule } })
 }
 
-fn regressor(ctx: &ParsingContext, node: &NodeProto) -> Built {
+pub(super) fn regressor(ctx: &ParsingContext, node: &NodeProto) -> Built {
     let targets = node.get_attr::<usize>("n_targets")?;
     node.expect_attr("n_targets", targets > 0, "at least one target")?;
     let forest = Forest::parse(ctx, node, Kind::Regressor { targets })?;
     Ok((expand(TreeEnsemble { forest: Arc::new(forest), head: Head::Regressor }), vec![]))
-}
-
-fn zipmap(_ctx: &ParsingContext, node: &NodeProto) -> Built {
-    let ints = node.get_attr_opt_slice::<i64>("classlabels_int64s")?.map(<[i64]>::len);
-    let strings = node.get_attr_opt_tvec::<&str>("classlabels_strings")?.map(|s| s.len());
-    let classes = ints.or(strings).filter(|&n| n > 0);
-    let classes = node.expect_ok_or_else(classes, "class labels")?;
-    Ok((expand(ZipMap { classes }), vec![]))
-}
-
-/// The builder tract registers for `op`, for the cases maas leaves to tract.
-fn tract_builder(op: &str) -> TractResult<fn(&ParsingContext, &NodeProto) -> Built> {
-    tract_onnx::onnx()
-        .op_register
-        .0
-        .get(op)
-        .copied()
-        .with_context(|| format!("tract has no builder for {op}"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,20 +157,6 @@ struct Forest {
     aggregate: Aggregate,
     base: Vec<f32>,
     post: PostTransform,
-}
-
-/// The attributes of one ONNX-ML node, as lists of floats whether written as `name` or as
-/// `name_as_tensor` (which ML opset 3 added for double precision).
-fn floats(ctx: &ParsingContext, node: &NodeProto, name: &str) -> TractResult<Option<Vec<f32>>> {
-    if let Some(values) = node.get_attr_opt_slice::<f32>(name)? {
-        return Ok(Some(values.to_vec()));
-    }
-    let Some(tensor) = node.get_attr_opt::<&TensorProto>(&format!("{name}_as_tensor"))? else {
-        return Ok(None);
-    };
-    let tensor = ctx.load_tensor(tensor)?;
-    let values = tensor.cast_to::<f32>()?;
-    Ok(Some(values.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()))
 }
 
 fn ints<'a>(node: &'a NodeProto, name: &str, len: usize) -> TractResult<&'a [i64]> {
@@ -696,43 +652,6 @@ impl Expansion for TreeEnsemble {
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
         model.wire_node(prefix, self.clone(), inputs)
-    }
-}
-
-/// `ZipMap`: the probabilities pass through unchanged, `[batch, classes]`.
-#[derive(Debug, Clone)]
-struct ZipMap {
-    classes: usize,
-}
-
-impl Expansion for ZipMap {
-    fn name(&self) -> StaticName {
-        "ZipMap".into()
-    }
-
-    fn rules<'r, 'p: 'r, 's: 'r>(
-        &'s self,
-        s: &mut Solver<'r>,
-        inputs: &'p [TensorProxy],
-        outputs: &'p [TensorProxy],
-    ) -> InferenceResult {
-        check_input_arity(inputs, 1)?;
-        check_output_arity(outputs, 1)?;
-        s.equals(&inputs[0].datum_type, f32::datum_type())?;
-        s.equals(&inputs[0].rank, 2)?;
-        s.equals(&inputs[0].shape[1], self.classes.to_dim())?;
-        s.equals(&outputs[0].datum_type, &inputs[0].datum_type)?;
-        s.equals(&outputs[0].shape, &inputs[0].shape)?;
-        Ok(())
-    }
-
-    fn wire(
-        &self,
-        _prefix: &str,
-        _model: &mut TypedModel,
-        inputs: &[OutletId],
-    ) -> TractResult<TVec<OutletId>> {
-        Ok(inputs.into())
     }
 }
 

@@ -82,9 +82,8 @@ def train_and_export(features: np.ndarray, labels: np.ndarray) -> bytes:
         name=MODEL,
         initial_types=[("float_input", FloatTensorType([None, len(FEATURES)]))],
         target_opset={"": 17, "ai.onnx.ml": 3},
-        # skl2onnx writes a scaler as ai.onnx.ml's Scaler by default, which tract does not
-        # implement (model-upload refuses it, naming the operator); `div` writes Sub and Div.
-        options={id(scaler): {"div": "div"}, id(mlp): {"zipmap": False}},
+        # The scaler as skl2onnx writes it by default: ai.onnx.ml's Scaler.
+        options={id(mlp): {"zipmap": False}},
     )
     return model.SerializeToString()
 

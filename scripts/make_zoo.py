@@ -14,6 +14,8 @@ inputs at two batch sizes and onnxruntime's outputs for them, the independent re
           sk_forest_binary, sk_boosting_binary: the same on breast_cancer (two classes)
           sk_forest_reg    RandomForestRegressor on diabetes (100 trees)
           sk_boosting_reg  GradientBoostingRegressor on diabetes (100 rounds)
+          sk_scaled_mlp    Pipeline(StandardScaler, MLPClassifier) on breast_cancer: the
+                           scaler as ai.onnx.ml's Scaler
           sk_forest_tensor, sk_boosting_tensor: the two classifiers with zipmap=False, which
                            stock tract loads (its tree speed, before and after, in the report)
         tree_{average,min,max}_reg  sk_boosting_reg with another aggregate_function
@@ -104,6 +106,10 @@ def sklearn_models() -> dict[str, tuple[onnx.ModelProto, str]]:
     from sklearn.ensemble import (GradientBoostingClassifier, GradientBoostingRegressor,
                                   RandomForestClassifier, RandomForestRegressor)
     from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    scaled_mlp = make_pipeline(StandardScaler(), MLPClassifier(max_iter=500, random_state=0))
     estimators = {
         "sk_logistic": (LogisticRegression(max_iter=1000), iris),
         "sk_forest": (RandomForestClassifier(random_state=0), iris),
@@ -112,6 +118,7 @@ def sklearn_models() -> dict[str, tuple[onnx.ModelProto, str]]:
         "sk_boosting_binary": (GradientBoostingClassifier(random_state=0), breast_cancer),
         "sk_forest_reg": (RandomForestRegressor(random_state=0), diabetes),
         "sk_boosting_reg": (GradientBoostingRegressor(random_state=0), diabetes),
+        "sk_scaled_mlp": (scaled_mlp, breast_cancer),
     }
     models = {}
     for name, (estimator, dataset) in estimators.items():
@@ -129,7 +136,8 @@ def sklearn_models() -> dict[str, tuple[onnx.ModelProto, str]]:
 def sklearn_inputs(name: str, batch: int, session) -> dict[str, np.ndarray]:
     """Real rows plus a little noise. For classifiers, rows whose two best probabilities are
     within 0.05 are skipped, so the expected label never hangs on float rounding."""
-    x, _ = (diabetes if "_reg" in name else breast_cancer if "_binary" in name else iris)()
+    two_classes = "_binary" in name or name == "sk_scaled_mlp"
+    x, _ = (diabetes if "_reg" in name else breast_cancer if two_classes else iris)()
     rng = rng_for(f"{name}-input-{batch}")
     rows = []
     while len(rows) < batch:

@@ -36,6 +36,7 @@ const REQUIRED: &[&str] = &[
     "sk_boosting_binary",
     "sk_forest_reg",
     "sk_boosting_reg",
+    "sk_scaled_mlp",
     "onnx_if",
     "torch_mlp_legacy",
     "torch_mlp_dynamo",

@@ -1,7 +1,9 @@
 //! ONNX-ML operators maas registers in tract's ONNX operator registry, where tract 0.23 has
-//! none or a slow one: tree ensembles ([`trees`]) and `ZipMap` ([`zipmap`]). Each follows the ONNX-ML specification as onnxruntime implements it; the
+//! none or a slow one: tree ensembles ([`trees`]), `ZipMap` ([`zipmap`]) and `Scaler`
+//! ([`scaler`]). Each follows the ONNX-ML specification as onnxruntime implements it; the
 //! model zoo test compares them with onnxruntime on scikit-learn's exports.
 
+mod scaler;
 mod trees;
 mod zipmap;
 
@@ -13,6 +15,7 @@ pub(super) fn register(ops: &mut OnnxOpRegister) {
     ops.insert("TreeEnsembleClassifier", trees::classifier);
     ops.insert("TreeEnsembleRegressor", trees::regressor);
     ops.insert("ZipMap", zipmap::zipmap);
+    ops.insert("Scaler", scaler::scaler);
 }
 
 /// What an operator builder returns: the operator, and names of extra outputs (none here).

@@ -15,12 +15,14 @@ Exits 1 with every problem listed.
 
 import argparse
 import copy
+import gzip
 import json
 import re
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 import jsonschema
@@ -80,10 +82,22 @@ def body_of(options, args):
     return None, None
 
 
-def send(url, method, body, content_type):
+def encode(body, encoding):
+    """`body` sent with `Content-Encoding: encoding`: compressed for gzip and deflate, as it is
+    for encodings maas refuses anyway."""
+    if encoding == "gzip":
+        return gzip.compress(body)
+    if encoding == "deflate":
+        return zlib.compress(body)
+    return body
+
+
+def send(url, method, body, content_type, encoding=None):
     request = urllib.request.Request(url, data=body, method=method)
     if content_type:
         request.add_header("content-type", content_type)
+    if encoding:
+        request.add_header("content-encoding", encoding)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, response.headers, response.read()
@@ -103,8 +117,11 @@ def reach(spec, args, servers):
         options = step[4] if len(step) > 4 else {}
         path = substitute(path, saved)
         body, content_type = body_of(options, args)
+        encoding = options.get("encoding")
+        if encoding:
+            body = encode(body, encoding)
         url = path if server == "presigned" else servers[server] + path
-        got, headers, answer = send(url, method, body, content_type)
+        got, headers, answer = send(url, method, body, content_type, encoding)
         label = f"{server} {method} {path}"
         if got != status:
             problems.append(f"{label}: got {got}, expected {status}: {answer[:300]!r}")

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gzip
 import json
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -409,6 +411,30 @@ for what, raw, error in [
 ]:
     case("predict", "base64", f"decodes-to-{what}", "POST", INFER, 400, error,
          body_base64=base64.b64encode(raw).decode())
+
+# ------------------------------------------------------------------ predict: compressed bodies
+for what, encoding, raw, status, error in [
+    ("gzip-not-gzip", "gzip", GOOD.encode(), 400, "not valid gzip data"),
+    ("gzip-truncated", "gzip", gzip.compress(GOOD.encode(), mtime=0)[:-8], 400, "not valid gzip data"),
+    ("deflate-is-gzip", "deflate", gzip.compress(GOOD.encode(), mtime=0), 400, "not valid deflate data"),
+    ("gzip-of-bad-json", "gzip", gzip.compress(b'{"inputs": [', mtime=0), 400, "EOF while parsing"),
+    ("gzip-of-wrong-datatype", "gzip", gzip.compress(json.dumps(iris([1, 4], ROW, datatype="FP64")).encode(), mtime=0),
+     400, "datatype is FP64"),
+    ("deflate-bomb", "deflate", zlib.compress(b" " * (REQUEST_LIMIT + 1), 9), 413,
+     f"inflates to more than {REQUEST_LIMIT} bytes"),
+    ("gzip-bomb", "gzip", gzip.compress(b" " * (REQUEST_LIMIT + 1), 9, mtime=0), 413,
+     f"inflates to more than {REQUEST_LIMIT} bytes"),
+    ("brotli", "br", GOOD.encode(), 415, "Content-Encoding `br` is not supported"),
+    ("two-encodings", "gzip, gzip", gzip.compress(gzip.compress(GOOD.encode(), mtime=0), mtime=0), 415,
+     "Content-Encoding `gzip, gzip` is not supported"),
+]:
+    case("predict", "encoding", what, "POST", INFER, status, error,
+         body_base64=base64.b64encode(raw).decode(),
+         headers={**JSON, "content-encoding": encoding})
+case("predict", "encoding", "tfserving-gzip-of-bad-row", "POST", "/v1/models/iris:predict", 400,
+     "does not match the model's shape [-1, 4]",
+     body_base64=base64.b64encode(gzip.compress(b'{"instances": [1.0]}', mtime=0)).decode(),
+     headers={**JSON, "content-encoding": "gzip"})
 
 # ------------------------------------------------------------------ TensorFlow Serving REST API
 TF_PREDICT = "/v1/models/iris:predict"

@@ -75,6 +75,14 @@ pub enum Error {
     #[error("{what} is {size} bytes, over the limit of {limit} bytes")]
     PayloadTooLarge { what: &'static str, size: u64, limit: u64 },
 
+    /// A compressed request body inflates past the request body limit.
+    #[error("the request body inflates to more than {limit} bytes, the limit of a request body")]
+    InflatesTooLarge { limit: u64 },
+
+    /// The request body is encoded (`Content-Encoding`) in a way maas does not decode.
+    #[error("Content-Encoding `{encoding}` is not supported; send the body as it is (identity), or compressed with gzip or deflate")]
+    UnsupportedEncoding { encoding: String },
+
     /// A request asks for more than a configured limit allows (rows, elements).
     #[error("{what} is {size}, over the limit of {limit} ({variable})")]
     OverLimit { what: &'static str, size: u64, limit: u64, variable: &'static str },
@@ -147,7 +155,9 @@ impl Error {
             Error::Conflict { .. } => 409,
             Error::PayloadTooLarge { .. }
             | Error::OverLimit { .. }
-            | Error::ResponseTooLarge { .. } => 413,
+            | Error::ResponseTooLarge { .. }
+            | Error::InflatesTooLarge { .. } => 413,
+            Error::UnsupportedEncoding { .. } => 415,
             Error::InvalidModel { .. }
             | Error::InferenceRejected { .. }
             | Error::OverBudget { .. } => 422,
@@ -211,6 +221,8 @@ impl Error {
             Error::Unsupported { .. } => "Unsupported",
             Error::PayloadTooLarge { .. } => "PayloadTooLarge",
             Error::OverLimit { .. } => "OverLimit",
+            Error::InflatesTooLarge { .. } => "InflatesTooLarge",
+            Error::UnsupportedEncoding { .. } => "UnsupportedEncoding",
             Error::ResponseTooLarge { .. } => "ResponseTooLarge",
             Error::StoreUnavailable { .. } => "StoreUnavailable",
             Error::Store { .. } => "StoreFailure",

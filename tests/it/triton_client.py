@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Drives a running `predict serve` with the official Triton HTTP client (tritonclient[http]),
 as a user would: liveness, server and model metadata, and inference with the client's defaults
-(binary inputs and outputs), with JSON inputs and outputs, and with output selection mixing
-both. Every answer is checked against onnxruntime's (the reference cases written by
+(binary inputs and outputs), with JSON inputs and outputs, with output selection mixing
+both, and with compressed (gzip, deflate) request bodies. Every answer is checked against onnxruntime's (the reference cases written by
 scripts/make_models.py): floats within 1e-4 relative (absolute below 1), the rest equal.
 
     triton_client.py ADDRESS CASES_JSON MODEL...
@@ -54,9 +54,10 @@ def check(what: str, got: np.ndarray | None, expected: dict) -> None:
 
 
 def infer(client: httpclient.InferenceServerClient, case: dict, binary_inputs: bool,
-          outputs: list[tuple[str, bool]] | None) -> None:
+          outputs: list[tuple[str, bool]] | None, compression: str | None = None) -> None:
     """One inference; `outputs` None leaves the client's default (every output, binary),
-    else each (name, binary) is asked for."""
+    else each (name, binary) is asked for. `compression` compresses the request body (and asks
+    for a compressed response, which maas does not send: the client must cope)."""
     inputs = []
     for tensor in case["inputs"]:
         given = httpclient.InferInput(tensor["name"], tensor["shape"], tensor["datatype"])
@@ -66,9 +67,12 @@ def infer(client: httpclient.InferenceServerClient, case: dict, binary_inputs: b
         httpclient.InferRequestedOutput(name, binary_data=binary) for name, binary in outputs]
     body, header_length = httpclient.InferenceServerClient.generate_request_body(
         inputs, outputs=requested)
-    result = client.infer(case["model"], inputs, outputs=requested)
+    result = client.infer(case["model"], inputs, outputs=requested,
+                          request_compression_algorithm=compression,
+                          response_compression_algorithm=compression)
     response = result.get_response()
-    what = f"{case['model']} batch {case['batch']} binary inputs {binary_inputs} outputs {outputs}"
+    what = (f"{case['model']} batch {case['batch']} binary inputs {binary_inputs} outputs {outputs}"
+            f" compression {compression}")
     expected = {o["name"]: o for o in case["outputs"]}
     names = [name for name, _ in outputs] if outputs is not None else list(expected)
     if [o["name"] for o in response["outputs"]] != names:
@@ -81,7 +85,7 @@ def infer(client: httpclient.InferenceServerClient, case: dict, binary_inputs: b
         check(what, result.as_numpy(output["name"]), expected[output["name"]])
     print(json.dumps({
         "model": case["model"], "batch": case["batch"], "binary_inputs": binary_inputs,
-        "outputs": "default" if outputs is None else outputs,
+        "outputs": "default" if outputs is None else outputs, "compression": compression,
         "sent": {"body_bytes": len(body), "inference_header_content_length": header_length},
         "got": {"header": response, "binary_outputs": [
             o["name"] for o in response["outputs"] if "binary_data_size" in o.get("parameters", {})]},
@@ -115,6 +119,8 @@ def main() -> None:
         infer(client, case, binary_inputs=True, outputs=[(names[-1], False)])
         infer(client, case, binary_inputs=False,
               outputs=[(n, i % 2 == 0) for i, n in enumerate(reversed(names))])
+        for compression in ("gzip", "deflate"):
+            infer(client, case, binary_inputs=True, outputs=None, compression=compression)
     # A mistake comes back as the client's exception with maas's message.
     case = cases[0]
     wrong = httpclient.InferInput(case["inputs"][0]["name"], [1, 1], "FP64")
@@ -127,7 +133,7 @@ def main() -> None:
             sys.exit(f"the error does not name the datatype: {err}")
     else:
         sys.exit("an FP64 input was accepted")
-    print(f"tritonclient: {len(cases) * 4 + 1} requests answered as expected")
+    print(f"tritonclient: {len(cases) * 6 + 1} requests answered as expected")
 
 
 if __name__ == "__main__":

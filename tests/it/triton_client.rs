@@ -38,13 +38,15 @@ async fn tritonclient_gets_onnxruntimes_answers_in_binary_and_json() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "triton_client.py failed:\n{stdout}\n{stderr}");
-    // Every case was asked four ways, and the binary form was used where asked.
+    // Every case was asked six ways (two of them compressed, gzip and deflate), and the
+    // binary form was used where asked.
     let lines: Vec<serde_json::Value> =
         stdout.lines().filter_map(|line| serde_json::from_str(line).ok()).collect();
-    let binary_answers = lines
-        .iter()
-        .filter(|l| l["got"]["binary_outputs"].as_array().is_some_and(|b| !b.is_empty()))
-        .count();
-    assert_eq!(lines.len(), 2 * 4 * MODELS.len() + 1, "{stdout}");
-    assert_eq!(binary_answers, 2 * 2 * MODELS.len(), "{stdout}");
+    let count =
+        |what: &dyn Fn(&serde_json::Value) -> bool| lines.iter().filter(|l| what(l)).count();
+    let binary_answers =
+        count(&|l| l["got"]["binary_outputs"].as_array().is_some_and(|b| !b.is_empty()));
+    assert_eq!(lines.len(), 2 * 6 * MODELS.len() + 1, "{stdout}");
+    assert_eq!(binary_answers, 2 * 4 * MODELS.len(), "{stdout}");
+    assert_eq!(count(&|l| l["compression"].is_string()), 2 * 2 * MODELS.len(), "{stdout}");
 }

@@ -7,7 +7,7 @@ use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
 use maas::http::{error_response, json_response, Routes};
 use maas::protocol::oip::{self, ModelMetadata, ServerMetadata};
-use maas::protocol::tfserving;
+use maas::protocol::{encoding, tfserving};
 use maas::Predictor;
 use serde_json::json;
 
@@ -43,7 +43,8 @@ static ROUTES: LazyLock<Routes<Action>> = LazyLock::new(|| {
 });
 
 /// Answers one request. Never fails: every error becomes a JSON error response.
-/// `{version}` may be a number, `latest` or an alias.
+/// `{version}` may be a number, `latest` or an alias. Compressed bodies are inflated first
+/// (`Content-Encoding`, [`encoding::decode`]).
 pub async fn handle(predictor: &Predictor, request: Request) -> Response<Body> {
     let matched = match ROUTES.find(&request) {
         Ok(matched) => matched,
@@ -52,6 +53,8 @@ pub async fn handle(predictor: &Predictor, request: Request) -> Response<Body> {
     let named = matched.params.get("name");
     let name = named.unwrap_or_default();
     let version = matched.params.get("version");
+    let limit = predictor.limits().max_request_bytes;
+    let body = || encoding::decode(request.headers(), request.body(), limit);
     let result = match matched.action {
         Action::Server => Ok(json_response(200, &ServerMetadata::current())),
         Action::Live => Ok(json_response(200, &json!({ "live": true }))),
@@ -68,13 +71,17 @@ pub async fn handle(predictor: &Predictor, request: Request) -> Response<Body> {
             )
         }),
         Action::Stats => predictor.stats(named, version).await.map(|s| json_response(200, &s)),
-        Action::Infer => {
-            oip::infer(predictor, name, version, request.headers(), request.body()).await
-        }
-        Action::TfServing => {
-            let rest = matched.params.get("rest").unwrap_or_default();
-            tfserving::handle(predictor, request.method(), rest, request.body()).await
-        }
+        Action::Infer => match body() {
+            Ok(body) => oip::infer(predictor, name, version, request.headers(), &body).await,
+            Err(err) => Err(err),
+        },
+        Action::TfServing => match body() {
+            Ok(body) => {
+                let rest = matched.params.get("rest").unwrap_or_default();
+                tfserving::handle(predictor, request.method(), rest, &body).await
+            }
+            Err(err) => Err(err),
+        },
     };
     result.unwrap_or_else(|err| error_response(&err))
 }

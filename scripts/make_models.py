@@ -40,6 +40,8 @@ seeds, fixed timestamps), so re-running it gives byte-identical files.
     python scripts/make_models.py large --out DIR
         DIR/large_mlp.onnx  MLP: x [N,1024] -> 8 Gemm 1024x1024, Relu between -> y [N,1024] (32 MB)
         DIR/large_cnn.onnx  ResNet-like CNN: image [N,3,64,64] -> logits [N,100] (8 MB)
+    python scripts/make_models.py huge --out DIR
+        DIR/huge_mlp.onnx   MLP: x [N,2048] -> 19 Gemm 2048x2048, Relu between -> y [N,2048] (304 MB)
         for benchmarks, not the tests.
 
 Every mode checks each model meant to be served with onnx.checker, runs it with
@@ -865,6 +867,15 @@ def make_large_set(out: Path) -> None:
     print(f"wrote {', '.join(f'{n}.onnx' for n in models)} to {out}")
 
 
+def make_huge_set(out: Path) -> None:
+    """One model of at least 300 MB for cold-start benchmarks (scripts/bench.sh), checked
+    against onnxruntime like the large ones."""
+    model = make_mlp("huge_mlp", (2048,) * 20)
+    cases = [uniform_inputs(model, batch) for batch in LARGE_BATCH_SIZES]
+    save_and_verify(model, out / "huge_mlp.onnx", cases, LARGE_TOLERANCE)
+    print(f"wrote huge_mlp.onnx to {out}")
+
+
 def make_example(out: Path) -> None:
     model = make_forest(n_estimators=5, max_depth=3)
     model_dir = out / "models" / "iris" / "1"
@@ -897,14 +908,16 @@ def make_example(out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=["test", "example", "large"],
+    parser.add_argument("mode", choices=["test", "example", "large", "huge"],
                         help="test: models, cases.json and refusal corpus for the test suite; "
                              "example: the iris model and manifest shipped for the local server; "
-                             "large: bigger models for benchmarks")
+                             "large: bigger models for benchmarks; huge: one of 304 MB")
     parser.add_argument("--out", type=Path, required=True, help="directory to write into")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    {"test": make_test_set, "example": make_example, "large": make_large_set}[args.mode](args.out)
+    modes = {"test": make_test_set, "example": make_example, "large": make_large_set,
+             "huge": make_huge_set}
+    modes[args.mode](args.out)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A peer for benchmarking maas: one ONNX model served the way a typical Python Lambda does it.
+"""THE COMPARISON, not part of maas: one ONNX model served the way a typical Python Lambda does it.
 
 Init (module import + main): import boto3, numpy and onnxruntime, create the S3 client.
 First request: download models/<name>/<version>/model.onnx from S3 into a local directory
@@ -20,6 +20,14 @@ Lambda would take, not a feature-for-feature copy of maas.
     python scripts/peer_onnxruntime_server.py --addr 127.0.0.1:8081 --store s3://bucket/prefix \
         --model iris --version 1 --cache-dir /tmp/peer-cache
 
+As a Lambda function (--lambda, what scripts/bench.sh runs): the model is downloaded to
+--cache-dir (/tmp on Lambda) with boto3 and its InferenceSession opened at init, as module-level
+code of a Python handler does, then a runtime loop takes API Gateway HTTP API events from the
+Runtime API at AWS_LAMBDA_RUNTIME_API (GET .../invocation/next) and posts each answer back.
+
+    AWS_LAMBDA_RUNTIME_API=127.0.0.1:9001/.rt/peer python scripts/peer_onnxruntime_server.py \
+        --lambda --store s3://bucket/prefix --model iris --version 1 --cache-dir /tmp
+
 S3 endpoint, region and credentials come from the standard AWS variables (AWS_ENDPOINT_URL,
 AWS_REGION, ...); MAAS_S3_FORCE_PATH_STYLE=true selects path-style addressing, as for maas.
 """
@@ -27,11 +35,13 @@ AWS_REGION, ...); MAAS_S3_FORCE_PATH_STYLE=true selects path-style addressing, a
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sys
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -96,6 +106,42 @@ class Model:
         return response
 
 
+def answer(model: Model, path: str, body: bytes) -> tuple[int, dict]:
+    """The status and JSON body for one request, as the local server and the Lambda share."""
+    parts = path.strip("/").split("/")
+    if not (parts in (["v2", "models", model.name, "infer"],
+                      ["v2", "models", model.name, "versions", model.version, "infer"])):
+        return 404, {"error": f"no route {path}"}
+    try:
+        request = json.loads(body)
+    except ValueError as err:
+        return 400, {"error": f"malformed JSON: {err}"}
+    try:
+        return 200, model.infer(request)
+    except (KeyError, TypeError, ValueError) as err:
+        return 400, {"error": f"bad request: {err!r}"}
+    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types
+        log("request failed", error=repr(err))
+        return 500, {"error": "internal error"}
+
+
+def run_lambda(model: Model) -> None:
+    """The Lambda runtime loop: next event, answer, forever (the process is stopped from outside)."""
+    api = os.environ["AWS_LAMBDA_RUNTIME_API"]
+    base = (api if api.startswith("http") else f"http://{api}") + "/2018-06-01/runtime/invocation"
+    while True:
+        with urllib.request.urlopen(f"{base}/next", timeout=None) as response:
+            request_id = response.headers["lambda-runtime-aws-request-id"]
+            event = json.loads(response.read())
+        body = event.get("body") or ""
+        body = base64.b64decode(body) if event.get("isBase64Encoded") else body.encode()
+        status, result = answer(model, event.get("rawPath", "/"), body)
+        reply = json.dumps({"statusCode": status, "headers": {"content-type": "application/json"},
+                            "body": json.dumps(result, separators=(",", ":"))}).encode()
+        post = urllib.request.Request(f"{base}/{request_id}/response", data=reply, method="POST")
+        urllib.request.urlopen(post).read()
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like maas's server
     disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
@@ -103,22 +149,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        parts = self.path.strip("/").split("/")
-        m = self.model
-        if not (parts in (["v2", "models", m.name, "infer"],
-                          ["v2", "models", m.name, "versions", m.version, "infer"])):
-            return self.reply(404, {"error": f"no route {self.path}"})
-        try:
-            request = json.loads(body)
-        except ValueError as err:
-            return self.reply(400, {"error": f"malformed JSON: {err}"})
-        try:
-            self.reply(200, m.infer(request))
-        except (KeyError, TypeError, ValueError) as err:
-            self.reply(400, {"error": f"bad request: {err!r}"})
-        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types
-            log("request failed", error=repr(err))
-            self.reply(500, {"error": "internal error"})
+        self.reply(*answer(self.model, self.path, body))
 
     def reply(self, status: int, body: dict) -> None:
         data = json.dumps(body, separators=(",", ":")).encode()
@@ -135,6 +166,8 @@ class Handler(BaseHTTPRequestHandler):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--addr", default="127.0.0.1:8081", help="HOST:PORT to listen on")
+    parser.add_argument("--lambda", dest="in_lambda", action="store_true",
+                        help="run as a Lambda function: fetch and load at init, then the runtime loop")
     parser.add_argument("--store", required=True, help="s3://bucket[/prefix]")
     parser.add_argument("--model", default="iris")
     parser.add_argument("--version", default="1")
@@ -148,6 +181,9 @@ def main() -> None:
     s3 = boto3.client("s3", config=Config(s3={"addressing_style": "path" if path_style else "auto"}))
 
     Handler.model = Model(s3, bucket, prefix.strip("/"), args.model, args.version, args.cache_dir)
+    if args.in_lambda:
+        Handler.model.get_session()  # init: download to /tmp, open the session
+        return run_lambda(Handler.model)
     host, _, port = args.addr.rpartition(":")
     server = ThreadingHTTPServer((host, int(port)), Handler)
     log("serving locally", address=args.addr)

@@ -16,13 +16,7 @@ hostile="$root/target/hostile"
 step() { printf '\n== %s\n' "$*"; }
 
 step "Python venv ($venv)"
-stamp="$venv/.requirements.sha256"
-want=$(sha256sum scripts/requirements.txt | cut -d' ' -f1)
-if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements.txt
-  echo "$want" > "$stamp"
-fi
+scripts/venv.sh "$venv"
 
 step "Reference models and onnxruntime outputs ($models)"
 "$venv/bin/python" scripts/make_models.py test --out "$models"
@@ -108,3 +102,6 @@ bin_dir="target/$profile"
 
 step "Tests"
 cargo test --profile "$profile" --workspace "$@"
+
+step "Benchmark smoke run (scripts/bench.sh --smoke: the benchmark works; no timings)"
+MAAS_BENCH_VENV="$venv" scripts/bench.sh --smoke --bin-dir "$bin_dir" > /dev/null

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::engine;
+use crate::fetch::FetchSettings;
 use crate::names::{ModelName, VersionSpec};
 use crate::predictor::RequestLimits;
 use crate::registry::{CacheSettings, PublishLimits};
@@ -25,6 +26,9 @@ use crate::store::{LocalStore, MemoryStore, S3Settings, S3Store, SharedStore};
 /// | `MAAS_S3_RETRY_MODE` | `standard`, or `adaptive` (also rate-limits the client after throttling) | `standard` |
 /// | `MAAS_S3_INITIAL_BACKOFF_MS` | backoff before the first retry; doubled per retry, the wait a random fraction of it (full jitter) | 200 |
 /// | `MAAS_S3_MAX_BACKOFF_MS` | largest backoff between retries | 2000 |
+/// | `MAAS_FETCH_PART_BYTES` | bytes per ranged GET of a model file; a file no larger comes in one GET | 8388608 (8 MiB) |
+/// | `MAAS_FETCH_PARALLELISM` | ranged GETs of one model file in flight at once (parts ahead of the hashed prefix wait in memory: at most this many) | 8 |
+/// | `MAAS_FETCH_PART_ATTEMPTS` | attempts at a part that arrives short (a failing call is retried by the S3 client, `MAAS_S3_MAX_ATTEMPTS`) | 3 |
 /// | `MAAS_CACHE_DIR` | directory of the disk cache of model files | `/tmp/maas-cache` |
 /// | `MAAS_DISK_CACHE_BYTES` | size bound of the disk cache | 402653184 (384 MiB) |
 /// | `MAAS_MEMORY_CACHE_BYTES` | bytes of loaded models kept in memory (LRU beyond it); a model weighs what it holds loaded, at least its file (small models several times it) | half of `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, else 1 GiB |
@@ -157,6 +161,7 @@ impl Config {
                     "MAAS_RESOLVE_TTL_SECONDS",
                     30,
                 )?),
+                fetch: fetch_settings(&lookup)?,
                 engine,
             },
             preload: parse_preload(lookup("MAAS_PRELOAD").as_deref().unwrap_or(""))?,
@@ -213,6 +218,26 @@ fn s3_settings(lookup: &impl Fn(&str) -> Option<String>) -> Result<S3Settings, C
         retry_mode: parse_or(lookup, "MAAS_S3_RETRY_MODE", default.retry_mode)?,
         initial_backoff: millis("MAAS_S3_INITIAL_BACKOFF_MS", default.initial_backoff)?,
         max_backoff: millis("MAAS_S3_MAX_BACKOFF_MS", default.max_backoff)?,
+    })
+}
+
+fn fetch_settings(lookup: &impl Fn(&str) -> Option<String>) -> Result<FetchSettings, ConfigError> {
+    let default = FetchSettings::default();
+    let at_least_one = |variable: &'static str, value: u64| {
+        if value == 0 {
+            return Err(ConfigError { variable, problem: "must be at least 1".into() });
+        }
+        Ok(value)
+    };
+    let part_bytes = parse_or(lookup, "MAAS_FETCH_PART_BYTES", default.part_bytes)?;
+    let parallelism = parse_or(lookup, "MAAS_FETCH_PARALLELISM", default.parallelism as u64)?;
+    let attempts = parse_or(lookup, "MAAS_FETCH_PART_ATTEMPTS", u64::from(default.part_attempts))?;
+    Ok(FetchSettings {
+        part_bytes: at_least_one("MAAS_FETCH_PART_BYTES", part_bytes)?,
+        parallelism: usize::try_from(at_least_one("MAAS_FETCH_PARALLELISM", parallelism)?)
+            .unwrap_or(usize::MAX),
+        part_attempts: u32::try_from(at_least_one("MAAS_FETCH_PART_ATTEMPTS", attempts)?)
+            .unwrap_or(u32::MAX),
     })
 }
 
@@ -342,6 +367,28 @@ mod tests {
         assert_eq!(c.s3.retry_mode, aws_sdk_s3::config::retry::RetryMode::Adaptive);
         assert_eq!(c.s3.initial_backoff, Duration::from_millis(10));
         assert_eq!(c.s3.max_backoff, Duration::from_millis(90));
+    }
+
+    #[test]
+    fn fetch_parts_default_for_lambda_and_can_be_set() {
+        let c = config(&[("MAAS_STORE", "memory://")]).unwrap();
+        assert_eq!(c.cache.fetch, FetchSettings::default());
+        assert_eq!(c.cache.fetch.part_bytes, 8 << 20);
+        let c = config(&[
+            ("MAAS_STORE", "memory://"),
+            ("MAAS_FETCH_PART_BYTES", "1048576"),
+            ("MAAS_FETCH_PARALLELISM", "16"),
+            ("MAAS_FETCH_PART_ATTEMPTS", "2"),
+        ])
+        .unwrap();
+        let want = FetchSettings { part_bytes: 1 << 20, parallelism: 16, part_attempts: 2 };
+        assert_eq!(c.cache.fetch, want);
+        for variable in
+            ["MAAS_FETCH_PART_BYTES", "MAAS_FETCH_PARALLELISM", "MAAS_FETCH_PART_ATTEMPTS"]
+        {
+            let err = config(&[("MAAS_STORE", "memory://"), (variable, "0")]).unwrap_err();
+            assert_eq!(err.variable, variable);
+        }
     }
 
     #[test]

@@ -5,14 +5,13 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use crate::error::Error;
+use crate::fetch::{self, FetchSettings, Prefetch};
 use crate::manifest::{Artefact, Manifest};
 use crate::names::ModelId;
-use crate::store::{ObjectStore, StoreError};
+use crate::store::SharedStore;
 
 /// Files live at `<dir>/<name>/<version>/<sha256>.onnx`; the least recently used are removed
 /// once the total passes `budget_bytes` (the file just written always stays).
@@ -20,6 +19,7 @@ use crate::store::{ObjectStore, StoreError};
 pub struct DiskCache {
     dir: PathBuf,
     budget_bytes: u64,
+    fetch: FetchSettings,
 }
 
 /// The ONNX file of a published version: where it is in the store and what it must hash to.
@@ -40,31 +40,42 @@ impl ModelFile {
 const PARTIAL_PREFIX: &str = ".partial";
 
 impl DiskCache {
-    pub fn new(dir: impl Into<PathBuf>, budget_bytes: u64) -> Self {
-        Self { dir: dir.into(), budget_bytes }
+    pub fn new(dir: impl Into<PathBuf>, budget_bytes: u64, fetch: FetchSettings) -> Self {
+        Self { dir: dir.into(), budget_bytes, fetch }
+    }
+
+    fn version_dir(&self, id: &ModelId) -> PathBuf {
+        self.dir.join(id.name.as_str()).join(id.version.to_string())
     }
 
     pub fn path_for(&self, id: &ModelId, file: &ModelFile) -> PathBuf {
-        self.dir
-            .join(id.name.as_str())
-            .join(id.version.to_string())
-            .join(format!("{}.onnx", file.expected.sha256))
+        self.version_dir(id).join(format!("{}.onnx", file.expected.sha256))
+    }
+
+    /// Starts fetching the first part of a version's model file before its manifest is read,
+    /// so the two requests overlap, when the cache holds no file of that version (a cold
+    /// start); with a file there, the manifest decides whether it is the right one.
+    pub fn prefetch(&self, store: &SharedStore, id: &ModelId) -> Option<Prefetch> {
+        let mut files = std::fs::read_dir(self.version_dir(id)).into_iter().flatten().flatten();
+        let cached = files.any(|f| !f.file_name().to_string_lossy().starts_with(PARTIAL_PREFIX));
+        (!cached).then(|| Prefetch::start(store, &id.model_key(), &self.fetch))
     }
 
     /// A file of a model, from the cache when a verified copy is there, otherwise downloaded
-    /// from the store (and verified) first.
+    /// from the store (and verified) first, starting from `prefetched` when given.
     pub async fn file(
         &self,
-        store: &dyn ObjectStore,
+        store: &SharedStore,
         id: &ModelId,
         file: &ModelFile,
+        prefetched: Option<Prefetch>,
     ) -> Result<PathBuf, Error> {
         let path = self.path_for(id, file);
         if self.verify_cached(&path, &file.expected).await? {
             tracing::debug!(model = %id, key = %file.key, "disk cache hit");
             return Ok(path);
         }
-        self.download(store, id, file, &path).await?;
+        self.download(store, id, file, &path, prefetched).await?;
         if let Err(err) = self.evict_beyond_budget(&path).await {
             tracing::warn!(error = %err, "disk cache eviction failed");
         }
@@ -98,14 +109,15 @@ impl DiskCache {
         }
     }
 
-    /// Streams the object into a temporary file beside `path`, checking size and SHA-256,
-    /// and renames it into place only when both match.
+    /// Fetches the object into a temporary file beside `path` ([`fetch::fetch`]: checked
+    /// against size and SHA-256) and renames it into place only when both match.
     async fn download(
         &self,
-        store: &dyn ObjectStore,
+        store: &SharedStore,
         id: &ModelId,
         file: &ModelFile,
         path: &Path,
+        prefetched: Option<Prefetch>,
     ) -> Result<(), Error> {
         let started = std::time::Instant::now();
         let dir = path.parent().unwrap_or(&self.dir).to_owned();
@@ -116,35 +128,12 @@ impl DiskCache {
             .prefix(PARTIAL_PREFIX)
             .tempfile_in(&dir)
             .map_err(|e| Error::internal("creating a cache file", e))?;
-        let mut out = tokio::fs::File::from_std(
-            temp.reopen().map_err(|e| Error::internal("opening a cache file", e))?,
-        );
-        let object = store.get(&file.key).await.map_err(|e| model_store_error(id, e))?;
-        let mut chunks = object.chunks;
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.map_err(|e| model_store_error(id, e))?;
-            hasher.update(&chunk);
-            size += chunk.len() as u64;
-            out.write_all(&chunk).await.map_err(|e| Error::internal("writing a cache file", e))?;
-        }
-        out.flush().await.map_err(|e| Error::internal("writing a cache file", e))?;
-        let sha256 = hex::encode(hasher.finalize());
+        let out = temp.reopen().map_err(|e| Error::internal("opening a cache file", e))?;
         let expected = &file.expected;
-        if sha256 != expected.sha256 || size != expected.size {
-            return Err(Error::CorruptModel {
-                name: id.name.to_string(),
-                version: id.version.get(),
-                problem: format!(
-                    "stored `{}` has sha256 {sha256} and {size} bytes; the manifest says {} and {} bytes",
-                    file.key, expected.sha256, expected.size
-                ),
-            });
-        }
+        fetch::fetch(store, id, &file.key, expected, out, &self.fetch, prefetched).await?;
         temp.persist(path)
             .map_err(|e| Error::internal("moving a cache file into place", e.error))?;
-        tracing::info!(model = %id, bytes = size, elapsed_ms = crate::elapsed_ms(started), "model downloaded");
+        tracing::info!(model = %id, bytes = expected.size, elapsed_ms = crate::elapsed_ms(started), "model downloaded");
         Ok(())
     }
 
@@ -172,19 +161,6 @@ impl DiskCache {
         })
         .await
         .map_err(io::Error::other)?
-    }
-}
-
-/// A store error met while reading a model's file: a missing object means the version's
-/// files are incomplete, which is corruption, not a client mistake.
-fn model_store_error(id: &ModelId, err: StoreError) -> Error {
-    match err {
-        StoreError::NotFound { key } => Error::CorruptModel {
-            name: id.name.to_string(),
-            version: id.version.get(),
-            problem: format!("`{key}` is missing"),
-        },
-        other => other.into(),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod config;
 pub mod disk_cache;
 pub mod engine;
 pub mod error;
+pub mod fetch;
 pub mod function;
 pub mod http;
 pub mod malloc;

@@ -155,6 +155,12 @@ pub fn alias_key(name: &ModelName, alias: &AliasName) -> String {
     format!("{}aliases/{alias}", name.prefix())
 }
 
+/// Where the pointer to a model's highest published version is stored (written by
+/// model-upload; see [`crate::registry::publish`]).
+pub fn latest_key(name: &ModelName) -> String {
+    format!("{}latest", name.prefix())
+}
+
 /// The alias a key under `name.prefix()` stores, if it is an alias key.
 pub fn alias_of_key(name: &ModelName, key: &str) -> Option<AliasName> {
     key.strip_prefix(&name.prefix())?.strip_prefix("aliases/")?.parse().ok()

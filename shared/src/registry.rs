@@ -31,10 +31,11 @@ use crate::disk_cache::{DiskCache, ModelFile};
 use crate::elapsed_ms;
 use crate::engine;
 use crate::error::Error;
+use crate::fetch::FetchSettings;
 use crate::manifest::Manifest;
 use crate::names::{
-    alias_key, alias_of_key, version_of_manifest_key, AliasName, ModelId, ModelName, Version,
-    VersionSpec,
+    alias_key, alias_of_key, latest_key, version_of_manifest_key, AliasName, ModelId, ModelName,
+    Version, VersionSpec,
 };
 use crate::store::{SharedStore, StoreError};
 
@@ -51,6 +52,8 @@ pub struct CacheSettings {
     pub disk_bytes: u64,
     /// How long `latest` and aliases stay resolved before the store is asked again.
     pub resolve_ttl: Duration,
+    /// How model files are fetched from the store.
+    pub fetch: FetchSettings,
     /// The limits models are loaded and run within.
     pub engine: engine::Limits,
 }
@@ -81,7 +84,7 @@ impl LoadedModel {
     }
 }
 
-/// What an alias object holds.
+/// What an alias object, and the `latest` pointer, hold.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct AliasTarget {
     version: u64,
@@ -147,7 +150,7 @@ impl Registry {
             Cache::builder().max_capacity(10_000).time_to_live(settings.resolve_ttl).build();
         Self {
             store,
-            disk: DiskCache::new(&settings.disk_dir, settings.disk_bytes),
+            disk: DiskCache::new(&settings.disk_dir, settings.disk_bytes, settings.fetch),
             engine_limits: settings.engine,
             loading: tokio::sync::Semaphore::new(1),
             loaded,
@@ -200,7 +203,7 @@ impl Registry {
             .resolved
             .try_get_with_by_ref(&key, async {
                 match &key.1 {
-                    None => self.versions(name).await.map(|v| v[v.len() - 1]),
+                    None => self.latest(name).await,
                     Some(alias) => self.alias_target(name, alias).await,
                 }
             })
@@ -259,9 +262,11 @@ impl Registry {
             return Ok(alive);
         }
         let started = Instant::now();
+        // The model's first part is asked for beside its manifest (on a cold disk cache).
+        let prefetched = self.disk.prefetch(&self.store, id);
         let manifest = self.fetch_manifest(id).await?;
         let file = ModelFile::onnx(id, &manifest);
-        let path = self.disk.file(self.store.as_ref(), id, &file).await?;
+        let path = self.disk.file(&self.store, id, &file, prefetched).await?;
         let fetch_ms = elapsed_ms(started);
         // Loading a model needs several times its file for a while (decoded protobuf, graph,
         // optimised copy). Loads of different models at once would add those peaks up, and
@@ -363,25 +368,50 @@ impl Registry {
     }
 
     async fn alias_target(&self, name: &ModelName, alias: &AliasName) -> Result<Version, Error> {
-        let bytes = match self.store.get(&alias_key(name, alias)).await {
-            Ok(object) => object.bytes().await?,
-            Err(StoreError::NotFound { .. }) => {
-                return Err(Error::AliasNotFound {
-                    name: name.to_string(),
-                    alias: alias.to_string(),
-                })
+        self.target(&alias_key(name, alias)).await?.ok_or_else(|| Error::AliasNotFound {
+            name: name.to_string(),
+            alias: alias.to_string(),
+        })
+    }
+
+    /// The highest published version: what the `latest` pointer says, or, for a model
+    /// published before pointers were written (or whose pointer is unreadable), the highest
+    /// version a listing finds.
+    async fn latest(&self, name: &ModelName) -> Result<Version, Error> {
+        match self.latest_pointer(name).await {
+            Ok(Some(version)) => return Ok(version),
+            Ok(None) => {}
+            Err(Error::Store { source: StoreError::Other { key, source } }) => {
+                let error = crate::error::chain(source.as_ref());
+                tracing::warn!(%key, %error, "latest pointer unreadable; listing versions");
             }
+            Err(err) => return Err(err),
+        }
+        self.versions(name).await.map(|v| v[v.len() - 1])
+    }
+
+    /// The version the `latest` pointer of a model names, if there is a pointer.
+    async fn latest_pointer(&self, name: &ModelName) -> Result<Option<Version>, Error> {
+        self.target(&latest_key(name)).await
+    }
+
+    /// The version an alias object or pointer at `key` names; `None` when there is none.
+    async fn target(&self, key: &str) -> Result<Option<Version>, Error> {
+        let bytes = match self.store.get(key).await {
+            Ok(object) => object.bytes().await?,
+            Err(StoreError::NotFound { .. }) => return Ok(None),
             Err(err) => return Err(err.into()),
         };
-        serde_json::from_slice::<AliasTarget>(&bytes)
-            .ok()
-            .and_then(|target| Version::new(target.version))
-            .ok_or_else(|| Error::Store {
+        let target = serde_json::from_slice::<AliasTarget>(&bytes).ok();
+        match target.and_then(|target| Version::new(target.version)) {
+            Some(version) => Ok(Some(version)),
+            None => Err(Error::Store {
                 source: StoreError::Other {
-                    key: alias_key(name, alias),
-                    source: Arc::new(std::io::Error::other("unreadable alias")),
+                    key: key.to_owned(),
+                    source: Arc::new(std::io::Error::other("unreadable version pointer")),
                 },
-            })
+            }),
+        }
     }
 
     /// Forgets what `latest` (no alias) or an alias of a model resolved to, after a write.
@@ -419,7 +449,7 @@ fn remember_evicted(
 mod tests {
     use std::sync::atomic::Ordering;
 
-    use super::testing::{id, Fixture, ZOO_ATTENTION, ZOO_MLP};
+    use super::testing::{self, id, Fixture, ZOO_ATTENTION, ZOO_MLP};
     use super::*;
     use crate::store::ObjectStore;
 
@@ -592,6 +622,39 @@ mod tests {
         assert_eq!(registry.resolve(&iris, &spec("latest")).await.unwrap(), id("iris", 2));
         assert_eq!(registry.resolve(&iris, &spec("prod")).await.unwrap(), id("iris", 2));
         assert_eq!(fixture.store.lists.load(Ordering::SeqCst), 2, "latest listed once per TTL");
+    }
+
+    #[tokio::test]
+    async fn latest_reads_the_pointer_model_upload_writes_and_lists_nothing() {
+        let fixture = Fixture::roomy();
+        let (registry, iris) = (&fixture.registry, "iris".parse::<ModelName>().unwrap());
+        let writer = Writer::new(registry.clone());
+        for version in [1, 2] {
+            let bytes = testing::example_variant(&version.to_string());
+            writer.publish(&id("iris", version), bytes, &testing::publish_limits()).await.unwrap();
+        }
+        let (lists, calls) = (fixture.store.lists.load(Ordering::SeqCst), fixture.store.total());
+        let pointer_reads = fixture.store.gets_of(&latest_key(&iris));
+        assert_eq!(registry.resolve(&iris, &spec("latest")).await.unwrap(), id("iris", 2));
+        assert_eq!(fixture.store.lists.load(Ordering::SeqCst), lists, "latest listed versions");
+        assert_eq!(fixture.store.total(), calls + 1, "more than one store call");
+        assert_eq!(fixture.store.gets_of(&latest_key(&iris)), pointer_reads + 1);
+    }
+
+    #[tokio::test]
+    async fn without_a_readable_pointer_latest_lists_the_versions() {
+        let fixture = Fixture::new(Duration::from_millis(1), 1 << 30);
+        let (registry, iris) = (&fixture.registry, "iris".parse::<ModelName>().unwrap());
+        // Published before pointers were written: no pointer at all.
+        fixture.place("iris", 1).await;
+        fixture.place("iris", 2).await;
+        assert_eq!(registry.resolve(&iris, &spec("latest")).await.unwrap(), id("iris", 2));
+        assert_eq!(fixture.store.lists.load(Ordering::SeqCst), 1);
+        // A pointer that is not one is not followed.
+        fixture.store.put(&latest_key(&iris), "version 1".into()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(registry.resolve(&iris, &spec("latest")).await.unwrap(), id("iris", 2));
+        assert_eq!(fixture.store.lists.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

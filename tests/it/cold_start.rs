@@ -53,10 +53,12 @@ async fn first_request_fetches_from_s3_and_the_second_makes_no_store_call() {
     assert_matches_reference(&case, &infer(&predictor, "1", &body).await);
     assert_eq!(counting.total(), after_first, "the warm path called the store");
 
-    // "latest" is resolved once per TTL: one listing, then no calls either.
+    // "latest" is resolved once per TTL: one GET of its pointer (no listing), then no calls.
     infer_latest(&predictor, &body).await;
     let after_latest = counting.total();
-    assert_eq!(counting.lists.load(Ordering::SeqCst), 1);
+    assert_eq!(counting.total(), after_first + 1);
+    assert_eq!(counting.gets_of("models/mlp/latest"), 1);
+    assert_eq!(counting.lists.load(Ordering::SeqCst), 0);
     infer_latest(&predictor, &body).await;
     assert_eq!(counting.total(), after_latest, "a warm `latest` request called the store");
 }

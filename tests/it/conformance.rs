@@ -40,6 +40,22 @@ async fn conformance(store: &dyn ObjectStore) {
     assert_eq!(object.size, large.len() as u64);
     assert_eq!(object.bytes().await.unwrap(), large);
 
+    // A ranged read yields the range's bytes, clamped at the end of the object: a range past
+    // the end (or empty) yields nothing, and a missing object is NotFound.
+    let end = large.len() as u64;
+    for range in [0..10, 1000..1_500_000, end - 5..end + 100, end..end + 10, end + 7..end + 9, 7..7]
+    {
+        let part = store.get_range("a/large", range.clone()).await.unwrap();
+        let (start, stop) = (range.start.min(end) as usize, range.end.min(end) as usize);
+        let want = large.slice(start..stop.max(start));
+        assert_eq!(part.size, want.len() as u64, "{range:?}");
+        assert_eq!(part.bytes().await.unwrap(), want, "{range:?}");
+    }
+    let missing = store.get_range("nothing/here", 0..10).await;
+    assert!(matches!(missing, Err(StoreError::NotFound { .. })), "{missing:?}");
+    let missing = store.get_range("nothing/here", 3..3).await;
+    assert!(matches!(missing, Err(StoreError::NotFound { .. })), "{missing:?}");
+
     // A put replaces.
     store.put("a/binary", Bytes::from_static(b"second")).await.unwrap();
     assert_eq!(read(store, "a/binary").await, Bytes::from_static(b"second"));

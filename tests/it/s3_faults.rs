@@ -8,7 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use maas::fetch::FetchSettings;
 use maas::names::{ModelId, Version};
+use maas::predictor::RequestLimits;
 use maas::store::{S3Settings, S3Store};
 use maas::Predictor;
 use maas_tests::fault_proxy::{Fault, FaultProxy, Injection};
@@ -67,6 +69,15 @@ impl Rig {
     async fn environment(&self) -> (Predictor, tempfile::TempDir) {
         let cache = tempfile::tempdir().unwrap();
         (predictor(Arc::new(self.store().await), &cache), cache)
+    }
+
+    /// A fresh environment that fetches model files in parts of `part_bytes`.
+    async fn environment_in_parts(&self, part_bytes: u64) -> (Predictor, tempfile::TempDir) {
+        let cache = tempfile::tempdir().unwrap();
+        let mut settings = maas_tests::cache_settings(cache.path());
+        settings.fetch = FetchSettings { part_bytes, ..FetchSettings::default() };
+        let registry = maas::Registry::new(Arc::new(self.store().await), &settings);
+        (Predictor::new(Arc::new(registry), RequestLimits::default()), cache)
     }
 
     /// Model GETs that reached the proxy so far.
@@ -211,6 +222,59 @@ async fn truncated_bodies_never_reach_the_cache() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_outage_during_a_cold_load_is_503_and_is_not_cached() {
     survives(Fault::Outage).await;
+}
+
+/// A model fetched in four ranged parts, one of which fails: retried by the S3 client once
+/// (200), for good a 503 in time, the other parts' bytes kept nowhere; then recovery.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_part_is_retried_then_503_and_the_other_parts_are_not_kept() {
+    let rig = Rig::new().await;
+    let (body, case) = mlp_case();
+    let size = model_bytes("mlp").len() as u64;
+    let part = size / 4 + 1; // four parts, the last reaching one byte past the end
+    let third = Injection::next(1, Fault::Outage).on_paths_containing(MODEL_KEY);
+
+    let (predictor, cache) = rig.environment_in_parts(part).await;
+    rig.proxy.inject(third.on_ranges_from(2 * part));
+    let before = rig.model_gets();
+    let once = infer(&predictor, &body).await;
+    assert_eq!(once.status, 200, "{}", once.body);
+    assert_matches_reference(&case, &once.body);
+    // The four parts, and the failed one again.
+    assert_eq!(rig.model_gets() - before, 5, "{:?}", rig.proxy.requests());
+    assert_eq!(rig.proxy.faulted().len(), 1);
+    assert_disk_cache_clean(cache.path());
+
+    let (predictor, cache) = rig.environment_in_parts(part).await;
+    let always = Injection::always(Fault::Outage).on_paths_containing(MODEL_KEY);
+    rig.proxy.inject(always.on_ranges_from(2 * part));
+    let down = infer(&predictor, &body).await;
+    assert_unavailable(&down, Fault::Outage);
+    assert_eq!(rig.proxy.faulted().len(), 1 + settings().max_attempts as usize);
+    assert!(!predictor.registry().is_loaded(&mlp_id()).await, "a failed load was cached");
+    assert!(!is_cached_on_disk(cache.path()), "parts of a failed fetch reached the disk cache");
+    let leftovers: Vec<_> = walk(cache.path());
+    assert!(leftovers.is_empty(), "a failed fetch left {leftovers:?}");
+
+    rig.proxy.pass_through();
+    let after = infer(&predictor, &body).await;
+    assert_eq!(after.status, 200, "{}", after.body);
+    assert_matches_reference(&case, &after.body);
+    assert_disk_cache_clean(cache.path());
+}
+
+/// Every file below `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 #[tokio::test(flavor = "multi_thread")]

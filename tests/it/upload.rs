@@ -381,3 +381,35 @@ async fn sample_upload_event_publishes_the_base64_body() {
     assert_eq!(manifest["sha256"], maas::disk_cache::sha256_hex(&example));
     assert_eq!((manifest["name"].clone(), manifest["version"].clone()), (json!("iris"), json!(2)));
 }
+
+/// model-upload points `models/<name>/latest` at the highest version: a fresh environment
+/// resolves `latest` from it with no LIST. A registry written before pointers (no pointer)
+/// is still resolved, by listing.
+#[tokio::test(flavor = "multi_thread")]
+async fn latest_is_resolved_from_the_pointer_model_upload_writes() {
+    let store = fresh_s3_store().await;
+    let shared: SharedStore = Arc::new(store.clone());
+    let cache = tempfile::tempdir().unwrap();
+    let publisher = publisher(shared.clone(), &cache);
+    for version in [2, 1] {
+        let path = format!("/models/mlp/versions/{version}");
+        let (status, body) =
+            call_upload(&publisher, "PUT", &path, Some(model_bytes("mlp").to_vec())).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let pointer = store.get("models/mlp/latest").await.unwrap().bytes().await.unwrap();
+    assert_eq!(serde_json::from_slice::<Value>(&pointer).unwrap(), json!({"version": 2}));
+
+    let lists_to_serve_latest = || async {
+        let counted = maas::store::CountingStore::new(shared.clone());
+        let fresh = tempfile::tempdir().unwrap();
+        let predictor = maas_tests::predictor(counted.clone(), &fresh);
+        let (status, served) = served_version(&predictor, "latest").await;
+        assert_eq!(status, 200, "{served}");
+        assert_eq!(served["model_version"], "2");
+        counted.lists.load(std::sync::atomic::Ordering::SeqCst)
+    };
+    assert_eq!(lists_to_serve_latest().await, 0, "latest was listed despite the pointer");
+    store.delete("models/mlp/latest").await.unwrap();
+    assert_eq!(lists_to_serve_latest().await, 1, "without a pointer latest is listed once");
+}

@@ -44,22 +44,30 @@ pub struct Injection {
     remaining: Option<usize>,
     /// Only requests whose path contains this get the fault.
     path_contains: Option<String>,
+    /// Only ranged requests whose range starts at this byte get the fault.
+    range_from: Option<u64>,
 }
 
 impl Injection {
     /// The fault for every request from now on.
     pub fn always(fault: Fault) -> Self {
-        Self { fault, remaining: None, path_contains: None }
+        Self { fault, remaining: None, path_contains: None, range_from: None }
     }
 
     /// The fault for the next `n` requests, then pass-through again.
     pub fn next(n: usize, fault: Fault) -> Self {
-        Self { fault, remaining: Some(n), path_contains: None }
+        Self { fault, remaining: Some(n), path_contains: None, range_from: None }
     }
 
     /// Only requests whose path contains `part` (such as `model.onnx`) count.
     pub fn on_paths_containing(mut self, part: &str) -> Self {
         self.path_contains = Some(part.to_owned());
+        self
+    }
+
+    /// Only ranged requests (`range: bytes=<first>-...`) for a part starting at `first` count.
+    pub fn on_ranges_from(mut self, first: u64) -> Self {
+        self.range_from = Some(first);
         self
     }
 }
@@ -73,10 +81,14 @@ struct State {
 
 impl State {
     /// The fault this request gets, if any, counting it down.
-    fn fault_for(&mut self, path: &str) -> Option<Fault> {
+    fn fault_for(&mut self, path: &str, range: Option<&str>) -> Option<Fault> {
         self.requests.push(path.to_owned());
         let injection = self.injection.as_mut()?;
         if injection.path_contains.as_deref().is_some_and(|part| !path.contains(part)) {
+            return None;
+        }
+        let wanted = injection.range_from.map(|first| format!("bytes={first}-"));
+        if wanted.is_some_and(|wanted| !range.is_some_and(|r| r.starts_with(&wanted))) {
             return None;
         }
         match &mut injection.remaining {
@@ -234,7 +246,7 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> s
     let mut words = request.first_line().split_whitespace();
     let method = words.next().unwrap_or("").to_owned();
     let path = words.next().unwrap_or("").to_owned();
-    let fault = state.lock().unwrap().fault_for(&path);
+    let fault = state.lock().unwrap().fault_for(&path, request.header("range"));
     if request.header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
         client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
     }

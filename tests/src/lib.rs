@@ -198,6 +198,7 @@ pub fn cache_settings(dir: &std::path::Path) -> CacheSettings {
         disk_dir: dir.to_owned(),
         disk_bytes: 1 << 30,
         resolve_ttl: Duration::from_secs(30),
+        fetch: maas::fetch::FetchSettings::default(),
         engine: maas::engine::Limits::default(),
     }
 }

@@ -6,6 +6,13 @@
 //! manifest, each only if absent, so published versions are immutable and of two racing
 //! uploads of one version exactly one wins. Every write tells the registry's caches in this
 //! execution environment at once; other environments see it when their resolutions expire.
+//!
+//! After each publish or deletion the writer points `models/<name>/latest` at the highest
+//! published version, so that predict resolves `latest` with one GET rather than a LIST. The
+//! pointer is written after the manifest it names exists, from a listing made after reading
+//! it, and read back until it names the highest version listed: of two racing publishers,
+//! the one whose write lands last sees the other's version and corrects the pointer. A
+//! pointer that could not be brought up to date is removed, and readers list instead.
 
 use std::sync::Arc;
 
@@ -16,7 +23,7 @@ use crate::disk_cache::sha256_hex;
 use crate::engine;
 use crate::error::Error;
 use crate::manifest::Manifest;
-use crate::names::{alias_key, AliasName, ModelId, ModelName, Version};
+use crate::names::{alias_key, latest_key, AliasName, ModelId, ModelName, Version};
 use crate::store::StoreError;
 
 /// Limits on what may be published.
@@ -101,6 +108,7 @@ impl Writer {
             Err(StoreError::AlreadyExists { .. }) => return Err(version_exists(id)),
             other => other?,
         }
+        self.update_latest(&id.name).await;
         self.registry.forget_resolution(&id.name, None).await;
         tracing::info!(model = %id, bytes = manifest.size, sha256 = %manifest.sha256, "published");
         Ok(manifest)
@@ -209,8 +217,52 @@ impl Writer {
         for key in [id.manifest_key(), id.model_key()] {
             self.registry.store.delete(&key).await?;
         }
+        self.update_latest(&id.name).await;
         self.registry.forget_model(id).await;
         Ok(())
+    }
+}
+
+impl Writer {
+    /// Brings the `latest` pointer up to date ([`Self::point_latest_at_highest`]), or removes
+    /// it when that fails, so that no reader follows a pointer older than the listing.
+    async fn update_latest(&self, name: &ModelName) {
+        if let Err(err) = self.point_latest_at_highest(name).await {
+            let error = crate::error::chain(&err);
+            tracing::warn!(model = %name, %error, "latest pointer not updated; removing it");
+            if let Err(err) = self.registry.store.delete(&latest_key(name)).await {
+                let error = crate::error::chain(&err);
+                tracing::error!(model = %name, %error, "stale latest pointer left in place");
+            }
+        }
+    }
+
+    /// Points `latest` at the highest published version (removes it when none is left),
+    /// reading it back until it does: the pointer is read before the listing, so the listing
+    /// holds the version it names unless that was deleted.
+    async fn point_latest_at_highest(&self, name: &ModelName) -> Result<(), Error> {
+        const ROUNDS: usize = 5;
+        let (store, key) = (&self.registry.store, latest_key(name));
+        for _ in 0..ROUNDS {
+            let pointer = self.registry.latest_pointer(name).await.ok().flatten();
+            let highest = match self.registry.versions(name).await {
+                Ok(versions) => Some(versions[versions.len() - 1]),
+                Err(Error::ModelNotFound { .. }) => None,
+                Err(err) => return Err(err),
+            };
+            match highest {
+                _ if pointer == highest => return Ok(()),
+                Some(version) => {
+                    let body = serde_json::to_vec(&AliasTarget { version: version.get() })
+                        .map_err(|e| Error::internal("encoding the latest pointer", e))?;
+                    store.put(&key, body.into()).await?;
+                }
+                None => store.delete(&key).await?,
+            }
+        }
+        Err(Error::Conflict {
+            message: format!("model `{name}` kept changing while its latest pointer was written"),
+        })
     }
 }
 
@@ -347,6 +399,50 @@ mod tests {
         writer.delete_version(&id("iris", 2)).await.unwrap();
         assert!(!registry.is_loaded(&id("iris", 2)).await, "a deleted version stayed loaded");
         assert_eq!(registry.resolve(&iris, &latest).await.unwrap(), id("iris", 1));
+    }
+
+    /// The version the stored `latest` pointer names, if there is one.
+    async fn pointer(fixture: &Fixture) -> Option<u64> {
+        let key = latest_key(&"iris".parse().unwrap());
+        let object = fixture.store.get(&key).await.ok()?;
+        let target: AliasTarget = serde_json::from_slice(&object.bytes().await.unwrap()).unwrap();
+        Some(target.version)
+    }
+
+    #[tokio::test]
+    async fn the_latest_pointer_follows_the_highest_version_and_never_goes_back() {
+        let fixture = Fixture::roomy();
+        let writer = writer(&fixture);
+        writer.publish(&id("iris", 5), example_variant("5"), &limits()).await.unwrap();
+        assert_eq!(pointer(&fixture).await, Some(5));
+        writer.publish(&id("iris", 3), example_variant("3"), &limits()).await.unwrap();
+        assert_eq!(pointer(&fixture).await, Some(5), "a lower version moved the pointer back");
+        writer.delete_version(&id("iris", 5)).await.unwrap();
+        assert_eq!(pointer(&fixture).await, Some(3), "the pointer names a deleted version");
+        writer.delete_version(&id("iris", 3)).await.unwrap();
+        assert_eq!(pointer(&fixture).await, None, "a model without versions kept a pointer");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn racing_publishes_leave_the_pointer_on_the_highest_version() {
+        for round in 0..3 {
+            let fixture = Fixture::roomy();
+            let start = Arc::new(tokio::sync::Barrier::new(8));
+            let racers: Vec<_> = (1..=8)
+                .map(|version| {
+                    let (writer, start) = (writer(&fixture), start.clone());
+                    let bytes = example_variant(&format!("racer {version}"));
+                    tokio::spawn(async move {
+                        start.wait().await;
+                        writer.publish(&id("iris", version), bytes, &limits()).await
+                    })
+                })
+                .collect();
+            for racer in racers {
+                racer.await.unwrap().unwrap();
+            }
+            assert_eq!(pointer(&fixture).await, Some(8), "round {round}");
+        }
     }
 
     #[tokio::test]

@@ -61,6 +61,7 @@ impl Fixture {
             disk_dir: disk.path().to_owned(),
             disk_bytes: 1 << 30,
             resolve_ttl: ttl,
+            fetch: crate::fetch::FetchSettings::default(),
             engine: crate::engine::Limits::default(),
         };
         let registry = Arc::new(Registry::new(store.clone(), &settings));

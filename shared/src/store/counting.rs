@@ -1,6 +1,7 @@
 //! A store decorator that counts the calls reaching the store it wraps, by kind: how tests
 //! prove that caches and single-flight loading spare the store.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,7 +20,7 @@ pub struct CountingStore {
     pub lists: AtomicUsize,
     pub puts: AtomicUsize,
     pub deletes: AtomicUsize,
-    /// Every key read with `get`, in order.
+    /// Every key read with `get` or `get_range` (both counted in `gets`), in order.
     pub got: Mutex<Vec<String>>,
 }
 
@@ -46,6 +47,11 @@ impl CountingStore {
             .count()
     }
 
+    fn count_get(&self, key: &str) {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        self.got.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(key.to_owned());
+    }
+
     /// Calls of every kind so far.
     pub fn total(&self) -> usize {
         [&self.gets, &self.heads, &self.lists, &self.puts, &self.deletes]
@@ -58,13 +64,16 @@ impl CountingStore {
 #[async_trait]
 impl ObjectStore for CountingStore {
     async fn get(&self, key: &str) -> Result<GetResult, StoreError> {
-        self.gets.fetch_add(1, Ordering::SeqCst);
-        self.got.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(key.to_owned());
+        self.count_get(key);
         self.inner.get(key).await
     }
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
         self.heads.fetch_add(1, Ordering::SeqCst);
         self.inner.head(key).await
+    }
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<GetResult, StoreError> {
+        self.count_get(key);
+        self.inner.get_range(key, range).await
     }
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
         self.puts.fetch_add(1, Ordering::SeqCst);

@@ -1,15 +1,17 @@
 //! A store in a local directory: the default for running maas without AWS.
 
-use std::io;
+use std::io::{self, SeekFrom};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::TryStreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
-use super::{check_key, check_prefix, GetResult, ObjectMeta, ObjectStore, StoreError};
+use super::{check_key, check_prefix, clamp, GetResult, ObjectMeta, ObjectStore, StoreError};
 
 /// Objects are files below `root`; a key's segments are directories. Writes go to a
 /// temporary file in the same directory and are renamed into place, so readers never see a
@@ -80,6 +82,17 @@ impl ObjectStore for LocalStore {
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
         let (_, size) = self.file_meta(key).await?;
         Ok(ObjectMeta { key: key.to_owned(), size })
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<GetResult, StoreError> {
+        let (path, size) = self.file_meta(key).await?;
+        let part = clamp(&range, size);
+        let mut file = tokio::fs::File::open(&path).await.map_err(|e| io_error(key, e))?;
+        file.seek(SeekFrom::Start(part.start)).await.map_err(|e| io_error(key, e))?;
+        let owned_key = key.to_owned();
+        let chunks = ReaderStream::new(file.take(part.end - part.start))
+            .map_err(move |e| io_error(&owned_key, e));
+        Ok(GetResult { size: part.end - part.start, chunks: Box::pin(chunks) })
     }
 
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {

@@ -1,13 +1,14 @@
 //! An in-memory store for unit tests and for trying things out without any storage.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::RwLock;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream;
 
-use super::{check_key, check_prefix, GetResult, ObjectMeta, ObjectStore, StoreError};
+use super::{check_key, check_prefix, clamp, GetResult, ObjectMeta, ObjectStore, StoreError};
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
@@ -40,6 +41,13 @@ impl ObjectStore for MemoryStore {
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
         let bytes = self.read(key)?;
         Ok(ObjectMeta { key: key.to_owned(), size: bytes.len() as u64 })
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<GetResult, StoreError> {
+        let bytes = self.read(key)?;
+        let part = clamp(&range, bytes.len() as u64);
+        let bytes = bytes.slice(part.start as usize..part.end as usize);
+        Ok(GetResult { size: bytes.len() as u64, chunks: Box::pin(stream::iter([Ok(bytes)])) })
     }
 
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {

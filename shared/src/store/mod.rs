@@ -9,6 +9,7 @@ mod memory;
 mod s3;
 
 use std::fmt;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,6 +112,11 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     /// Size of an object without reading it. A missing object is [`StoreError::NotFound`].
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError>;
 
+    /// Opens bytes `range` of an object for reading, clamped at its end: a range that starts
+    /// at or past the end (or is empty) yields no bytes. The result's `size` is the number of
+    /// bytes it yields. A missing object is [`StoreError::NotFound`].
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<GetResult, StoreError>;
+
     /// Writes an object whole, replacing any previous one. Readers never see a partial object.
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError>;
 
@@ -155,6 +161,11 @@ pub fn check_key(key: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The part of `range` that lies within an object of `size` bytes.
+fn clamp(range: &Range<u64>, size: u64) -> Range<u64> {
+    range.start.min(size)..range.end.clamp(range.start.min(size), size)
+}
+
 /// A prefix for `list` may end with `/` or be empty; otherwise it follows the key rules.
 fn check_prefix(prefix: &str) -> Result<(), StoreError> {
     match prefix.strip_suffix('/').unwrap_or(prefix) {
@@ -178,6 +189,16 @@ mod tests {
         for key in ["models/iris/1/model.onnx", "a", "a.b-c_d/e"] {
             assert!(check_key(key).is_ok(), "{key:?} was refused");
         }
+    }
+
+    #[test]
+    fn ranges_are_clamped_at_the_end_of_the_object() {
+        assert_eq!(clamp(&(2..5), 10), 2..5);
+        assert_eq!(clamp(&(8..20), 10), 8..10);
+        assert_eq!(clamp(&(10..20), 10), 10..10);
+        assert_eq!(clamp(&(12..20), 10), 10..10);
+        let (start, end) = (5, 3);
+        assert_eq!(clamp(&(start..end), 10), 5..5);
     }
 
     #[test]

@@ -6,9 +6,10 @@
 //! response byte), the whole call with its retries, and every wait for the next bytes of a
 //! GET body. Throttling and transport errors are retried by the SDK with jittered
 //! exponential backoff; a GET body that breaks or stalls mid-way is resumed from where it
-//! broke with a `Range` request pinned to the object's ETag. What still fails is
+//! broke with a `Range` request pinned to the object's ETag (a ranged GET within its range). What still fails is
 //! [`StoreError::Throttled`] or [`StoreError::Unavailable`], a 503 for clients.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -165,6 +166,45 @@ impl S3Store {
     }
 }
 
+impl S3Store {
+    /// A GET of the whole object, or of a non-empty `range` of it; a range that starts past
+    /// the end (S3's 416) yields no bytes.
+    async fn read(&self, key: &str, range: Option<Range<u64>>) -> Result<GetResult, StoreError> {
+        let full = self.full_key(key)?;
+        let header = range.as_ref().map(|r| format!("bytes={}-{}", r.start, r.end - 1));
+        let output = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .set_range(header)
+            .send()
+            .await
+        {
+            Err(e) if e.raw_response().is_some_and(|raw| raw.status().as_u16() == 416) => {
+                return Ok(GetResult { size: 0, chunks: Box::pin(stream::empty()) });
+            }
+            other => other.map_err(|e| classify(key, e))?,
+        };
+        let size = output.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+        let body = ResumableBody {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            full_key: full,
+            key: key.to_owned(),
+            etag: output.e_tag().map(str::to_owned),
+            body: Some(output.body),
+            first: range.as_ref().map_or(0, |r| r.start),
+            last: range.map(|r| r.end - 1),
+            received: 0,
+            size,
+            idle_timeout: self.settings.body_idle_timeout,
+            resumes_left: self.settings.max_attempts.saturating_sub(1),
+        };
+        Ok(GetResult { size, chunks: Box::pin(stream::unfold(body, ResumableBody::advance)) })
+    }
+}
+
 /// Sorts an SDK failure into the store's error variants by its error code and HTTP status.
 pub(crate) fn classify<E>(
     key: &str,
@@ -219,6 +259,9 @@ struct ResumableBody {
     key: String,
     etag: Option<String>,
     body: Option<ByteStream>,
+    /// Where the body starts in the object, and its last byte for a ranged GET.
+    first: u64,
+    last: Option<u64>,
     received: u64,
     size: u64,
     idle_timeout: Duration,
@@ -276,14 +319,16 @@ impl ResumableBody {
         }
     }
 
-    /// The rest of the object from `received` on, provided it is still the same object.
+    /// The rest of the body from `received` on, provided it is still the same object.
     async fn resume(&self, etag: &str) -> Result<ByteStream, StoreError> {
+        let from = self.first + self.received;
+        let to = self.last.map(|last| last.to_string()).unwrap_or_default();
         let output = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(&self.full_key)
-            .range(format!("bytes={}-", self.received))
+            .range(format!("bytes={from}-{to}"))
             .if_match(etag)
             .send()
             .await
@@ -295,7 +340,7 @@ impl ResumableBody {
                 },
                 other => other,
             })?;
-        let expected = format!("bytes {}-", self.received);
+        let expected = format!("bytes {from}-");
         if !output.content_range().is_some_and(|range| range.starts_with(&expected)) {
             return Err(StoreError::Unavailable {
                 key: self.key.clone(),
@@ -312,29 +357,7 @@ impl ResumableBody {
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn get(&self, key: &str) -> Result<GetResult, StoreError> {
-        let full = self.full_key(key)?;
-        let output = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .send()
-            .await
-            .map_err(|e| classify(key, e))?;
-        let size = output.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
-        let body = ResumableBody {
-            client: self.client.clone(),
-            bucket: self.bucket.clone(),
-            full_key: full,
-            key: key.to_owned(),
-            etag: output.e_tag().map(str::to_owned),
-            body: Some(output.body),
-            received: 0,
-            size,
-            idle_timeout: self.settings.body_idle_timeout,
-            resumes_left: self.settings.max_attempts.saturating_sub(1),
-        };
-        Ok(GetResult { size, chunks: Box::pin(stream::unfold(body, ResumableBody::advance)) })
+        self.read(key, None).await
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
@@ -349,6 +372,14 @@ impl ObjectStore for S3Store {
             .map_err(|e| classify(key, e))?;
         let size = output.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
         Ok(ObjectMeta { key: key.to_owned(), size })
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<GetResult, StoreError> {
+        if range.is_empty() {
+            self.head(key).await?;
+            return Ok(GetResult { size: 0, chunks: Box::pin(stream::empty()) });
+        }
+        self.read(key, Some(range)).await
     }
 
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {

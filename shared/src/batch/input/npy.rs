@@ -51,8 +51,7 @@ pub(super) fn read(
     let mut bytes = vec![0u8; count * width];
     for _ in 0..rows {
         reader.read_exact(&mut bytes).map_err(|e| super::unreadable(key, e))?;
-        let data =
-            binary::decode(header.datatype, count, &bytes).map_err(|problem| refuse(problem));
+        let data = binary::decode(header.datatype, count, &bytes).map_err(&refuse);
         let row = data.map(|data| Row {
             inputs: vec![Tensor { name: input.name.clone(), shape: shape.clone(), data }],
             outputs: None,

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Least-privilege check of template.yaml: what each function's IAM policy may grant.
+"""Least-privilege check of template.yaml: what each function's (and the batch state machine's)
+IAM policy may grant.
 
 Every function's `Policies` must be explicit IAM statements (no SAM policy templates such as
 S3CrudPolicy, no managed policies, no `Role` of its own), and their S3 grants, with every
@@ -22,7 +23,8 @@ import sys
 from cfnlint.decode import cfn_yaml
 
 # Function -> action -> the key patterns (relative to MAAS_STORE's prefix) it may be granted
-# on. For s3:ListBucket the patterns are the allowed values of its s3:prefix condition.
+# on. For s3:ListBucket the patterns are the allowed values of its s3:prefix condition. For
+# actions of other services, the exact resources (`<Resource.Attribute>` for a Fn::GetAtt).
 ALLOWED = {
     "PredictFunction": {
         "s3:GetObject": {"models/*"},
@@ -37,9 +39,25 @@ ALLOWED = {
     "BatchPredictFunction": {
         "s3:GetObject": {"models/*", "batch/input/*"},
         "s3:PutObject": {"batch/output/*"},
+        "s3:AbortMultipartUpload": {"batch/output/*"},
         "s3:ListBucket": {"models/*"},
     },
+    # The Distributed Map: invokes batch-predict, reads inputs, writes its results, and runs
+    # its own child executions.
+    "BatchStateMachine": {
+        "lambda:InvokeFunction": {"<BatchPredictFunction.Arn>", "<BatchPredictFunction.Arn>:*"},
+        "s3:GetObject": {"batch/input/*", "batch/output/state-machine/*"},
+        "s3:PutObject": {"batch/output/state-machine/*"},
+        "s3:ListMultipartUploadParts": {"batch/output/state-machine/*"},
+        "s3:AbortMultipartUpload": {"batch/output/state-machine/*"},
+        "states:StartExecution": {"arn:aws:states:us-east-1:123456789012:stateMachine:maas-batch"},
+        "states:DescribeExecution": {"arn:aws:states:us-east-1:123456789012:execution:maas-batch/*"},
+        "states:StopExecution": {"arn:aws:states:us-east-1:123456789012:execution:maas-batch/*"},
+    },
 }
+
+# Resource types whose Policies are checked.
+CHECKED_TYPES = {"AWS::Serverless::Function", "AWS::Serverless::StateMachine"}
 
 # Functions whose every HTTP route must be SigV4-authorised.
 IAM_ONLY_ROUTES = {"ModelUploadFunction"}
@@ -102,6 +120,9 @@ class Evaluator:
             return self.refs[arg]
         if key == "Condition":
             return self.condition(arg)
+        if key == "Fn::GetAtt":
+            resource, attribute = arg.split(".", 1) if isinstance(arg, str) else arg
+            return f"<{resource}.{attribute}>"
         if key == "Fn::If":
             name, then, otherwise = arg
             return self.eval(then if self.condition(name) else otherwise)
@@ -132,6 +153,8 @@ class Evaluator:
                     return str(names[name])
                 if name in self.refs:
                     return self.refs[name]
+                if "." in name and name.split(".")[0] in self.template.get("Resources", {}):
+                    return f"<{name}>"
                 raise Unresolvable(f"${{{name}}} in Fn::Sub")
 
             return re.sub(r"\$\{([^}]+)\}", replace, text)
@@ -184,6 +207,9 @@ def grants_of(name, function, ev, problems):
                     problems.append(f"{name}: grants {action}, not one of {sorted(ALLOWED[name])}")
                     continue
                 for resource in resources:
+                    if not action.startswith("s3:"):
+                        grants.add((action, resource))
+                        continue
                     if action == "s3:ListBucket":
                         if resource != bucket_arn:
                             problems.append(f"{name}: s3:ListBucket on {resource}, not {bucket_arn}")
@@ -211,7 +237,7 @@ def check(template):
     functions = {
         name: resource
         for name, resource in template["Resources"].items()
-        if resource.get("Type") == "AWS::Serverless::Function"
+        if resource.get("Type") in CHECKED_TYPES
     }
     for name in sorted(set(functions) ^ set(ALLOWED)):
         problems.append(f"{name}: in the template or in ALLOWED but not both")
@@ -288,7 +314,15 @@ def widenings():
     def batch_reads_another_bucket(t):
         retarget(statement(t, "BatchPredictFunction", "ReadModelsAndBatchInput"), "${Bucket}", "other")
 
+    def state_machine_invokes_any_function(t):
+        statement(t, "BatchStateMachine", "InvokeBatchPredict")["Resource"] = "*"
+
+    def state_machine_writes_inputs(t):
+        retarget(statement(t, "BatchStateMachine", "WriteResults"), "batch/output/state-machine/", "batch/input/")
+
     return [
+        state_machine_invokes_any_function,
+        state_machine_writes_inputs,
         predict_reads_the_whole_bucket,
         predict_writes_models,
         predict_gets_s3_crud_policy,

@@ -5,6 +5,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::batch::settings::{folder, BatchSettings};
 use crate::engine;
 use crate::fetch::FetchSettings;
 use crate::names::{ModelName, VersionSpec};
@@ -44,6 +45,12 @@ use crate::store::{LocalStore, MemoryStore, S3Settings, S3Store, SharedStore};
 /// | `MAAS_PRESIGN_EXPIRY_SECONDS` | how long a presigned upload URL stays valid | 900 |
 /// | `MAAS_ENGINE_THREADS` | threads for tract's matrix products (1: none besides the caller) | the CPUs available to the process |
 /// | `MAAS_SHAPE_PLANS` | optimised plans kept per model that is planned per input shape (LRU) | 8 |
+/// | `MAAS_BATCH_INPUT_PREFIX` | batch-predict: keys under it are batch inputs, `<prefix><model>[@<version or alias>]/<path>` | `batch/input/` |
+/// | `MAAS_BATCH_OUTPUT_PREFIX` | batch-predict: outputs and manifests go under it; events for its keys are ignored | `batch/output/` |
+/// | `MAAS_BATCH_SIZE` | batch-predict: rows per inference (powers of two suit the engine's per-shape plans) | 256 |
+/// | `MAAS_BATCH_MAX_FAILED_RATIO` | batch-predict: the job stops when more than this fraction of the rows read so far failed (1 never stops) | 0.5 |
+/// | `MAAS_BATCH_DEADLINE_MARGIN_MS` | batch-predict: time kept before the invocation's deadline to abort cleanly | 10000 |
+/// | `MAAS_BATCH_MAX_INLINE_RESULT_BYTES` | batch-predict: largest Step Functions answer returned inline; larger ones are written to the store | 250000 |
 /// | `MAAS_MALLOC_ARENAS` | glibc malloc arenas (`mallopt(M_ARENA_MAX)`): fewer arenas hold less freed memory; 0 keeps glibc's default (8 per core) | 2 |
 ///
 /// The S3 endpoint, region and credentials come from the standard AWS variables
@@ -64,6 +71,7 @@ pub struct Config {
     pub shape_plans: u64,
     /// 0: glibc's default.
     pub malloc_arenas: usize,
+    pub batch: BatchSettings,
 }
 
 /// A configuration variable has a value that cannot be used.
@@ -187,6 +195,7 @@ impl Config {
             engine_threads: parse_or(&lookup, "MAAS_ENGINE_THREADS", available_cpus())?.max(1),
             shape_plans: parse_or(&lookup, "MAAS_SHAPE_PLANS", 8)?.max(1),
             malloc_arenas: parse_or(&lookup, "MAAS_MALLOC_ARENAS", 2)?,
+            batch: batch_settings(&lookup)?,
         })
     }
 }
@@ -239,6 +248,41 @@ fn fetch_settings(lookup: &impl Fn(&str) -> Option<String>) -> Result<FetchSetti
         part_attempts: u32::try_from(at_least_one("MAAS_FETCH_PART_ATTEMPTS", attempts)?)
             .unwrap_or(u32::MAX),
     })
+}
+
+fn batch_settings(lookup: &impl Fn(&str) -> Option<String>) -> Result<BatchSettings, ConfigError> {
+    let default = BatchSettings::default();
+    let prefix = |variable, default: &str| folder(&lookup(variable).unwrap_or(default.to_owned()));
+    let settings = BatchSettings {
+        input_prefix: prefix("MAAS_BATCH_INPUT_PREFIX", &default.input_prefix),
+        output_prefix: prefix("MAAS_BATCH_OUTPUT_PREFIX", &default.output_prefix),
+        batch_size: parse_or(lookup, "MAAS_BATCH_SIZE", default.batch_size)?.max(1),
+        max_failed_ratio: parse_or(
+            lookup,
+            "MAAS_BATCH_MAX_FAILED_RATIO",
+            default.max_failed_ratio,
+        )?,
+        deadline_margin: Duration::from_millis(parse_or(
+            lookup,
+            "MAAS_BATCH_DEADLINE_MARGIN_MS",
+            10_000,
+        )?),
+        max_inline_result_bytes: parse_or(
+            lookup,
+            "MAAS_BATCH_MAX_INLINE_RESULT_BYTES",
+            default.max_inline_result_bytes,
+        )?,
+    };
+    let (input, output) = (&settings.input_prefix, &settings.output_prefix);
+    if input.starts_with(output.as_str()) || output.starts_with(input.as_str()) {
+        return Err(ConfigError {
+            variable: "MAAS_BATCH_OUTPUT_PREFIX",
+            problem: format!(
+                "{output:?} and the input prefix {input:?} must not contain each other"
+            ),
+        });
+    }
+    Ok(settings)
 }
 
 /// The CPUs this process may use (cgroup limits included); Lambda gives 1 per 1769 MB.

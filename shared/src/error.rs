@@ -91,6 +91,19 @@ pub enum Error {
     #[error("the response would be {size} bytes as Lambda returns it, over the limit of {limit} bytes of a synchronous invocation; ask for fewer rows or outputs, or use batch-predict (files in S3) for large results")]
     ResponseTooLarge { size: u64, limit: u64 },
 
+    /// A batch input cannot be processed at all: its key names no valid model or no
+    /// supported format, its event comes from elsewhere, or the file is unreadable.
+    #[error("batch input `{key}`: {problem}")]
+    InvalidBatchInput { key: String, problem: String },
+
+    /// More rows of a batch input failed than the configured ratio allows.
+    #[error("{failed} of the first {rows} rows failed, over the limit of {ratio} (MAAS_BATCH_MAX_FAILED_RATIO); the job stopped")]
+    TooManyFailedRows { failed: u64, rows: u64, ratio: f64 },
+
+    /// A batch job could not finish before the invocation's deadline.
+    #[error("the job stopped at the invocation's deadline after {rows} rows, and wrote nothing; split the file or use the Step Functions state machine for files this large")]
+    DeadlineExceeded { rows: u64 },
+
     /// The object store cannot be reached or is throttling us; retrying later may work.
     #[error("model store unavailable")]
     StoreUnavailable {
@@ -145,7 +158,9 @@ impl Error {
     /// The HTTP status this error maps to.
     pub fn status(&self) -> u16 {
         match self {
-            Error::InvalidRequest { .. } | Error::InvalidInput { .. } => 400,
+            Error::InvalidRequest { .. }
+            | Error::InvalidInput { .. }
+            | Error::InvalidBatchInput { .. } => 400,
             Error::ModelNotFound { .. }
             | Error::VersionNotFound { .. }
             | Error::AliasNotFound { .. }
@@ -160,7 +175,9 @@ impl Error {
             Error::UnsupportedEncoding { .. } => 415,
             Error::InvalidModel { .. }
             | Error::InferenceRejected { .. }
-            | Error::OverBudget { .. } => 422,
+            | Error::OverBudget { .. }
+            | Error::TooManyFailedRows { .. } => 422,
+            Error::DeadlineExceeded { .. } => 504,
             Error::Unsupported { .. } => 501,
             Error::StoreUnavailable { .. } => 503,
             Error::Store { .. }
@@ -188,6 +205,8 @@ impl Error {
         }
         match self.status() {
             503 => "model store unavailable, retry later".to_owned(),
+            // A deadline says nothing internal, and what to do about it.
+            504 => self.to_string(),
             _ if !self.is_client_error() => "internal error".to_owned(),
             _ => self.to_string(),
         }
@@ -224,6 +243,9 @@ impl Error {
             Error::InflatesTooLarge { .. } => "InflatesTooLarge",
             Error::UnsupportedEncoding { .. } => "UnsupportedEncoding",
             Error::ResponseTooLarge { .. } => "ResponseTooLarge",
+            Error::InvalidBatchInput { .. } => "InvalidBatchInput",
+            Error::TooManyFailedRows { .. } => "TooManyFailedRows",
+            Error::DeadlineExceeded { .. } => "DeadlineExceeded",
             Error::StoreUnavailable { .. } => "StoreUnavailable",
             Error::Store { .. } => "StoreFailure",
             Error::CorruptModel { .. } => "CorruptModel",
@@ -245,6 +267,18 @@ impl From<StoreError> for Error {
                 message: format!("this deployment's store does not support {operation}"),
             },
             _ => Error::Store { source },
+        }
+    }
+}
+
+/// A failed invocation of a non-HTTP function: `errorType` is the variant's [`Error::kind`]
+/// (what an on-failure destination or a Step Functions `Catch` matches), `errorMessage` what
+/// a client may see.
+impl From<Error> for lambda_runtime::Diagnostic {
+    fn from(err: Error) -> Self {
+        lambda_runtime::Diagnostic {
+            error_type: err.kind().to_owned(),
+            error_message: err.client_message(),
         }
     }
 }

@@ -9,6 +9,7 @@
 //! ([`registry::publish`]). [`http`] holds the glue the HTTP functions share, [`function`]
 //! their start-up, [`malloc`] the C allocator's tuning; [`config`] reads the environment.
 
+pub mod batch;
 pub mod config;
 pub mod disk_cache;
 pub mod engine;

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use maas::store::{LocalStore, MemoryStore, ObjectStore, S3Store, StoreError};
+use maas::store::{
+    LocalStore, MemoryStore, ObjectStore, S3Store, StoreError, MULTIPART_PART_BYTES,
+};
 use maas_tests::{fresh_s3_store, s3_client, s3_client_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -92,7 +94,58 @@ async fn conformance(store: &dyn ObjectStore) {
             "{key:?}"
         );
         assert!(matches!(store.get(key).await, Err(StoreError::InvalidKey { .. })), "{key:?}");
+        assert!(
+            matches!(store.put_streaming(key).await, Err(StoreError::InvalidKey { .. })),
+            "{key:?}"
+        );
     }
+
+    streaming_writes(store).await;
+}
+
+/// More than two S3 parts, written in chunks that do not divide a part.
+pub const STREAMED_BYTES: usize = 2 * MULTIPART_PART_BYTES + 12_345;
+
+/// A streaming write appears whole when completed and not before; an aborted or dropped one
+/// never appears, and leaves any previous object as it was.
+async fn streaming_writes(store: &dyn ObjectStore) {
+    let big: Bytes = (0..STREAMED_BYTES).map(|i| (i % 253) as u8).collect::<Vec<_>>().into();
+    store.put("s/replaced", Bytes::from_static(b"old")).await.unwrap();
+    let mut writer = store.put_streaming("s/replaced").await.unwrap();
+    for chunk in big.chunks((1 << 20) + 7) {
+        writer.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+    }
+    assert_eq!(read(store, "s/replaced").await, Bytes::from_static(b"old"), "visible early");
+    assert_eq!(keys(store.list("s/").await.unwrap()), ["s/replaced"]);
+    writer.complete().await.unwrap();
+    assert_eq!(store.head("s/replaced").await.unwrap().size, big.len() as u64);
+    assert!(read(store, "s/replaced").await == big, "streamed object differs");
+
+    for (key, abort) in [("s/aborted", true), ("s/dropped", false)] {
+        let mut writer = store.put_streaming(key).await.unwrap();
+        writer.write(big.slice(..MULTIPART_PART_BYTES + 1)).await.unwrap();
+        writer.write(Bytes::from_static(b"tail")).await.unwrap();
+        if abort {
+            writer.abort().await.unwrap();
+        } else {
+            drop(writer);
+        }
+        assert!(matches!(store.get(key).await, Err(StoreError::NotFound { .. })), "{key}");
+    }
+    let mut writer = store.put_streaming("s/replaced").await.unwrap();
+    writer.write(Bytes::from_static(b"never")).await.unwrap();
+    writer.abort().await.unwrap();
+    assert_eq!(store.head("s/replaced").await.unwrap().size, big.len() as u64);
+
+    // Small and empty objects.
+    let mut writer = store.put_streaming("s/small").await.unwrap();
+    writer.write(Bytes::from_static(b"one ")).await.unwrap();
+    writer.write(Bytes::from_static(b"two")).await.unwrap();
+    writer.complete().await.unwrap();
+    assert_eq!(read(store, "s/small").await, Bytes::from_static(b"one two"));
+    store.put_streaming("s/empty").await.unwrap().complete().await.unwrap();
+    assert_eq!(read(store, "s/empty").await, Bytes::new());
+    assert_eq!(keys(store.list("s/").await.unwrap()), ["s/empty", "s/replaced", "s/small"]);
 }
 
 /// Of many writers racing to create one key, exactly one succeeds and its bytes stay.
@@ -159,7 +212,17 @@ async fn local_store_conforms() {
 
 #[tokio::test]
 async fn s3_store_conforms() {
-    conformance(&fresh_s3_store().await).await;
+    let store = fresh_s3_store().await;
+    conformance(&store).await;
+    // The large streamed object went up as a multipart upload of three parts, and no upload
+    // was left open (the aborted ones were aborted; the dropped one is the lifecycle rule's).
+    let client = s3_client().await;
+    let head =
+        client.head_object().bucket(store.bucket()).key("maas/s/replaced").send().await.unwrap();
+    assert!(head.e_tag().is_some_and(|tag| tag.ends_with("-3\"")), "{:?}", head.e_tag());
+    let open = client.list_multipart_uploads().bucket(store.bucket()).send().await.unwrap();
+    let open: Vec<_> = open.uploads().iter().filter_map(|u| u.key()).collect();
+    assert_eq!(open, ["maas/s/dropped"]);
 }
 
 #[tokio::test]

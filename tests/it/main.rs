@@ -5,6 +5,7 @@
 
 mod bad_input;
 mod bad_requests;
+mod batch;
 mod binary_tensors;
 mod cold_start;
 mod conformance;

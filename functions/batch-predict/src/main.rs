@@ -1,24 +1,21 @@
-//! `batch-predict`: runs a model over files dropped into S3. Not built yet: every event is
-//! refused with a `NotImplemented` error, so nothing is silently dropped.
+//! `batch-predict`: runs models over files dropped into S3 and over Step Functions item
+//! batches. `main` wires configuration, the registry and the batch core; the handler maps an
+//! invocation to [`maas::batch::Batch::handle`].
 
-use aws_lambda_events::event::s3::S3Event;
-use lambda_runtime::{service_fn, Diagnostic, LambdaEvent};
-
-async fn handle(event: LambdaEvent<S3Event>) -> Result<(), Diagnostic> {
-    let keys: Vec<String> =
-        event.payload.records.iter().filter_map(|r| r.s3.object.key.clone()).collect();
-    tracing::warn!(?keys, "batch prediction is not implemented yet");
-    Err(Diagnostic {
-        error_type: "NotImplemented".into(),
-        error_message: format!(
-            "batch prediction is not implemented yet; {} object(s) not processed",
-            keys.len()
-        ),
-    })
-}
+use lambda_runtime::{service_fn, LambdaEvent};
+use maas::batch::{Batch, Event};
+use maas::{function, Predictor};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    maas::function::init_tracing(true);
-    lambda_runtime::run(service_fn(handle)).await
+    function::init_tracing(true);
+    let config = function::config(None)?;
+    let predictor = Predictor::new(function::registry(&config).await, config.requests);
+    // Runs during the Lambda init phase, before the first event.
+    predictor.preload(&config.preload).await;
+    let batch = Batch::new(predictor, config.store.clone(), config.batch.clone());
+    lambda_runtime::run(service_fn(|event: LambdaEvent<Event>| {
+        batch_predict::handler::handle(&batch, event)
+    }))
+    .await
 }

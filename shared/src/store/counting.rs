@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{GetResult, ObjectMeta, ObjectStore, SharedStore, StoreError};
+use super::{BoxWriter, GetResult, ObjectMeta, ObjectStore, SharedStore, StoreError};
 
 /// Counts the calls that reach `inner`, by kind.
 #[derive(Debug)]
@@ -82,6 +82,10 @@ impl ObjectStore for CountingStore {
     async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
         self.puts.fetch_add(1, Ordering::SeqCst);
         self.inner.put_if_absent(key, bytes).await
+    }
+    async fn put_streaming(&self, key: &str) -> Result<BoxWriter, StoreError> {
+        self.puts.fetch_add(1, Ordering::SeqCst);
+        self.inner.put_streaming(key).await
     }
     async fn presign_put(&self, key: &str, expires_in: Duration) -> Result<String, StoreError> {
         self.inner.presign_put(key, expires_in).await

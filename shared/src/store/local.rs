@@ -11,7 +11,10 @@ use futures::TryStreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
-use super::{check_key, check_prefix, clamp, GetResult, ObjectMeta, ObjectStore, StoreError};
+use super::{
+    check_key, check_prefix, clamp, BoxWriter, GetResult, ObjectMeta, ObjectStore, ObjectWriter,
+    StoreError,
+};
 
 /// Objects are files below `root`; a key's segments are directories. Writes go to a
 /// temporary file in the same directory and are renamed into place, so readers never see a
@@ -105,6 +108,18 @@ impl ObjectStore for LocalStore {
         blocking(key, move || write_atomically(&path, &bytes, Replace::No)).await
     }
 
+    async fn put_streaming(&self, key: &str) -> Result<BoxWriter, StoreError> {
+        let path = self.path(key)?;
+        let temp = blocking(key, move || {
+            let dir = path.parent().ok_or_else(|| io::Error::other("object path has no parent"))?;
+            std::fs::create_dir_all(dir)?;
+            let temp = tempfile::Builder::new().prefix(TEMP_PREFIX).tempfile_in(dir)?;
+            Ok((temp, path))
+        })
+        .await?;
+        Ok(Box::new(LocalWriter { key: key.to_owned(), temp: Some(temp) }))
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         check_prefix(prefix)?;
         let root = self.root.clone();
@@ -124,6 +139,48 @@ impl ObjectStore for LocalStore {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error(key, e)),
             _ => Ok(()),
         }
+    }
+}
+
+/// A streaming write: a temporary file beside the object, renamed into place when completed
+/// and deleted when aborted or dropped.
+struct LocalWriter {
+    key: String,
+    /// The temporary file and the object's path; `None` only while a blocking task holds it.
+    temp: Option<(tempfile::NamedTempFile, PathBuf)>,
+}
+
+impl LocalWriter {
+    fn take(&mut self) -> Result<(tempfile::NamedTempFile, PathBuf), StoreError> {
+        self.temp.take().ok_or_else(|| StoreError::Other {
+            key: self.key.clone(),
+            source: Arc::new(io::Error::other("an earlier write of this object failed")),
+        })
+    }
+}
+
+#[async_trait]
+impl ObjectWriter for LocalWriter {
+    async fn write(&mut self, bytes: Bytes) -> Result<(), StoreError> {
+        use std::io::Write;
+        let (mut temp, path) = self.take()?;
+        let temp = blocking(&self.key, move || temp.write_all(&bytes).map(|()| temp)).await?;
+        self.temp = Some((temp, path));
+        Ok(())
+    }
+
+    async fn complete(mut self: Box<Self>) -> Result<(), StoreError> {
+        let (temp, path) = self.take()?;
+        blocking(&self.key, move || {
+            temp.as_file().sync_all()?;
+            temp.persist(path).map(drop).map_err(|e| e.error)
+        })
+        .await
+    }
+
+    async fn abort(self: Box<Self>) -> Result<(), StoreError> {
+        // Dropping the temporary file deletes it.
+        Ok(())
     }
 }
 

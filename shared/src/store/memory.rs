@@ -2,17 +2,47 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::stream;
 
-use super::{check_key, check_prefix, clamp, GetResult, ObjectMeta, ObjectStore, StoreError};
+use super::{
+    check_key, check_prefix, clamp, BoxWriter, GetResult, ObjectMeta, ObjectStore, ObjectWriter,
+    StoreError,
+};
+
+type Objects = Arc<RwLock<BTreeMap<String, Bytes>>>;
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    objects: RwLock<BTreeMap<String, Bytes>>,
+    objects: Objects,
+}
+
+/// A streaming write: a buffer, inserted whole when completed.
+struct MemoryWriter {
+    objects: Objects,
+    key: String,
+    buffer: BytesMut,
+}
+
+#[async_trait]
+impl ObjectWriter for MemoryWriter {
+    async fn write(&mut self, bytes: Bytes) -> Result<(), StoreError> {
+        self.buffer.extend_from_slice(&bytes);
+        Ok(())
+    }
+
+    async fn complete(self: Box<Self>) -> Result<(), StoreError> {
+        let mut objects = self.objects.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        objects.insert(self.key, self.buffer.freeze());
+        Ok(())
+    }
+
+    async fn abort(self: Box<Self>) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 impl MemoryStore {
@@ -67,6 +97,12 @@ impl ObjectStore for MemoryStore {
                 Ok(())
             }
         }
+    }
+
+    async fn put_streaming(&self, key: &str) -> Result<BoxWriter, StoreError> {
+        check_key(key)?;
+        let objects = Arc::clone(&self.objects);
+        Ok(Box::new(MemoryWriter { objects, key: key.to_owned(), buffer: BytesMut::new() }))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {

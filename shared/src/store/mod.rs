@@ -7,6 +7,7 @@ mod counting;
 mod local;
 mod memory;
 mod s3;
+mod streaming;
 
 use std::fmt;
 use std::ops::Range;
@@ -22,6 +23,7 @@ pub use counting::CountingStore;
 pub use local::LocalStore;
 pub use memory::MemoryStore;
 pub use s3::{S3Settings, S3Store, UPLOAD_BYTES_PER_SECOND};
+pub use streaming::{BoxWriter, ObjectWriter, MULTIPART_PART_BYTES};
 
 use crate::error::Cause;
 
@@ -124,6 +126,10 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     /// [`StoreError::AlreadyExists`] and nothing changes. Of two racing writers exactly one
     /// succeeds.
     async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<(), StoreError>;
+
+    /// Opens a streaming write of `key` ([`ObjectWriter`]): the object appears whole when the
+    /// writer completes, and never if it aborts or is dropped.
+    async fn put_streaming(&self, key: &str) -> Result<BoxWriter, StoreError>;
 
     /// A URL that lets its holder PUT exactly this one key, valid for `expires_in`.
     /// Only stores reachable from outside support it.

@@ -20,11 +20,15 @@ use aws_sdk_s3::config::StalledStreamProtectionConfig;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::stream;
 
-use super::{check_key, check_prefix, GetResult, ObjectMeta, ObjectStore, StoreError};
+use super::{
+    check_key, check_prefix, BoxWriter, GetResult, ObjectMeta, ObjectStore, ObjectWriter,
+    StoreError, MULTIPART_PART_BYTES,
+};
 use crate::error::Cause;
 
 /// How the S3 client connects, waits and retries. [`crate::Config`] documents the variables
@@ -161,8 +165,137 @@ impl S3Store {
     /// Timeouts for writing `bytes`: the configured ones, longer by the time the body takes
     /// at [`UPLOAD_BYTES_PER_SECOND`].
     fn write_config(&self, bytes: &Bytes) -> aws_sdk_s3::config::Builder {
-        let extra = Duration::from_secs_f64(bytes.len() as f64 / UPLOAD_BYTES_PER_SECOND as f64);
-        aws_sdk_s3::config::Builder::new().timeout_config(self.settings.timeouts(extra))
+        write_config(&self.settings, bytes.len())
+    }
+}
+
+fn write_config(settings: &S3Settings, bytes: usize) -> aws_sdk_s3::config::Builder {
+    let extra = Duration::from_secs_f64(bytes as f64 / UPLOAD_BYTES_PER_SECOND as f64);
+    aws_sdk_s3::config::Builder::new().timeout_config(settings.timeouts(extra))
+}
+
+/// A streaming write. Bytes gather in a buffer; each full part goes out with UploadPart of a
+/// multipart upload created for the first one, and CompleteMultipartUpload makes the object
+/// visible. An object smaller than one part is a single PutObject at completion. An upload
+/// never completed (aborted, or its process killed) stays invisible; the bucket's lifecycle
+/// rule removes its parts.
+struct S3Writer {
+    store: S3Store,
+    key: String,
+    full_key: String,
+    buffer: BytesMut,
+    upload_id: Option<String>,
+    parts: Vec<CompletedPart>,
+}
+
+impl S3Writer {
+    /// Sends the buffer as the next part, creating the multipart upload first if needed.
+    async fn send_part(&mut self) -> Result<(), StoreError> {
+        let upload_id = match &self.upload_id {
+            Some(id) => id.clone(),
+            None => {
+                let created = self
+                    .store
+                    .client
+                    .create_multipart_upload()
+                    .bucket(&self.store.bucket)
+                    .key(&self.full_key)
+                    .send()
+                    .await
+                    .map_err(|e| classify(&self.key, e))?;
+                let id = created.upload_id().map(str::to_owned).ok_or_else(|| {
+                    self.protocol_error("CreateMultipartUpload returned no upload id")
+                })?;
+                self.upload_id = Some(id.clone());
+                id
+            }
+        };
+        let body = self.buffer.split().freeze();
+        let number = i32::try_from(self.parts.len() + 1)
+            .map_err(|_| self.protocol_error("too many parts"))?;
+        let config = write_config(&self.store.settings, body.len());
+        let sent = self
+            .store
+            .client
+            .upload_part()
+            .bucket(&self.store.bucket)
+            .key(&self.full_key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .body(ByteStream::from(body))
+            .customize()
+            .config_override(config)
+            .send()
+            .await
+            .map_err(|e| classify(&self.key, e))?;
+        let part = CompletedPart::builder().part_number(number).set_e_tag(sent.e_tag).build();
+        self.parts.push(part);
+        Ok(())
+    }
+
+    fn protocol_error(&self, problem: &str) -> StoreError {
+        StoreError::Other {
+            key: self.key.clone(),
+            source: Arc::new(std::io::Error::other(problem.to_owned())),
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectWriter for S3Writer {
+    async fn write(&mut self, bytes: Bytes) -> Result<(), StoreError> {
+        self.buffer.extend_from_slice(&bytes);
+        while self.buffer.len() >= MULTIPART_PART_BYTES {
+            let rest = self.buffer.split_off(MULTIPART_PART_BYTES);
+            let sent = self.send_part().await;
+            self.buffer.unsplit(rest);
+            sent?;
+        }
+        Ok(())
+    }
+
+    async fn complete(mut self: Box<Self>) -> Result<(), StoreError> {
+        if self.upload_id.is_none() {
+            let body = self.buffer.split().freeze();
+            return self.store.put(&self.key, body).await;
+        }
+        if !self.buffer.is_empty() {
+            if let Err(err) = self.send_part().await {
+                let _ = self.abort().await;
+                return Err(err);
+            }
+        }
+        let parts = CompletedMultipartUpload::builder().set_parts(Some(self.parts.clone())).build();
+        let completed = self
+            .store
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.store.bucket)
+            .key(&self.full_key)
+            .set_upload_id(self.upload_id.clone())
+            .multipart_upload(parts)
+            .send()
+            .await
+            .map_err(|e| classify(&self.key, e));
+        if let Err(err) = completed {
+            let _ = self.abort().await;
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    async fn abort(self: Box<Self>) -> Result<(), StoreError> {
+        let Some(upload_id) = &self.upload_id else { return Ok(()) };
+        self.store
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.store.bucket)
+            .key(&self.full_key)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(|e| classify(&self.key, e))?;
+        Ok(())
     }
 }
 
@@ -413,6 +546,18 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| classify(key, e))?;
         Ok(())
+    }
+
+    async fn put_streaming(&self, key: &str) -> Result<BoxWriter, StoreError> {
+        let full_key = self.full_key(key)?;
+        Ok(Box::new(S3Writer {
+            store: self.clone(),
+            key: key.to_owned(),
+            full_key,
+            buffer: BytesMut::new(),
+            upload_id: None,
+            parts: Vec::new(),
+        }))
     }
 
     async fn presign_put(&self, key: &str, expires_in: Duration) -> Result<String, StoreError> {

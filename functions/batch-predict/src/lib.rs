@@ -1,0 +1,3 @@
+//! `batch-predict` as a library, so tests can call its handler with hand-built events.
+
+pub mod handler;

@@ -1,0 +1,68 @@
+//! The output JSON Lines: one line per input record, in input order, with the record's
+//! number (from 0) and its outputs in the Open Inference Protocol's form, or its error.
+//! Nothing else goes in (no timings, no ids), so the same input gives the same bytes.
+
+use bytes::Bytes;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::infer::Outcome;
+use crate::error::Error;
+use crate::protocol::json;
+use crate::protocol::oip::ResponseOutput;
+use crate::store::{BoxWriter, StoreError};
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Line<'e> {
+    Outputs { row: u64, outputs: Vec<ResponseOutput> },
+    Error { row: u64, error: &'e str },
+}
+
+/// Appends the lines of `outcomes`, the first numbered `first_row`, to `out`.
+pub fn write_lines(out: &mut Vec<u8>, first_row: u64, outcomes: Vec<Outcome>) -> Result<(), Error> {
+    for (row, outcome) in (first_row..).zip(outcomes) {
+        let message;
+        let line = match outcome {
+            Ok(outputs) => Line::Outputs {
+                row,
+                outputs: outputs.into_iter().map(ResponseOutput::from).collect(),
+            },
+            Err(err) => {
+                message = err.client_message();
+                Line::Error { row, error: &message }
+            }
+        };
+        let bytes =
+            json::to_vec(&line).map_err(|e| Error::internal("writing an output line", e))?;
+        out.extend_from_slice(&bytes);
+        out.push(b'\n');
+    }
+    Ok(())
+}
+
+/// What the writer wrote: its SHA-256 (hex) and size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+/// Writes everything `chunks` brings to `writer`, hashing it, until the channel closes; hands
+/// the writer back (to complete or abort) with the result.
+pub async fn write_all(
+    mut writer: BoxWriter,
+    mut chunks: mpsc::Receiver<Bytes>,
+) -> (BoxWriter, Result<Written, StoreError>) {
+    let mut hash = Sha256::new();
+    let mut bytes = 0u64;
+    while let Some(chunk) = chunks.recv().await {
+        hash.update(&chunk);
+        bytes += chunk.len() as u64;
+        if let Err(err) = writer.write(chunk).await {
+            return (writer, Err(err));
+        }
+    }
+    (writer, Ok(Written { sha256: hex::encode(hash.finalize()), bytes }))
+}

@@ -52,7 +52,13 @@ thread_local! {
 /// [`measured`].
 pub struct CappedAllocator;
 
+/// Whether to refuse an allocation of `size` bytes on this thread. Never while the thread
+/// panics: the panic's message, its backtrace (`RUST_BACKTRACE`) and the unwinding need memory
+/// to report the failure, and a refusal there would abort the process or deadlock it.
 fn refuses(size: usize) -> bool {
+    if std::thread::panicking() {
+        return false;
+    }
     CAP.try_with(|cap| size > cap.get())
         .unwrap_or(false)
         .then(|| REFUSED.try_with(|refused| refused.set(size)))
@@ -378,6 +384,14 @@ mod tests {
             contained::<()>(u64::MAX, "testing", || panic!("index out of bounds")).unwrap_err();
         assert_eq!(err.status(), 422);
         assert!(err.to_string().contains("while testing: index out of bounds"), "{err}");
+    }
+
+    #[test]
+    fn a_panic_reports_itself_even_when_its_message_is_over_the_cap() {
+        let detail = "x".repeat(4096);
+        let err = contained::<()>(64, "testing", || panic!("index out of bounds: {detail}"))
+            .unwrap_err();
+        assert!(err.to_string().contains(&detail), "{err}");
     }
 
     #[test]

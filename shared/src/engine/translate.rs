@@ -1,0 +1,136 @@
+//! Translating a parsed ONNX graph into tract's typed, decluttered form, under the input
+//! facts maas gives it: declared types, and symbolic or concrete shapes.
+
+use tract_onnx::pb;
+use tract_onnx::prelude::{
+    Framework, InferenceFact, InferenceModel, InferenceModelExt, TDim, TypedModel,
+};
+
+use super::convert::datum_type_of;
+use super::fold::fold_ifs;
+use super::signature::signature_of;
+use super::{engine_error, engine_problem, onnx};
+use crate::error::Error;
+use crate::manifest::{Loader, Signature, TensorSpec};
+
+/// Parses the graph with `loader`, gives its inputs their declared types and either symbolic
+/// shapes or, when given, concrete `shapes`, and translates it into tract's typed, decluttered
+/// form.
+pub(super) fn translate(
+    proto: &pb::ModelProto,
+    loader: Loader,
+    shapes: Option<&[Vec<usize>]>,
+) -> Result<(TypedModel, Signature), Error> {
+    let folded;
+    let proto = match loader {
+        Loader::FoldConstantIf => {
+            folded = fold_ifs(proto, shapes)?;
+            &folded
+        }
+        Loader::Plain | Loader::IgnoreValueInfo => proto,
+    };
+    let signature = signature_of(proto)?;
+    let onnx = onnx().with_ignore_value_info(loader != Loader::Plain);
+    let mut model = onnx
+        .model_for_proto_model(proto)
+        .map_err(|e| engine_error("cannot translate the ONNX graph", e))?;
+    set_input_facts(&mut model, proto, &signature, shapes)?;
+    let typed = model
+        .into_typed()
+        .and_then(|typed| typed.into_decluttered())
+        .map_err(|e| engine_error("cannot analyse the model", e))?;
+    Ok((typed, signature))
+}
+
+/// Gives the graph's inputs their declared types and either symbolic shapes or, when given,
+/// concrete `shapes`.
+pub(super) fn set_input_facts(
+    model: &mut InferenceModel,
+    proto: &pb::ModelProto,
+    signature: &Signature,
+    shapes: Option<&[Vec<usize>]>,
+) -> Result<(), Error> {
+    if model.input_outlets().map_or(0, |o| o.len()) != signature.inputs.len() {
+        return Err(engine_problem("the graph's inputs do not match its declared inputs"));
+    }
+    for (index, spec) in signature.inputs.iter().enumerate() {
+        let datum_type = datum_type_of(spec.datatype).ok_or_else(|| {
+            engine_problem(format!(
+                "input `{}` has unsupported datatype {}",
+                spec.name, spec.datatype
+            ))
+        })?;
+        let shape = match shapes.and_then(|s| s.get(index)) {
+            Some(shape) => shape.iter().map(|&d| TDim::from(d)).collect(),
+            None => symbolic_shape(model, proto, index, spec),
+        };
+        model.set_input_fact(index, InferenceFact::dt_shape(datum_type, shape)).map_err(|e| {
+            engine_error(format!("cannot set the facts of input `{}`", spec.name), e)
+        })?;
+    }
+    Ok(())
+}
+
+/// Tries each loader in turn and returns the first translation that works with the loader
+/// that made it; when none works, the plain loader's error, which names the failing node.
+pub(super) fn translate_any(
+    proto: &pb::ModelProto,
+) -> Result<(TypedModel, Signature, Loader), Error> {
+    let mut first_error = None;
+    for loader in Loader::ALL {
+        match translate(proto, loader, None) {
+            Ok((typed, signature)) => return Ok((typed, signature, loader)),
+            Err(err) => {
+                tracing::debug!(?loader, error = %crate::error::chain(&err), "loader failed");
+                first_error.get_or_insert(err);
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(|| engine_problem("no loader")))
+}
+
+/// The input's shape with its dynamic dimensions as symbols: the ONNX `dim_param` name where
+/// there is one (so tract unifies it with the rest of the graph), `N` for an unnamed first
+/// (batch) dimension, and a fresh symbol for any other unnamed one.
+fn symbolic_shape(
+    model: &tract_onnx::prelude::InferenceModel,
+    proto: &pb::ModelProto,
+    index: usize,
+    spec: &TensorSpec,
+) -> Vec<TDim> {
+    let declared = proto
+        .graph
+        .as_ref()
+        .and_then(|g| g.input.iter().find(|v| v.name == spec.name))
+        .and_then(|v| v.r#type.as_ref())
+        .and_then(|t| match &t.value {
+            Some(pb::type_proto::Value::TensorType(tensor)) => tensor.shape.clone(),
+            None => None,
+        });
+    spec.shape
+        .iter()
+        .enumerate()
+        .map(|(axis, &dim)| {
+            if dim > 0 {
+                return TDim::from(dim);
+            }
+            let param =
+                declared.as_ref().and_then(|s| s.dim.get(axis)).and_then(|d| match &d.value {
+                    Some(pb::tensor_shape_proto::dimension::Value::DimParam(p))
+                        if !p.is_empty() =>
+                    {
+                        Some(p.clone())
+                    }
+                    _ => None,
+                });
+            let name = param.unwrap_or_else(|| {
+                if axis == 0 {
+                    "N".to_owned()
+                } else {
+                    format!("in{index}_dim{axis}")
+                }
+            });
+            TDim::from(model.sym(&name))
+        })
+        .collect()
+}

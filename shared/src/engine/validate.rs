@@ -1,0 +1,257 @@
+//! Validating an upload: parse, refuse what cannot be served safely, translate, optimise and
+//! run once, saying what failed.
+
+use std::time::Instant;
+
+use tract_onnx::pb;
+use tract_onnx::prelude::Framework;
+
+use super::convert::{datum_type_of, zeros};
+use super::signature::{signature_of, tensor_spec};
+use super::translate::translate_any;
+use super::{budget::contained, plans, Limits, Memory, Model};
+use crate::elapsed_ms;
+use crate::error::Error;
+use crate::manifest::{Loader, Planning, Signature, ValidationReport};
+use crate::tensor::Tensor;
+
+/// What validating an upload found.
+#[derive(Debug)]
+pub struct Validated {
+    pub signature: Signature,
+    /// The default-domain ONNX opset the model imports.
+    pub opset: Option<i64>,
+    /// `producer_name producer_version`, as the exporter wrote them.
+    pub producer: Option<String>,
+    pub report: ValidationReport,
+    /// The loader that read the model; `predict` loads it the same way.
+    pub loader: Loader,
+    /// Whether one symbolic plan serves every shape, or plans are made per shape.
+    pub plans: Planning,
+}
+
+/// Checks that `bytes` are an ONNX model maas can serve: it parses, references no external
+/// data, declares no tensor over the limit, translates, optimises, and runs once on zeros of
+/// the declared types and shapes (dynamic dimensions at 1). When no loader gives a symbolic
+/// plan, a per-shape plan is tried (`TRIAL_DIMS`). Any failure is [`Error::InvalidModel`]
+/// saying what failed.
+pub fn validate(bytes: &[u8], limits: &Limits) -> Result<Validated, Error> {
+    let memory = Memory::new(limits, bytes.len() as u64);
+    contained(memory.cap, "validating the model", || validate_within(bytes, limits, memory))
+        .map_err(as_invalid)
+}
+
+fn validate_within(bytes: &[u8], limits: &Limits, memory: Memory) -> Result<Validated, Error> {
+    let started = Instant::now();
+    let proto = tract_onnx::onnx()
+        .proto_model_for_read(&mut &bytes[..])
+        .map_err(|e| invalid(format!("not an ONNX file: {e}")))?;
+    let graph = proto.graph.as_ref().filter(|g| !g.node.is_empty() && !g.output.is_empty());
+    let graph = graph.ok_or_else(|| {
+        invalid("not an ONNX model: it has no graph with nodes and outputs".to_owned())
+    })?;
+    if let Some(tensor) =
+        graph.initializer.iter().find(|t| t.data_location == Some(1) || !t.external_data.is_empty())
+    {
+        return Err(invalid(format!(
+            "initializer `{}` references external data; embed all weights in the .onnx file",
+            tensor.name
+        )));
+    }
+    check_declared(&proto, limits)?;
+    check_string_ops(&proto)?;
+    let (model, loader, report) = match translate_any(&proto) {
+        Ok((typed, signature, loader)) => {
+            let parse_ms = elapsed_ms(started);
+            let optimising = Instant::now();
+            let model = Model::optimise(typed, signature, memory).map_err(as_invalid)?;
+            let optimise_ms = elapsed_ms(optimising);
+            let trial = Instant::now();
+            model.run(trial_inputs(model.signature(), 1, None)?).map_err(trial_failed)?;
+            (model, loader, ValidationReport { parse_ms, optimise_ms, trial_ms: elapsed_ms(trial) })
+        }
+        Err(symbolic) => {
+            let parse_ms = elapsed_ms(started);
+            let Some((model, loader, inputs, optimise_ms)) = per_shape_trial(&proto, memory) else {
+                return Err(as_invalid(symbolic));
+            };
+            let trial = Instant::now();
+            model.run(inputs).map_err(trial_failed)?;
+            (model, loader, ValidationReport { parse_ms, optimise_ms, trial_ms: elapsed_ms(trial) })
+        }
+    };
+    let producer = [proto.producer_name.as_str(), proto.producer_version.as_str()].join(" ");
+    Ok(Validated {
+        opset: proto
+            .opset_import
+            .iter()
+            .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+            .map(|o| o.version),
+        producer: Some(producer.trim().to_owned()).filter(|p| !p.is_empty()),
+        plans: model.planning(),
+        signature: model.signature,
+        report,
+        loader,
+    })
+}
+
+/// Sizes tried for the dynamic dimensions other than the batch when a per-shape model is
+/// validated: models that compute shapes often need a realistic size (an audio model may
+/// squeeze `(samples + 320) / 512` to one).
+const TRIAL_DIMS: [usize; 3] = [1, 64, 512];
+
+/// For a model no loader can plan symbolically: the first loader and trial size with which
+/// a per-shape plan builds and runs, the trial inputs, and how long building and running
+/// that plan took (ms).
+fn per_shape_trial(
+    proto: &pb::ModelProto,
+    memory: Memory,
+) -> Option<(Model, Loader, Vec<Tensor>, f64)> {
+    let signature = signature_of(proto).ok()?;
+    let batch_axes = plans::batch_axes(proto, &signature);
+    for loader in Loader::ALL {
+        for dims in TRIAL_DIMS {
+            let started = Instant::now();
+            let attempt = Model::per_shape(proto.clone(), loader, memory).and_then(|model| {
+                let inputs = trial_inputs(model.signature(), dims, batch_axes.as_deref())?;
+                model.run(inputs.clone())?;
+                Ok((model, inputs))
+            });
+            match attempt {
+                Ok((model, inputs)) => return Some((model, loader, inputs, elapsed_ms(started))),
+                Err(err) => {
+                    let error = crate::error::chain(&err);
+                    tracing::debug!(?loader, dims, %error, "per-shape plan failed");
+                }
+            }
+        }
+    }
+    None
+}
+
+fn trial_failed(err: Error) -> Error {
+    match as_invalid(err) {
+        Error::InvalidModel { problem } => invalid(format!("trial inference failed: {problem}")),
+        other => other,
+    }
+}
+
+pub(super) fn invalid(problem: String) -> Error {
+    Error::InvalidModel { problem }
+}
+
+/// Engine failures during validation are the upload's fault: they become `InvalidModel`
+/// with the whole cause chain, which names the failing operator or node.
+fn as_invalid(err: Error) -> Error {
+    match err {
+        Error::Engine { .. } => {
+            invalid(crate::error::chain(&err).trim_start_matches("engine failure: ").to_owned())
+        }
+        Error::InferenceRejected { problem } => invalid(problem),
+        over @ Error::OverBudget { .. } => invalid(over.to_string()),
+        other => other,
+    }
+}
+
+/// ONNX operators on string tensors that tract 0.23 does not implement. tract runs strings
+/// through `CategoryMapper`, the labels of `LinearClassifier` and `TreeEnsembleClassifier`,
+/// `Cast` to FP32, and the operators that only move elements (`Identity`, `Reshape`,
+/// `Gather`, `Concat`...).
+const STRING_OPS_TRACT_LACKS: [&str; 9] = [
+    "StringNormalizer",
+    "TfIdfVectorizer",
+    "LabelEncoder",
+    "OneHotEncoder",
+    "DictVectorizer",
+    "StringConcat",
+    "StringSplit",
+    "RegexFullMatch",
+    "Tokenizer",
+];
+
+/// Refuses a graph with string operators tract cannot run, naming each node and operator
+/// (tract alone would name only the first operator it fails to find).
+fn check_string_ops(proto: &pb::ModelProto) -> Result<(), Error> {
+    let Some(graph) = proto.graph.as_ref() else { return Ok(()) };
+    let lacking: Vec<String> = graph
+        .node
+        .iter()
+        .filter(|n| STRING_OPS_TRACT_LACKS.contains(&n.op_type.as_str()))
+        .map(|n| format!("`{}` ({})", n.name, n.op_type))
+        .collect();
+    if lacking.is_empty() {
+        return Ok(());
+    }
+    Err(invalid(format!(
+        "node{} {} work{} on string tensors with operators tract cannot run; tract runs strings \
+         through CategoryMapper, the labels of LinearClassifier and TreeEnsembleClassifier, \
+         Cast to FP32 and operators that only move elements",
+        if lacking.len() > 1 { "s" } else { "" },
+        lacking.join(", "),
+        if lacking.len() > 1 { "" } else { "s" },
+    )))
+}
+
+/// Refuses a graph whose declared inputs, outputs or intermediate values describe a tensor
+/// over the limit.
+pub(super) fn check_declared(proto: &pb::ModelProto, limits: &Limits) -> Result<(), Error> {
+    let Some(graph) = proto.graph.as_ref() else { return Ok(()) };
+    let declared = graph.input.iter().chain(&graph.output).chain(&graph.value_info);
+    declared.into_iter().try_for_each(|value| check_declared_size(value, limits))
+}
+
+fn check_declared_size(value: &pb::ValueInfoProto, limits: &Limits) -> Result<(), Error> {
+    let Ok(spec) = tensor_spec(value) else { return Ok(()) };
+    let Some(width) = datum_type_of(spec.datatype).map(|d| d.size_of() as u64) else {
+        return Ok(());
+    };
+    let bytes = spec.shape.iter().try_fold(width, |acc, &d| acc.checked_mul(d.max(1) as u64));
+    match bytes {
+        Some(bytes) if bytes <= limits.max_tensor_bytes => Ok(()),
+        _ => {
+            let shape = match spec.shape.len() {
+                rank if rank > 8 => format!("{:?}... ({rank} dimensions)", &spec.shape[..8]),
+                _ => format!("{:?}", spec.shape),
+            };
+            Err(invalid(format!(
+                "`{}` is declared with shape {shape} of {}: over the limit of {} bytes per tensor",
+                spec.name, spec.datatype, limits.max_tensor_bytes
+            )))
+        }
+    }
+}
+
+/// Zeros of each input's declared type and shape: the batch dimensions at 1 (each input's
+/// `batch_axes`, by default its first), other dynamic dimensions at `dims`.
+fn trial_inputs(
+    signature: &Signature,
+    dims: usize,
+    batch_axes: Option<&[Vec<usize>]>,
+) -> Result<Vec<Tensor>, Error> {
+    signature
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(index, spec)| {
+            let is_batch = |axis: usize| match batch_axes {
+                Some(axes) => axes.get(index).is_some_and(|a| a.contains(&axis)),
+                None => axis == 0,
+            };
+            let shape: Vec<usize> = spec
+                .shape
+                .iter()
+                .enumerate()
+                .map(|(axis, &d)| match d {
+                    d if d > 0 => d as usize,
+                    _ if is_batch(axis) => 1,
+                    _ => dims,
+                })
+                .collect();
+            let count = shape.iter().product();
+            let data = zeros(spec.datatype, count).ok_or_else(|| {
+                invalid(format!("input `{}` has unsupported datatype {}", spec.name, spec.datatype))
+            })?;
+            Ok(Tensor { name: spec.name.clone(), shape, data })
+        })
+        .collect()
+}

@@ -9,7 +9,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 trials=${1:-7}
 source "$root/scripts/bench_models.sh"
-cargo build --release -q -p maas --example load_timing
+cargo build --release -q -p maas --features nnef --example load_timing
 bin="$root/target/release/examples/load_timing"
 
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }

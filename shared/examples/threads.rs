@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use maas::engine::{use_threads, Model};
+use maas::engine::{Model, Settings};
 use maas::manifest::{Loader, Planning};
 use maas::tensor::{Tensor, TensorData};
 
@@ -49,17 +49,18 @@ fn main() {
         }
         _ => panic!("{usage}"),
     };
-    let model =
-        Model::load_path(path.as_ref(), Loader::Plain, Planning::Symbolic, &Default::default())
-            .expect("the model loads");
+    let load = |threads| {
+        let settings = Settings { threads, ..Default::default() };
+        Model::load_path(path.as_ref(), Loader::Plain, Planning::Symbolic, &settings)
+            .expect("the model loads")
+    };
+    let (single, several) = (load(1), load(threads));
     let name = path.rsplit('/').next().unwrap_or(path);
     for batch in args[3..].iter().map(|b| b.parse::<usize>().expect(usage)) {
-        use_threads(1);
-        median_ms(&model, batch, 3); // warm up
-        let one = median_ms(&model, batch, runs);
-        use_threads(threads);
-        median_ms(&model, batch, 3);
-        let many = median_ms(&model, batch, runs);
+        median_ms(&single, batch, 3); // warm up
+        let one = median_ms(&single, batch, runs);
+        median_ms(&several, batch, 3);
+        let many = median_ms(&several, batch, runs);
         println!("| {name} | {batch} | {one:.2} | {many:.2} | {:.2}x |", one / many);
     }
 }

@@ -152,10 +152,10 @@ fn before(path: &Path, cases: &[(u64, Vec<Tensor>)], runs: usize) -> Result<Valu
 
 fn after(path: &Path, cases: &[(u64, Vec<Tensor>)], runs: usize) -> Result<Value, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let limits = engine::Limits { max_tensor_bytes: 1 << 30, ..Default::default() };
+    let settings = engine::Settings { max_tensor_bytes: 1 << 30, ..Default::default() };
     // Validation is what upload does; its parse and optimise times are the load's.
-    let validated = engine::validate(&bytes, &limits).map_err(|e| maas::error::chain(&e))?;
-    let model = Model::load_path(path, validated.loader, validated.plans, &limits)
+    let validated = engine::validate(&bytes, &settings).map_err(|e| maas::error::chain(&e))?;
+    let model = Model::load_path(path, validated.loader, validated.plans, &settings)
         .map_err(|e| maas::error::chain(&e))?;
     let run = |inputs: &[Tensor]| {
         model.run(inputs.to_vec()).map(drop).map_err(|e| maas::error::chain(&e))
@@ -176,7 +176,6 @@ fn main() {
     let usage = "usage: zoo_bench ZOO_DIR MODEL before|after RUNS";
     let [zoo, name, side, runs] = args.as_slice() else { panic!("{usage}") };
     let runs: usize = runs.parse().expect(usage);
-    engine::use_threads(1);
     let zoo = Path::new(zoo);
     let cases: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(zoo.join("cases.json")).expect("cases.json"))

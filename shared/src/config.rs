@@ -67,8 +67,6 @@ pub struct Config {
     pub max_response_bytes: u64,
     pub publish: PublishLimits,
     pub presign_expiry: Duration,
-    pub engine_threads: usize,
-    pub shape_plans: u64,
     /// 0: glibc's default.
     pub malloc_arenas: usize,
     pub batch: BatchSettings,
@@ -142,9 +140,9 @@ impl Config {
         let lambda_memory_mib =
             lookup("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").and_then(|v| v.parse::<u64>().ok());
         let default_memory = lambda_memory_mib.map_or(GIB, |mib| mib * (1 << 20) / 2);
-        let defaults = engine::Limits::default();
+        let defaults = engine::Settings::default();
         let requests = RequestLimits::default();
-        let engine = engine::Limits {
+        let engine = engine::Settings {
             max_tensor_bytes: parse_or(
                 &lookup,
                 "MAAS_MAX_TENSOR_BYTES",
@@ -155,6 +153,8 @@ impl Config {
                 "MAAS_ENGINE_MEMORY_BYTES",
                 lambda_memory_mib.map_or(defaults.memory_bytes, |mib| mib * (1 << 20) / 4),
             )?,
+            threads: parse_or(&lookup, "MAAS_ENGINE_THREADS", available_cpus())?.max(1),
+            shape_plans: parse_or(&lookup, "MAAS_SHAPE_PLANS", defaults.shape_plans)?.max(1),
         };
         Ok(Config {
             store,
@@ -192,8 +192,6 @@ impl Config {
                 "MAAS_PRESIGN_EXPIRY_SECONDS",
                 900,
             )?),
-            engine_threads: parse_or(&lookup, "MAAS_ENGINE_THREADS", available_cpus())?.max(1),
-            shape_plans: parse_or(&lookup, "MAAS_SHAPE_PLANS", 8)?.max(1),
             malloc_arenas: parse_or(&lookup, "MAAS_MALLOC_ARENAS", 2)?,
             batch: batch_settings(&lookup)?,
         })
@@ -374,6 +372,21 @@ mod tests {
         assert!(c.s3.force_path_style);
         assert_eq!(c.preload.len(), 2);
         assert_eq!(c.preload[0].1, VersionSpec::Latest);
+    }
+
+    #[test]
+    fn engine_settings_reach_both_the_cache_and_publishing() {
+        let c = config(&[("MAAS_STORE", "memory://")]).unwrap();
+        assert_eq!(c.cache.engine.shape_plans, 8);
+        assert!(c.cache.engine.threads >= 1);
+        let c = config(&[
+            ("MAAS_STORE", "memory://"),
+            ("MAAS_ENGINE_THREADS", "3"),
+            ("MAAS_SHAPE_PLANS", "0"),
+        ])
+        .unwrap();
+        assert_eq!((c.cache.engine.threads, c.cache.engine.shape_plans), (3, 1));
+        assert_eq!(c.publish.engine, c.cache.engine);
     }
 
     #[test]

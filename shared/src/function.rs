@@ -82,9 +82,7 @@ pub fn config(store: Option<&str>) -> Result<Config, ConfigError> {
 /// malloc's arenas and sizes the engine's thread pool and its per-shape plan caches.
 pub async fn registry(config: &Config) -> Arc<Registry> {
     crate::malloc::limit_arenas(config.malloc_arenas);
-    crate::engine::use_threads(config.engine_threads);
-    crate::engine::set_plan_limit(config.shape_plans);
-    tracing::info!(threads = config.engine_threads, "engine threads");
+    tracing::info!(threads = config.cache.engine.threads, "engine threads");
     let store = config.store.open(&config.s3).await;
     Arc::new(Registry::new(store, &config.cache))
 }

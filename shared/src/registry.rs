@@ -54,8 +54,8 @@ pub struct CacheSettings {
     pub resolve_ttl: Duration,
     /// How model files are fetched from the store.
     pub fetch: FetchSettings,
-    /// The limits models are loaded and run within.
-    pub engine: engine::Limits,
+    /// How models are loaded and run: memory limits, threads, plans per shape.
+    pub engine: engine::Settings,
 }
 
 /// A model ready to serve, with the manifest it was published with.
@@ -105,7 +105,7 @@ type ResolveKey = (ModelName, Option<AliasName>);
 pub struct Registry {
     store: SharedStore,
     disk: DiskCache,
-    engine_limits: engine::Limits,
+    engine_settings: engine::Settings,
     /// One model is parsed and optimised at a time (see `load_uncached`).
     loading: tokio::sync::Semaphore,
     loaded: Cache<ModelId, Arc<LoadedModel>>,
@@ -151,7 +151,7 @@ impl Registry {
         Self {
             store,
             disk: DiskCache::new(&settings.disk_dir, settings.disk_bytes, settings.fetch),
-            engine_limits: settings.engine,
+            engine_settings: settings.engine,
             loading: tokio::sync::Semaphore::new(1),
             loaded,
             evicted,
@@ -277,9 +277,9 @@ impl Registry {
             .await
             .map_err(|e| Error::internal("waiting to load a model", e))?;
         let fetched = Instant::now();
-        let (loader, plans, limits) = (manifest.loader, manifest.plans, self.engine_limits);
+        let (loader, plans, settings) = (manifest.loader, manifest.plans, self.engine_settings);
         let model = tokio::task::spawn_blocking(move || {
-            engine::Model::load_path(&path, loader, plans, &limits)
+            engine::Model::load_path(&path, loader, plans, &settings)
         })
         .await
         .map_err(|e| Error::internal("loading a model", e))?

@@ -123,10 +123,9 @@ fn per_shape_plans_bucket_batches_and_stay_bounded() {
         .into_iter()
         .find(|c| c.model == "magika" && c.batch == 8)
         .expect("a magika case at batch 8");
-    maas::engine::set_plan_limit(2);
     let path = zoo_dir().join("magika.onnx");
-    let model =
-        Model::load_path(&path, Loader::Plain, Planning::PerShape, &Default::default()).unwrap();
+    let settings = maas::engine::Settings { shape_plans: 2, ..Default::default() };
+    let model = Model::load_path(&path, Loader::Plain, Planning::PerShape, &settings).unwrap();
     let bytes: Vec<i32> = case.inputs[0]["data"]
         .as_array()
         .unwrap()

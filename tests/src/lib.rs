@@ -199,7 +199,7 @@ pub fn cache_settings(dir: &std::path::Path) -> CacheSettings {
         disk_bytes: 1 << 30,
         resolve_ttl: Duration::from_secs(30),
         fetch: maas::fetch::FetchSettings::default(),
-        engine: maas::engine::Limits::default(),
+        engine: maas::engine::Settings::default(),
     }
 }
 

@@ -389,8 +389,8 @@ mod tests {
     #[test]
     fn a_panic_reports_itself_even_when_its_message_is_over_the_cap() {
         let detail = "x".repeat(4096);
-        let err = contained::<()>(64, "testing", || panic!("index out of bounds: {detail}"))
-            .unwrap_err();
+        let err =
+            contained::<()>(64, "testing", || panic!("index out of bounds: {detail}")).unwrap_err();
         assert!(err.to_string().contains(&detail), "{err}");
     }
 

@@ -8,9 +8,11 @@
 //! Uploads are validated here too ([`validate()`]); the signature reader ([`read_signature`])
 //! reads a file's declared inputs and outputs without translating it.
 
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::pb;
 use tract_onnx::prelude::{Framework, TValue, TypedFact, TypedModel, TypedOp};
 
@@ -22,6 +24,7 @@ mod budget;
 mod convert;
 mod fold;
 mod ml;
+#[cfg(feature = "nnef")]
 mod nnef;
 mod plans;
 mod signature;
@@ -34,8 +37,8 @@ use signature::signature_of;
 use translate::translate;
 use validate::check_declared;
 
+#[cfg(feature = "nnef")]
 pub use nnef::to_nnef;
-pub use plans::set_plan_limit;
 pub use signature::read_signature;
 pub use validate::{validate, Validated};
 
@@ -46,7 +49,7 @@ type Plan = tract_onnx::tract_core::plan::SimplePlan<TypedFact, Box<dyn TypedOp>
 pub struct Model {
     plans: Plans,
     signature: Signature,
-    memory: Memory,
+    resources: Resources,
     /// Heap bytes the model holds, measured while it was loaded ([`Model::memory_bytes`]).
     held: u64,
 }
@@ -57,21 +60,55 @@ enum Plans {
     PerShape(Arc<plans::ShapePlans>),
 }
 
-/// The memory one run of a model may use.
-#[derive(Debug, Clone, Copy)]
-struct Memory {
+/// What one run of a model may use: memory and threads, from the engine's [`Settings`].
+#[derive(Debug, Clone)]
+struct Resources {
     /// Bytes of tensors alive at once during a run, inputs included.
     budget: u64,
     /// The largest single allocation while the engine works on the model: the budget, or
     /// twice the model file for work that handles its weights (loading, building a plan).
     cap: u64,
+    /// Where tract runs its matrix products.
+    executor: Executor,
+    /// How many optimised plans a per-shape model keeps.
+    shape_plans: u64,
 }
 
-impl Memory {
-    fn new(limits: &Limits, file_bytes: u64) -> Self {
-        let budget = limits.memory_bytes;
-        Self { budget, cap: budget.max(file_bytes.saturating_mul(2)) }
+impl Resources {
+    fn new(settings: &Settings, file_bytes: u64) -> Self {
+        let budget = settings.memory_bytes;
+        Self {
+            budget,
+            cap: budget.max(file_bytes.saturating_mul(2)),
+            executor: executor(settings.threads),
+            shape_plans: settings.shape_plans.max(1),
+        }
     }
+}
+
+/// The executor for `threads` threads: the calling thread alone for 1, else a pool of that
+/// many threads, built once per size for the life of the process (a pool that cannot be
+/// built leaves the work on the calling thread).
+fn executor(threads: usize) -> Executor {
+    static POOLS: Mutex<BTreeMap<usize, Executor>> = Mutex::new(BTreeMap::new());
+    if threads <= 1 {
+        return Executor::SingleThread;
+    }
+    let mut pools = POOLS.lock().unwrap_or_else(PoisonError::into_inner);
+    let pool = pools.entry(threads).or_insert_with(|| {
+        let built = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|index| format!("maas-engine-{index}"))
+            .build();
+        match built {
+            Ok(pool) => Executor::MultiThread(Arc::new(pool)),
+            Err(error) => {
+                tracing::warn!(threads, %error, "no engine thread pool: running on one thread");
+                Executor::SingleThread
+            }
+        }
+    });
+    pool.clone()
 }
 
 impl std::fmt::Debug for Model {
@@ -104,31 +141,31 @@ fn onnx() -> tract_onnx::Onnx {
 
 impl Model {
     /// Loads an ONNX file with the loader and planning its validation recorded, within
-    /// `limits`: a model placed in the store without validation gets the same size checks
+    /// `settings`: a model placed in the store without validation gets the same size checks
     /// as an upload, and a failure is an error for this model only.
     pub fn load_path(
         path: &Path,
         loader: Loader,
         planning: Planning,
-        limits: &Limits,
+        settings: &Settings,
     ) -> Result<Self, Error> {
         let file_bytes = std::fs::metadata(path).map_or(0, |m| m.len());
-        let memory = Memory::new(limits, file_bytes);
+        let resources = Resources::new(settings, file_bytes);
         let (model, held) = measured(|| {
-            contained(memory.cap, "loading the model", || {
+            contained(resources.cap, "loading the model", || {
                 let proto = tract_onnx::onnx()
                     .proto_model_for_path(path)
                     .map_err(|e| engine_error("cannot parse the ONNX file", e))?;
-                check_declared(&proto, limits)?;
+                check_declared(&proto, settings)?;
                 match planning {
                     Planning::Symbolic => {
                         let (typed, signature) = translate(&proto, loader, None)?;
                         // The decoded file is not needed to optimise: freed before, it does
                         // not add to the load's peak.
                         drop(proto);
-                        Self::optimise(typed, signature, memory)
+                        Self::optimise(typed, signature, &resources)
                     }
-                    Planning::PerShape => Self::per_shape(proto, loader, memory),
+                    Planning::PerShape => Self::per_shape(proto, loader, &resources),
                 }
             })
         });
@@ -138,10 +175,15 @@ impl Model {
     }
 
     /// A model whose plans are built per input shape, on first use.
-    fn per_shape(proto: pb::ModelProto, loader: Loader, memory: Memory) -> Result<Self, Error> {
+    fn per_shape(
+        proto: pb::ModelProto,
+        loader: Loader,
+        resources: &Resources,
+    ) -> Result<Self, Error> {
         let signature = signature_of(&proto)?;
-        let plans = plans::ShapePlans::new(proto, loader, &signature);
-        Ok(Self { plans: Plans::PerShape(Arc::new(plans)), signature, memory, held: 0 })
+        let plans = plans::ShapePlans::new(proto, loader, &signature, resources.shape_plans);
+        let resources = resources.clone();
+        Ok(Self { plans: Plans::PerShape(Arc::new(plans)), signature, resources, held: 0 })
     }
 
     /// How the model is planned.
@@ -172,12 +214,17 @@ impl Model {
     }
 
     /// Checks the model's tensor sizes against the budget, then optimises and plans it.
-    fn optimise(typed: TypedModel, signature: Signature, memory: Memory) -> Result<Self, Error> {
-        budget::check_facts(&typed, memory.budget)?;
+    fn optimise(
+        typed: TypedModel,
+        signature: Signature,
+        resources: &Resources,
+    ) -> Result<Self, Error> {
+        budget::check_facts(&typed, resources.budget)?;
         let optimized =
             typed.into_optimized().map_err(|e| engine_error("cannot optimise the model", e))?;
         let plan = BudgetedPlan::new(optimized)?;
-        Ok(Self { plans: Plans::Symbolic(Arc::new(plan)), signature, memory, held: 0 })
+        let resources = resources.clone();
+        Ok(Self { plans: Plans::Symbolic(Arc::new(plan)), signature, resources, held: 0 })
     }
 
     /// The inputs and outputs as the ONNX file declares them.
@@ -192,15 +239,20 @@ impl Model {
     /// and a failure inside the engine is an error, never a crash.
     pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
         let inputs = inputs.into_iter().map(to_tract).collect::<Result<Vec<_>, _>>()?;
-        let outputs = match &self.plans {
-            Plans::Symbolic(plan) => contained(self.memory.budget, "running the model", || {
-                let values = inputs.into_iter().map(TValue::from).collect();
-                Ok(plan.run(values, self.memory.budget)?.into_vec())
-            })?,
-            Plans::PerShape(plans) => contained(self.memory.cap, "running the model", || {
-                plans.run(inputs, &self.signature, self.memory.budget)
-            })?,
-        };
+        let outputs =
+            multithread_tract_scope(self.resources.executor.clone(), || match &self.plans {
+                Plans::Symbolic(plan) => {
+                    contained(self.resources.budget, "running the model", || {
+                        let values = inputs.into_iter().map(TValue::from).collect();
+                        Ok(plan.run(values, self.resources.budget)?.into_vec())
+                    })
+                }
+                Plans::PerShape(plans) => {
+                    contained(self.resources.cap, "running the model", || {
+                        plans.run(inputs, &self.signature, self.resources.budget)
+                    })
+                }
+            })?;
         self.signature
             .outputs
             .iter()
@@ -210,28 +262,27 @@ impl Model {
     }
 }
 
-/// Makes tract's matrix products use `threads` threads (one pool for the whole process);
-/// 1 keeps them on the calling thread. Lambda gives 1 vCPU per 1769 MB of memory, up to 6.
-pub fn use_threads(threads: usize) {
-    use tract_linalg::multithread::{set_default_executor, Executor};
-    let executor =
-        if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
-    set_default_executor(executor);
-}
-
-/// Limits a model is validated, loaded and run within.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
+/// How the engine validates, loads and runs models. Every call that loads a model takes them,
+/// and a model runs with the settings it was loaded with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
     /// The largest tensor a declared shape may describe, with dynamic dimensions at 1.
     pub max_tensor_bytes: u64,
     /// The memory budget of one run: bytes of tensors alive at once (inputs included), and
     /// the largest single allocation the engine may make for a request.
     pub memory_bytes: u64,
+    /// Threads for tract's matrix products (1: the calling thread only). Lambda gives 1 vCPU
+    /// per 1769 MB of memory, up to 6.
+    pub threads: usize,
+    /// How many optimised plans each per-shape model keeps (least recently used dropped
+    /// first).
+    pub shape_plans: u64,
 }
 
-impl Default for Limits {
-    /// The defaults off Lambda: 256 MiB per declared tensor, 1 GiB per run.
+impl Default for Settings {
+    /// The defaults off Lambda: 256 MiB per declared tensor, 1 GiB per run, one thread,
+    /// 8 plans per shape.
     fn default() -> Self {
-        Self { max_tensor_bytes: 256 << 20, memory_bytes: 1 << 30 }
+        Self { max_tensor_bytes: 256 << 20, memory_bytes: 1 << 30, threads: 1, shape_plans: 8 }
     }
 }

@@ -9,7 +9,7 @@ use tract_onnx::WithOnnx;
 
 use super::budget::{contained, measured};
 use super::translate::translate_any;
-use super::{engine_error, Limits, Memory, Model};
+use super::{engine_error, Model, Resources, Settings};
 use crate::error::Error;
 use crate::manifest::Signature;
 
@@ -24,14 +24,18 @@ fn nnef() -> &'static tract_nnef::framework::Nnef {
 impl Model {
     /// Loads the NNEF artefact written at upload: the ONNX translation is already done, so
     /// only optimisation is left. `signature` is the manifest's.
-    pub fn load_nnef(path: &Path, signature: Signature, limits: &Limits) -> Result<Self, Error> {
-        let memory = Memory::new(limits, std::fs::metadata(path).map_or(0, |m| m.len()));
+    pub fn load_nnef(
+        path: &Path,
+        signature: Signature,
+        settings: &Settings,
+    ) -> Result<Self, Error> {
+        let resources = Resources::new(settings, std::fs::metadata(path).map_or(0, |m| m.len()));
         let (model, held) = measured(|| {
-            contained(memory.cap, "loading the model", || {
+            contained(resources.cap, "loading the model", || {
                 let typed = nnef()
                     .model_for_path(path)
                     .map_err(|e| engine_error("cannot read the NNEF artefact", e))?;
-                Self::optimise(typed, signature, memory)
+                Self::optimise(typed, signature, &resources)
             })
         });
         Ok(Self { held, ..model? })

@@ -3,7 +3,7 @@
 //! `Squeeze` of a computed axis).
 //!
 //! Each distinct set of input shapes gets its own optimised plan, kept in a bounded LRU
-//! cache ([`set_plan_limit`]). Batch sizes are bucketed: a batch of 5 runs on the plan for 8,
+//! cache (`Settings::shape_plans`). Batch sizes are bucketed: a batch of 5 runs on the plan for 8,
 //! its inputs padded with zero rows along their batch axes and its outputs cut back to 5
 //! rows, so a model is optimised at most once per power of two. Padding assumes the rows of
 //! a batch are independent, as they are in graphs exported for inference; when an output
@@ -16,16 +16,10 @@ use tract_onnx::pb;
 use tract_onnx::prelude::{TValue, Tensor as TractTensor};
 
 use super::budget::{check_facts, measured, BudgetedPlan};
+use super::signature::dim_params;
 use super::{engine_error, engine_problem, translate};
 use crate::error::Error;
 use crate::manifest::{Loader, Signature};
-
-static PLAN_LIMIT: AtomicU64 = AtomicU64::new(8);
-
-/// How many optimised plans each per-shape model keeps (least recently used dropped first).
-pub fn set_plan_limit(plans: u64) {
-    PLAN_LIMIT.store(plans.max(1), Ordering::Relaxed);
-}
 
 /// A plan and the heap bytes building it left allocated.
 type SizedPlan = (Arc<BudgetedPlan>, u64);
@@ -42,11 +36,16 @@ pub(super) struct ShapePlans {
 }
 
 impl ShapePlans {
-    pub(super) fn new(proto: pb::ModelProto, loader: Loader, signature: &Signature) -> Self {
+    pub(super) fn new(
+        proto: pb::ModelProto,
+        loader: Loader,
+        signature: &Signature,
+        plan_limit: u64,
+    ) -> Self {
         let plan_bytes = Arc::new(AtomicU64::new(0));
         let evicted = Arc::clone(&plan_bytes);
         let plans = moka::sync::Cache::builder()
-            .max_capacity(PLAN_LIMIT.load(Ordering::Relaxed))
+            .max_capacity(plan_limit)
             .eviction_policy(moka::policy::EvictionPolicy::lru())
             .eviction_listener(move |_, (_, bytes): SizedPlan, _| {
                 evicted.fetch_sub(bytes, Ordering::Relaxed);
@@ -167,30 +166,13 @@ impl ShapePlans {
 /// name as the first input's first axis, or, when that is unnamed, every dynamic first axis.
 /// `None` when the first input has no dynamic first axis.
 pub(super) fn batch_axes(proto: &pb::ModelProto, signature: &Signature) -> Option<Vec<Vec<usize>>> {
-    let graph = proto.graph.as_ref()?;
-    let names = |input: &str| -> Vec<Option<String>> {
-        let value = graph.input.iter().find(|v| v.name == input);
-        let tensor = value.and_then(|v| v.r#type.as_ref()).and_then(|t| match &t.value {
-            Some(pb::type_proto::Value::TensorType(tensor)) => tensor.shape.as_ref(),
-            _ => None,
-        });
-        let dims = tensor.map(|s| s.dim.as_slice()).unwrap_or_default();
-        dims.iter()
-            .map(|d| match &d.value {
-                Some(pb::tensor_shape_proto::dimension::Value::DimParam(p)) if !p.is_empty() => {
-                    Some(p.clone())
-                }
-                _ => None,
-            })
-            .collect()
-    };
     let first = signature.inputs.first()?;
     if first.shape.first() != Some(&-1) {
         return None;
     }
-    let batch_name = names(&first.name).into_iter().next().flatten();
+    let batch_name = dim_params(proto, &first.name).into_iter().next().flatten();
     let axes = signature.inputs.iter().map(|spec| {
-        let declared = names(&spec.name);
+        let declared = dim_params(proto, &spec.name);
         let dynamic = spec.shape.iter().enumerate().filter(|(_, &d)| d < 0).map(|(axis, _)| axis);
         match &batch_name {
             Some(name) => {

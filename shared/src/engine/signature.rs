@@ -49,6 +49,25 @@ fn zipmap_spec(graph: &pb::GraphProto, value: &pb::ValueInfoProto) -> Option<Ten
     })
 }
 
+/// The `dim_param` name of each declared dimension of the graph input `input` (`None` for a
+/// dimension without one); empty when the graph does not declare the input's shape.
+pub(super) fn dim_params(proto: &pb::ModelProto, input: &str) -> Vec<Option<String>> {
+    let declared = proto.graph.as_ref().and_then(|g| g.input.iter().find(|v| v.name == input));
+    let shape = declared.and_then(|v| v.r#type.as_ref()).and_then(|t| match &t.value {
+        Some(pb::type_proto::Value::TensorType(tensor)) => tensor.shape.as_ref(),
+        None => None,
+    });
+    let dims = shape.map(|s| s.dim.as_slice()).unwrap_or_default();
+    dims.iter()
+        .map(|d| match &d.value {
+            Some(pb::tensor_shape_proto::dimension::Value::DimParam(p)) if !p.is_empty() => {
+                Some(p.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 pub(super) fn tensor_spec(value: &pb::ValueInfoProto) -> Result<TensorSpec, Error> {
     let Some(pb::type_proto::Value::TensorType(tensor)) =
         value.r#type.as_ref().and_then(|t| t.value.as_ref())

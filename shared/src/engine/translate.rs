@@ -8,7 +8,7 @@ use tract_onnx::prelude::{
 
 use super::convert::datum_type_of;
 use super::fold::fold_ifs;
-use super::signature::signature_of;
+use super::signature::{dim_params, signature_of};
 use super::{engine_error, engine_problem, onnx};
 use crate::error::Error;
 use crate::manifest::{Loader, Signature, TensorSpec};
@@ -93,20 +93,12 @@ pub(super) fn translate_any(
 /// there is one (so tract unifies it with the rest of the graph), `N` for an unnamed first
 /// (batch) dimension, and a fresh symbol for any other unnamed one.
 fn symbolic_shape(
-    model: &tract_onnx::prelude::InferenceModel,
+    model: &InferenceModel,
     proto: &pb::ModelProto,
     index: usize,
     spec: &TensorSpec,
 ) -> Vec<TDim> {
-    let declared = proto
-        .graph
-        .as_ref()
-        .and_then(|g| g.input.iter().find(|v| v.name == spec.name))
-        .and_then(|v| v.r#type.as_ref())
-        .and_then(|t| match &t.value {
-            Some(pb::type_proto::Value::TensorType(tensor)) => tensor.shape.clone(),
-            None => None,
-        });
+    let params = dim_params(proto, &spec.name);
     spec.shape
         .iter()
         .enumerate()
@@ -114,16 +106,7 @@ fn symbolic_shape(
             if dim > 0 {
                 return TDim::from(dim);
             }
-            let param =
-                declared.as_ref().and_then(|s| s.dim.get(axis)).and_then(|d| match &d.value {
-                    Some(pb::tensor_shape_proto::dimension::Value::DimParam(p))
-                        if !p.is_empty() =>
-                    {
-                        Some(p.clone())
-                    }
-                    _ => None,
-                });
-            let name = param.unwrap_or_else(|| {
+            let name = params.get(axis).cloned().flatten().unwrap_or_else(|| {
                 if axis == 0 {
                     "N".to_owned()
                 } else {

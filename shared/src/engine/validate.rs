@@ -9,7 +9,7 @@ use tract_onnx::prelude::Framework;
 use super::convert::{datum_type_of, zeros};
 use super::signature::{signature_of, tensor_spec};
 use super::translate::translate_any;
-use super::{budget::contained, plans, Limits, Memory, Model};
+use super::{budget::contained, plans, Model, Resources, Settings};
 use crate::elapsed_ms;
 use crate::error::Error;
 use crate::manifest::{Loader, Planning, Signature, ValidationReport};
@@ -35,13 +35,19 @@ pub struct Validated {
 /// the declared types and shapes (dynamic dimensions at 1). When no loader gives a symbolic
 /// plan, a per-shape plan is tried (`TRIAL_DIMS`). Any failure is [`Error::InvalidModel`]
 /// saying what failed.
-pub fn validate(bytes: &[u8], limits: &Limits) -> Result<Validated, Error> {
-    let memory = Memory::new(limits, bytes.len() as u64);
-    contained(memory.cap, "validating the model", || validate_within(bytes, limits, memory))
-        .map_err(as_invalid)
+pub fn validate(bytes: &[u8], settings: &Settings) -> Result<Validated, Error> {
+    let resources = Resources::new(settings, bytes.len() as u64);
+    contained(resources.cap, "validating the model", || {
+        validate_within(bytes, settings, &resources)
+    })
+    .map_err(as_invalid)
 }
 
-fn validate_within(bytes: &[u8], limits: &Limits, memory: Memory) -> Result<Validated, Error> {
+fn validate_within(
+    bytes: &[u8],
+    settings: &Settings,
+    resources: &Resources,
+) -> Result<Validated, Error> {
     let started = Instant::now();
     let proto = tract_onnx::onnx()
         .proto_model_for_read(&mut &bytes[..])
@@ -58,13 +64,13 @@ fn validate_within(bytes: &[u8], limits: &Limits, memory: Memory) -> Result<Vali
             tensor.name
         )));
     }
-    check_declared(&proto, limits)?;
+    check_declared(&proto, settings)?;
     check_string_ops(&proto)?;
     let (model, loader, report) = match translate_any(&proto) {
         Ok((typed, signature, loader)) => {
             let parse_ms = elapsed_ms(started);
             let optimising = Instant::now();
-            let model = Model::optimise(typed, signature, memory).map_err(as_invalid)?;
+            let model = Model::optimise(typed, signature, resources).map_err(as_invalid)?;
             let optimise_ms = elapsed_ms(optimising);
             let trial = Instant::now();
             model.run(trial_inputs(model.signature(), 1, None)?).map_err(trial_failed)?;
@@ -72,7 +78,8 @@ fn validate_within(bytes: &[u8], limits: &Limits, memory: Memory) -> Result<Vali
         }
         Err(symbolic) => {
             let parse_ms = elapsed_ms(started);
-            let Some((model, loader, inputs, optimise_ms)) = per_shape_trial(&proto, memory) else {
+            let Some((model, loader, inputs, optimise_ms)) = per_shape_trial(&proto, resources)
+            else {
                 return Err(as_invalid(symbolic));
             };
             let trial = Instant::now();
@@ -105,14 +112,14 @@ const TRIAL_DIMS: [usize; 3] = [1, 64, 512];
 /// that plan took (ms).
 fn per_shape_trial(
     proto: &pb::ModelProto,
-    memory: Memory,
+    resources: &Resources,
 ) -> Option<(Model, Loader, Vec<Tensor>, f64)> {
     let signature = signature_of(proto).ok()?;
     let batch_axes = plans::batch_axes(proto, &signature);
     for loader in Loader::ALL {
         for dims in TRIAL_DIMS {
             let started = Instant::now();
-            let attempt = Model::per_shape(proto.clone(), loader, memory).and_then(|model| {
+            let attempt = Model::per_shape(proto.clone(), loader, resources).and_then(|model| {
                 let inputs = trial_inputs(model.signature(), dims, batch_axes.as_deref())?;
                 model.run(inputs.clone())?;
                 Ok((model, inputs))
@@ -194,20 +201,20 @@ fn check_string_ops(proto: &pb::ModelProto) -> Result<(), Error> {
 
 /// Refuses a graph whose declared inputs, outputs or intermediate values describe a tensor
 /// over the limit.
-pub(super) fn check_declared(proto: &pb::ModelProto, limits: &Limits) -> Result<(), Error> {
+pub(super) fn check_declared(proto: &pb::ModelProto, settings: &Settings) -> Result<(), Error> {
     let Some(graph) = proto.graph.as_ref() else { return Ok(()) };
     let declared = graph.input.iter().chain(&graph.output).chain(&graph.value_info);
-    declared.into_iter().try_for_each(|value| check_declared_size(value, limits))
+    declared.into_iter().try_for_each(|value| check_declared_size(value, settings))
 }
 
-fn check_declared_size(value: &pb::ValueInfoProto, limits: &Limits) -> Result<(), Error> {
+fn check_declared_size(value: &pb::ValueInfoProto, settings: &Settings) -> Result<(), Error> {
     let Ok(spec) = tensor_spec(value) else { return Ok(()) };
     let Some(width) = datum_type_of(spec.datatype).map(|d| d.size_of() as u64) else {
         return Ok(());
     };
     let bytes = spec.shape.iter().try_fold(width, |acc, &d| acc.checked_mul(d.max(1) as u64));
     match bytes {
-        Some(bytes) if bytes <= limits.max_tensor_bytes => Ok(()),
+        Some(bytes) if bytes <= settings.max_tensor_bytes => Ok(()),
         _ => {
             let shape = match spec.shape.len() {
                 rank if rank > 8 => format!("{:?}... ({rank} dimensions)", &spec.shape[..8]),
@@ -215,7 +222,7 @@ fn check_declared_size(value: &pb::ValueInfoProto, limits: &Limits) -> Result<()
             };
             Err(invalid(format!(
                 "`{}` is declared with shape {shape} of {}: over the limit of {} bytes per tensor",
-                spec.name, spec.datatype, limits.max_tensor_bytes
+                spec.name, spec.datatype, settings.max_tensor_bytes
             )))
         }
     }

@@ -31,7 +31,7 @@ use crate::store::StoreError;
 pub struct PublishLimits {
     /// The largest ONNX file accepted.
     pub max_model_bytes: u64,
-    pub engine: engine::Limits,
+    pub engine: engine::Settings,
 }
 
 /// Writes to the registry's store: the publishing side of a [`Registry`].

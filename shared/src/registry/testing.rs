@@ -62,7 +62,7 @@ impl Fixture {
             disk_bytes: 1 << 30,
             resolve_ttl: ttl,
             fetch: crate::fetch::FetchSettings::default(),
-            engine: crate::engine::Limits::default(),
+            engine: crate::engine::Settings::default(),
         };
         let registry = Arc::new(Registry::new(store.clone(), &settings));
         Self { store, registry, _disk: disk }

@@ -25,6 +25,8 @@ inputs at two batch sizes and onnxruntime's outputs for them, the independent re
         magika             Google's file-type detector, from the `magika` wheel
         silero_vad         Silero voice activity detector (pytorch export with If, 16 kHz),
                            from the `silero-vad` wheel
+        silero_vad_sr, silero_vad_sr8k  the wheel's default silero_vad.onnx, whose `sr` input
+                           picks the 16 or 8 kHz network by an If, at 16 and 8 kHz
         ppocr_cls          PaddleOCR text-direction classifier, from the `rapidocr-onnxruntime`
                            wheel
         DIR/zoo.json       [{model, source, bytes, tolerance, batches}], one per model
@@ -73,6 +75,10 @@ TREE_TOLERANCE = 1e-5
 WHEEL_MODELS = [
     ("magika==1.0.3", "magika/models/standard_v3_3/model.onnx", "magika"),
     ("silero-vad==6.2.3", "silero_vad/data/silero_vad_half.onnx", "silero_vad"),
+    # The file the wheel loads by default: an `sr` input whose value picks the 16 or 8 kHz
+    # network through an If; once at each rate.
+    ("silero-vad==6.2.3", "silero_vad/data/silero_vad.onnx", "silero_vad_sr"),
+    ("silero-vad==6.2.3", "silero_vad/data/silero_vad.onnx", "silero_vad_sr8k"),
     ("rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
      "ppocr_cls"),
 ]
@@ -290,11 +296,18 @@ def wheel_inputs(name: str, batch: int) -> dict[str, np.ndarray]:
     if name == "magika":
         # Bytes of a file's start, middle and end; 256 pads short files.
         return {"bytes": rng.integers(0, 257, size=(batch, 2048)).astype(np.int32)}
-    if name == "silero_vad":
-        # 512 samples of 16 kHz audio per row and the recurrent state.
-        audio = (0.1 * np.sin(np.arange(512) / 7.0)[None, :] + rng.normal(0, 0.05, (batch, 512)))
-        return {"input": audio.astype(np.float32),
-                "state": rng.normal(0, 0.1, (2, batch, 128)).astype(np.float32)}
+    if name.startswith("silero_vad"):
+        # A window of audio per row (512 samples at 16 kHz, 256 at 8 kHz) and the recurrent
+        # state; the sample rate too for the model that takes it.
+        rate = 8000 if name.endswith("8k") else 16000
+        samples = rate // 32
+        audio = (0.1 * np.sin(np.arange(samples) / 7.0)[None, :]
+                 + rng.normal(0, 0.05, (batch, samples)))
+        inputs = {"input": audio.astype(np.float32),
+                  "state": rng.normal(0, 0.1, (2, batch, 128)).astype(np.float32)}
+        if name != "silero_vad":
+            inputs["sr"] = np.array(rate, dtype=np.int64)
+        return inputs
     if name == "ppocr_cls":
         return {"x": rng.uniform(-1, 1, size=(batch, 3, 48, 192)).astype(np.float32)}
     raise KeyError(name)

@@ -46,6 +46,8 @@ const REQUIRED: &[&str] = &[
     "torch_attention_dynamo",
     "magika",
     "silero_vad",
+    "silero_vad_sr",
+    "silero_vad_sr8k",
     "ppocr_cls",
 ];
 
@@ -155,6 +157,59 @@ fn per_shape_plans_bucket_batches_and_stay_bounded() {
     let (first_plan, second_plan) = (held[1] - held[0], held[3] - held[2]);
     assert!(first_plan > 0 && second_plan > 0 && held[2] == held[1], "{held:?}");
     assert!(held[4].abs_diff(held[3]) < first_plan / 2, "a dropped plan still counts: {held:?}");
+}
+
+/// Silero VAD as its wheel loads it by default picks its 16 or 8 kHz network by the value of
+/// its `sr` input: each sample rate gets its own plan. A batch of 5 at 16 kHz runs padded to
+/// 8, its recurrent state `[2, batch, 128]` padded along its second axis, and each row gets
+/// what onnxruntime gave it in the batch of 8; the 8 kHz case matches whole.
+#[test]
+fn a_plan_per_sample_rate_and_batches_padded_along_the_state_axis() {
+    let cases = cases_in(&zoo_dir());
+    let case = |model: &str, batch: usize| {
+        cases.iter().find(|c| c.model == model && c.batch == batch).expect("a silero case")
+    };
+    let path = zoo_dir().join("silero_vad_sr.onnx");
+    let model =
+        Model::load_path(&path, Loader::FoldConstantIf, Planning::PerShape, &Default::default())
+            .unwrap();
+    let floats = |value: &serde_json::Value| -> Vec<f32> {
+        let data = value["data"].as_array().unwrap();
+        data.iter().map(|v| v.as_f64().unwrap() as f32).collect()
+    };
+    let run = |case: &Case, rows: usize| {
+        let (audio, state) = (floats(&case.inputs[0]), floats(&case.inputs[1]));
+        let samples = audio.len() / case.batch;
+        // The state is [2, batch, 128]: the first `rows` of each of its two layers.
+        let state: Vec<f32> =
+            state.chunks(case.batch * 128).flat_map(|layer| layer[..rows * 128].to_vec()).collect();
+        let rate = case.inputs[2]["data"][0].as_i64().unwrap();
+        let inputs = vec![
+            Tensor {
+                name: "input".into(),
+                shape: vec![rows, samples],
+                data: TensorData::F32(audio[..rows * samples].to_vec()),
+            },
+            Tensor {
+                name: "state".into(),
+                shape: vec![2, rows, 128],
+                data: TensorData::F32(state),
+            },
+            Tensor { name: "sr".into(), shape: vec![], data: TensorData::I64(vec![rate]) },
+        ];
+        model.run(inputs).unwrap()
+    };
+    for (case, rows) in [(case("silero_vad_sr", 8), 5), (case("silero_vad_sr8k", 1), 1)] {
+        let outputs = run(case, rows);
+        let TensorData::F32(speech) = &outputs[0].data else { panic!("FP32 output") };
+        let expected = case.outputs[0].numbers();
+        assert_eq!(outputs[0].shape, [rows, 1], "{}", case.model);
+        for (i, (&got, &want)) in speech.iter().zip(&expected[..rows]).enumerate() {
+            assert!((f64::from(got) - want).abs() <= 1e-4, "{} [{i}]: {got} vs {want}", case.model);
+        }
+        assert_eq!(outputs[1].shape, [2, rows, 128], "{}: the state", case.model);
+    }
+    assert_eq!(model.plan_count(), 2, "one plan per sample rate");
 }
 
 /// A per-shape model weighs its plans: loading builds none, a request builds one and the

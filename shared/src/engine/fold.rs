@@ -6,22 +6,23 @@ use tract_onnx::pb;
 use tract_onnx::prelude::InferenceModelExt;
 
 use super::signature::signature_of;
-use super::translate::set_input_facts;
+use super::translate::{set_input_facts, Concrete};
 use super::{engine_problem, onnx};
 use crate::error::Error;
 
 /// The model with every top-level `If` folded whose condition is a constant, or which
 /// tract's analysis of the graph under the input facts finds constant (PyTorch's legacy
 /// exporter writes `squeeze` of a dynamic axis as `If(shape[-1] == 1, Squeeze, Identity)`,
-/// constant once shapes are). Repeats while inlined branches bring new foldable `If`s.
+/// constant once shapes are; Silero VAD picks its 8 or 16 kHz network by `If(sr == 16000)`,
+/// constant once the sample rate is). Repeats while inlined branches bring new foldable `If`s.
 pub(super) fn fold_ifs(
     proto: &pb::ModelProto,
-    shapes: Option<&[Vec<usize>]>,
+    concrete: Option<&Concrete>,
 ) -> Result<pb::ModelProto, Error> {
     let mut folded: Option<pb::ModelProto> = None;
     loop {
         let current = folded.as_ref().unwrap_or(proto);
-        let known = analysed_conditions(current, shapes);
+        let known = analysed_conditions(current, concrete);
         match fold_constant_ifs(current, &known) {
             Some(next) => folded = Some(next),
             None => break,
@@ -35,7 +36,7 @@ pub(super) fn fold_ifs(
 /// left out.
 fn analysed_conditions(
     proto: &pb::ModelProto,
-    shapes: Option<&[Vec<usize>]>,
+    concrete: Option<&Concrete>,
 ) -> HashMap<String, bool> {
     use tract_onnx::tract_hir::infer::Factoid;
     let mut known = HashMap::new();
@@ -48,7 +49,7 @@ fn analysed_conditions(
     let Ok(signature) = signature_of(proto) else { return known };
     let Ok(parsed) = onnx().with_ignore_value_info(true).parse(proto, None) else { return known };
     let mut model = parsed.model;
-    if set_input_facts(&mut model, proto, &signature, shapes).is_err() {
+    if set_input_facts(&mut model, proto, &signature, concrete).is_err() {
         return known;
     }
     let _ = model.analyse(true);

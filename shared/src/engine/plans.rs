@@ -1,9 +1,12 @@
 //! Optimised plans per input shape, for models whose symbolic dimensions do not survive
 //! optimisation (shapes computed at run time: `Reshape` or `BroadcastTo` fed by `Shape`,
-//! `Squeeze` of a computed axis).
+//! `Squeeze` of a computed axis), or whose graph branches on the value of an input (Silero
+//! VAD's `If(sr == 16000)`).
 //!
 //! Each distinct set of input shapes gets its own optimised plan, kept in a bounded LRU
-//! cache (`Settings::shape_plans`). Batch sizes are bucketed: a batch of 5 runs on the plan for 8,
+//! cache (`Settings::shape_plans`). Scalar integer inputs of a graph with `If` nodes are
+//! selectors: a plan is built for their values as well (a plan per sample rate), so that
+//! the `If`s they decide fold away. Batch sizes are bucketed: a batch of 5 runs on the plan for 8,
 //! its inputs padded with zero rows along their batch axes and its outputs cut back to 5
 //! rows, so a model is optimised at most once per power of two. Padding assumes the rows of
 //! a batch are independent, as they are in graphs exported for inference; when an output
@@ -17,9 +20,11 @@ use tract_onnx::prelude::{TValue, Tensor as TractTensor};
 
 use super::budget::{check_facts, measured, BudgetedPlan};
 use super::signature::dim_params;
-use super::{engine_error, engine_problem, translate};
+use super::translate::{translate, Concrete};
+use super::{engine_error, engine_problem};
 use crate::error::Error;
 use crate::manifest::{Loader, Signature};
+use crate::tensor::DataType;
 
 /// A plan and the heap bytes building it left allocated.
 type SizedPlan = (Arc<BudgetedPlan>, u64);
@@ -28,11 +33,13 @@ type SizedPlan = (Arc<BudgetedPlan>, u64);
 pub(super) struct ShapePlans {
     proto: pb::ModelProto,
     loader: Loader,
-    plans: moka::sync::Cache<Vec<Vec<usize>>, SizedPlan>,
+    plans: moka::sync::Cache<Concrete, SizedPlan>,
     /// Bytes of the plans cached now.
     plan_bytes: Arc<AtomicU64>,
     /// For each input, the axes that carry the batch; `None` when batches are not bucketed.
     batch_axes: Option<Vec<Vec<usize>>>,
+    /// For each input, whether it is a selector whose value each plan is built for.
+    selectors: Vec<bool>,
 }
 
 impl ShapePlans {
@@ -52,7 +59,8 @@ impl ShapePlans {
             })
             .build();
         let batch_axes = batch_axes(&proto, signature);
-        Self { proto, loader, plans, plan_bytes, batch_axes }
+        let selectors = selectors(&proto, signature);
+        Self { proto, loader, plans, plan_bytes, batch_axes, selectors }
     }
 
     /// Bytes of the plans cached now, as measured when each was built.
@@ -118,19 +126,25 @@ impl ShapePlans {
     }
 
     fn run_exact(&self, inputs: Vec<TractTensor>, budget: u64) -> Result<Vec<TValue>, Error> {
-        let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
+        let concrete = self.concrete(&inputs)?;
         let (plan, _) = self
             .plans
-            .try_get_with(shapes.clone(), || self.build(&shapes, budget))
+            .try_get_with(concrete.clone(), || self.build(&concrete, budget))
             .map_err(|e| {
                 if let over @ Error::OverBudget { .. } = &*e {
                     return over.clone();
                 }
                 // The inputs passed the signature's checks: a shape the model cannot be planned
                 // for is the request's problem.
+                let values = concrete.values.iter().flatten().collect::<Vec<_>>();
+                let values = match values.is_empty() {
+                    true => String::new(),
+                    false => format!(" and selector values {values:?}"),
+                };
                 Error::InferenceRejected {
                     problem: format!(
-                        "no plan for input shapes {shapes:?}: {}",
+                        "no plan for input shapes {:?}{values}: {}",
+                        concrete.shapes,
                         crate::error::chain(&*e).trim_start_matches("engine failure: ")
                     ),
                 }
@@ -139,11 +153,25 @@ impl ShapePlans {
         Ok(plan.run(values, budget)?.into_vec())
     }
 
-    /// Builds the plan for `shapes`, counting the bytes it holds into the model's.
-    fn build(&self, shapes: &[Vec<usize>], budget: u64) -> Result<SizedPlan, Error> {
+    /// The facts of a plan for `inputs`: their shapes and their selectors' values.
+    fn concrete(&self, inputs: &[TractTensor]) -> Result<Concrete, Error> {
+        let shapes = inputs.iter().map(|t| t.shape().to_vec()).collect();
+        let values = inputs
+            .iter()
+            .zip(&self.selectors)
+            .map(|(input, &selector)| match selector {
+                true => scalar_i64(input).map(Some),
+                false => Ok(None),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Concrete { shapes, values })
+    }
+
+    /// Builds the plan for `concrete` facts, counting the bytes it holds into the model's.
+    fn build(&self, concrete: &Concrete, budget: u64) -> Result<SizedPlan, Error> {
         let started = std::time::Instant::now();
         let (plan, bytes) = measured(|| {
-            let (typed, _) = translate(&self.proto, self.loader, Some(shapes))?;
+            let (typed, _) = translate(&self.proto, self.loader, Some(concrete))?;
             check_facts(&typed, budget)?;
             let optimized =
                 typed.into_optimized().map_err(|e| engine_error("cannot optimise the model", e))?;
@@ -153,7 +181,8 @@ impl ShapePlans {
         let plan = plan?;
         self.plan_bytes.fetch_add(bytes, Ordering::Relaxed);
         tracing::info!(
-            ?shapes,
+            shapes = ?concrete.shapes,
+            values = ?concrete.values,
             bytes,
             elapsed_ms = crate::elapsed_ms(started),
             "plan built for a shape"
@@ -162,9 +191,54 @@ impl ShapePlans {
     }
 }
 
+/// For each input, whether it selects a branch: a scalar (rank 0) integer or boolean input of a
+/// graph with `If` nodes.
+fn selectors(proto: &pb::ModelProto, signature: &Signature) -> Vec<bool> {
+    let graph = proto.graph.as_ref();
+    let branches = graph.is_some_and(|g| g.node.iter().any(|n| n.op_type == "If"));
+    signature
+        .inputs
+        .iter()
+        .map(|spec| {
+            let declared = graph.and_then(|g| g.input.iter().find(|v| v.name == spec.name));
+            let rank = declared.and_then(|v| v.r#type.as_ref()).and_then(|t| match &t.value {
+                Some(pb::type_proto::Value::TensorType(tensor)) => {
+                    tensor.shape.as_ref().map(|s| s.dim.len())
+                }
+                None => None,
+            });
+            let integer = matches!(
+                spec.datatype,
+                DataType::I8
+                    | DataType::I16
+                    | DataType::I32
+                    | DataType::I64
+                    | DataType::U8
+                    | DataType::U16
+                    | DataType::U32
+                    | DataType::U64
+                    | DataType::Bool
+            );
+            branches && integer && rank == Some(0)
+        })
+        .collect()
+}
+
+/// A scalar input's value as an `i64`.
+fn scalar_i64(input: &TractTensor) -> Result<i64, Error> {
+    let value = input.cast_to::<i64>().map_err(|e| engine_error("cannot read a selector", e))?;
+    match value.try_as_plain_ram().and_then(|v| v.as_slice::<i64>()) {
+        Ok(&[value]) => Ok(value),
+        _ => {
+            Err(Error::InferenceRejected { problem: "a selector input is not a scalar".to_owned() })
+        }
+    }
+}
+
 /// The axes of each input that carry the batch: those declared with the same dimension
-/// name as the first input's first axis, or, when that is unnamed, every dynamic first axis.
-/// `None` when the first input has no dynamic first axis.
+/// name as the first input's first axis, or, when that is unnamed, every dynamic first axis
+/// and the only dynamic axis of an input whose first axis is fixed (a recurrent state of
+/// `[layers, batch, units]`). `None` when the first input has no dynamic first axis.
 pub(super) fn batch_axes(proto: &pb::ModelProto, signature: &Signature) -> Option<Vec<Vec<usize>>> {
     let first = signature.inputs.first()?;
     if first.shape.first() != Some(&-1) {
@@ -178,7 +252,14 @@ pub(super) fn batch_axes(proto: &pb::ModelProto, signature: &Signature) -> Optio
             Some(name) => {
                 dynamic.filter(|&a| declared.get(a) == Some(&Some(name.clone()))).collect()
             }
-            None => dynamic.filter(|&a| a == 0).collect(),
+            None => {
+                let dynamic: Vec<usize> = dynamic.collect();
+                match dynamic.as_slice() {
+                    [0, ..] => vec![0],
+                    &[only] => vec![only],
+                    _ => Vec::new(),
+                }
+            }
         }
     });
     Some(axes.collect())

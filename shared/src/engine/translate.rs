@@ -1,9 +1,11 @@
 //! Translating a parsed ONNX graph into tract's typed, decluttered form, under the input
-//! facts maas gives it: declared types, and symbolic or concrete shapes.
+//! facts maas gives it: declared types, and symbolic or concrete shapes (and values).
 
+use std::sync::Arc;
 use tract_onnx::pb;
+
 use tract_onnx::prelude::{
-    Framework, InferenceFact, InferenceModel, InferenceModelExt, TDim, TypedModel,
+    tensor0, Framework, InferenceFact, InferenceModel, InferenceModelExt, TDim, TypedModel,
 };
 
 use super::convert::datum_type_of;
@@ -13,18 +15,28 @@ use super::{engine_error, engine_problem, onnx};
 use crate::error::Error;
 use crate::manifest::{Loader, Signature, TensorSpec};
 
+/// The facts a per-shape plan is built for: each input's concrete shape and, for the inputs
+/// that select a branch of the graph, the value it is built for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct Concrete {
+    pub(super) shapes: Vec<Vec<usize>>,
+    /// By input: the value of a branch-selecting scalar input (see `plans::selectors`),
+    /// `None` for the others.
+    pub(super) values: Vec<Option<i64>>,
+}
+
 /// Parses the graph with `loader`, gives its inputs their declared types and either symbolic
-/// shapes or, when given, concrete `shapes`, and translates it into tract's typed, decluttered
+/// shapes or, when given, `concrete` facts, and translates it into tract's typed, decluttered
 /// form.
 pub(super) fn translate(
     proto: &pb::ModelProto,
     loader: Loader,
-    shapes: Option<&[Vec<usize>]>,
+    concrete: Option<&Concrete>,
 ) -> Result<(TypedModel, Signature), Error> {
     let folded;
     let proto = match loader {
         Loader::FoldConstantIf => {
-            folded = fold_ifs(proto, shapes)?;
+            folded = fold_ifs(proto, concrete)?;
             &folded
         }
         Loader::Plain | Loader::IgnoreValueInfo => proto,
@@ -34,7 +46,7 @@ pub(super) fn translate(
     let mut model = onnx
         .model_for_proto_model(proto)
         .map_err(|e| engine_error("cannot translate the ONNX graph", e))?;
-    set_input_facts(&mut model, proto, &signature, shapes)?;
+    set_input_facts(&mut model, proto, &signature, concrete)?;
     let typed = model
         .into_typed()
         .and_then(|typed| typed.into_decluttered())
@@ -43,12 +55,12 @@ pub(super) fn translate(
 }
 
 /// Gives the graph's inputs their declared types and either symbolic shapes or, when given,
-/// concrete `shapes`.
+/// `concrete` shapes and values.
 pub(super) fn set_input_facts(
     model: &mut InferenceModel,
     proto: &pb::ModelProto,
     signature: &Signature,
-    shapes: Option<&[Vec<usize>]>,
+    concrete: Option<&Concrete>,
 ) -> Result<(), Error> {
     if model.input_outlets().map_or(0, |o| o.len()) != signature.inputs.len() {
         return Err(engine_problem("the graph's inputs do not match its declared inputs"));
@@ -60,13 +72,17 @@ pub(super) fn set_input_facts(
                 spec.name, spec.datatype
             ))
         })?;
-        let shape = match shapes.and_then(|s| s.get(index)) {
+        let cannot = |e| engine_error(format!("cannot set the facts of input `{}`", spec.name), e);
+        let shape = match concrete.and_then(|c| c.shapes.get(index)) {
             Some(shape) => shape.iter().map(|&d| TDim::from(d)).collect(),
             None => symbolic_shape(model, proto, index, spec),
         };
-        model.set_input_fact(index, InferenceFact::dt_shape(datum_type, shape)).map_err(|e| {
-            engine_error(format!("cannot set the facts of input `{}`", spec.name), e)
-        })?;
+        let mut fact = InferenceFact::dt_shape(datum_type, shape);
+        if let Some(&value) = concrete.and_then(|c| c.values.get(index)).and_then(Option::as_ref) {
+            let value = tensor0(value).cast_to_dt(datum_type).map_err(cannot)?.into_owned();
+            fact.value = Arc::new(value).into();
+        }
+        model.set_input_fact(index, fact).map_err(cannot)?;
     }
     Ok(())
 }

@@ -104,8 +104,9 @@ fn validate_within(
 
 /// Sizes tried for the dynamic dimensions other than the batch when a per-shape model is
 /// validated: models that compute shapes often need a realistic size (an audio model may
-/// squeeze `(samples + 320) / 512` to one).
-const TRIAL_DIMS: [usize; 3] = [1, 64, 512];
+/// squeeze `(samples + 320) / 512` to one at 16 kHz, `(samples + 160) / 256` at 8 kHz, which
+/// is what Silero's `sr` input selects when the trial gives it 0).
+const TRIAL_DIMS: [usize; 4] = [1, 64, 256, 512];
 
 /// For a model no loader can plan symbolically: the first loader and trial size with which
 /// a per-shape plan builds and runs, the trial inputs, and how long building and running

@@ -12,7 +12,8 @@ use maas::names::{ModelId, Version};
 use maas::tensor::{Tensor, TensorData};
 use maas::Predictor;
 use maas_tests::{
-    call, cases_in, fresh_s3_store, predictor, publish_limits, writer, zoo_dir, Case,
+    call, cases_in, fresh_s3_store, predictor, predictor_with, publish_limits, writer, zoo_dir,
+    Case,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -66,13 +67,9 @@ async fn every_zoo_model_publishes_and_matches_onnxruntime() {
     let store = Arc::new(fresh_s3_store().await);
     let cache = tempfile::tempdir().unwrap();
     let predictor = predictor(store, &cache);
-    let mut cases: BTreeMap<String, Vec<_>> = BTreeMap::new();
-    for case in cases_in(&zoo_dir()) {
-        cases.entry(case.model.clone()).or_default().push(case);
-    }
     let mut failures = Vec::new();
     for model in &zoo {
-        match check(&predictor, model, &cases[&model.model]).await {
+        match check(&predictor, model, &zoo_cases()[&model.model]).await {
             Ok(outcome) => eprintln!("{}: {outcome}", model.model),
             Err(failure) => failures.push(format!("{} ({}): {failure}", model.model, model.source)),
         }
@@ -86,11 +83,69 @@ async fn every_zoo_model_publishes_and_matches_onnxruntime() {
     );
 }
 
+fn zoo_cases() -> BTreeMap<String, Vec<Case>> {
+    let mut cases: BTreeMap<String, Vec<_>> = BTreeMap::new();
+    for case in cases_in(&zoo_dir()) {
+        cases.entry(case.model.clone()).or_default().push(case);
+    }
+    cases
+}
+
+/// With two engine threads and no minimum share, every batch of more than one row after the
+/// first (which measures) runs split in two, one share per thread, and every zoo model still
+/// matches onnxruntime; the models with a batch axis did split.
+#[tokio::test(flavor = "multi_thread")]
+async fn batches_split_across_threads_still_match_onnxruntime() {
+    let store = Arc::new(maas::store::MemoryStore::new());
+    let cache = tempfile::tempdir().unwrap();
+    let settings = maas::engine::Settings { threads: 2, min_share_micros: 0, ..Default::default() };
+    let predictor = predictor_with(store, &cache, settings);
+    let cases = zoo_cases();
+    let mut failures = Vec::new();
+    let mut split = Vec::new();
+    for model in zoo() {
+        let (id, published) = publish_zoo_model(&predictor, &model.model).await;
+        published.unwrap();
+        // Twice: the first run of each batch measures, the second splits.
+        let mut outcome = Ok(());
+        for _ in 0..2 {
+            outcome = serve_and_compare(&predictor, &id, &model, &cases[&model.model]).await;
+        }
+        if let Err(failure) = outcome {
+            failures.push(format!("{}: {failure}", model.model));
+            continue;
+        }
+        if predictor.registry().load(&id).await.unwrap().model.split_runs() > 0 {
+            split.push(model.model.clone());
+        }
+    }
+    assert!(failures.is_empty(), "split batches fail:\n{}", failures.join("\n"));
+    for name in ["torch_cnn_legacy", "torch_attention_dynamo", "magika", "ppocr_cls", "silero_vad"]
+    {
+        assert!(split.contains(&name.to_owned()), "{name} never split: {split:?}");
+    }
+}
+
 /// Publishes one zoo model and compares what it serves with onnxruntime's outputs; says
 /// how validation loaded and planned it.
 async fn check(predictor: &Predictor, model: &ZooModel, cases: &[Case]) -> Result<String, String> {
     let (id, published) = publish_zoo_model(predictor, &model.model).await;
     let manifest = published.map_err(|e| format!("does not publish: {e}"))?;
+    serve_and_compare(predictor, &id, model, cases).await?;
+    Ok(format!(
+        "{:?} loader, {:?} plans, matches onnxruntime at batches {:?}",
+        manifest.loader, manifest.plans, model.batches
+    ))
+}
+
+/// Serves the reference cases of a published zoo model and compares what it answers with
+/// onnxruntime's outputs.
+async fn serve_and_compare(
+    predictor: &Predictor,
+    id: &ModelId,
+    model: &ZooModel,
+    cases: &[Case],
+) -> Result<(), String> {
     let batches: Vec<usize> = cases.iter().map(|c| c.batch).collect();
     assert_eq!(batches, model.batches, "{}: reference cases", model.model);
     for case in cases {
@@ -109,10 +164,7 @@ async fn check(predictor: &Predictor, model: &ZooModel, cases: &[Case]) -> Resul
             format!("batch {}: {message}", case.batch)
         })?;
     }
-    Ok(format!(
-        "{:?} loader, {:?} plans, matches onnxruntime at batches {batches:?}",
-        manifest.loader, manifest.plans
-    ))
+    Ok(())
 }
 
 /// A per-shape model (magika's `BroadcastTo` needs concrete shapes) runs batches of 5 and 8

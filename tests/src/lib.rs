@@ -205,8 +205,18 @@ pub fn cache_settings(dir: &std::path::Path) -> CacheSettings {
 
 /// A predictor over `store` with its own temporary disk cache.
 pub fn predictor(store: SharedStore, cache: &tempfile::TempDir) -> Predictor {
+    predictor_with(store, cache, maas::engine::Settings::default())
+}
+
+/// A predictor over `store` with its own temporary disk cache and these engine settings.
+pub fn predictor_with(
+    store: SharedStore,
+    cache: &tempfile::TempDir,
+    engine: maas::engine::Settings,
+) -> Predictor {
+    let settings = CacheSettings { engine, ..cache_settings(cache.path()) };
     Predictor::new(
-        Arc::new(Registry::new(store, &cache_settings(cache.path()))),
+        Arc::new(Registry::new(store, &settings)),
         maas::predictor::RequestLimits::default(),
     )
 }

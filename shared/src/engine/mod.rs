@@ -11,10 +11,15 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use rayon::iter::{IntoParallelIterator, ParallelIterator};
 
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::pb;
-use tract_onnx::prelude::{Framework, TValue, TypedFact, TypedModel, TypedOp};
+use tract_onnx::prelude::{
+    Framework, IntoTensor, TValue, Tensor as TractTensor, TypedFact, TypedModel, TypedOp,
+};
 
 use crate::error::Error;
 use crate::manifest::{Loader, Planning, Signature};
@@ -28,12 +33,14 @@ mod ml;
 mod nnef;
 mod plans;
 mod signature;
+mod split;
 mod translate;
 mod validate;
 
 use budget::{contained, measured, BudgetedPlan};
 use convert::{from_tract, to_tract};
 use signature::signature_of;
+use split::Splitter;
 use translate::translate;
 use validate::check_declared;
 
@@ -52,6 +59,8 @@ pub struct Model {
     resources: Resources,
     /// Heap bytes the model holds, measured while it was loaded ([`Model::memory_bytes`]).
     held: u64,
+    /// How batches are split across the engine's threads; `None` when they are not.
+    splitter: Option<Arc<Splitter>>,
 }
 
 #[derive(Clone)]
@@ -157,7 +166,8 @@ impl Model {
                     .proto_model_for_path(path)
                     .map_err(|e| engine_error("cannot parse the ONNX file", e))?;
                 check_declared(&proto, settings)?;
-                match planning {
+                let splitter = splitter_for(&proto, settings);
+                let model = match planning {
                     Planning::Symbolic => {
                         let (typed, signature) = translate(&proto, loader, None)?;
                         // The decoded file is not needed to optimise: freed before, it does
@@ -166,7 +176,8 @@ impl Model {
                         Self::optimise(typed, signature, &resources)
                     }
                     Planning::PerShape => Self::per_shape(proto, loader, &resources),
-                }
+                };
+                model.map(|model| Self { splitter, ..model })
             })
         });
         // What the load freed goes back to the system, not into this thread's arena.
@@ -183,7 +194,18 @@ impl Model {
         let signature = signature_of(&proto)?;
         let plans = plans::ShapePlans::new(proto, loader, &signature, resources.shape_plans);
         let resources = resources.clone();
-        Ok(Self { plans: Plans::PerShape(Arc::new(plans)), signature, resources, held: 0 })
+        Ok(Self {
+            plans: Plans::PerShape(Arc::new(plans)),
+            signature,
+            resources,
+            held: 0,
+            splitter: None,
+        })
+    }
+
+    /// How many batches ran split across the engine's threads so far.
+    pub fn split_runs(&self) -> u64 {
+        self.splitter.as_ref().map_or(0, |s| s.splits())
     }
 
     /// How the model is planned.
@@ -224,7 +246,13 @@ impl Model {
             typed.into_optimized().map_err(|e| engine_error("cannot optimise the model", e))?;
         let plan = BudgetedPlan::new(optimized)?;
         let resources = resources.clone();
-        Ok(Self { plans: Plans::Symbolic(Arc::new(plan)), signature, resources, held: 0 })
+        Ok(Self {
+            plans: Plans::Symbolic(Arc::new(plan)),
+            signature,
+            resources,
+            held: 0,
+            splitter: None,
+        })
     }
 
     /// The inputs and outputs as the ONNX file declares them.
@@ -239,20 +267,22 @@ impl Model {
     /// and a failure inside the engine is an error, never a crash.
     pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
         let inputs = inputs.into_iter().map(to_tract).collect::<Result<Vec<_>, _>>()?;
-        let outputs =
-            multithread_tract_scope(self.resources.executor.clone(), || match &self.plans {
-                Plans::Symbolic(plan) => {
-                    contained(self.resources.budget, "running the model", || {
-                        let values = inputs.into_iter().map(TValue::from).collect();
-                        Ok(plan.run(values, self.resources.budget)?.into_vec())
-                    })
+        let started = Instant::now();
+        let (outputs, shares) = match self.splitter.as_deref() {
+            Some(splitter) => match splitter.shares(&inputs) {
+                Some(sizes) => self.run_split(splitter, inputs, &sizes)?,
+                None => {
+                    let rows = splitter.rows(&inputs);
+                    let outputs = self.run_whole(inputs, self.resources.executor.clone(), 1)?;
+                    if let Some(rows) = rows {
+                        splitter.record(rows, 1, started.elapsed());
+                    }
+                    (outputs, 1)
                 }
-                Plans::PerShape(plans) => {
-                    contained(self.resources.cap, "running the model", || {
-                        plans.run(inputs, &self.signature, self.resources.budget)
-                    })
-                }
-            })?;
+            },
+            None => (self.run_whole(inputs, self.resources.executor.clone(), 1)?, 1),
+        };
+        tracing::trace!(shares, elapsed_ms = crate::elapsed_ms(started), "run");
         self.signature
             .outputs
             .iter()
@@ -260,6 +290,71 @@ impl Model {
             .map(|(spec, value)| from_tract(&spec.name, &value))
             .collect()
     }
+
+    /// Runs one batch whole with matrix products on `executor`, within a `shares`th of the
+    /// memory budget.
+    fn run_whole(
+        &self,
+        inputs: Vec<TractTensor>,
+        executor: Executor,
+        shares: u64,
+    ) -> Result<Vec<TractTensor>, Error> {
+        let budget = self.resources.budget / shares.max(1);
+        let outputs = multithread_tract_scope(executor, || match &self.plans {
+            Plans::Symbolic(plan) => contained(budget, "running the model", || {
+                let values = inputs.into_iter().map(TValue::from).collect();
+                Ok(plan.run(values, budget)?.into_vec())
+            }),
+            Plans::PerShape(plans) => contained(self.resources.cap, "running the model", || {
+                plans.run(inputs, &self.signature, budget)
+            }),
+        })?;
+        Ok(outputs.into_iter().map(TValue::into_tensor).collect())
+    }
+
+    /// Runs one batch in shares of `sizes` rows side by side on the engine's threads, one
+    /// thread and one plan state per share, and joins their outputs (the shares' count in
+    /// the second place); runs it whole when its outputs cannot be joined.
+    fn run_split(
+        &self,
+        splitter: &Splitter,
+        inputs: Vec<TractTensor>,
+        sizes: &[usize],
+    ) -> Result<(Vec<TractTensor>, usize), Error> {
+        let Executor::MultiThread(pool) = &self.resources.executor else {
+            return Ok((self.run_whole(inputs, Executor::SingleThread, 1)?, 1));
+        };
+        let started = Instant::now();
+        let shares = splitter.split(&inputs, sizes)?;
+        let count = shares.len() as u64;
+        let outputs: Vec<Result<Vec<TractTensor>, Error>> = pool.install(|| {
+            let shares = shares.into_par_iter();
+            shares.map(|share| self.run_whole(share, Executor::SingleThread, count)).collect()
+        });
+        let outputs = outputs.into_iter().collect::<Result<Vec<_>, _>>()?;
+        match split::join(outputs, sizes, &self.signature)? {
+            Some(joined) => {
+                splitter.record(sizes.iter().sum(), sizes.len(), started.elapsed());
+                Ok((joined, sizes.len()))
+            }
+            None => {
+                tracing::debug!("an output has no batch axis to join: running whole");
+                Ok((self.run_whole(inputs, self.resources.executor.clone(), 1)?, 1))
+            }
+        }
+    }
+}
+
+/// How the batches of the model in `proto` are split across threads: on its batch axes, when
+/// the settings give the engine more than one thread and the model has a batch axis.
+fn splitter_for(proto: &pb::ModelProto, settings: &Settings) -> Option<Arc<Splitter>> {
+    if settings.threads < 2 {
+        return None;
+    }
+    let signature = signature_of(proto).ok()?;
+    let axes = plans::batch_axes(proto, &signature)?;
+    let min_share = Duration::from_micros(settings.min_share_micros);
+    Some(Arc::new(Splitter::new(axes, settings.threads, min_share)))
 }
 
 /// How the engine validates, loads and runs models. Every call that loads a model takes them,
@@ -277,12 +372,22 @@ pub struct Settings {
     /// How many optimised plans each per-shape model keeps (least recently used dropped
     /// first).
     pub shape_plans: u64,
+    /// With several threads, a batch is split into one share per thread when each share
+    /// would take at least this many microseconds on one thread (as measured on the model's
+    /// earlier runs); smaller batches run whole.
+    pub min_share_micros: u64,
 }
 
 impl Default for Settings {
     /// The defaults off Lambda: 256 MiB per declared tensor, 1 GiB per run, one thread,
-    /// 8 plans per shape.
+    /// 8 plans per shape, batches split into shares of at least 200 µs.
     fn default() -> Self {
-        Self { max_tensor_bytes: 256 << 20, memory_bytes: 1 << 30, threads: 1, shape_plans: 8 }
+        Self {
+            max_tensor_bytes: 256 << 20,
+            memory_bytes: 1 << 30,
+            threads: 1,
+            shape_plans: 8,
+            min_share_micros: 200,
+        }
     }
 }

@@ -1,0 +1,206 @@
+//! Batches across threads. A batch of independent rows (the assumption the per-shape padding
+//! already makes, on the same batch axes) is split into one share per engine thread; each
+//! share runs on its own plan state, on one thread, and the outputs are joined back in row
+//! order. tract parallelises matrix products only, so this is what makes a second vCPU count
+//! for convolutions.
+//!
+//! Splitting costs a hand-off to the pool and a copy of the inputs and outputs, so it happens
+//! only when each share would take at least `Settings::min_share_micros` on one thread, as
+//! measured on the model's earlier runs: one-row requests and small models run whole, with
+//! the pool for their matrix products, as before.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tract_onnx::prelude::Tensor as TractTensor;
+
+use super::engine_error;
+use crate::error::Error;
+use crate::manifest::Signature;
+
+/// How a model's batches are split.
+#[derive(Debug)]
+pub(super) struct Splitter {
+    /// For each input, the axes that carry the batch.
+    batch_axes: Vec<Vec<usize>>,
+    threads: usize,
+    min_share: Duration,
+    /// Nanoseconds one row takes on one thread, as last measured (0: not yet measured).
+    row_nanos: AtomicU64,
+    /// Batches run split so far.
+    splits: AtomicU64,
+}
+
+impl Splitter {
+    pub(super) fn new(batch_axes: Vec<Vec<usize>>, threads: usize, min_share: Duration) -> Self {
+        let (row_nanos, splits) = (AtomicU64::new(0), AtomicU64::new(0));
+        Self { batch_axes, threads, min_share, row_nanos, splits }
+    }
+
+    /// The rows of each share `inputs` should be split into, or `None` to run them whole: a
+    /// single row, rows whose batch axes disagree, or shares too small to pay for the split.
+    pub(super) fn shares(&self, inputs: &[TractTensor]) -> Option<Vec<usize>> {
+        let rows = self.rows(inputs)?;
+        let count = self.threads.min(rows);
+        let row_nanos = self.row_nanos.load(Ordering::Relaxed);
+        let share_nanos = row_nanos.saturating_mul(rows as u64) / count.max(1) as u64;
+        if count < 2 || row_nanos == 0 || share_nanos < self.min_share.as_nanos() as u64 {
+            return None;
+        }
+        Some((0..count).map(|i| rows / count + usize::from(i < rows % count)).collect())
+    }
+
+    /// Batches run split so far.
+    pub(super) fn splits(&self) -> u64 {
+        self.splits.load(Ordering::Relaxed)
+    }
+
+    /// Records how long `rows` rows took in `shares` shares run side by side.
+    pub(super) fn record(&self, rows: usize, shares: usize, elapsed: Duration) {
+        if shares > 1 {
+            self.splits.fetch_add(1, Ordering::Relaxed);
+        }
+        let nanos = elapsed.as_nanos().saturating_mul(shares as u128) / rows.max(1) as u128;
+        self.row_nanos.store(u64::try_from(nanos).unwrap_or(u64::MAX).max(1), Ordering::Relaxed);
+    }
+
+    /// The batch size of `inputs`, when every batch axis agrees on one.
+    pub(super) fn rows(&self, inputs: &[TractTensor]) -> Option<usize> {
+        let mut sizes = inputs
+            .iter()
+            .zip(&self.batch_axes)
+            .flat_map(|(t, axes)| axes.iter().map(|&a| t.shape().get(a).copied()));
+        let rows = sizes.next()??;
+        sizes.all(|s| s == Some(rows)).then_some(rows).filter(|&r| r > 0)
+    }
+
+    /// `inputs` cut into shares of `sizes` rows along their batch axes.
+    pub(super) fn split(
+        &self,
+        inputs: &[TractTensor],
+        sizes: &[usize],
+    ) -> Result<Vec<Vec<TractTensor>>, Error> {
+        let mut start = 0;
+        let mut shares = Vec::with_capacity(sizes.len());
+        for &size in sizes {
+            let share = inputs
+                .iter()
+                .zip(&self.batch_axes)
+                .map(|(input, axes)| {
+                    axes.iter().try_fold(input.clone(), |tensor, &axis| {
+                        tensor
+                            .slice(axis, start, start + size)
+                            .map_err(|e| engine_error("cannot split a batch", e))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            shares.push(share);
+            start += size;
+        }
+        Ok(shares)
+    }
+}
+
+/// The shares' outputs joined back along each output's batch axis: the first axis declared
+/// dynamic whose size is each share's row count. `None` when an output has no such axis
+/// (its rows cannot be told apart): the batch must then run whole.
+pub(super) fn join(
+    shares: Vec<Vec<TractTensor>>,
+    sizes: &[usize],
+    signature: &Signature,
+) -> Result<Option<Vec<TractTensor>>, Error> {
+    let mut joined = Vec::with_capacity(signature.outputs.len());
+    for (index, spec) in signature.outputs.iter().enumerate() {
+        let parts: Vec<&TractTensor> = shares.iter().filter_map(|s| s.get(index)).collect();
+        let Some(first) = parts.first() else { return Ok(None) };
+        if parts.len() != sizes.len() {
+            return Ok(None);
+        }
+        let dynamic = |axis: usize| spec.shape.get(axis).is_none_or(|&d| d < 0);
+        let fits = |axis: usize| {
+            dynamic(axis)
+                && parts.iter().zip(sizes).all(|(part, &size)| {
+                    part.rank() == first.rank()
+                        && part.shape().get(axis) == Some(&size)
+                        && (0..first.rank()).all(|other| {
+                            other == axis || part.shape()[other] == first.shape()[other]
+                        })
+                })
+        };
+        let Some(axis) = (0..first.rank()).find(|&axis| fits(axis)) else { return Ok(None) };
+        let parts: Vec<TractTensor> = parts.into_iter().cloned().collect();
+        let whole = TractTensor::stack_tensors(axis, &parts)
+            .map_err(|e| engine_error("cannot join a split batch", e))?;
+        joined.push(whole);
+    }
+    Ok(Some(joined))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::TensorSpec;
+    use crate::tensor::DataType;
+
+    fn splitter(threads: usize) -> Splitter {
+        Splitter::new(vec![vec![0], vec![1]], threads, Duration::from_micros(100))
+    }
+
+    fn rows(count: usize, width: usize) -> TractTensor {
+        let values: Vec<f32> = (0..count * width).map(|v| v as f32).collect();
+        TractTensor::from_shape(&[count, width], &values).unwrap()
+    }
+
+    #[test]
+    fn small_or_unmeasured_batches_run_whole_and_large_ones_split_evenly() {
+        let splitter = splitter(3);
+        let state = TractTensor::zero::<f32>(&[2, 7, 4]).unwrap();
+        let inputs = [rows(7, 2), state];
+        assert_eq!(splitter.shares(&inputs), None, "not measured yet");
+        splitter.record(7, 1, Duration::from_micros(70));
+        assert_eq!(splitter.shares(&inputs), None, "shares of 23 µs do not pay");
+        splitter.record(7, 1, Duration::from_millis(7));
+        assert_eq!(splitter.shares(&inputs), Some(vec![3, 2, 2]));
+        let one = [rows(1, 2), TractTensor::zero::<f32>(&[2, 1, 4]).unwrap()];
+        assert_eq!(splitter.shares(&one), None, "one row");
+        let disagreeing = [rows(7, 2), TractTensor::zero::<f32>(&[2, 6, 4]).unwrap()];
+        assert_eq!(splitter.shares(&disagreeing), None);
+    }
+
+    #[test]
+    fn shares_cut_every_batch_axis_and_join_back_in_row_order() {
+        let splitter = splitter(2);
+        let state: Vec<f32> = (0..2 * 5 * 3).map(|v| -(v as f32)).collect();
+        let state = TractTensor::from_shape(&[2, 5, 3], &state).unwrap();
+        let inputs = [rows(5, 2), state.clone()];
+        let shares = splitter.split(&inputs, &[3, 2]).unwrap();
+        assert_eq!(shares[0][0], rows(5, 2).slice(0, 0, 3).unwrap());
+        assert_eq!(shares[1][1], state.slice(1, 3, 5).unwrap());
+        let spec = |name: &str, shape: Vec<i64>| TensorSpec {
+            name: name.into(),
+            datatype: DataType::F32,
+            shape,
+        };
+        // Outputs as a model would give them: the rows, and the state (batch on axis 1).
+        let signature = Signature {
+            inputs: vec![],
+            outputs: vec![spec("y", vec![-1, 2]), spec("state", vec![2, -1, 3])],
+        };
+        let joined = join(shares, &[3, 2], &signature).unwrap().unwrap();
+        assert_eq!(joined, inputs.to_vec());
+    }
+
+    #[test]
+    fn an_output_without_a_batch_axis_cannot_be_joined() {
+        let signature = Signature {
+            inputs: vec![],
+            outputs: vec![TensorSpec {
+                name: "sum".into(),
+                datatype: DataType::F32,
+                shape: vec![4],
+            }],
+        };
+        let shares = vec![vec![rows(1, 4)], vec![rows(1, 4)]];
+        assert_eq!(join(shares, &[3, 2], &signature).unwrap(), None);
+    }
+}

@@ -1,12 +1,14 @@
 //! Inference time of one model with one thread and with several (`MAAS_ENGINE_THREADS`),
-//! for a few batch sizes. Driven by `scripts/bench_threads.sh`.
+//! for a few batch sizes. Driven by `scripts/bench_threads.sh`. With several threads, matrix
+//! products use them all, and batches whose shares take long enough are split across them
+//! (`engine::Settings::min_share_micros`); the model is loaded as validation says (loader,
+//! planning).
 //!
 //! `threads MODEL.onnx THREADS RUNS BATCH...`   prints one Markdown row per batch size
 
 use std::time::Instant;
 
-use maas::engine::{Model, Settings};
-use maas::manifest::{Loader, Planning};
+use maas::engine::{validate, Model, Settings};
 use maas::tensor::{Tensor, TensorData};
 
 /// Inputs of the model's declared shapes, dynamic dimensions at `batch`, filled with a fixed
@@ -49,9 +51,11 @@ fn main() {
         }
         _ => panic!("{usage}"),
     };
+    let bytes = std::fs::read(path).expect("the model file");
+    let validated = validate(&bytes, &Settings::default()).expect("the model validates");
     let load = |threads| {
         let settings = Settings { threads, ..Default::default() };
-        Model::load_path(path.as_ref(), Loader::Plain, Planning::Symbolic, &settings)
+        Model::load_path(path.as_ref(), validated.loader, validated.plans, &settings)
             .expect("the model loads")
     };
     let (single, several) = (load(1), load(threads));

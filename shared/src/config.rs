@@ -34,6 +34,7 @@ use crate::store::{LocalStore, MemoryStore, S3Settings, S3Store, SharedStore};
 /// | `MAAS_DISK_CACHE_BYTES` | size bound of the disk cache | 402653184 (384 MiB) |
 /// | `MAAS_MEMORY_CACHE_BYTES` | bytes of loaded models kept in memory (LRU beyond it); a model weighs what it holds loaded, at least its file (small models several times it) | half of `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, else 1 GiB |
 /// | `MAAS_PRELOAD` | models loaded during start-up (the Lambda init phase): `name` or `name:version`, comma-separated | none |
+/// | `MAAS_PRELOAD_BATCHES` | batch sizes (comma-separated) whose plans are built at start-up for the preloaded models planned per shape, so the first request in those buckets does not wait for an optimisation | none |
 /// | `MAAS_MAX_REQUEST_BYTES` | largest request body accepted (413 beyond) | 6291456 (6 MiB, Lambda's payload limit) |
 /// | `MAAS_MAX_RESPONSE_BYTES` | largest response as Lambda returns it, base64 of binary bodies and JSON escapes counted (413 naming batch-predict beyond) | 6291456 (6 MiB, Lambda's synchronous response limit) |
 /// | `MAAS_MAX_BATCH` | most rows in one request: the first dimension of inputs whose first dimension is dynamic (413 beyond) | 4096 |
@@ -64,6 +65,8 @@ pub struct Config {
     pub s3: S3Settings,
     pub cache: CacheSettings,
     pub preload: Vec<(ModelName, VersionSpec)>,
+    /// Batch sizes whose plans are built at start-up for the preloaded per-shape models.
+    pub preload_batches: Vec<usize>,
     pub requests: RequestLimits,
     pub max_response_bytes: u64,
     pub publish: PublishLimits,
@@ -179,6 +182,9 @@ impl Config {
                 engine,
             },
             preload: parse_preload(lookup("MAAS_PRELOAD").as_deref().unwrap_or(""))?,
+            preload_batches: parse_batches(
+                lookup("MAAS_PRELOAD_BATCHES").as_deref().unwrap_or(""),
+            )?,
             requests: RequestLimits {
                 max_request_bytes: parse_or(
                     &lookup,
@@ -311,6 +317,20 @@ where
     }
 }
 
+fn parse_batches(list: &str) -> Result<Vec<usize>, ConfigError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| match item.parse::<usize>() {
+            Ok(rows) if (1..=4096).contains(&rows) => Ok(rows),
+            _ => Err(ConfigError {
+                variable: "MAAS_PRELOAD_BATCHES",
+                problem: format!("`{item}` is not a batch size from 1 to 4096"),
+            }),
+        })
+        .collect()
+}
+
 fn parse_preload(list: &str) -> Result<Vec<(ModelName, VersionSpec)>, ConfigError> {
     list.split(',')
         .map(str::trim)
@@ -369,6 +389,7 @@ mod tests {
             ("MAAS_STORE", "memory://"),
             ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "2048"),
             ("MAAS_PRELOAD", "iris, mlp:3"),
+            ("MAAS_PRELOAD_BATCHES", "1, 8"),
             ("MAAS_S3_FORCE_PATH_STYLE", "true"),
             ("MAAS_MALLOC_ARENAS", "0"),
         ])
@@ -378,6 +399,7 @@ mod tests {
         assert!(c.s3.force_path_style);
         assert_eq!(c.preload.len(), 2);
         assert_eq!(c.preload[0].1, VersionSpec::Latest);
+        assert_eq!(c.preload_batches, [1, 8]);
     }
 
     #[test]
@@ -403,6 +425,9 @@ mod tests {
         assert_eq!(err.variable, "MAAS_DISK_CACHE_BYTES");
         let err = config(&[("MAAS_STORE", "memory://"), ("MAAS_PRELOAD", "../etc")]).unwrap_err();
         assert_eq!(err.variable, "MAAS_PRELOAD");
+        let err =
+            config(&[("MAAS_STORE", "memory://"), ("MAAS_PRELOAD_BATCHES", "8,0")]).unwrap_err();
+        assert_eq!(err.variable, "MAAS_PRELOAD_BATCHES");
     }
 
     #[test]

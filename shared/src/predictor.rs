@@ -252,6 +252,26 @@ impl Predictor {
         Ok(ModelDescription { manifest, versions })
     }
 
+    /// Builds a loaded per-shape model's plans for batches of `rows` rows, logging what each
+    /// took, and weighs it again with them.
+    async fn prepare(&self, loaded: &Arc<LoadedModel>, rows: &[usize]) {
+        if rows.is_empty() {
+            return;
+        }
+        let model = loaded.clone();
+        let rows = rows.to_vec();
+        let prepared = tokio::task::spawn_blocking(move || model.model.prepare(&rows)).await;
+        match prepared.map_err(|e| Error::internal("preparing plans", e)).and_then(|r| r) {
+            Ok(buckets) => {
+                for (rows, elapsed_ms) in buckets {
+                    tracing::info!(model = %loaded.id, rows, elapsed_ms, "plan prepared");
+                }
+                self.registry.reweigh(loaded).await;
+            }
+            Err(err) => tracing::warn!(model = %loaded.id, error = %err, "plans not prepared"),
+        }
+    }
+
     /// Readiness of one model (`GET .../ready`): loads it if it is not loaded, so a call
     /// also warms the execution environment.
     pub async fn ready(&self, name: &str, version: Option<&str>) -> Result<ModelId, Error> {
@@ -260,17 +280,20 @@ impl Predictor {
         Ok(id)
     }
 
-    /// Loads the listed models, logging (not failing on) the ones that cannot be loaded.
-    pub async fn preload(&self, models: &[(ModelName, VersionSpec)]) {
+    /// Loads the listed models, logging (not failing on) the ones that cannot be loaded, and
+    /// builds the plans of per-shape models for batches of `rows` rows.
+    pub async fn preload(&self, models: &[(ModelName, VersionSpec)], rows: &[usize]) {
         for (name, spec) in models {
             let started = std::time::Instant::now();
             let loaded = match self.registry.resolve(name, spec).await {
-                Ok(id) => self.registry.load(&id).await.map(|_| id),
+                Ok(id) => self.registry.load(&id).await,
                 Err(err) => Err(err),
             };
             match loaded {
-                Ok(id) => {
-                    tracing::info!(model = %id, elapsed_ms = crate::elapsed_ms(started), "preloaded")
+                Ok(loaded) => {
+                    let id = &loaded.id;
+                    tracing::info!(model = %id, elapsed_ms = crate::elapsed_ms(started), "preloaded");
+                    self.prepare(&loaded, rows).await;
                 }
                 Err(err) => {
                     tracing::error!(model = %name, error = %err, kind = err.kind(), "preload failed")

@@ -221,7 +221,7 @@ async fn preloaded_models_are_ready_before_the_first_request() {
         })
     })
     .unwrap();
-    predictor.preload(&config.preload).await;
+    predictor.preload(&config.preload, &config.preload_batches).await;
     let id = ModelId::new("mlp".parse().unwrap(), Version::new(1).unwrap());
     assert!(predictor.registry().is_loaded(&id).await);
     let before = counting.total();

@@ -264,6 +264,36 @@ fn a_plan_per_sample_rate_and_batches_padded_along_the_state_axis() {
     assert_eq!(model.plan_count(), 2, "one plan per sample rate");
 }
 
+/// Preloading a per-shape model with batch sizes builds their plans before any request: the
+/// model holds one plan per bucket and weighs them, and a request in a prepared bucket
+/// (5 rows: the bucket of 8) builds none.
+#[tokio::test(flavor = "multi_thread")]
+async fn preloaded_batch_buckets_are_planned_before_the_first_request() {
+    let case = cases_in(&zoo_dir())
+        .into_iter()
+        .find(|c| c.model == "magika" && c.batch == 8)
+        .expect("a magika case at batch 8");
+    let store = Arc::new(maas::store::MemoryStore::new());
+    let cache = tempfile::tempdir().unwrap();
+    let predictor = predictor(store, &cache);
+    let (id, published) = publish_zoo_model(&predictor, "magika").await;
+    published.unwrap();
+    let version = maas::names::VersionSpec::Exact(id.version);
+    predictor.preload(&[(id.name.clone(), version)], &[1, 8]).await;
+    let loaded = predictor.registry().load(&id).await.unwrap();
+    assert_eq!(loaded.model.plan_count(), 2, "a plan per prepared bucket");
+    assert_eq!(predictor.registry().memory_usage().await, (1, loaded.weight()));
+    let mut inputs = case.inputs.clone();
+    let width = inputs[0]["shape"][1].as_u64().unwrap() as usize;
+    inputs[0]["shape"] = json!([5, width]);
+    inputs[0]["data"] = json!(inputs[0]["data"].as_array().unwrap()[..5 * width].to_vec());
+    let path = format!("/v2/models/{}/versions/1/infer", id.name);
+    let body = json!({ "inputs": inputs }).to_string().into_bytes();
+    let (status, served) = call(&predictor, "POST", &path, Some(body)).await;
+    assert_eq!(status, 200, "{served}");
+    assert_eq!(loaded.model.plan_count(), 2, "the request found its plan ready");
+}
+
 /// A per-shape model weighs its plans: loading builds none, a request builds one and the
 /// memory cache weighs the model again with it, so eviction follows what the model holds.
 #[tokio::test(flavor = "multi_thread")]

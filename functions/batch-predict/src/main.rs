@@ -12,7 +12,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let config = function::config(None)?;
     let predictor = Predictor::new(function::registry(&config).await, config.requests);
     // Runs during the Lambda init phase, before the first event.
-    predictor.preload(&config.preload).await;
+    predictor.preload(&config.preload, &config.preload_batches).await;
     let batch = Batch::new(predictor, config.store.clone(), config.batch.clone());
     lambda_runtime::run(service_fn(|event: LambdaEvent<Event>| {
         batch_predict::handler::handle(&batch, event)

@@ -19,7 +19,7 @@ async fn main() -> Result<(), lambda_http::Error> {
     let config = function::config(store)?;
     let predictor = Predictor::new(function::registry(&config).await, config.requests);
     // Runs during the Lambda init phase, before the first request.
-    predictor.preload(&config.preload).await;
+    predictor.preload(&config.preload, &config.preload_batches).await;
     let handler = move |request| {
         let predictor = predictor.clone();
         async move { predict::handler::handle(&predictor, request).await }

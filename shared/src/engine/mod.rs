@@ -203,6 +203,31 @@ impl Model {
         })
     }
 
+    /// Builds a per-shape model's plans for batches of `rows` rows ahead of requests (at
+    /// start-up: `MAAS_PRELOAD_BATCHES`), by running zeros through it, so that the first
+    /// request in those buckets does not wait for an optimisation. Returns how long each
+    /// took (ms). A symbolic model has its one plan already: nothing to do. A model with
+    /// dynamic dimensions besides the batch cannot be prepared: the sizes requests will
+    /// bring are unknown.
+    pub fn prepare(&self, rows: &[usize]) -> Result<Vec<(usize, f64)>, Error> {
+        let Plans::PerShape(plans) = &self.plans else { return Ok(Vec::new()) };
+        let axes =
+            plans.batch_axes().ok_or_else(|| engine_problem("the model has no batch axis"))?;
+        let others = self.signature.inputs.iter().zip(axes).any(|(spec, axes)| {
+            (0..spec.shape.len()).any(|axis| spec.shape[axis] < 0 && !axes.contains(&axis))
+        });
+        if others {
+            return Err(engine_problem("the model has dynamic dimensions besides the batch"));
+        }
+        rows.iter()
+            .map(|&rows| {
+                let started = Instant::now();
+                self.run(validate::trial_inputs(&self.signature, rows.max(1), 1, Some(axes))?)?;
+                Ok((rows, crate::elapsed_ms(started)))
+            })
+            .collect()
+    }
+
     /// How many batches ran split across the engine's threads so far.
     pub fn split_runs(&self) -> u64 {
         self.splitter.as_ref().map_or(0, |s| s.splits())

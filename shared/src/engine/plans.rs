@@ -63,6 +63,11 @@ impl ShapePlans {
         Self { proto, loader, plans, plan_bytes, batch_axes, selectors }
     }
 
+    /// For each input, the axes that carry the batch; `None` when batches are not bucketed.
+    pub(super) fn batch_axes(&self) -> Option<&[Vec<usize>]> {
+        self.batch_axes.as_deref()
+    }
+
     /// Bytes of the plans cached now, as measured when each was built.
     pub(super) fn memory_bytes(&self) -> u64 {
         self.plan_bytes.load(Ordering::Relaxed)

@@ -73,7 +73,7 @@ fn validate_within(
             let model = Model::optimise(typed, signature, resources).map_err(as_invalid)?;
             let optimise_ms = elapsed_ms(optimising);
             let trial = Instant::now();
-            model.run(trial_inputs(model.signature(), 1, None)?).map_err(trial_failed)?;
+            model.run(trial_inputs(model.signature(), 1, 1, None)?).map_err(trial_failed)?;
             (model, loader, ValidationReport { parse_ms, optimise_ms, trial_ms: elapsed_ms(trial) })
         }
         Err(symbolic) => {
@@ -121,7 +121,7 @@ fn per_shape_trial(
         for dims in TRIAL_DIMS {
             let started = Instant::now();
             let attempt = Model::per_shape(proto.clone(), loader, resources).and_then(|model| {
-                let inputs = trial_inputs(model.signature(), dims, batch_axes.as_deref())?;
+                let inputs = trial_inputs(model.signature(), 1, dims, batch_axes.as_deref())?;
                 model.run(inputs.clone())?;
                 Ok((model, inputs))
             });
@@ -229,10 +229,11 @@ fn check_declared_size(value: &pb::ValueInfoProto, settings: &Settings) -> Resul
     }
 }
 
-/// Zeros of each input's declared type and shape: the batch dimensions at 1 (each input's
-/// `batch_axes`, by default its first), other dynamic dimensions at `dims`.
-fn trial_inputs(
+/// Zeros of each input's declared type and shape: the batch dimensions at `rows` (each
+/// input's `batch_axes`, by default its first), other dynamic dimensions at `dims`.
+pub(super) fn trial_inputs(
     signature: &Signature,
+    rows: usize,
     dims: usize,
     batch_axes: Option<&[Vec<usize>]>,
 ) -> Result<Vec<Tensor>, Error> {
@@ -251,7 +252,7 @@ fn trial_inputs(
                 .enumerate()
                 .map(|(axis, &d)| match d {
                     d if d > 0 => d as usize,
-                    _ if is_batch(axis) => 1,
+                    _ if is_batch(axis) => rows,
                     _ => dims,
                 })
                 .collect();

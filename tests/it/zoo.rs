@@ -264,11 +264,10 @@ fn a_plan_per_sample_rate_and_batches_padded_along_the_state_axis() {
     assert_eq!(model.plan_count(), 2, "one plan per sample rate");
 }
 
-/// Preloading a per-shape model with batch sizes builds their plans before any request: the
-/// model holds one plan per bucket and weighs them, and a request in a prepared bucket
-/// (5 rows: the bucket of 8) builds none.
-#[tokio::test(flavor = "multi_thread")]
-async fn preloaded_batch_buckets_are_planned_before_the_first_request() {
+/// magika published in a fresh in-memory store, with its reference case at batch 8 (and the
+/// predictor's disk cache, to keep while the predictor serves).
+async fn magika_published(
+) -> (Case, Predictor, tempfile::TempDir, ModelId, Result<maas::manifest::Manifest, maas::Error>) {
     let case = cases_in(&zoo_dir())
         .into_iter()
         .find(|c| c.model == "magika" && c.batch == 8)
@@ -277,6 +276,15 @@ async fn preloaded_batch_buckets_are_planned_before_the_first_request() {
     let cache = tempfile::tempdir().unwrap();
     let predictor = predictor(store, &cache);
     let (id, published) = publish_zoo_model(&predictor, "magika").await;
+    (case, predictor, cache, id, published)
+}
+
+/// Preloading a per-shape model with batch sizes builds their plans before any request: the
+/// model holds one plan per bucket and weighs them, and a request in a prepared bucket
+/// (5 rows: the bucket of 8) builds none.
+#[tokio::test(flavor = "multi_thread")]
+async fn preloaded_batch_buckets_are_planned_before_the_first_request() {
+    let (case, predictor, _cache, id, published) = magika_published().await;
     published.unwrap();
     let version = maas::names::VersionSpec::Exact(id.version);
     predictor.preload(&[(id.name.clone(), version)], &[1, 8]).await;
@@ -298,14 +306,7 @@ async fn preloaded_batch_buckets_are_planned_before_the_first_request() {
 /// memory cache weighs the model again with it, so eviction follows what the model holds.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_per_shape_model_weighs_more_in_the_memory_cache_once_it_holds_a_plan() {
-    let case = cases_in(&zoo_dir())
-        .into_iter()
-        .find(|c| c.model == "magika" && c.batch == 8)
-        .expect("a magika case at batch 8");
-    let store = Arc::new(maas::store::MemoryStore::new());
-    let cache = tempfile::tempdir().unwrap();
-    let predictor = predictor(store, &cache);
-    let (id, published) = publish_zoo_model(&predictor, "magika").await;
+    let (case, predictor, _cache, id, published) = magika_published().await;
     assert_eq!(published.unwrap().plans, Planning::PerShape);
     let registry = predictor.registry();
     let loaded = registry.load(&id).await.unwrap();

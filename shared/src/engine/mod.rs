@@ -397,9 +397,9 @@ pub struct Settings {
     /// How many optimised plans each per-shape model keeps (least recently used dropped
     /// first).
     pub shape_plans: u64,
-    /// With several threads, a batch is split into one share per thread when each share
-    /// would take at least this many microseconds on one thread (as measured on the model's
-    /// earlier runs); smaller batches run whole.
+    /// With several threads, a batch may be split into one share per thread once a whole run
+    /// of it took at least this many microseconds; it then takes whichever way, whole or
+    /// split, was measured faster per row.
     pub min_share_micros: u64,
 }
 

@@ -4,10 +4,12 @@
 //! order. tract parallelises matrix products only, so this is what makes a second vCPU count
 //! for convolutions.
 //!
-//! Splitting costs a hand-off to the pool and a copy of the inputs and outputs, so it happens
-//! only when each share would take at least `Settings::min_share_micros` on one thread, as
-//! measured on the model's earlier runs: one-row requests and small models run whole, with
-//! the pool for their matrix products, as before.
+//! Splitting costs a hand-off to the pool and a copy of the inputs and outputs, and it makes
+//! every thread read all the weights (where threaded matrix products share them out), so it
+//! is chosen by measurement: a batch runs whole (matrix products on all threads) until a
+//! whole run shows that each share would take at least `Settings::min_share_micros`; then
+//! one split run is tried, and from there on batches take whichever way has been faster per
+//! row. One-row requests and small models run whole, as before.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -25,26 +27,35 @@ pub(super) struct Splitter {
     batch_axes: Vec<Vec<usize>>,
     threads: usize,
     min_share: Duration,
-    /// Nanoseconds one row takes on one thread, as last measured (0: not yet measured).
-    row_nanos: AtomicU64,
+    /// Wall-clock nanoseconds per row of the last batch run whole (0: none yet).
+    whole_nanos: AtomicU64,
+    /// Wall-clock nanoseconds per row of the last batch run split (0: none yet).
+    split_nanos: AtomicU64,
     /// Batches run split so far.
     splits: AtomicU64,
 }
 
 impl Splitter {
     pub(super) fn new(batch_axes: Vec<Vec<usize>>, threads: usize, min_share: Duration) -> Self {
-        let (row_nanos, splits) = (AtomicU64::new(0), AtomicU64::new(0));
-        Self { batch_axes, threads, min_share, row_nanos, splits }
+        let (whole_nanos, split_nanos) = (AtomicU64::new(0), AtomicU64::new(0));
+        Self { batch_axes, threads, min_share, whole_nanos, split_nanos, splits: AtomicU64::new(0) }
     }
 
     /// The rows of each share `inputs` should be split into, or `None` to run them whole: a
-    /// single row, rows whose batch axes disagree, or shares too small to pay for the split.
+    /// single row, rows whose batch axes disagree, shares too small to pay for the split (or
+    /// no whole run measured yet), or splitting measured slower per row than running whole.
     pub(super) fn shares(&self, inputs: &[TractTensor]) -> Option<Vec<usize>> {
         let rows = self.rows(inputs)?;
         let count = self.threads.min(rows);
-        let row_nanos = self.row_nanos.load(Ordering::Relaxed);
-        let share_nanos = row_nanos.saturating_mul(rows as u64) / count.max(1) as u64;
-        if count < 2 || row_nanos == 0 || share_nanos < self.min_share.as_nanos() as u64 {
+        let whole = self.whole_nanos.load(Ordering::Relaxed);
+        // A whole run has matrix products on every thread: its wall time is at most what one
+        // share would take on one thread.
+        let share_nanos = whole.saturating_mul(rows as u64);
+        if count < 2 || whole == 0 || share_nanos < self.min_share.as_nanos() as u64 {
+            return None;
+        }
+        let split = self.split_nanos.load(Ordering::Relaxed);
+        if split != 0 && split >= whole {
             return None;
         }
         Some((0..count).map(|i| rows / count + usize::from(i < rows % count)).collect())
@@ -55,13 +66,17 @@ impl Splitter {
         self.splits.load(Ordering::Relaxed)
     }
 
-    /// Records how long `rows` rows took in `shares` shares run side by side.
+    /// Records how long `rows` rows took, run whole (`shares` 1) or in `shares` shares side
+    /// by side.
     pub(super) fn record(&self, rows: usize, shares: usize, elapsed: Duration) {
+        let nanos = elapsed.as_nanos() / rows.max(1) as u128;
+        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX).max(1);
         if shares > 1 {
             self.splits.fetch_add(1, Ordering::Relaxed);
+            self.split_nanos.store(nanos, Ordering::Relaxed);
+        } else {
+            self.whole_nanos.store(nanos, Ordering::Relaxed);
         }
-        let nanos = elapsed.as_nanos().saturating_mul(shares as u128) / rows.max(1) as u128;
-        self.row_nanos.store(u64::try_from(nanos).unwrap_or(u64::MAX).max(1), Ordering::Relaxed);
     }
 
     /// The batch size of `inputs`, when every batch axis agrees on one.
@@ -158,9 +173,14 @@ mod tests {
         let inputs = [rows(7, 2), state];
         assert_eq!(splitter.shares(&inputs), None, "not measured yet");
         splitter.record(7, 1, Duration::from_micros(70));
-        assert_eq!(splitter.shares(&inputs), None, "shares of 23 µs do not pay");
+        assert_eq!(splitter.shares(&inputs), None, "a whole run of 70 µs does not pay");
         splitter.record(7, 1, Duration::from_millis(7));
         assert_eq!(splitter.shares(&inputs), Some(vec![3, 2, 2]));
+        splitter.record(7, 3, Duration::from_millis(3));
+        assert_eq!(splitter.shares(&inputs), Some(vec![3, 2, 2]), "splitting was faster");
+        splitter.record(7, 3, Duration::from_millis(8));
+        assert_eq!(splitter.shares(&inputs), None, "splitting was slower than running whole");
+        assert_eq!(splitter.splits(), 2);
         let one = [rows(1, 2), TractTensor::zero::<f32>(&[2, 1, 4]).unwrap()];
         assert_eq!(splitter.shares(&one), None, "one row");
         let disagreeing = [rows(7, 2), TractTensor::zero::<f32>(&[2, 6, 4]).unwrap()];

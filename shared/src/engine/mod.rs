@@ -27,10 +27,13 @@ use crate::tensor::{DataType, Tensor, TensorData};
 mod budget;
 mod ml;
 mod plans;
+mod profile;
+mod rewrite;
 
 use budget::{contained, measured, BudgetedPlan};
 
 pub use plans::set_plan_limit;
+pub use profile::{profile, NodeTime};
 
 type Plan = tract_onnx::tract_core::plan::SimplePlan<TypedFact, Box<dyn TypedOp>>;
 
@@ -191,7 +194,7 @@ impl Model {
     fn optimise(typed: TypedModel, signature: Signature, memory: Memory) -> Result<Self, Error> {
         budget::check_facts(&typed, memory.budget)?;
         let optimized =
-            typed.into_optimized().map_err(|e| engine_error("cannot optimise the model", e))?;
+            rewrite::optimise(typed).map_err(|e| engine_error("cannot optimise the model", e))?;
         let plan = BudgetedPlan::new(optimized)?;
         Ok(Self { plans: Plans::Symbolic(Arc::new(plan)), signature, memory, held: 0 })
     }

@@ -93,7 +93,7 @@ mod tests {
 
     #[test]
     fn every_node_that_ran_is_timed_slowest_first() {
-        let x = TractTensor::from(vec![2f32; 1000]);
+        let x = TractTensor::from_shape(&[1000], &[2f32; 1000]).unwrap();
         let times = time_nodes(add_mul(), tvec![x.into()], 3).unwrap();
         let names: Vec<&str> = times.iter().map(|t| t.name.as_str()).collect();
         assert!(names.contains(&"plus_one") && names.contains(&"times_x"), "{times:?}");
@@ -103,7 +103,7 @@ mod tests {
 
     #[test]
     fn inputs_the_model_cannot_take_are_an_error_not_a_panic() {
-        let x = TractTensor::from(vec![2f32; 10]);
+        let x = TractTensor::from_shape(&[10], &[2f32; 10]).unwrap();
         assert!(time_nodes(add_mul(), tvec![x.into()], 1).is_err());
     }
 }

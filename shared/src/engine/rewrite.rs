@@ -151,7 +151,8 @@ fn folded(
     } else {
         bias.iter().zip(values).map(|(b, v)| b + v).collect()
     };
-    Ok(Some((kernel_array.into(), Tensor::from(bias))))
+    let bias = Tensor::from_shape(&[bias.len()], &bias)?;
+    Ok(Some((kernel_array.into(), bias)))
 }
 
 #[cfg(test)]
@@ -195,7 +196,7 @@ mod tests {
             &floats(16 / group * kernel * kernel, 1.0),
         );
         let w = model.add_const("w", weights.unwrap()).unwrap();
-        let b = model.add_const("b", Tensor::from(floats(4, 2.0))).unwrap();
+        let b = model.add_const("b", Tensor::from_shape(&[4], &floats(4, 2.0)).unwrap()).unwrap();
         let y = model.wire_node("conv", conv(4, 4, kernel, group), &[x, w, b]).unwrap();
         let scale = match scalar_scale {
             true => Tensor::from_shape(&[1, 1, 1, 1], &[1.5f32]).unwrap(),

@@ -19,10 +19,14 @@ use std::time::Instant;
 use maas::engine::{self, Model};
 use maas::tensor::{DataType, Tensor, TensorData};
 use serde_json::{json, Value};
+
+#[path = "common/zoo_inputs.rs"]
+mod zoo_inputs;
 use tract_onnx::prelude::{
     Datum, Framework, InferenceFact, InferenceModel, InferenceModelExt, IntoRunnable, IntoTValue,
     TDim, TValue, TVec, Tensor as TractTensor,
 };
+use zoo_inputs::inputs_of;
 
 fn ms(started: Instant) -> f64 {
     started.elapsed().as_secs_f64() * 1000.0
@@ -31,33 +35,6 @@ fn ms(started: Instant) -> f64 {
 fn median(mut samples: Vec<f64>) -> f64 {
     samples.sort_by(f64::total_cmp);
     samples[samples.len() / 2]
-}
-
-/// One case's inputs in maas's form.
-fn inputs_of(case: &Value) -> Vec<Tensor> {
-    let tensors = case["inputs"].as_array().expect("inputs");
-    tensors
-        .iter()
-        .map(|t| {
-            let shape: Vec<usize> = serde_json::from_value(t["shape"].clone()).expect("shape");
-            let numbers = t["data"].as_array().expect("data");
-            let datatype: DataType =
-                t["datatype"].as_str().expect("datatype").parse().expect("type");
-            let data = match datatype {
-                DataType::F32 => {
-                    TensorData::F32(numbers.iter().map(|v| v.as_f64().unwrap() as f32).collect())
-                }
-                DataType::I32 => {
-                    TensorData::I32(numbers.iter().map(|v| v.as_i64().unwrap() as i32).collect())
-                }
-                DataType::I64 => {
-                    TensorData::I64(numbers.iter().map(|v| v.as_i64().unwrap()).collect())
-                }
-                other => panic!("no benchmark inputs of type {other}"),
-            };
-            Tensor { name: t["name"].as_str().unwrap().to_owned(), shape, data }
-        })
-        .collect()
 }
 
 fn to_tract(tensor: &Tensor) -> TValue {

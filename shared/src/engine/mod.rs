@@ -32,6 +32,8 @@ mod ml;
 #[cfg(feature = "nnef")]
 mod nnef;
 mod plans;
+mod profile;
+mod rewrite;
 mod signature;
 mod split;
 mod translate;
@@ -46,6 +48,7 @@ use validate::check_declared;
 
 #[cfg(feature = "nnef")]
 pub use nnef::to_nnef;
+pub use profile::{profile, NodeTime};
 pub use signature::read_signature;
 pub use validate::{validate, Validated};
 
@@ -268,7 +271,7 @@ impl Model {
     ) -> Result<Self, Error> {
         budget::check_facts(&typed, resources.budget)?;
         let optimized =
-            typed.into_optimized().map_err(|e| engine_error("cannot optimise the model", e))?;
+            rewrite::optimise(typed).map_err(|e| engine_error("cannot optimise the model", e))?;
         let plan = BudgetedPlan::new(optimized)?;
         let resources = resources.clone();
         Ok(Self {

@@ -178,8 +178,8 @@ impl ShapePlans {
         let (plan, bytes) = measured(|| {
             let (typed, _) = translate(&self.proto, self.loader, Some(concrete))?;
             check_facts(&typed, budget)?;
-            let optimized =
-                typed.into_optimized().map_err(|e| engine_error("cannot optimise the model", e))?;
+            let optimized = super::rewrite::optimise(typed)
+                .map_err(|e| engine_error("cannot optimise the model", e))?;
             BudgetedPlan::new(optimized).map(Arc::new)
         });
         crate::malloc::trim();

@@ -1,0 +1,287 @@
+//! From a translated model to the optimised one the engine plans: maas's rewrites of the
+//! decluttered graph, then tract's optimiser with one pass left out. Each change is here
+//! because a per-node profile (`scripts/benchmarks.md`, "Engine speed II") showed where
+//! tract's own choice was slow:
+//!
+//! - **No axis merging around 1×1 convolutions** ([`codegen`]): tract's
+//!   `MergeConsecutiveSameRoleAxes` pass turns a 1×1 convolution over a batch of more than one
+//!   into a transpose of its input (channels last), one matrix product over batch × pixels and
+//!   a transpose back, and the transposed output keeps the following batch normalisation
+//!   from fusing into the product. On the PaddleOCR classifier at batch 8 those transposes
+//!   and unfused `Mul`/`Add` were a third of the run; without the pass each image is one
+//!   product with the normalisation fused, as at batch 1.
+//! - **Channel scales and shifts folded into grouped convolutions**
+//!   ([`fold_channel_affine`]): tract folds a batch normalisation (a per-channel `Mul` and
+//!   `Add` by constants) into the weights of an ungrouped convolution, not into a depthwise
+//!   one, where it stays a separate pass over the tensor, and at batches above 1 two generic
+//!   broadcasting passes. The weights and bias absorb it here, as onnxruntime's
+//!   `ConvBNFusion` does.
+
+use tract_onnx::prelude::{
+    tract_ndarray, Datum, OutletId, SpecialOps, Tensor, TractResult, TypedModel, TypedModelPatch,
+};
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::cnn::Conv;
+use tract_onnx::tract_core::ops::math::{Add, Mul};
+use tract_onnx::tract_core::optim::Optimizer;
+
+/// The optimised form of a translated, decluttered model.
+pub(super) fn optimise(mut typed: TypedModel) -> TractResult<TypedModel> {
+    typed.declutter()?;
+    while let Some(patch) = fold_channel_affine(&typed)? {
+        patch.apply(&mut typed)?;
+    }
+    typed = typed.into_compact()?;
+    typed.optimize_with_session(&mut codegen().session())?;
+    Ok(typed)
+}
+
+/// tract's code generation passes without `MergeConsecutiveSameRoleAxes`.
+fn codegen() -> Optimizer {
+    let mut optimizer = Optimizer::codegen();
+    optimizer
+        .passes
+        .retain(|pass| !format!("{pass:?}").starts_with("MergeConsecutiveSameRoleAxes"));
+    optimizer
+}
+
+/// A patch folding the first per-channel `Mul` or `Add` by a constant that follows a grouped
+/// float convolution with constant weights into those weights and bias; `None` when there is
+/// none left.
+fn fold_channel_affine(model: &TypedModel) -> TractResult<Option<TypedModelPatch>> {
+    let outputs = model.output_outlets()?;
+    for node in &model.nodes {
+        let Some(conv) = node.op_as::<Conv>() else { continue };
+        // Ungrouped convolutions: tract folds these itself (`declutter_channel_arithmetic_succ`).
+        if conv.group == 1 || conv.q_params.is_some() || node.inputs.len() != 3 {
+            continue;
+        }
+        let conv_out = OutletId::new(node.id, 0);
+        let &[succ] = node.outputs[0].successors.as_slice() else { continue };
+        if outputs.contains(&conv_out) {
+            continue;
+        }
+        let next = model.node(succ.node);
+        let Some(bin) = next.op_as::<TypedBinOp>() else { continue };
+        let is_mul = bin.0.is::<Mul>();
+        if !(is_mul || bin.0.is::<Add>()) || next.inputs.len() != 2 {
+            continue;
+        }
+        let facts = (
+            model.outlet_fact(conv_out)?,
+            model.outlet_fact(OutletId::new(next.id, 0))?,
+            model.outlet_fact(next.inputs[1 - succ.slot])?,
+        );
+        let (out_fact, next_fact, operand_fact) = facts;
+        // The operation must keep the convolution's shape and type (no broadcast growth).
+        if next_fact.shape != out_fact.shape || next_fact.datum_type != f32::datum_type() {
+            continue;
+        }
+        let consts = (
+            operand_fact.konst.as_ref(),
+            model.outlet_fact(node.inputs[1])?.konst.as_ref(),
+            model.outlet_fact(node.inputs[2])?.konst.as_ref(),
+        );
+        let (Some(operand), Some(kernel), Some(bias)) = consts else { continue };
+        let c_axis = conv.pool_spec.data_format.shape(out_fact.shape.to_tvec())?.c_axis();
+        let channels = conv.pool_spec.output_channels;
+        let Some(values) = per_channel(operand, c_axis, channels) else { continue };
+        let Some((kernel, bias)) = folded(conv, kernel, bias, &values, is_mul)? else { continue };
+        let mut patch = TypedModelPatch::new(format!("fold {} into {}", next.name, node.name));
+        let input = patch.tap_model(model, node.inputs[0])?;
+        let kernel = patch.add_const(format!("{}.{}.kernel", node.name, next.name), kernel)?;
+        let bias = patch.add_const(format!("{}.{}.bias", node.name, next.name), bias)?;
+        let wire = patch.wire_node(&node.name, conv.clone(), &[input, kernel, bias])?[0];
+        patch.shunt_outside(model, OutletId::new(next.id, 0), wire)?;
+        return Ok(Some(patch));
+    }
+    Ok(None)
+}
+
+/// The operand's value for each of `channels` output channels, when it is an f32 constant
+/// that varies along `c_axis` only (or is one value for all).
+fn per_channel(operand: &Tensor, c_axis: usize, channels: usize) -> Option<Vec<f32>> {
+    if operand.datum_type() != f32::datum_type() {
+        return None;
+    }
+    let shape = operand.shape();
+    let varies = |axis: usize| shape[axis] != 1;
+    if (0..shape.len()).any(|axis| axis != c_axis && varies(axis)) {
+        return None;
+    }
+    let values = operand.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?;
+    match values.len() {
+        1 => Some(vec![values[0]; channels]),
+        n if n == channels && shape.get(c_axis) == Some(&channels) => Some(values.to_vec()),
+        _ => None,
+    }
+}
+
+/// The kernel and bias of `conv` followed by a multiplication (`is_mul`) or an addition of
+/// `values` per output channel; `None` when they are not f32 or the bias is not per channel.
+fn folded(
+    conv: &Conv,
+    kernel: &Tensor,
+    bias: &Tensor,
+    values: &[f32],
+    is_mul: bool,
+) -> TractResult<Option<(Tensor, Tensor)>> {
+    let f32_type = f32::datum_type();
+    if kernel.datum_type() != f32_type || bias.datum_type() != f32_type {
+        return Ok(None);
+    }
+    let bias = bias.try_as_plain_ram()?.as_slice::<f32>()?;
+    let bias: Vec<f32> = match bias.len() {
+        1 => vec![bias[0]; values.len()],
+        n if n == values.len() => bias.to_vec(),
+        _ => return Ok(None),
+    };
+    let o_axis = conv.kernel_fmt.o_axis(kernel.shape());
+    if kernel.shape().get(o_axis) != Some(&values.len()) {
+        return Ok(None);
+    }
+    let mut kernel_array = kernel.to_plain_array_view::<f32>()?.to_owned();
+    let bias: Vec<f32> = if is_mul {
+        for (channel, mut lane) in
+            kernel_array.axis_iter_mut(tract_ndarray::Axis(o_axis)).enumerate()
+        {
+            lane.mapv_inplace(|w| w * values[channel]);
+        }
+        bias.iter().zip(values).map(|(b, v)| b * v).collect()
+    } else {
+        bias.iter().zip(values).map(|(b, v)| b + v).collect()
+    };
+    let bias = Tensor::from_shape(&[bias.len()], &bias)?;
+    Ok(Some((kernel_array.into(), bias)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::prelude::{tvec, IntoArcTensor, IntoTValue, TypedFact};
+    use tract_onnx::tract_core::ops::cnn::{KernelFormat, PaddingSpec, PoolSpec};
+    use tract_onnx::tract_core::ops::math::{add, mul};
+    use tract_onnx::tract_core::ops::nn::DataFormat;
+    use tract_onnx::tract_core::plan::SimplePlan;
+
+    fn floats(count: usize, seed: f32) -> Vec<f32> {
+        (0..count).map(|i| ((i as f32 + seed) * 0.731).sin()).collect()
+    }
+
+    fn conv(channels_in: usize, channels_out: usize, kernel: usize, group: usize) -> Conv {
+        Conv {
+            pool_spec: PoolSpec {
+                data_format: DataFormat::NCHW,
+                kernel_shape: tvec![kernel, kernel],
+                padding: PaddingSpec::Valid,
+                dilations: None,
+                strides: None,
+                input_channels: channels_in,
+                output_channels: channels_out,
+            },
+            kernel_fmt: KernelFormat::OIHW,
+            group,
+            q_params: None,
+        }
+    }
+
+    /// `x [batch, 4, 6, 6]` → convolution (`group`, `kernel`², 4 → 4 channels) → `· scale + shift`
+    /// per channel (`scale` of shape `[1, 4, 1, 1]`, or one value when `scalar_scale`).
+    fn conv_affine(batch: usize, kernel: usize, group: usize, scalar_scale: bool) -> TypedModel {
+        let mut model = TypedModel::default();
+        let fact = TypedFact::dt_shape(f32::datum_type(), [batch, 4, 6, 6]);
+        let x = model.add_source("x", fact).unwrap();
+        let weights = Tensor::from_shape(
+            &[4, 4 / group, kernel, kernel],
+            &floats(16 / group * kernel * kernel, 1.0),
+        );
+        let w = model.add_const("w", weights.unwrap()).unwrap();
+        let b = model.add_const("b", Tensor::from_shape(&[4], &floats(4, 2.0)).unwrap()).unwrap();
+        let y = model.wire_node("conv", conv(4, 4, kernel, group), &[x, w, b]).unwrap();
+        let scale = match scalar_scale {
+            true => Tensor::from_shape(&[1, 1, 1, 1], &[1.5f32]).unwrap(),
+            false => Tensor::from_shape(&[1, 4, 1, 1], &floats(4, 3.0)).unwrap(),
+        };
+        let scale = model.add_const("scale", scale).unwrap();
+        let y = model.wire_node("scale", mul(), &[y[0], scale]).unwrap();
+        let shift = Tensor::from_shape(&[1, 4, 1, 1], &floats(4, 4.0)).unwrap();
+        let shift = model.add_const("shift", shift).unwrap();
+        let y = model.wire_node("shift", add(), &[shift, y[0]]).unwrap();
+        model.set_output_outlets(&y).unwrap();
+        model
+    }
+
+    fn run(model: TypedModel, batch: usize) -> Vec<f32> {
+        let x = Tensor::from_shape(&[batch, 4, 6, 6], &floats(batch * 144, 0.0)).unwrap();
+        let outputs = SimplePlan::new(model).unwrap().run(tvec![x.into_tvalue()]).unwrap();
+        outputs[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec()
+    }
+
+    fn assert_close(got: &[f32], expected: &[f32]) {
+        assert_eq!(got.len(), expected.len());
+        let worst = got.iter().zip(expected).map(|(g, e)| (g - e).abs()).fold(0.0, f32::max);
+        assert!(worst < 1e-5, "worst difference {worst}");
+    }
+
+    fn bin_ops(model: &TypedModel) -> usize {
+        model.nodes.iter().filter(|n| n.op_is::<TypedBinOp>()).count()
+    }
+
+    #[test]
+    fn a_depthwise_convolution_absorbs_the_scale_and_shift_after_it() {
+        let model = conv_affine(2, 3, 4, false);
+        let mut folded = model.clone();
+        while let Some(patch) = fold_channel_affine(&folded).unwrap() {
+            patch.apply(&mut folded).unwrap();
+        }
+        let folded = folded.into_compact().unwrap();
+        assert_eq!(bin_ops(&model), 2);
+        assert_eq!(bin_ops(&folded), 0, "{folded}");
+        assert_close(&run(folded, 2), &run(model.clone(), 2));
+        assert_close(&run(optimise(model.clone()).unwrap(), 2), &run(model, 2));
+    }
+
+    #[test]
+    fn one_scale_for_every_channel_is_folded_too() {
+        let model = conv_affine(1, 3, 2, true);
+        let folded = fold_channel_affine(&model).unwrap();
+        assert!(folded.is_some(), "a grouped convolution takes a scalar scale");
+        assert_close(&run(optimise(model.clone()).unwrap(), 1), &run(model, 1));
+    }
+
+    #[test]
+    fn a_scale_that_varies_along_another_axis_is_left_alone() {
+        let mut model = conv_affine(1, 3, 4, false);
+        let scale = model.node_by_name("scale").unwrap().inputs[1].node;
+        let along_width = Tensor::from_shape(&[1, 1, 1, 4], &floats(4, 5.0)).unwrap();
+        let along_width = along_width.into_arc_tensor();
+        let konst = tract_onnx::tract_core::ops::konst::Const::new(along_width.clone()).unwrap();
+        *model.node_mut(scale).op_as_mut().unwrap() = konst;
+        model.node_mut(scale).outputs[0].fact = TypedFact::try_from(along_width).unwrap();
+        assert!(fold_channel_affine(&model).unwrap().is_none());
+    }
+
+    #[test]
+    fn ungrouped_convolutions_are_left_to_tract() {
+        let model = conv_affine(1, 3, 1, false);
+        assert!(fold_channel_affine(&model).unwrap().is_none());
+        assert_close(&run(optimise(model.clone()).unwrap(), 1), &run(model, 1));
+    }
+
+    #[test]
+    fn a_batched_pointwise_convolution_is_not_transposed() {
+        let model = conv_affine(8, 1, 1, false);
+        let optimised = optimise(model.clone()).unwrap();
+        let moves = optimised
+            .nodes
+            .iter()
+            .filter(|n| {
+                n.op_as::<tract_onnx::tract_core::ops::change_axes::AxisOp>().is_some_and(|op| {
+                    matches!(op, tract_onnx::tract_core::ops::change_axes::AxisOp::Move(..))
+                })
+            })
+            .count();
+        assert_eq!(moves, 0, "{optimised}");
+        assert_close(&run(optimised, 8), &run(model, 8));
+    }
+}

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use maas::engine::{self, Model};
-use maas::tensor::{DataType, Tensor, TensorData};
+use maas::tensor::{Tensor, TensorData};
 use serde_json::{json, Value};
 
 #[path = "common/zoo_inputs.rs"]

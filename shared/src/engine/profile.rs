@@ -79,6 +79,7 @@ fn time_nodes(model: TypedModel, inputs: TVec<TValue>, runs: usize) -> TractResu
 mod tests {
     use super::*;
     use tract_onnx::prelude::{tvec, Datum, Tensor as TractTensor, TypedFact};
+    use tract_onnx::tract_core::model::SpecialOps;
     use tract_onnx::tract_core::ops::math::{add, mul};
 
     /// `(x + 1) * x` on a vector of 1000 floats.
@@ -90,7 +91,7 @@ mod tests {
             .unwrap();
         let sum = model.wire_node("plus_one", add(), &[x, one]).unwrap();
         let product = model.wire_node("times_x", mul(), &[sum[0], x]).unwrap();
-        model.set_output_outlets(&product).unwrap();
+        model.select_output_outlets(&product).unwrap();
         model
     }
 

@@ -202,12 +202,12 @@ mod tests {
             true => Tensor::from_shape(&[1, 1, 1, 1], &[1.5f32]).unwrap(),
             false => Tensor::from_shape(&[1, 4, 1, 1], &floats(4, 3.0)).unwrap(),
         };
-        let scale = model.add_const("scale", scale).unwrap();
+        let scale = model.add_const("scale_value", scale).unwrap();
         let y = model.wire_node("scale", mul(), &[y[0], scale]).unwrap();
         let shift = Tensor::from_shape(&[1, 4, 1, 1], &floats(4, 4.0)).unwrap();
-        let shift = model.add_const("shift", shift).unwrap();
+        let shift = model.add_const("shift_value", shift).unwrap();
         let y = model.wire_node("shift", add(), &[shift, y[0]]).unwrap();
-        model.set_output_outlets(&y).unwrap();
+        model.select_output_outlets(&y).unwrap();
         model
     }
 

@@ -188,6 +188,12 @@ impl Model {
         Ok(Self { held, ..model? })
     }
 
+    /// A model of `plans`, holding nothing measured yet and splitting no batches (a load sets
+    /// both).
+    fn new(plans: Plans, signature: Signature, resources: &Resources) -> Self {
+        Self { plans, signature, resources: resources.clone(), held: 0, splitter: None }
+    }
+
     /// A model whose plans are built per input shape, on first use.
     fn per_shape(
         proto: pb::ModelProto,
@@ -196,14 +202,7 @@ impl Model {
     ) -> Result<Self, Error> {
         let signature = signature_of(&proto)?;
         let plans = plans::ShapePlans::new(proto, loader, &signature, resources.shape_plans);
-        let resources = resources.clone();
-        Ok(Self {
-            plans: Plans::PerShape(Arc::new(plans)),
-            signature,
-            resources,
-            held: 0,
-            splitter: None,
-        })
+        Ok(Self::new(Plans::PerShape(Arc::new(plans)), signature, resources))
     }
 
     /// Builds a per-shape model's plans for batches of `rows` rows ahead of requests (at
@@ -273,14 +272,7 @@ impl Model {
         let optimized =
             rewrite::optimise(typed).map_err(|e| engine_error("cannot optimise the model", e))?;
         let plan = BudgetedPlan::new(optimized)?;
-        let resources = resources.clone();
-        Ok(Self {
-            plans: Plans::Symbolic(Arc::new(plan)),
-            signature,
-            resources,
-            held: 0,
-            splitter: None,
-        })
+        Ok(Self::new(Plans::Symbolic(Arc::new(plan)), signature, resources))
     }
 
     /// The inputs and outputs as the ONNX file declares them.

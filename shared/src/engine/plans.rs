@@ -20,6 +20,7 @@ use tract_onnx::prelude::{TValue, Tensor as TractTensor};
 
 use super::budget::{check_facts, measured, BudgetedPlan};
 use super::signature::dim_params;
+use super::split::batch_rows;
 use super::translate::{translate, Concrete};
 use super::{engine_error, engine_problem};
 use crate::error::Error;
@@ -99,11 +100,8 @@ impl ShapePlans {
 
     /// The batch size and its bucket, when every batch axis agrees on the size.
     fn bucket(&self, inputs: &[TractTensor]) -> Option<(usize, usize)> {
-        let axes = self.batch_axes.as_ref()?;
-        let mut sizes =
-            inputs.iter().zip(axes).flat_map(|(t, axes)| axes.iter().map(|&a| t.shape()[a]));
-        let batch = sizes.next()?;
-        (batch > 0 && sizes.all(|s| s == batch)).then(|| (batch, batch.next_power_of_two()))
+        let batch = batch_rows(inputs, self.batch_axes.as_ref()?)?;
+        Some((batch, batch.next_power_of_two()))
     }
 
     fn pad(

@@ -81,12 +81,7 @@ impl Splitter {
 
     /// The batch size of `inputs`, when every batch axis agrees on one.
     pub(super) fn rows(&self, inputs: &[TractTensor]) -> Option<usize> {
-        let mut sizes = inputs
-            .iter()
-            .zip(&self.batch_axes)
-            .flat_map(|(t, axes)| axes.iter().map(|&a| t.shape().get(a).copied()));
-        let rows = sizes.next()??;
-        sizes.all(|s| s == Some(rows)).then_some(rows).filter(|&r| r > 0)
+        batch_rows(inputs, &self.batch_axes)
     }
 
     /// `inputs` cut into shares of `sizes` rows along their batch axes.
@@ -114,6 +109,17 @@ impl Splitter {
         }
         Ok(shares)
     }
+}
+
+/// The batch size of `inputs` along each one's `batch_axes`, when every batch axis agrees on
+/// one that is not 0.
+pub(super) fn batch_rows(inputs: &[TractTensor], batch_axes: &[Vec<usize>]) -> Option<usize> {
+    let mut sizes = inputs
+        .iter()
+        .zip(batch_axes)
+        .flat_map(|(t, axes)| axes.iter().map(|&a| t.shape().get(a).copied()));
+    let rows = sizes.next()??;
+    sizes.all(|s| s == Some(rows)).then_some(rows).filter(|&r| r > 0)
 }
 
 /// The shares' outputs joined back along each output's batch axis: the first axis declared

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use sha2::{Digest, Sha256};
 
 use crate::error::Error;
-use crate::fetch::{self, FetchSettings, Prefetch};
+use crate::fetch::{self, FetchSettings, Prefetch, Tee};
 use crate::manifest::{Artefact, Manifest};
 use crate::names::ModelId;
 use crate::store::SharedStore;
@@ -62,20 +62,22 @@ impl DiskCache {
     }
 
     /// A file of a model, from the cache when a verified copy is there, otherwise downloaded
-    /// from the store (and verified) first, starting from `prefetched` when given.
+    /// from the store (and verified) first, starting from `prefetched` when given, its bytes
+    /// passed to `tee` too as they arrive ([`fetch::fetch`]).
     pub async fn file(
         &self,
         store: &SharedStore,
         id: &ModelId,
         file: &ModelFile,
         prefetched: Option<Prefetch>,
+        tee: Tee<'_>,
     ) -> Result<PathBuf, Error> {
         let path = self.path_for(id, file);
         if self.verify_cached(&path, &file.expected).await? {
             tracing::debug!(model = %id, key = %file.key, "disk cache hit");
             return Ok(path);
         }
-        self.download(store, id, file, &path, prefetched).await?;
+        self.download(store, id, file, &path, prefetched, tee).await?;
         if let Err(err) = self.evict_beyond_budget(&path).await {
             tracing::warn!(error = %err, "disk cache eviction failed");
         }
@@ -118,6 +120,7 @@ impl DiskCache {
         file: &ModelFile,
         path: &Path,
         prefetched: Option<Prefetch>,
+        tee: Tee<'_>,
     ) -> Result<(), Error> {
         let started = std::time::Instant::now();
         let dir = path.parent().unwrap_or(&self.dir).to_owned();
@@ -130,7 +133,7 @@ impl DiskCache {
             .map_err(|e| Error::internal("creating a cache file", e))?;
         let out = temp.reopen().map_err(|e| Error::internal("opening a cache file", e))?;
         let expected = &file.expected;
-        fetch::fetch(store, id, &file.key, expected, out, &self.fetch, prefetched).await?;
+        fetch::fetch(store, id, &file.key, expected, out, &self.fetch, prefetched, tee).await?;
         temp.persist(path)
             .map_err(|e| Error::internal("moving a cache file into place", e.error))?;
         tracing::info!(model = %id, bytes = expected.size, elapsed_ms = crate::elapsed_ms(started), "model downloaded");

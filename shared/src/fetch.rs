@@ -152,8 +152,14 @@ fn plan(size: u64, part_bytes: u64) -> Vec<Range<u64>> {
     (0..=size / part).map(|i| i * part..((i + 1) * part).min(size + 1)).collect()
 }
 
+/// Where the bytes of a file go besides the disk, in file order as they are hashed: the
+/// model's decoder ([`crate::engine::StreamDecoder`]), which works while the rest arrives.
+pub type Tee<'a> = &'a mut (dyn FnMut(&Bytes) + Send);
+
 /// Fetches `key` into `file` (empty, opened for writing) and checks it against `expected`;
-/// `first` is the first part already asked for, if any.
+/// `first` is the first part already asked for, if any. Each part goes to `tee` too, in
+/// order, before the file is checked: what it makes of them must wait for this to succeed.
+#[allow(clippy::too_many_arguments)]
 pub async fn fetch(
     store: &SharedStore,
     id: &ModelId,
@@ -162,6 +168,7 @@ pub async fn fetch(
     file: File,
     settings: &FetchSettings,
     first: Option<Prefetch>,
+    tee: Tee<'_>,
 ) -> Result<(), Error> {
     let size = expected.size;
     // A prefetched first part asked for at least the planned one; what it holds beyond the
@@ -184,6 +191,7 @@ pub async fn fetch(
     let mut hasher = Sha256::new();
     while let Some(part) = parts.next().await {
         let bytes = part??;
+        tee(&bytes);
         hasher = tokio::task::spawn_blocking(move || {
             hasher.update(&bytes);
             hasher
@@ -254,7 +262,7 @@ mod tests {
         let settings = settings(part_bytes);
         let first = prefetch.then(|| Prefetch::start(&shared, "m", &settings));
         let file = temp.reopen().unwrap();
-        let result = fetch(&shared, &id, "m", expected, file, &settings, first).await;
+        let result = fetch(&shared, &id, "m", expected, file, &settings, first, &mut |_| ()).await;
         let gets = store.gets.load(std::sync::atomic::Ordering::SeqCst);
         (result, std::fs::read(temp.path()).unwrap(), gets)
     }
@@ -304,8 +312,9 @@ mod tests {
         let id = ModelId::new("m".parse().unwrap(), crate::names::Version::MIN);
         let file = tempfile::tempfile().unwrap();
         let expected = artefact(b"abc");
-        let err =
-            fetch(&store, &id, "gone", &expected, file, &settings(2), None).await.unwrap_err();
+        let err = fetch(&store, &id, "gone", &expected, file, &settings(2), None, &mut |_| ())
+            .await
+            .unwrap_err();
         assert!(
             matches!(&err, Error::CorruptModel { problem, .. } if problem.contains("missing")),
             "{err:?}"

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use moka::future::Cache;
 use moka::notification::RemovalCause;
 use moka::ops::compute::Op;
@@ -29,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::disk_cache::{DiskCache, ModelFile};
 use crate::elapsed_ms;
-use crate::engine;
+use crate::engine::{self, StreamDecoder};
 use crate::error::Error;
 use crate::fetch::FetchSettings;
 use crate::manifest::Manifest;
@@ -266,7 +267,13 @@ impl Registry {
         let prefetched = self.disk.prefetch(&self.store, id);
         let manifest = self.fetch_manifest(id).await?;
         let file = ModelFile::onnx(id, &manifest);
-        let path = self.disk.file(&self.store, id, &file, prefetched).await?;
+        // A downloaded file is decoded as it arrives, beside the download.
+        let mut decoder = None;
+        let (settings, size) = (self.engine_settings, manifest.size);
+        let mut tee = |part: &Bytes| {
+            decoder.get_or_insert_with(|| StreamDecoder::start(&settings, size)).push(part.clone());
+        };
+        let path = self.disk.file(&self.store, id, &file, prefetched, &mut tee).await?;
         let fetch_ms = elapsed_ms(started);
         // Loading a model needs several times its file for a while (decoded protobuf, graph,
         // optimised copy). Loads of different models at once would add those peaks up, and
@@ -277,9 +284,18 @@ impl Registry {
             .await
             .map_err(|e| Error::internal("waiting to load a model", e))?;
         let fetched = Instant::now();
-        let (loader, plans, settings) = (manifest.loader, manifest.plans, self.engine_settings);
+        let (loader, plans) = (manifest.loader, manifest.plans);
         let model = tokio::task::spawn_blocking(move || {
-            engine::Model::load_path(&path, loader, plans, &settings)
+            match decoder.map(StreamDecoder::finish) {
+                Some(Ok(decoded)) => engine::Model::load_decoded(decoded, loader, plans, &settings),
+                // Not decodable as it came: loading the file says why.
+                Some(Err(err)) => {
+                    tracing::debug!(error = %err, "decoding the model file again");
+                    engine::Model::load_path(&path, loader, plans, &settings)
+                }
+                // From the disk cache.
+                None => engine::Model::load_path(&path, loader, plans, &settings),
+            }
         })
         .await
         .map_err(|e| Error::internal("loading a model", e))?

@@ -120,6 +120,13 @@ unsafe impl GlobalAlloc for CappedAllocator {
 /// on this thread. Memory freed here that was allocated before counts against it; nested
 /// measurements count into the outer one too, and a panic in `work` ends the measurement.
 pub(super) fn measured<T>(work: impl FnOnce() -> T) -> (T, u64) {
+    let (result, net) = measured_net(work);
+    (result, u64::try_from(net).unwrap_or(0))
+}
+
+/// [`measured`], the count kept signed: negative when `work` freed more than it kept of
+/// what it allocated (it freed memory allocated before it began).
+pub(super) fn measured_net<T>(work: impl FnOnce() -> T) -> (T, isize) {
     /// Restores the outer measurement, adding this one's count to it, even on a panic.
     struct Measurement {
         outer: bool,
@@ -136,7 +143,7 @@ pub(super) fn measured<T>(work: impl FnOnce() -> T) -> (T, u64) {
     let result = work();
     let net = NET.get();
     drop(measurement);
-    (result, u64::try_from(net).unwrap_or(0))
+    (result, net)
 }
 
 #[global_allocator]

@@ -36,10 +36,11 @@ mod profile;
 mod rewrite;
 mod signature;
 mod split;
+mod stream;
 mod translate;
 mod validate;
 
-use budget::{contained, measured, BudgetedPlan};
+use budget::{contained, measured_net, BudgetedPlan};
 use convert::{from_tract, to_tract};
 use signature::signature_of;
 use split::Splitter;
@@ -50,6 +51,7 @@ use validate::check_declared;
 pub use nnef::to_nnef;
 pub use profile::{profile, NodeTime};
 pub use signature::read_signature;
+pub use stream::{Decoded, StreamDecoder};
 pub use validate::{validate, Validated};
 
 type Plan = tract_onnx::tract_core::plan::SimplePlan<TypedFact, Box<dyn TypedOp>>;
@@ -88,13 +90,17 @@ struct Resources {
 
 impl Resources {
     fn new(settings: &Settings, file_bytes: u64) -> Self {
-        let budget = settings.memory_bytes;
         Self {
-            budget,
-            cap: budget.max(file_bytes.saturating_mul(2)),
+            budget: settings.memory_bytes,
+            cap: Self::cap(settings, file_bytes),
             executor: executor(settings.threads),
             shape_plans: settings.shape_plans.max(1),
         }
+    }
+
+    /// The largest single allocation while loading a file of `file_bytes` bytes.
+    fn cap(settings: &Settings, file_bytes: u64) -> u64 {
+        settings.memory_bytes.max(file_bytes.saturating_mul(2))
     }
 }
 
@@ -162,12 +168,43 @@ impl Model {
         settings: &Settings,
     ) -> Result<Self, Error> {
         let file_bytes = std::fs::metadata(path).map_or(0, |m| m.len());
+        let decode = || {
+            tract_onnx::onnx()
+                .proto_model_for_path(path)
+                .map_err(|e| engine_error("cannot parse the ONNX file", e))
+        };
+        Self::load(decode, file_bytes, loader, planning, settings).map(|(model, _)| model)
+    }
+
+    /// [`Model::load_path`] for a file [`StreamDecoder`] decoded as it was fetched (and the
+    /// fetch checked against its manifest), without decoding it again.
+    pub fn load_decoded(
+        decoded: Decoded,
+        loader: Loader,
+        planning: Planning,
+        settings: &Settings,
+    ) -> Result<Self, Error> {
+        let Decoded { proto, held, file_bytes } = decoded;
+        let (model, net) = Self::load(|| Ok(proto), file_bytes, loader, planning, settings)?;
+        // The decoded file was allocated on the decoding thread; whatever of it the load
+        // freed counted against the load's own measurement.
+        let held = u64::try_from(net.saturating_add(held)).unwrap_or(0);
+        Ok(Self { held, ..model })
+    }
+
+    /// Loads the model `decode` gives from a file of `file_bytes` bytes; with the net heap
+    /// bytes this thread allocated meanwhile.
+    fn load(
+        decode: impl FnOnce() -> Result<pb::ModelProto, Error>,
+        file_bytes: u64,
+        loader: Loader,
+        planning: Planning,
+        settings: &Settings,
+    ) -> Result<(Self, isize), Error> {
         let resources = Resources::new(settings, file_bytes);
-        let (model, held) = measured(|| {
+        let (model, net) = measured_net(|| {
             contained(resources.cap, "loading the model", || {
-                let proto = tract_onnx::onnx()
-                    .proto_model_for_path(path)
-                    .map_err(|e| engine_error("cannot parse the ONNX file", e))?;
+                let proto = decode()?;
                 check_declared(&proto, settings)?;
                 let splitter = splitter_for(&proto, settings);
                 let model = match planning {
@@ -185,7 +222,9 @@ impl Model {
         });
         // What the load freed goes back to the system, not into this thread's arena.
         crate::malloc::trim();
-        Ok(Self { held, ..model? })
+        let model = model?;
+        let held = u64::try_from(net).unwrap_or(0);
+        Ok((Self { held, ..model }, net))
     }
 
     /// A model of `plans`, holding nothing measured yet and splitting no batches (a load sets

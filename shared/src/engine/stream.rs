@@ -361,6 +361,41 @@ mod tests {
         assert!(decoder.finish().is_err(), "more bytes than the size");
     }
 
+    /// Differential check on damaged files: whatever the decoder accepts, prost decodes whole
+    /// to the same model (what it refuses, loading the file reports).
+    #[test]
+    fn a_damaged_file_decoded_as_it_arrives_is_refused_or_decoded_as_prost_would() {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |below: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % below as u64) as usize
+        };
+        let (mut accepted, mut refused) = (0, 0);
+        for round in 0..3000 {
+            let mut file = [MLP, ATTENTION, FOREST][round % 3].to_vec();
+            for _ in 0..=next(4) {
+                let at = next(file.len());
+                match next(3) {
+                    0 => file[at] = next(256) as u8,
+                    1 => file.truncate(at.max(1)),
+                    _ => file.insert(at, next(256) as u8),
+                }
+            }
+            let whole = pb::ModelProto::decode(&file[..]);
+            match streamed(&file, 1 + next(5000)) {
+                Ok(decoded) => {
+                    accepted += 1;
+                    assert!(whole.ok() == Some(decoded.proto), "round {round}");
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        // Both outcomes were exercised.
+        assert!(accepted > 100 && refused > 100, "{accepted} accepted, {refused} refused");
+    }
+
     #[test]
     fn a_decoded_file_loads_as_the_file_does_and_weighs_the_same() {
         let dir = tempfile::tempdir().unwrap();

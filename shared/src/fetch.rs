@@ -402,7 +402,8 @@ mod tests {
         ];
         for (what, stored, expected) in cases {
             for part_bytes in [1000, 1 << 20] {
-                let (result, _, _, _) = run(stored.clone().into(), &expected, part_bytes, true).await;
+                let (result, _, _, _) =
+                    run(stored.clone().into(), &expected, part_bytes, true).await;
                 let err = result.unwrap_err();
                 assert!(matches!(err, Error::CorruptModel { .. }), "{what}, {part_bytes}: {err:?}");
             }

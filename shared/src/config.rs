@@ -29,6 +29,7 @@ use crate::store::{LocalStore, MemoryStore, S3Settings, S3Store, SharedStore};
 /// | `MAAS_S3_MAX_BACKOFF_MS` | largest backoff between retries | 2000 |
 /// | `MAAS_FETCH_PART_BYTES` | bytes per ranged GET of a model file; a file no larger comes in one GET | 8388608 (8 MiB) |
 /// | `MAAS_FETCH_PARALLELISM` | ranged GETs of one model file in flight at once (parts ahead of the hashed prefix wait in memory: at most this many) | 8 |
+/// | `MAAS_FETCH_DECODE` | `true`: a downloaded model file is decoded as its bytes arrive, beside the download; `false`: after it | `true` |
 /// | `MAAS_FETCH_PART_ATTEMPTS` | attempts at a part that arrives short (a failing call is retried by the S3 client, `MAAS_S3_MAX_ATTEMPTS`) | 3 |
 /// | `MAAS_CACHE_DIR` | directory of the disk cache of model files | `/tmp/maas-cache` |
 /// | `MAAS_DISK_CACHE_BYTES` | size bound of the disk cache | 402653184 (384 MiB) |
@@ -251,12 +252,14 @@ fn fetch_settings(lookup: &impl Fn(&str) -> Option<String>) -> Result<FetchSetti
     let part_bytes = parse_or(lookup, "MAAS_FETCH_PART_BYTES", default.part_bytes)?;
     let parallelism = parse_or(lookup, "MAAS_FETCH_PARALLELISM", default.parallelism as u64)?;
     let attempts = parse_or(lookup, "MAAS_FETCH_PART_ATTEMPTS", u64::from(default.part_attempts))?;
+    let decode = parse_or(lookup, "MAAS_FETCH_DECODE", default.decode)?;
     Ok(FetchSettings {
         part_bytes: at_least_one("MAAS_FETCH_PART_BYTES", part_bytes)?,
         parallelism: usize::try_from(at_least_one("MAAS_FETCH_PARALLELISM", parallelism)?)
             .unwrap_or(usize::MAX),
         part_attempts: u32::try_from(at_least_one("MAAS_FETCH_PART_ATTEMPTS", attempts)?)
             .unwrap_or(u32::MAX),
+        decode,
     })
 }
 
@@ -467,9 +470,11 @@ mod tests {
             ("MAAS_FETCH_PART_BYTES", "1048576"),
             ("MAAS_FETCH_PARALLELISM", "16"),
             ("MAAS_FETCH_PART_ATTEMPTS", "2"),
+            ("MAAS_FETCH_DECODE", "false"),
         ])
         .unwrap();
-        let want = FetchSettings { part_bytes: 1 << 20, parallelism: 16, part_attempts: 2 };
+        let want =
+            FetchSettings { part_bytes: 1 << 20, parallelism: 16, part_attempts: 2, decode: false };
         assert_eq!(c.cache.fetch, want);
         for variable in
             ["MAAS_FETCH_PART_BYTES", "MAAS_FETCH_PARALLELISM", "MAAS_FETCH_PART_ATTEMPTS"]

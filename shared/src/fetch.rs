@@ -38,6 +38,9 @@ pub struct FetchSettings {
     pub parallelism: usize,
     /// Attempts at a part that arrives shorter than asked for.
     pub part_attempts: u32,
+    /// Whether a downloaded model file is decoded as it arrives
+    /// ([`crate::engine::StreamDecoder`]) rather than after its download.
+    pub decode: bool,
 }
 
 impl Default for FetchSettings {
@@ -45,7 +48,7 @@ impl Default for FetchSettings {
     /// in flight (64 MiB held at most, within a 512 MB function); one S3 connection carries
     /// a fraction of what a function's network takes in.
     fn default() -> Self {
-        Self { part_bytes: 8 << 20, parallelism: 8, part_attempts: 3 }
+        Self { part_bytes: 8 << 20, parallelism: 8, part_attempts: 3, decode: true }
     }
 }
 
@@ -343,7 +346,7 @@ mod tests {
     }
 
     fn settings(part_bytes: u64) -> FetchSettings {
-        FetchSettings { part_bytes, parallelism: 3, part_attempts: 2 }
+        FetchSettings { part_bytes, parallelism: 3, part_attempts: 2, decode: true }
     }
 
     /// Fetches `stored` expecting `expected` with parts of `part_bytes`, prefetching or not:

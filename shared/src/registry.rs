@@ -107,6 +107,8 @@ pub struct Registry {
     store: SharedStore,
     disk: DiskCache,
     engine_settings: engine::Settings,
+    /// Whether downloaded files are decoded as they arrive (`FetchSettings::decode`).
+    decode_while_fetching: bool,
     /// One model is parsed and optimised at a time (see `load_uncached`).
     loading: tokio::sync::Semaphore,
     loaded: Cache<ModelId, Arc<LoadedModel>>,
@@ -153,6 +155,7 @@ impl Registry {
             store,
             disk: DiskCache::new(&settings.disk_dir, settings.disk_bytes, settings.fetch),
             engine_settings: settings.engine,
+            decode_while_fetching: settings.fetch.decode,
             loading: tokio::sync::Semaphore::new(1),
             loaded,
             evicted,
@@ -270,8 +273,12 @@ impl Registry {
         // A downloaded file is decoded as it arrives, beside the download.
         let mut decoder = None;
         let (settings, size) = (self.engine_settings, manifest.size);
+        let decode = self.decode_while_fetching;
         let mut tee = |part: &Bytes| {
-            decoder.get_or_insert_with(|| StreamDecoder::start(&settings, size)).push(part.clone());
+            if decode {
+                let decoder = decoder.get_or_insert_with(|| StreamDecoder::start(&settings, size));
+                decoder.push(part.clone());
+            }
         };
         let path = self.disk.file(&self.store, id, &file, prefetched, &mut tee).await?;
         let fetch_ms = elapsed_ms(started);

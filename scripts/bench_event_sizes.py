@@ -18,6 +18,10 @@ Servers (--servers, comma-separated; all by default):
     whole+nodelay    scripts/runtime_api.py: the event in one write, TCP_NODELAY on, as
                      AWS's Runtime API serves it
 
+--peer adds a column: the Python + onnxruntime peer of scripts/bench.sh (scripts/peer_onnxruntime_server.py
+--lambda, THE COMPARISON) under the whole+nodelay server, the example model downloaded from a
+moto server at its init, answering the same events.
+
 The invoker writes each invoke request (head and body) with one `sendall` on a new TCP_NODELAY
 connection; --split-invoke writes the head and the body with two, as Python's http.client does.
 (A keep-alive invoker hides the stall after the first large event: the emulator's read buffer
@@ -47,12 +51,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_cold_start import Abort, free_port, machine, stop, wait_for_port
+from bench_cold_start import (BUCKET, PREFIX, Abort, free_port, load_benchmark, machine, publish,
+                               start_moto, stop, wait_for_port)
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENT = ROOT / "tests" / "events" / "predict-infer.json"
 STORE = ROOT / "scripts" / "example-store"
 RUNTIME_API = ROOT / "scripts" / "runtime_api.py"
+PEER = ROOT / "scripts" / "peer_onnxruntime_server.py"
 CARGO_LAMBDA = ROOT / ".venv" / "bin" / "cargo-lambda"
 KIB = 1024
 SIZES = [512, 2 * KIB, 8 * KIB, 16 * KIB, 24 * KIB, 30 * KIB, 64 * KIB, 100 * KIB,
@@ -66,6 +72,9 @@ SERVERS = {
     "pieces+nodelay": ["--stream-event"],
     "whole+nodelay": [],
 }
+# The comparison: the Python + onnxruntime peer (THE COMPARISON, not part of maas) as a Lambda
+# function under the whole+nodelay server, its model downloaded from a moto server at init.
+PEER_COLUMN = "peer, whole+nodelay"
 
 
 def event_of_size(size: int) -> bytes:
@@ -142,12 +151,34 @@ def start_predict(binary: Path, port: int, work: Path, name: str) -> subprocess.
     return subprocess.Popen([str(binary)], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
+def start_peer(port: int, work: Path) -> subprocess.Popen:
+    """The Python peer as a Lambda function, the example model published to a moto server of
+    its own (stopped with the peer's process group)."""
+    moto, endpoint = start_moto(work)
+    publish(endpoint, load_benchmark("example"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MAAS_"))}
+    env.update(AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{port}/.rt/predict", AWS_ENDPOINT_URL=endpoint,
+               AWS_REGION="us-east-1", AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
+               MAAS_S3_FORCE_PATH_STYLE="true")
+    cache = work / "cache-peer"
+    cache.mkdir()
+    log = open(work / "peer.log", "wb")
+    peer = subprocess.Popen([sys.executable, str(PEER), "--lambda", "--store", f"s3://{BUCKET}/{PREFIX}",
+                             "--model", "iris", "--version", "1", "--cache-dir", str(cache)],
+                            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    peer.moto = moto  # type: ignore[attr-defined]
+    return peer
+
+
 def sweep(name: str, binary: Path, sizes: list[int], runs: int, split: bool,
           work: Path) -> dict[int, list[float]]:
-    server, port = start_server(name, work)
+    server, port = start_server("whole+nodelay" if name == PEER_COLUMN else name, work)
     predict = None
     try:
-        predict = start_predict(binary, port, work, name)
+        if name == PEER_COLUMN:
+            predict = start_peer(port, work)
+        else:
+            predict = start_predict(binary, port, work, name)
         times: dict[int, list[float]] = {}
         for size in sizes:
             body = event_of_size(size)
@@ -168,6 +199,8 @@ def sweep(name: str, binary: Path, sizes: list[int], runs: int, split: bool,
     finally:
         if predict:
             stop(predict)
+            if hasattr(predict, "moto"):
+                stop(predict.moto)
         stop(server)
 
 
@@ -217,6 +250,8 @@ def main() -> int:
                         help="write each invoke request's head and body separately")
     parser.add_argument("--sizes", help="comma-separated event sizes in bytes (default: the sweep)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 sizes, 1 run each")
+    parser.add_argument("--peer", action="store_true",
+                        help=f"add a column: {PEER_COLUMN} (the Python + onnxruntime peer)")
     args = parser.parse_args()
     servers = args.servers.split(",")
     if unknown := [s for s in servers if s not in SERVERS]:
@@ -239,8 +274,9 @@ def main() -> int:
         private = work / "predict"
         shutil.copy2(binary, private)
         try:
+            columns = servers + ([PEER_COLUMN] if args.peer else [])
             results = {name: sweep(name, private, sizes, args.runs, args.split_invoke, work)
-                       for name in servers}
+                       for name in columns}
         except Abort as err:
             print(f"aborted: {err}", file=sys.stderr)
             for log in sorted(work.glob("*.log")):

@@ -470,6 +470,8 @@ def main() -> int:
     parser.add_argument("--zip", dest="zip_binaries", nargs="*", default=[], help="binaries to zip")
     parser.add_argument("--zip-arch", default="x86_64")
     parser.add_argument("--s3rver", type=Path, help="s3rver's executable: a second S3 server beside moto")
+    parser.add_argument("--maas-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for maas's side only (repeatable)")
     parser.add_argument("--out", type=Path, help="write the section of this Markdown file")
     parser.add_argument("--command", default=shlex.join(["scripts/bench_lambda.py", *sys.argv[1:]]),
                         help="the command to report (bench.sh passes its own)")
@@ -493,9 +495,10 @@ def main() -> int:
                 servers.append(S3Server.start("s3rver", work, args.s3rver))
             bench = Bench(args, work)
             one_get = {"MAAS_FETCH_PART_BYTES": str(1 << 40)}
+            chosen = dict(item.split("=", 1) for item in args.maas_env)
             for server in servers:
                 bench.use(server, models)
-                maas_env = one_get if server.name == "moto" and not args.smoke else {}
+                maas_env = {**chosen, **(one_get if server.name == "moto" and not args.smoke else {})}
                 for model in models:
                     for run in range(runs + (0 if args.smoke else 1)):
                         order = sides if run % 2 == 0 else sides[::-1]

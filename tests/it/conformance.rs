@@ -172,12 +172,15 @@ async fn create_only_race(store: Arc<dyn ObjectStore>) {
     }
 }
 
+/// On the memory and local stores. The S3 store sends `If-None-Match: *`, which S3 applies
+/// atomically; moto's threaded server checks the header and writes in two steps, so two
+/// racing creates can both succeed there (seen once in a loaded run): the race would test
+/// moto, not maas. The conformance suite checks that the S3 store refuses a second create.
 #[tokio::test(flavor = "multi_thread")]
-async fn create_only_writes_have_one_winner_on_every_backend() {
+async fn create_only_writes_have_one_winner_on_the_memory_and_local_stores() {
     let dir = tempfile::tempdir().unwrap();
     create_only_race(Arc::new(MemoryStore::new())).await;
     create_only_race(Arc::new(LocalStore::new(dir.path()))).await;
-    create_only_race(Arc::new(fresh_s3_store().await)).await;
 }
 
 #[tokio::test]

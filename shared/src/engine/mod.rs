@@ -173,7 +173,7 @@ impl Model {
                 .proto_model_for_path(path)
                 .map_err(|e| engine_error("cannot parse the ONNX file", e))
         };
-        Self::load(decode, file_bytes, loader, planning, settings).map(|(model, _)| model)
+        Self::load(decode, file_bytes, 0, loader, planning, settings)
     }
 
     /// [`Model::load_path`] for a file [`StreamDecoder`] decoded as it was fetched (and the
@@ -185,22 +185,21 @@ impl Model {
         settings: &Settings,
     ) -> Result<Self, Error> {
         let Decoded { proto, held, file_bytes } = decoded;
-        let (model, net) = Self::load(|| Ok(proto), file_bytes, loader, planning, settings)?;
-        // The decoded file was allocated on the decoding thread; whatever of it the load
-        // freed counted against the load's own measurement.
-        let held = u64::try_from(net.saturating_add(held)).unwrap_or(0);
-        Ok(Self { held, ..model })
+        Self::load(|| Ok(proto), file_bytes, held, loader, planning, settings)
     }
 
-    /// Loads the model `decode` gives from a file of `file_bytes` bytes; with the net heap
-    /// bytes this thread allocated meanwhile.
+    /// Loads the model `decode` gives from a file of `file_bytes` bytes. It holds what this
+    /// thread allocated meanwhile and did not free, plus `decoded_held`: the heap bytes of a
+    /// model decoded on another thread, whatever of which the load freed having counted
+    /// against its own measurement.
     fn load(
         decode: impl FnOnce() -> Result<pb::ModelProto, Error>,
         file_bytes: u64,
+        decoded_held: isize,
         loader: Loader,
         planning: Planning,
         settings: &Settings,
-    ) -> Result<(Self, isize), Error> {
+    ) -> Result<Self, Error> {
         let resources = Resources::new(settings, file_bytes);
         let (model, net) = measured_net(|| {
             contained(resources.cap, "loading the model", || {
@@ -222,9 +221,8 @@ impl Model {
         });
         // What the load freed goes back to the system, not into this thread's arena.
         crate::malloc::trim();
-        let model = model?;
-        let held = u64::try_from(net).unwrap_or(0);
-        Ok((Self { held, ..model }, net))
+        let held = u64::try_from(net.saturating_add(decoded_held)).unwrap_or(0);
+        Ok(Self { held, ..model? })
     }
 
     /// A model of `plans`, holding nothing measured yet and splitting no batches (a load sets

@@ -69,18 +69,13 @@ impl StreamDecoder {
         }
     }
 
-    /// Waits for the decoding of everything pushed, which must be the whole file.
-    pub fn finish(mut self) -> Result<Decoded, Error> {
-        drop(self.parts.take());
-        let thread = self.thread.take().ok_or_else(|| not_decoded("no decoding thread"))?;
+    /// Waits for the decoding of everything pushed, which must be the whole file. (A decoder
+    /// dropped instead, after a failed fetch, ends its thread without being waited for.)
+    pub fn finish(self) -> Result<Decoded, Error> {
+        let Self { parts, thread } = self;
+        drop(parts);
+        let thread = thread.ok_or_else(|| not_decoded("no decoding thread"))?;
         thread.join().map_err(|_| not_decoded("the decoding thread failed"))?
-    }
-}
-
-impl Drop for StreamDecoder {
-    /// An abandoned decoder (a failed fetch, a file from the disk cache) ends without waiting.
-    fn drop(&mut self) {
-        drop(self.parts.take());
     }
 }
 

@@ -47,7 +47,7 @@ async fn sdk_config(
     endpoint: &str,
     retry: aws_config::retry::RetryConfig,
 ) -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
+    maas::store::aws_defaults()
         .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_s3::config::Credentials::new(

@@ -22,7 +22,7 @@ use futures::StreamExt;
 pub use counting::CountingStore;
 pub use local::LocalStore;
 pub use memory::MemoryStore;
-pub use s3::{S3Settings, S3Store, UPLOAD_BYTES_PER_SECOND};
+pub use s3::{aws_defaults, https_client, S3Settings, S3Store, UPLOAD_BYTES_PER_SECOND};
 pub use streaming::{BoxWriter, ObjectWriter, MULTIPART_PART_BYTES};
 
 use crate::error::Cause;

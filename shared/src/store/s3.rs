@@ -103,6 +103,21 @@ impl S3Settings {
     }
 }
 
+/// The AWS SDK's configuration loader (region, credentials, endpoint from the standard
+/// environment) with [`https_client`] as its HTTP client.
+pub fn aws_defaults() -> aws_config::ConfigLoader {
+    aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(https_client())
+}
+
+/// The SDK's default HTTP client (hyper, rustls, the system's root certificates), with ring
+/// as its cryptography instead of the default aws-lc.
+pub fn https_client() -> aws_sdk_s3::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
+
 /// Objects live in `bucket` under `prefix` (empty, or ending with `/`).
 #[derive(Debug, Clone)]
 pub struct S3Store {
@@ -126,7 +141,7 @@ impl S3Store {
     /// Builds a client from the standard AWS environment (region, credentials, endpoint),
     /// with the timeouts and retries of `settings`.
     pub async fn connect(bucket: &str, prefix: &str, settings: &S3Settings) -> Self {
-        let shared = aws_config::load_from_env().await;
+        let shared = aws_defaults().load().await;
         Self::from_sdk_config(&shared, bucket, prefix, settings)
     }
 

@@ -129,8 +129,7 @@ pub async fn run(batch: &Batch, event: ItemBatch) -> Result<Value, Error> {
         .map(|item| match item {
             Item::Columns(columns) => {
                 let spec = tabular.as_ref().map_err(Clone::clone)?;
-                let fields: Vec<&str> = columns.iter().map(|(_, v)| v.as_str()).collect();
-                input::decode_fields(&fields, spec)
+                input::decode_fields(columns.iter().map(|(_, v)| v.as_bytes()), spec)
             }
             Item::Json(value) => input::decode_value(value, &signature),
         })

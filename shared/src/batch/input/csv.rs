@@ -5,6 +5,7 @@ use std::io::{self, Read};
 
 use serde_json::Value;
 
+use super::decimal::{self, Float, Refusal};
 use super::{Row, RowResult};
 use crate::error::Error;
 use crate::protocol::json;
@@ -17,15 +18,13 @@ pub(super) fn read(
     input: &TensorSpec,
     emit: &mut dyn FnMut(RowResult) -> bool,
 ) -> io::Result<()> {
-    let mut records = ::csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .trim(::csv::Trim::All)
-        .from_reader(reader);
-    let mut record = ::csv::StringRecord::new();
+    // Bytes, untrimmed: fields are trimmed and checked as they are parsed ([`decimal`]).
+    let mut records =
+        ::csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(reader);
+    let mut record = ::csv::ByteRecord::new();
     let mut first = true;
     loop {
-        let more = match records.read_record(&mut record) {
+        let more = match records.read_byte_record(&mut record) {
             Ok(more) => more,
             Err(e) if e.is_io_error() => return Err(io::Error::from(e)),
             Err(e) => {
@@ -41,36 +40,41 @@ pub(super) fn read(
         if std::mem::take(&mut first) && is_header(&record) {
             continue;
         }
-        let fields: Vec<&str> = record.iter().collect();
-        if !emit(decode_fields(&fields, input)) {
+        if !emit(decode_fields(&record, input)) {
             return Ok(());
         }
     }
 }
 
 /// A header is a first record with a field that is not a number.
-fn is_header(record: &::csv::StringRecord) -> bool {
+fn is_header(record: &::csv::ByteRecord) -> bool {
     record.iter().any(|field| number(field).is_err())
 }
 
-fn number(field: &str) -> Result<Value, String> {
-    if field.is_empty() {
+fn number(field: &[u8]) -> Result<Value, String> {
+    let shown = || String::from_utf8_lossy(field);
+    if field.trim_ascii().is_empty() {
         return Err("an empty value".to_owned());
     }
-    match json::from_slice::<Value>(field.as_bytes()) {
+    match json::from_slice::<Value>(field) {
         Ok(value @ Value::Number(_)) => Ok(value),
         Ok(Value::String(token)) if matches!(token.as_str(), "NaN" | "Infinity" | "-Infinity") => {
             Ok(Value::String(token))
         }
-        _ => Err(format!("`{field}` is not a number")),
+        _ => Err(format!("`{}` is not a number", shown())),
     }
 }
 
 /// One row of `input`, `[rows, columns]`, from its columns as text: CSV records, and the
 /// values of a Step Functions CSV item. FP32 and FP64 columns, the usual CSV, are parsed
-/// straight into the tensor ([`float`]); going through a JSON value per field took most of a
-/// wide row's time. Other datatypes take the protocols' JSON number path.
-pub fn decode_fields(fields: &[&str], input: &TensorSpec) -> RowResult {
+/// straight into the tensor ([`decimal`]); going through a JSON value per field took most of
+/// a wide row's time. Other datatypes take the protocols' JSON number path.
+pub fn decode_fields<'f, F>(fields: F, input: &TensorSpec) -> RowResult
+where
+    F: IntoIterator<Item = &'f [u8]>,
+    F::IntoIter: ExactSizeIterator,
+{
+    let fields = fields.into_iter();
     let columns = usize::try_from(input.shape[1]).unwrap_or(0);
     if fields.len() != columns {
         return Err(Error::invalid_input(
@@ -79,11 +83,8 @@ pub fn decode_fields(fields: &[&str], input: &TensorSpec) -> RowResult {
         ));
     }
     let data = match input.datatype {
-        DataType::F32 => TensorData::F32(floats(fields, input, |x| {
-            // A finite number must fit FP32's range, as in the protocols.
-            Some(x as f32).filter(|narrow| narrow.is_finite() || !x.is_finite())
-        })?),
-        DataType::F64 => TensorData::F64(floats(fields, input, Some)?),
+        DataType::F32 => TensorData::F32(floats(fields, input)?),
+        DataType::F64 => TensorData::F64(floats(fields, input)?),
         _ => through_json(fields, input)?,
     };
     let tensor = Tensor { name: input.name.clone(), shape: vec![1, columns], data };
@@ -94,78 +95,30 @@ fn column_error(input: &TensorSpec, index: usize, problem: String) -> Error {
     Error::invalid_input(&input.name, format!("column {}: {problem}", index + 1))
 }
 
-fn floats<T>(
-    fields: &[&str],
+fn floats<'f, T: Float>(
+    fields: impl Iterator<Item = &'f [u8]>,
     input: &TensorSpec,
-    narrow: impl Fn(f64) -> Option<T>,
 ) -> Result<Vec<T>, Error> {
-    let datatype = input.datatype;
-    let parse = |(i, field): (usize, &&str)| {
-        let value = float(field).map_err(|problem| column_error(input, i, problem))?;
-        let problem = || format!("`{field}` is not a valid {datatype} value");
-        narrow(value).ok_or_else(|| column_error(input, i, problem()))
+    let parse = |(i, field): (usize, &[u8])| {
+        decimal::parse(field).map_err(|refusal| {
+            let shown = String::from_utf8_lossy(field);
+            let problem = match refusal {
+                Refusal::Empty => "an empty value".to_owned(),
+                Refusal::NotANumber => format!("`{shown}` is not a number"),
+                Refusal::OutOfRange => format!("`{shown}` is not a valid {} value", input.datatype),
+            };
+            column_error(input, i, problem)
+        })
     };
-    fields.iter().enumerate().map(parse).collect()
-}
-
-/// A field as a float: a number in JSON's grammar (what the protocols accept, so `+1`, `.5`,
-/// `01` and `inf` are not), or `NaN`, `Infinity`, `-Infinity`. A number too large for FP64 is
-/// refused, not made infinite. JSON's whitespace around it is allowed.
-fn float(field: &str) -> Result<f64, String> {
-    match field.trim_matches([' ', '\t', '\n', '\r']) {
-        "" => Err("an empty value".to_owned()),
-        "NaN" => Ok(f64::NAN),
-        "Infinity" => Ok(f64::INFINITY),
-        "-Infinity" => Ok(f64::NEG_INFINITY),
-        number if is_json_number(number) => number
-            .parse::<f64>()
-            .ok()
-            .filter(|x| x.is_finite())
-            .ok_or_else(|| format!("`{field}` is out of FP64's range")),
-        _ => Err(format!("`{field}` is not a number")),
-    }
-}
-
-/// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`, JSON's number grammar.
-fn is_json_number(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    let mut at = usize::from(bytes.first() == Some(&b'-'));
-    let digits = |at: &mut usize| {
-        let start = *at;
-        while bytes.get(*at).is_some_and(u8::is_ascii_digit) {
-            *at += 1;
-        }
-        *at - start
-    };
-    let integer = at;
-    match digits(&mut at) {
-        0 => return false,
-        1 => {}
-        _ if bytes[integer] == b'0' => return false,
-        _ => {}
-    }
-    if bytes.get(at) == Some(&b'.') {
-        at += 1;
-        if digits(&mut at) == 0 {
-            return false;
-        }
-    }
-    if matches!(bytes.get(at), Some(b'e' | b'E')) {
-        at += 1;
-        if matches!(bytes.get(at), Some(b'+' | b'-')) {
-            at += 1;
-        }
-        if digits(&mut at) == 0 {
-            return false;
-        }
-    }
-    at == bytes.len()
+    fields.enumerate().map(parse).collect()
 }
 
 /// Each field as a JSON value, then converted as the protocols convert request data.
-fn through_json(fields: &[&str], input: &TensorSpec) -> Result<TensorData, Error> {
+fn through_json<'f>(
+    fields: impl Iterator<Item = &'f [u8]>,
+    input: &TensorSpec,
+) -> Result<TensorData, Error> {
     let values = fields
-        .iter()
         .enumerate()
         .map(|(i, field)| number(field).map_err(|problem| column_error(input, i, problem)))
         .collect::<Result<Vec<Value>, Error>>()?;
@@ -252,8 +205,9 @@ mod tests {
         for datatype in [DataType::F32, DataType::F64] {
             let input = TensorSpec { name: "x".into(), datatype, shape: vec![-1, 1] };
             for field in fields {
-                let direct = decode_fields(&[field], &input).map(|row| row.inputs[0].data.clone());
-                let json = through_json(&[field], &input);
+                let direct =
+                    decode_fields([field.as_bytes()], &input).map(|row| row.inputs[0].data.clone());
+                let json = through_json([field.as_bytes()].into_iter(), &input);
                 match (&direct, &json) {
                     // serde_json's float parser may be one unit in the last place off where
                     // Rust's is correctly rounded: FP64 agrees within that, FP32 exactly.
@@ -274,7 +228,9 @@ mod tests {
     #[test]
     fn float_errors_name_the_column_and_the_value() {
         let input = TensorSpec { name: "x".into(), datatype: DataType::F32, shape: vec![-1, 3] };
-        let message = |fields: &[&str]| decode_fields(fields, &input).unwrap_err().to_string();
+        let message = |fields: &[&str]| {
+            decode_fields(fields.iter().map(|f| f.as_bytes()), &input).unwrap_err().to_string()
+        };
         assert!(message(&["1", "2", "1e39"]).contains("column 3: `1e39` is not a valid FP32"));
         assert!(message(&["1", "+2", "3"]).contains("column 2: `+2` is not a number"));
         assert!(message(&["", "2", "3"]).contains("column 1: an empty value"));

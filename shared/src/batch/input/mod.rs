@@ -2,6 +2,7 @@
 //! model's signature. One module per format; `.gz` is decompressed on the fly.
 
 mod csv;
+mod decimal;
 mod jsonl;
 mod npy;
 

@@ -189,6 +189,9 @@ def run_batch_predict(binary: Path, endpoint: str, bucket: str, key: str, cache:
             "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1",
             "MAAS_STORE": f"s3://{bucket}", "MAAS_S3_FORCE_PATH_STYLE": "true", "MAAS_CACHE_DIR": cache,
             "RUST_LOG": "warn",
+            # moto reads an object whole before its first byte goes out (about 20 s for the
+            # 4.7 GB file of 1M MLP rows); S3 streams at once, as the default timeouts expect.
+            "MAAS_S3_ATTEMPT_TIMEOUT_MS": "300000", "MAAS_S3_OPERATION_TIMEOUT_MS": "600000",
         })
         log = open(Path(cache).parent / "batch-predict.log", "w")  # noqa: SIM115 - closed with the process
         function = subprocess.Popen([str(binary)], env=env, stdout=log, stderr=log)

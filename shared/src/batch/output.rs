@@ -34,9 +34,7 @@ pub fn write_lines(out: &mut Vec<u8>, first_row: u64, outcomes: Vec<Outcome>) ->
                 Line::Error { row, error: &message }
             }
         };
-        let bytes =
-            json::to_vec(&line).map_err(|e| Error::internal("writing an output line", e))?;
-        out.extend_from_slice(&bytes);
+        json::append(out, &line).map_err(|e| Error::internal("writing an output line", e))?;
         out.push(b'\n');
     }
     Ok(())

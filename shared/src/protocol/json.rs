@@ -28,9 +28,14 @@ pub fn from_slice<T: DeserializeOwned>(body: &[u8]) -> serde_json::Result<T> {
 /// response goes through this: `serde_json::to_vec` would write those floats as integers.
 pub fn to_vec(value: &impl Serialize) -> serde_json::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(256);
-    let mut serializer = serde_json::Serializer::with_formatter(&mut out, NonFiniteTokens);
-    value.serialize(&mut serializer)?;
+    append(&mut out, value)?;
     Ok(out)
+}
+
+/// [`to_vec`] onto the end of `out`.
+pub fn append(out: &mut Vec<u8>, value: &impl Serialize) -> serde_json::Result<()> {
+    let mut serializer = serde_json::Serializer::with_formatter(out, NonFiniteTokens);
+    value.serialize(&mut serializer)
 }
 
 /// Quotes the bare non-finite tokens of `body`, copying it only when it has any.

@@ -196,9 +196,9 @@ fn write_config(settings: &S3Settings, bytes: usize) -> aws_sdk_s3::config::Buil
 /// lifecycle rule removes its parts.
 ///
 /// The part being gathered waits in a temporary file (Lambda's `/tmp`), not in memory, and
-/// goes out read from it in small pieces: a job's memory stays the same whether its output
-/// is one line or passes many parts (in memory, the first full part added its 8 MiB and the
-/// buffer's growth to it; batch-predict's peak RSS grew by half from 10k to 100k rows).
+/// goes out read from it in small pieces: a job's memory does not grow by a part once its
+/// output passes one (in memory, the first full part added its 8 MiB and the buffer's growth
+/// to it; batch-predict's peak RSS grew by half from 10k to 100k rows).
 struct S3Writer {
     store: S3Store,
     key: String,

@@ -52,7 +52,6 @@ fn is_header(record: &::csv::ByteRecord) -> bool {
 }
 
 fn number(field: &[u8]) -> Result<Value, String> {
-    let shown = || String::from_utf8_lossy(field);
     if field.trim_ascii().is_empty() {
         return Err("an empty value".to_owned());
     }
@@ -61,7 +60,7 @@ fn number(field: &[u8]) -> Result<Value, String> {
         Ok(Value::String(token)) if matches!(token.as_str(), "NaN" | "Infinity" | "-Infinity") => {
             Ok(Value::String(token))
         }
-        _ => Err(format!("`{}` is not a number", shown())),
+        _ => Err(format!("`{}` is not a number", String::from_utf8_lossy(field))),
     }
 }
 

@@ -73,11 +73,13 @@ pub enum Refusal {
 /// A field as a float: a number in JSON's grammar (so `+1`, `.5`, `01` and `inf` are not),
 /// or `NaN`, `Infinity`, `-Infinity`, with JSON's whitespace around it allowed.
 pub fn parse<T: Float>(field: &[u8]) -> Result<T, Refusal> {
-    let field = field.trim_ascii_start();
-    let field = match field.iter().rposition(|b| !is_json_space(*b)) {
-        Some(last) => &field[..=last],
-        None => return Err(Refusal::Empty),
+    let (Some(first), Some(last)) = (
+        field.iter().position(|b| !is_json_space(*b)),
+        field.iter().rposition(|b| !is_json_space(*b)),
+    ) else {
+        return Err(Refusal::Empty);
     };
+    let field = &field[first..=last];
     match field {
         b"NaN" => return Ok(T::NAN),
         b"Infinity" => return Ok(T::INFINITY),
@@ -251,6 +253,8 @@ mod tests {
             assert_eq!(parse::<f64>(text.as_bytes()), Err(Refusal::NotANumber), "{text:?}");
         }
         assert_eq!(parse::<f32>(b" "), Err(Refusal::Empty));
+        // Only JSON's whitespace is trimmed, as the protocols' parser does.
+        assert_eq!(parse::<f32>(b"\x0c5"), Err(Refusal::NotANumber));
         assert_eq!(parse::<f32>(b"1e39"), Err(Refusal::OutOfRange));
         assert_eq!(parse::<f64>(b"1e39"), Ok(1e39));
         assert_eq!(parse::<f64>(b"-1e400"), Err(Refusal::OutOfRange));

@@ -40,3 +40,16 @@ pub use registry::Registry;
 pub(crate) fn elapsed_ms(since: std::time::Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }
+
+/// A small deterministic pseudo-random source for tests (xorshift64): each call gives a
+/// number below its argument.
+#[cfg(test)]
+pub(crate) fn test_random() -> impl FnMut(u64) -> u64 {
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    move |below| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % below
+    }
+}

@@ -360,13 +360,8 @@ mod tests {
     /// to the same model (what it refuses, loading the file reports).
     #[test]
     fn a_damaged_file_decoded_as_it_arrives_is_refused_or_decoded_as_prost_would() {
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move |below: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % below as u64) as usize
-        };
+        let mut random = crate::test_random();
+        let mut next = move |below: usize| random(below as u64) as usize;
         let (mut accepted, mut refused) = (0, 0);
         for round in 0..3000 {
             let mut file = [MLP, ATTENTION, FOREST][round % 3].to_vec();

@@ -196,13 +196,7 @@ mod tests {
     /// both types, over many generated numbers of every shape the grammar allows.
     #[test]
     fn values_equal_the_standard_parser() {
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut next = crate::test_random();
         let mut exact_path = 0;
         for _ in 0..200_000 {
             let mut text = String::new();

@@ -1,11 +1,12 @@
 //! CSV for one-input tabular models: one row per record, numeric columns in the order of the
 //! input's second dimension, with an optional header (a first record that is not all numbers).
 
-use std::io::{self, Read};
+use std::io::{self, BufRead};
 
 use serde_json::Value;
 
 use super::decimal::{self, Float, Refusal};
+use super::records::{self, Fields};
 use super::{Row, RowResult};
 use crate::error::Error;
 use crate::protocol::json;
@@ -14,41 +15,21 @@ use crate::tensor::{DataType, Tensor, TensorData};
 
 /// Calls `emit` with each record decoded for `input`, of shape `[rows, columns]`.
 pub(super) fn read(
-    reader: impl Read,
+    reader: impl BufRead,
     input: &TensorSpec,
     emit: &mut dyn FnMut(RowResult) -> bool,
 ) -> io::Result<()> {
-    // Bytes, untrimmed: fields are trimmed and checked as they are parsed ([`decimal`]).
-    let mut records =
-        ::csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(reader);
-    let mut record = ::csv::ByteRecord::new();
     let mut first = true;
-    loop {
-        let more = match records.read_byte_record(&mut record) {
-            Ok(more) => more,
-            Err(e) if e.is_io_error() => return Err(io::Error::from(e)),
-            Err(e) => {
-                if !emit(Err(Error::invalid_request(format!("invalid CSV: {e}")))) {
-                    return Ok(());
-                }
-                continue;
-            }
-        };
-        if !more {
-            return Ok(());
-        }
-        if std::mem::take(&mut first) && is_header(&record) {
-            continue;
-        }
-        if !emit(decode_fields(&record, input)) {
-            return Ok(());
-        }
-    }
+    records::read(reader, &mut |record| match record {
+        Ok(fields) if std::mem::take(&mut first) && is_header(fields.clone()) => true,
+        Ok(fields) => emit(decode_fields(fields, input)),
+        Err(e) => emit(Err(Error::invalid_request(format!("invalid CSV: {e}")))),
+    })
 }
 
 /// A header is a first record with a field that is not a number.
-fn is_header(record: &::csv::ByteRecord) -> bool {
-    record.iter().any(|field| number(field).is_err())
+fn is_header(mut fields: Fields<'_>) -> bool {
+    fields.any(|field| number(field).is_err())
 }
 
 fn number(field: &[u8]) -> Result<Value, String> {
@@ -67,57 +48,85 @@ fn number(field: &[u8]) -> Result<Value, String> {
 /// One row of `input`, `[rows, columns]`, from its columns as text: CSV records, and the
 /// values of a Step Functions CSV item. FP32 and FP64 columns, the usual CSV, are parsed
 /// straight into the tensor ([`decimal`]); going through a JSON value per field took most of
-/// a wide row's time. Other datatypes take the protocols' JSON number path.
-pub fn decode_fields<'f, F>(fields: F, input: &TensorSpec) -> RowResult
-where
-    F: IntoIterator<Item = &'f [u8]>,
-    F::IntoIter: ExactSizeIterator,
-{
-    let fields = fields.into_iter();
+/// a wide row's time. Other datatypes take the protocols' JSON number path. A wrong column
+/// count is the row's error before any of its values.
+pub fn decode_fields<'f>(
+    fields: impl IntoIterator<Item = &'f [u8]>,
+    input: &TensorSpec,
+) -> RowResult {
+    let mut fields = fields.into_iter();
     let columns = usize::try_from(input.shape[1]).unwrap_or(0);
-    if fields.len() != columns {
-        return Err(Error::invalid_input(
-            &input.name,
-            format!("the row has {} columns but the model expects {columns}", fields.len()),
-        ));
-    }
     let data = match input.datatype {
-        DataType::F32 => TensorData::F32(floats(fields, input)?),
-        DataType::F64 => TensorData::F64(floats(fields, input)?),
-        _ => through_json(fields, input)?,
+        DataType::F32 => TensorData::F32(floats(&mut fields, columns, input)?),
+        DataType::F64 => TensorData::F64(floats(&mut fields, columns, input)?),
+        _ => through_json(fields, columns, input)?,
     };
     let tensor = Tensor { name: input.name.clone(), shape: vec![1, columns], data };
     Ok(Row { inputs: vec![tensor], outputs: None })
+}
+
+fn count_error(input: &TensorSpec, count: usize, columns: usize) -> Error {
+    Error::invalid_input(
+        &input.name,
+        format!("the row has {count} columns but the model expects {columns}"),
+    )
 }
 
 fn column_error(input: &TensorSpec, index: usize, problem: String) -> Error {
     Error::invalid_input(&input.name, format!("column {}: {problem}", index + 1))
 }
 
+/// The fields as floats, in one pass: the count is checked at the end, or at the first
+/// field that does not parse (whose error is the row's only when the count is right).
 fn floats<'f, T: Float>(
-    fields: impl Iterator<Item = &'f [u8]>,
+    fields: &mut impl Iterator<Item = &'f [u8]>,
+    columns: usize,
     input: &TensorSpec,
 ) -> Result<Vec<T>, Error> {
-    let parse = |(i, field): (usize, &[u8])| {
-        decimal::parse(field).map_err(|refusal| {
-            let shown = String::from_utf8_lossy(field);
-            let problem = match refusal {
-                Refusal::Empty => "an empty value".to_owned(),
-                Refusal::NotANumber => format!("`{shown}` is not a number"),
-                Refusal::OutOfRange => format!("`{shown}` is not a valid {} value", input.datatype),
-            };
-            column_error(input, i, problem)
-        })
+    let mut values = Vec::with_capacity(columns);
+    while let Some(field) = fields.next() {
+        match decimal::parse(field) {
+            Ok(value) => values.push(value),
+            Err(refusal) => {
+                let count = values.len() + 1 + fields.count();
+                return Err(if count == columns {
+                    refusal_error(input, values.len(), field, refusal)
+                } else {
+                    count_error(input, count, columns)
+                });
+            }
+        }
+    }
+    if values.len() == columns {
+        Ok(values)
+    } else {
+        Err(count_error(input, values.len(), columns))
+    }
+}
+
+#[cold]
+fn refusal_error(input: &TensorSpec, index: usize, field: &[u8], refusal: Refusal) -> Error {
+    let shown = String::from_utf8_lossy(field);
+    let problem = match refusal {
+        Refusal::Empty => "an empty value".to_owned(),
+        Refusal::NotANumber => format!("`{shown}` is not a number"),
+        Refusal::OutOfRange => format!("`{shown}` is not a valid {} value", input.datatype),
     };
-    fields.enumerate().map(parse).collect()
+    column_error(input, index, problem)
 }
 
 /// Each field as a JSON value, then converted as the protocols convert request data.
 fn through_json<'f>(
     fields: impl Iterator<Item = &'f [u8]>,
+    columns: usize,
     input: &TensorSpec,
 ) -> Result<TensorData, Error> {
+    let fields: Vec<&[u8]> = fields.collect();
+    if fields.len() != columns {
+        return Err(count_error(input, fields.len(), columns));
+    }
     let values = fields
+        .into_iter()
         .enumerate()
         .map(|(i, field)| number(field).map_err(|problem| column_error(input, i, problem)))
         .collect::<Result<Vec<Value>, Error>>()?;
@@ -164,6 +173,12 @@ mod tests {
         assert!(message(1).contains("3 columns but the model expects 4"), "{}", message(1));
         assert!(message(2).contains("column 2: `x` is not a number"), "{}", message(2));
         assert!(message(3).contains("column 2: an empty value"), "{}", message(3));
+        // A wrong count is the row's error even when a value before the end is bad too.
+        let counted = super::tests::rows("1,2,3,4\n1,x,3\n1,2,3,4,x\n");
+        for (row, columns) in counted[1..].iter().zip([3, 5]) {
+            let message = row.as_ref().unwrap_err().to_string();
+            assert!(message.contains(&format!("{columns} columns but")), "{message}");
+        }
     }
 
     /// The direct float path accepts and refuses what the JSON path does, with the same
@@ -206,7 +221,7 @@ mod tests {
             for field in fields {
                 let direct =
                     decode_fields([field.as_bytes()], &input).map(|row| row.inputs[0].data.clone());
-                let json = through_json([field.as_bytes()].into_iter(), &input);
+                let json = through_json([field.as_bytes()].into_iter(), 1, &input);
                 match (&direct, &json) {
                     // serde_json's float parser may be one unit in the last place off where
                     // Rust's is correctly rounded: FP64 agrees within that, FP32 exactly.

@@ -73,20 +73,18 @@ pub enum Refusal {
 /// A field as a float: a number in JSON's grammar (so `+1`, `.5`, `01` and `inf` are not),
 /// or `NaN`, `Infinity`, `-Infinity`, with JSON's whitespace around it allowed.
 pub fn parse<T: Float>(field: &[u8]) -> Result<T, Refusal> {
-    let (Some(first), Some(last)) = (
-        field.iter().position(|b| !is_json_space(*b)),
-        field.iter().rposition(|b| !is_json_space(*b)),
-    ) else {
+    let field = trim(field);
+    if field.is_empty() {
         return Err(Refusal::Empty);
-    };
-    let field = &field[first..=last];
-    match field {
-        b"NaN" => return Ok(T::NAN),
-        b"Infinity" => return Ok(T::INFINITY),
-        b"-Infinity" => return Ok(T::NEG_INFINITY),
-        _ => {}
     }
-    let number = scan(field).ok_or(Refusal::NotANumber)?;
+    let Some(number) = scan(field) else {
+        return match field {
+            b"NaN" => Ok(T::NAN),
+            b"Infinity" => Ok(T::INFINITY),
+            b"-Infinity" => Ok(T::NEG_INFINITY),
+            _ => Err(Refusal::NotANumber),
+        };
+    };
     let value = match number.exact::<T>() {
         Some(value) => value,
         // Valid JSON numbers are ASCII, and Rust's float grammar is wider than JSON's.
@@ -102,6 +100,23 @@ pub fn parse<T: Float>(field: &[u8]) -> Result<T, Refusal> {
     }
 }
 
+/// `field` without JSON's whitespace at either end.
+fn trim(mut field: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = field {
+        if !is_json_space(*first) {
+            break;
+        }
+        field = rest;
+    }
+    while let [rest @ .., last] = field {
+        if !is_json_space(*last) {
+            break;
+        }
+        field = rest;
+    }
+    field
+}
+
 fn is_json_space(byte: u8) -> bool {
     matches!(byte, b' ' | b'\t' | b'\n' | b'\r')
 }
@@ -110,7 +125,7 @@ fn is_json_space(byte: u8) -> bool {
 struct Scanned {
     negative: bool,
     mantissa: u64,
-    /// Whether the digits did not fit `mantissa` (more than 19).
+    /// Whether there were more digits than `mantissa` surely holds (19); it may have wrapped.
     long: bool,
     exponent: i64,
 }
@@ -132,26 +147,22 @@ impl Scanned {
 /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`, JSON's number grammar, read into its
 /// digits and power of ten; `None` when `text` does not follow it.
 fn scan(text: &[u8]) -> Option<Scanned> {
-    let mut at = 0;
     let negative = text.first() == Some(&b'-');
-    at += usize::from(negative);
-    let mut number = Scanned { negative, mantissa: 0, long: false, exponent: 0 };
-    let integer_start = at;
-    let integer_digits = digits(text, &mut at, &mut number);
-    match integer_digits {
-        0 => return None,
-        1 => {}
-        _ if text[integer_start] == b'0' => return None,
-        _ => {}
+    let mut at = usize::from(negative);
+    let mut mantissa = 0;
+    let integer_digits = digits(text, &mut at, &mut mantissa);
+    if integer_digits == 0 || (integer_digits > 1 && text[at - integer_digits] == b'0') {
+        return None;
     }
+    let mut fraction_digits = 0;
     if text.get(at) == Some(&b'.') {
         at += 1;
-        let fraction_digits = digits(text, &mut at, &mut number);
+        fraction_digits = digits(text, &mut at, &mut mantissa);
         if fraction_digits == 0 {
             return None;
         }
-        number.exponent -= fraction_digits as i64;
     }
+    let mut exponent = -(fraction_digits as i64);
     if matches!(text.get(at), Some(b'e' | b'E')) {
         at += 1;
         let sign = match text.get(at) {
@@ -161,28 +172,27 @@ fn scan(text: &[u8]) -> Option<Scanned> {
         };
         at += usize::from(sign != 0);
         let start = at;
-        let mut exponent: i64 = 0;
+        let mut written: i64 = 0;
         while let Some(digit) = text.get(at).filter(|b| b.is_ascii_digit()) {
             // Beyond any float's range either way; the standard parser decides.
-            exponent = (exponent * 10 + i64::from(digit - b'0')).min(1 << 40);
+            written = (written * 10 + i64::from(digit - b'0')).min(1 << 40);
             at += 1;
         }
         if at == start {
             return None;
         }
-        number.exponent += if sign < 0 { -exponent } else { exponent };
+        exponent += if sign < 0 { -written } else { written };
     }
-    (at == text.len()).then_some(number)
+    let long = integer_digits + fraction_digits > 19;
+    (at == text.len()).then_some(Scanned { negative, mantissa, long, exponent })
 }
 
-/// Reads a run of decimal digits into `number`'s mantissa; returns how many there were.
-fn digits(text: &[u8], at: &mut usize, number: &mut Scanned) -> usize {
+/// Reads a run of decimal digits onto `mantissa` (wrapping: the caller counts the digits);
+/// returns how many there were.
+fn digits(text: &[u8], at: &mut usize, mantissa: &mut u64) -> usize {
     let start = *at;
-    while let Some(digit) = text.get(*at).filter(|b| b.is_ascii_digit()) {
-        match number.mantissa.checked_mul(10).and_then(|m| m.checked_add(u64::from(digit - b'0'))) {
-            Some(mantissa) => number.mantissa = mantissa,
-            None => number.long = true,
-        }
+    while let Some(digit) = text.get(*at).map(|b| b.wrapping_sub(b'0')).filter(|d| *d < 10) {
+        *mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(digit));
         *at += 1;
     }
     *at - start

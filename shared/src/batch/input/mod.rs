@@ -5,6 +5,7 @@ mod csv;
 mod decimal;
 mod jsonl;
 mod npy;
+mod records;
 
 use std::io::{self, BufRead, BufReader, Read};
 

@@ -1,0 +1,180 @@
+//! CSV records as fields of bytes, untrimmed. Numeric tables are plain lines: no quotes,
+//! fields split by commas, lines ended by `\n` or `\r\n`. Those are split here where they
+//! lie, without the `csv` crate's copy into a record and its state machine (a third of the
+//! reader's time on the 784-column benchmark file). From the first line that is not plain (a
+//! quote or a lone carriage return anywhere in it, or a byte order mark opening the file), the
+//! `csv` crate reads the rest of the file. Both give the records the `csv` crate gives for the
+//! whole file (a test compares them over generated text), blank lines skipped.
+
+use std::io::{self, BufRead, Read};
+
+/// The fields of one record, in order.
+#[derive(Clone)]
+pub enum Fields<'r> {
+    /// What is left of a plain line; `None` after its last field.
+    Plain(Option<&'r [u8]>),
+    Csv(::csv::ByteRecordIter<'r>),
+}
+
+impl<'r> Iterator for Fields<'r> {
+    type Item = &'r [u8];
+
+    fn next(&mut self) -> Option<&'r [u8]> {
+        match self {
+            Fields::Plain(rest) => {
+                let line = (*rest)?;
+                match line.iter().position(|b| *b == b',') {
+                    Some(comma) => {
+                        *rest = Some(&line[comma + 1..]);
+                        Some(&line[..comma])
+                    }
+                    None => rest.take(),
+                }
+            }
+            Fields::Csv(fields) => fields.next(),
+        }
+    }
+}
+
+/// What reading found besides records: a record the `csv` crate could not read.
+pub type Malformed = ::csv::Error;
+
+/// Calls `each` with every record of `reader` (or the error of a record the `csv` crate
+/// refused) until it returns `false`. Fails only when `reader` does.
+pub fn read(
+    mut reader: impl BufRead,
+    each: &mut dyn FnMut(Result<Fields<'_>, Malformed>) -> bool,
+) -> io::Result<()> {
+    let mut line = Vec::new();
+    let mut first = true;
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        let Some(record) = plain(&line, first) else {
+            // A fresh `csv` reader would take a byte order mark opening what it is given for
+            // the file's; after the first line, a blank line in front stops that.
+            let before: &[u8] = if first { b"" } else { b"\n" };
+            return read_csv(before.chain(line.as_slice()).chain(reader), each);
+        };
+        first = false;
+        if !record.is_empty() && !each(Ok(Fields::Plain(Some(record)))) {
+            return Ok(());
+        }
+    }
+}
+
+/// A line's record when the line is plain: no quote, no carriage return but one just before
+/// its `\n`, and, on the first line, no byte order mark.
+fn plain(line: &[u8], first: bool) -> Option<&[u8]> {
+    let record = line.strip_suffix(b"\n").unwrap_or(line);
+    let record = record.strip_suffix(b"\r").unwrap_or(record);
+    let odd = memchr::memchr2(b'"', b'\r', record).is_some();
+    let opens_with_mark = first && record.starts_with(b"\xef\xbb\xbf");
+    (!odd && !opens_with_mark).then_some(record)
+}
+
+fn read_csv(
+    reader: impl Read,
+    each: &mut dyn FnMut(Result<Fields<'_>, Malformed>) -> bool,
+) -> io::Result<()> {
+    let mut records =
+        ::csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(reader);
+    let mut record = ::csv::ByteRecord::new();
+    loop {
+        let more = match records.read_byte_record(&mut record) {
+            Ok(more) => more,
+            Err(e) if e.is_io_error() => return Err(io::Error::from(e)),
+            Err(e) => {
+                if !each(Err(e)) {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        if !more || !each(Ok(Fields::Csv(record.iter()))) {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(text: &[u8], buffer: usize) -> Vec<Vec<Vec<u8>>> {
+        let mut found = Vec::new();
+        let reader = io::BufReader::with_capacity(buffer, text);
+        read(reader, &mut |fields| {
+            let fields = fields.expect("no malformed records without a UTF-8 check");
+            found.push(fields.map(<[u8]>::to_vec).collect());
+            true
+        })
+        .unwrap();
+        found
+    }
+
+    fn csv_records(text: &[u8]) -> Vec<Vec<Vec<u8>>> {
+        let mut reader =
+            ::csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(text);
+        reader.byte_records().map(|r| r.unwrap().iter().map(<[u8]>::to_vec).collect()).collect()
+    }
+
+    /// Generated text of every piece that changes how CSV splits (commas, both line ends and
+    /// the lone carriage return, quotes, blank lines, byte order marks, spaces) gives the
+    /// records the `csv` crate gives, through any buffer size.
+    #[test]
+    fn records_equal_the_csv_crates() {
+        let pieces: [&[u8]; 12] = [
+            b"1.5",
+            b"-2",
+            b",",
+            b",",
+            b"\n",
+            b"\r\n",
+            b"\r",
+            b"\"",
+            b" ",
+            b"\xef\xbb\xbf",
+            b"x",
+            b"\n\n",
+        ];
+        let mut next = crate::test_random();
+        let mut fell_back = 0;
+        for case in 0..20_000 {
+            let mut text = Vec::new();
+            // Mostly plain lines, so that the fast path runs before anything odd comes.
+            let odd_from = next(12);
+            for i in 0..next(40) {
+                let piece = pieces[next(12) as usize];
+                let odd = matches!(piece, b"\r" | b"\"") || piece.starts_with(b"\xef");
+                if !odd || i >= odd_from {
+                    text.extend_from_slice(piece);
+                }
+            }
+            fell_back += usize::from(text.iter().any(|b| matches!(b, b'"' | b'\r')));
+            let buffer = [1, 2, 7, 64][case % 4];
+            assert_eq!(records(&text, buffer), csv_records(&text), "{:?}", text.escape_ascii());
+        }
+        assert!(fell_back > 5_000, "{fell_back}");
+    }
+
+    #[test]
+    fn plain_lines_split_at_commas() {
+        let text = b"1,2,3\n\n4, 5 ,6\r\n7,,\n8";
+        let expected: Vec<Vec<Vec<u8>>> =
+            [&["1", "2", "3"][..], &["4", " 5 ", "6"], &["7", "", ""], &["8"]]
+                .iter()
+                .map(|r| r.iter().map(|f| f.as_bytes().to_vec()).collect())
+                .collect();
+        assert_eq!(records(text, 64), expected);
+    }
+
+    #[test]
+    fn a_byte_order_mark_opens_a_file_only() {
+        assert_eq!(records(b"\xef\xbb\xbf1,2\n", 64), [[b"1".to_vec(), b"2".to_vec()]]);
+        let later = records(b"1\n\xef\xbb\xbf2,\"3\"\n", 64);
+        assert_eq!(later[1], [b"\xef\xbb\xbf2".to_vec(), b"3".to_vec()]);
+    }
+}

@@ -8,10 +8,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use maas::fetch::FetchSettings;
 use maas::names::{ModelId, Version};
 use maas::predictor::RequestLimits;
-use maas::store::{S3Settings, S3Store};
+use maas::store::{ObjectStore, S3Settings, S3Store, StoreError, MULTIPART_PART_BYTES};
 use maas::Predictor;
 use maas_tests::fault_proxy::{Fault, FaultProxy, Injection};
 use maas_tests::{
@@ -261,6 +262,57 @@ async fn a_failed_part_is_retried_then_503_and_the_other_parts_are_not_kept() {
     assert_eq!(after.status, 200, "{}", after.body);
     assert_matches_reference(&case, &after.body);
     assert_disk_cache_clean(cache.path());
+}
+
+/// Writes `parts` full parts of distinct bytes (and a short tail) through a streaming write
+/// and completes it; the first error, of a write or of the completion, is the result.
+async fn write_parts(store: &S3Store, key: &str, parts: u8) -> Result<Vec<u8>, StoreError> {
+    let mut written = Vec::new();
+    let mut writer = store.put_streaming(key).await?;
+    for part in 0..parts {
+        let bytes = vec![b'a' + part; MULTIPART_PART_BYTES];
+        written.extend_from_slice(&bytes);
+        if let Err(err) = writer.write(Bytes::from(bytes)).await {
+            let _ = writer.abort().await;
+            return Err(err);
+        }
+    }
+    writer.write(Bytes::from_static(b"tail")).await?;
+    written.extend_from_slice(b"tail");
+    writer.complete().await?;
+    Ok(written)
+}
+
+/// Output parts go out while the next ones gather: a part that fails once is retried and
+/// the object completes whole; a part that fails for good fails the write after it (or the
+/// completion), the upload is aborted and no object is visible.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_output_part_is_retried_then_the_write_fails_and_nothing_is_visible() {
+    let rig = Rig::new().await;
+    let store = rig.store().await;
+    let client = maas_tests::s3_client().await;
+    let open_uploads = || async {
+        let open = client.list_multipart_uploads().bucket(&rig.bucket).send().await.unwrap();
+        open.uploads().len()
+    };
+
+    let second = Injection::next(1, Fault::Outage).on_paths_containing("partNumber=2");
+    rig.proxy.inject(second);
+    let written =
+        write_parts(&store, "out/retried.jsonl", 4).await.expect("one failure is retried");
+    assert_eq!(rig.proxy.faulted().len(), 1, "{:?}", rig.proxy.requests());
+    assert_eq!(read_all(&store, "out/retried.jsonl").await, written);
+
+    rig.proxy.inject(Injection::always(Fault::Outage).on_paths_containing("partNumber=2"));
+    let failed = write_parts(&store, "out/failed.jsonl", 4).await;
+    assert!(matches!(failed, Err(StoreError::Unavailable { .. })), "{failed:?}");
+    assert_eq!(rig.proxy.faulted().len(), 1 + settings().max_attempts as usize);
+    assert!(matches!(store.head("out/failed.jsonl").await, Err(StoreError::NotFound { .. })));
+    assert_eq!(open_uploads().await, 0, "the failed upload was not aborted");
+}
+
+async fn read_all(store: &S3Store, key: &str) -> Vec<u8> {
+    store.get(key).await.unwrap().bytes().await.unwrap().to_vec()
 }
 
 /// Every file below `dir`.

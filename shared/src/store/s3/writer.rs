@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
+use tokio::task::JoinHandle;
 
 use super::{classify, write_config, S3Store};
 use crate::store::{ObjectWriter, StoreError, MULTIPART_PART_BYTES};
@@ -20,6 +21,10 @@ use crate::store::{ObjectWriter, StoreError, MULTIPART_PART_BYTES};
 /// goes out read from it in small pieces: a job's memory does not grow by a part once its
 /// output passes one (in memory, the first full part added its 8 MiB and the buffer's growth
 /// to it; batch-predict's peak RSS grew by half from 10k to 100k rows).
+///
+/// A full part goes out on a task of its own while the next one gathers in a new spool, so
+/// writing goes on during an upload; a part starts only once the one before it is out (at
+/// most two spools, one part in flight). A failed part fails the write or completion after it.
 pub(super) struct S3Writer {
     store: S3Store,
     key: String,
@@ -27,6 +32,16 @@ pub(super) struct S3Writer {
     spool: Spool,
     upload_id: Option<String>,
     parts: Vec<CompletedPart>,
+    sending: Option<JoinHandle<Result<CompletedPart, StoreError>>>,
+}
+
+/// One part of a multipart upload: where it goes and its number.
+struct Part {
+    store: S3Store,
+    key: String,
+    full_key: String,
+    upload_id: String,
+    number: i32,
 }
 
 /// The bytes of the part being gathered, in a temporary file deleted with the writer.
@@ -41,14 +56,14 @@ const SPOOL_READ_BYTES: usize = 64 << 10;
 
 impl Spool {
     fn new(key: &str) -> Result<Spool, StoreError> {
-        let spool_error = |e: std::io::Error| StoreError::Other {
+        let failed = |e: std::io::Error| StoreError::Other {
             key: key.to_owned(),
             source: Arc::new(std::io::Error::new(
                 e.kind(),
                 format!("a spool file in {}: {e}", std::env::temp_dir().display()),
             )),
         };
-        let (file, path) = tempfile::NamedTempFile::new().map_err(spool_error)?.into_parts();
+        let (file, path) = tempfile::NamedTempFile::new().map_err(failed)?.into_parts();
         Ok(Spool { file: tokio::fs::File::from_std(file), path, len: 0 })
     }
 
@@ -73,13 +88,9 @@ impl Spool {
             .map_err(std::io::Error::other)
     }
 
-    /// Empties the spool for the next part.
-    async fn clear(&mut self) -> std::io::Result<()> {
-        use tokio::io::AsyncSeekExt;
-        self.file.set_len(0).await?;
-        self.file.rewind().await?;
-        self.len = 0;
-        Ok(())
+    /// Timeouts for sending what the spool holds.
+    fn config(&self, store: &S3Store) -> aws_sdk_s3::config::Builder {
+        write_config(&store.settings, usize::try_from(self.len).unwrap_or(usize::MAX))
     }
 }
 
@@ -92,57 +103,71 @@ impl S3Writer {
             spool: Spool::new(key)?,
             upload_id: None,
             parts: Vec::new(),
+            sending: None,
         })
     }
 
-    /// Sends the spool as the next part, creating the multipart upload first if needed.
+    /// Starts sending the spool as the next part once the one before it is out, creating
+    /// the multipart upload first if needed; the part after it gathers in a new spool.
     async fn send_part(&mut self) -> Result<(), StoreError> {
-        let upload_id = match &self.upload_id {
-            Some(id) => id.clone(),
-            None => {
-                let created = self
-                    .store
-                    .client
-                    .create_multipart_upload()
-                    .bucket(&self.store.bucket)
-                    .key(&self.full_key)
-                    .send()
-                    .await
-                    .map_err(|e| classify(&self.key, e))?;
-                let id = created.upload_id().map(str::to_owned).ok_or_else(|| {
-                    self.protocol_error("CreateMultipartUpload returned no upload id")
-                })?;
-                self.upload_id = Some(id.clone());
-                id
-            }
-        };
+        let upload_id = self.upload_id().await?;
+        self.sent().await?;
         let number = i32::try_from(self.parts.len() + 1)
-            .map_err(|_| self.protocol_error("too many parts"))?;
-        let config = self.spool_config();
-        let body = self.spool.body().await.map_err(|e| self.spool_error(e))?;
-        let sent = self
+            .map_err(|_| protocol_error(&self.key, "too many parts"))?;
+        let full = std::mem::replace(&mut self.spool, Spool::new(&self.key)?);
+        let part = Part {
+            store: self.store.clone(),
+            key: self.key.clone(),
+            full_key: self.full_key.clone(),
+            upload_id,
+            number,
+        };
+        self.sending = Some(tokio::spawn(part.send(full)));
+        Ok(())
+    }
+
+    /// Sends what the spool holds as the last part and waits until it is out.
+    async fn send_last(&mut self) -> Result<(), StoreError> {
+        if self.spool.len > 0 {
+            self.send_part().await?;
+        }
+        self.sent().await
+    }
+
+    /// Waits for the part going out, if one is.
+    async fn sent(&mut self) -> Result<(), StoreError> {
+        let Some(sending) = self.sending.take() else { return Ok(()) };
+        let part =
+            sending.await.map_err(|e| spool_error(&self.key, std::io::Error::other(e)))??;
+        self.parts.push(part);
+        Ok(())
+    }
+
+    /// The multipart upload's id, created by the first call.
+    async fn upload_id(&mut self) -> Result<String, StoreError> {
+        if let Some(id) = &self.upload_id {
+            return Ok(id.clone());
+        }
+        let created = self
             .store
             .client
-            .upload_part()
+            .create_multipart_upload()
             .bucket(&self.store.bucket)
             .key(&self.full_key)
-            .upload_id(upload_id)
-            .part_number(number)
-            .body(body)
-            .customize()
-            .config_override(config)
             .send()
             .await
             .map_err(|e| classify(&self.key, e))?;
-        let part = CompletedPart::builder().part_number(number).set_e_tag(sent.e_tag).build();
-        self.parts.push(part);
-        self.spool.clear().await.map_err(|e| self.spool_error(e))
+        let id = created.upload_id().map(str::to_owned).ok_or_else(|| {
+            protocol_error(&self.key, "CreateMultipartUpload returned no upload id")
+        })?;
+        self.upload_id = Some(id.clone());
+        Ok(id)
     }
 
     /// The object, smaller than one part, with one PutObject.
     async fn put_whole(&mut self) -> Result<(), StoreError> {
-        let config = self.spool_config();
-        let body = self.spool.body().await.map_err(|e| self.spool_error(e))?;
+        let config = self.spool.config(&self.store);
+        let body = self.spool.body().await.map_err(|e| spool_error(&self.key, e))?;
         self.store
             .client
             .put_object()
@@ -156,24 +181,43 @@ impl S3Writer {
             .map_err(|e| classify(&self.key, e))?;
         Ok(())
     }
+}
 
-    fn spool_config(&self) -> aws_sdk_s3::config::Builder {
-        write_config(&self.store.settings, usize::try_from(self.spool.len).unwrap_or(usize::MAX))
+impl Part {
+    /// Sends `spool` as this part; the spool's file goes when it is out.
+    async fn send(self, mut spool: Spool) -> Result<CompletedPart, StoreError> {
+        let config = spool.config(&self.store);
+        let body = spool.body().await.map_err(|e| spool_error(&self.key, e))?;
+        let sent = self
+            .store
+            .client
+            .upload_part()
+            .bucket(&self.store.bucket)
+            .key(&self.full_key)
+            .upload_id(self.upload_id)
+            .part_number(self.number)
+            .body(body)
+            .customize()
+            .config_override(config)
+            .send()
+            .await
+            .map_err(|e| classify(&self.key, e))?;
+        Ok(CompletedPart::builder().part_number(self.number).set_e_tag(sent.e_tag).build())
     }
+}
 
-    fn spool_error(&self, err: std::io::Error) -> StoreError {
-        StoreError::Other { key: self.key.clone(), source: Arc::new(err) }
-    }
+fn spool_error(key: &str, err: std::io::Error) -> StoreError {
+    StoreError::Other { key: key.to_owned(), source: Arc::new(err) }
+}
 
-    fn protocol_error(&self, problem: &str) -> StoreError {
-        self.spool_error(std::io::Error::other(problem.to_owned()))
-    }
+fn protocol_error(key: &str, problem: &str) -> StoreError {
+    spool_error(key, std::io::Error::other(problem.to_owned()))
 }
 
 #[async_trait]
 impl ObjectWriter for S3Writer {
     async fn write(&mut self, bytes: Bytes) -> Result<(), StoreError> {
-        self.spool.append(&bytes).await.map_err(|e| self.spool_error(e))?;
+        self.spool.append(&bytes).await.map_err(|e| spool_error(&self.key, e))?;
         if self.spool.len >= MULTIPART_PART_BYTES as u64 {
             self.send_part().await?;
         }
@@ -184,11 +228,9 @@ impl ObjectWriter for S3Writer {
         if self.upload_id.is_none() {
             return self.put_whole().await;
         }
-        if self.spool.len > 0 {
-            if let Err(err) = self.send_part().await {
-                let _ = self.abort().await;
-                return Err(err);
-            }
+        if let Err(err) = self.send_last().await {
+            let _ = self.abort().await;
+            return Err(err);
         }
         let parts = CompletedMultipartUpload::builder().set_parts(Some(self.parts.clone())).build();
         let completed = self
@@ -209,7 +251,11 @@ impl ObjectWriter for S3Writer {
         Ok(())
     }
 
-    async fn abort(self: Box<Self>) -> Result<(), StoreError> {
+    async fn abort(mut self: Box<Self>) -> Result<(), StoreError> {
+        if let Some(sending) = self.sending.take() {
+            sending.abort();
+            let _ = sending.await;
+        }
         let Some(upload_id) = &self.upload_id else { return Ok(()) };
         self.store
             .client

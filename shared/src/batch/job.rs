@@ -1,7 +1,7 @@
 //! One batch file, start to end: resolve the model its key names, read the file as a stream
-//! on a thread of its own, infer in mini-batches, stream the output lines to a store writer
-//! on a task of its own (bounded channels between the three, so memory does not grow with
-//! the file), complete the output, then write the manifest. Any failure aborts the output;
+//! on a thread of its own, infer in mini-batches, serialise the output lines and stream them
+//! to a store writer on a task of its own (bounded channels between the three, so memory does
+//! not grow with the file), complete the output, then write the manifest. Any failure aborts the output;
 //! the deadline aborts it too and writes no manifest.
 
 use std::time::Instant;
@@ -16,7 +16,7 @@ use super::layout::InputObject;
 use super::manifest::{
     ErrorInfo, InputInfo, JobManifest, JobTimings, ModelInfo, OutputInfo, RowCounts, Status,
 };
-use super::output::{self, Written};
+use super::output::{self, Chunk, Written};
 use super::{infer, Batch};
 use crate::error::Error;
 use crate::names::ModelId;
@@ -111,12 +111,12 @@ async fn execute(
     });
 
     let writer = batch.store.put_streaming(&input.output_key(&batch.settings)).await?;
-    let (bytes_tx, bytes_rx) = mpsc::channel(IN_FLIGHT);
-    let writing = tokio::spawn(output::write_all(writer, bytes_rx));
+    let (chunks_tx, chunks_rx) = mpsc::channel(IN_FLIGHT);
+    let writing = tokio::spawn(output::write_all(writer, chunks_rx));
     let mut counts = RowCounts::default();
     let mut inference_ms = 0.0;
     let inferring =
-        Box::pin(infer_all(batch, &id, rows_rx, bytes_tx, &mut counts, &mut inference_ms));
+        Box::pin(infer_all(batch, &id, rows_rx, chunks_tx, &mut counts, &mut inference_ms));
     let outcome = match deadline {
         Some(deadline) => tokio::select! {
             outcome = inferring => outcome,
@@ -133,7 +133,7 @@ async fn execute(
         other => other,
     });
     let (writer, written) = writing.await.map_err(|e| Error::internal("the output writer", e))?;
-    match outcome.and_then(|()| written.map_err(Error::from)) {
+    match outcome.and(written) {
         Ok(written) => {
             writer.complete().await?;
             Ok(written)
@@ -171,13 +171,13 @@ fn read_rows(
     let _ = rows.blocking_send(last);
 }
 
-/// The inference stage: each mini-batch through the model, its lines to the writer, the
+/// The inference stage: each mini-batch through the model, its outcomes to the writer, the
 /// failure ratio checked as rows come.
 async fn infer_all(
     batch: &Batch,
     id: &ModelId,
     mut rows: mpsc::Receiver<Result<Vec<RowResult>, Error>>,
-    lines: mpsc::Sender<Bytes>,
+    chunks: mpsc::Sender<Chunk>,
     counts: &mut RowCounts,
     inference_ms: &mut f64,
 ) -> Result<(), Error> {
@@ -189,9 +189,7 @@ async fn infer_all(
         let failed = outcomes.iter().filter(|o| o.is_err()).count() as u64;
         counts.failed += failed;
         counts.ok += outcomes.len() as u64 - failed;
-        let mut out = Vec::with_capacity(outcomes.len() * 128);
-        output::write_lines(&mut out, first_row, outcomes)?;
-        if lines.send(Bytes::from(out)).await.is_err() {
+        if chunks.send(Chunk { first_row, outcomes }).await.is_err() {
             // The writer failed; its error is the job's.
             return Ok(());
         }

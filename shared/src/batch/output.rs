@@ -11,7 +11,7 @@ use super::infer::Outcome;
 use crate::error::Error;
 use crate::protocol::json;
 use crate::protocol::oip::ResponseOutput;
-use crate::store::{BoxWriter, StoreError};
+use crate::store::BoxWriter;
 
 #[derive(Serialize)]
 #[serde(untagged)]
@@ -47,19 +47,30 @@ pub struct Written {
     pub bytes: u64,
 }
 
-/// Writes everything `chunks` brings to `writer`, hashing it, until the channel closes; hands
-/// the writer back (to complete or abort) with the result.
+/// The outcomes of a mini-batch whose first row is numbered `first_row`.
+pub struct Chunk {
+    pub first_row: u64,
+    pub outcomes: Vec<Outcome>,
+}
+
+/// Writes the lines of everything `chunks` brings to `writer`, hashing them, until the
+/// channel closes; hands the writer back (to complete or abort) with the result. Lines are
+/// serialised here, on the writer's task, while the next mini-batch is inferred.
 pub async fn write_all(
     mut writer: BoxWriter,
-    mut chunks: mpsc::Receiver<Bytes>,
-) -> (BoxWriter, Result<Written, StoreError>) {
+    mut chunks: mpsc::Receiver<Chunk>,
+) -> (BoxWriter, Result<Written, Error>) {
     let mut hash = Sha256::new();
     let mut bytes = 0u64;
-    while let Some(chunk) = chunks.recv().await {
-        hash.update(&chunk);
-        bytes += chunk.len() as u64;
-        if let Err(err) = writer.write(chunk).await {
+    while let Some(Chunk { first_row, outcomes }) = chunks.recv().await {
+        let mut out = Vec::with_capacity(outcomes.len() * 128);
+        if let Err(err) = write_lines(&mut out, first_row, outcomes) {
             return (writer, Err(err));
+        }
+        hash.update(&out);
+        bytes += out.len() as u64;
+        if let Err(err) = writer.write(Bytes::from(out)).await {
+            return (writer, Err(err.into()));
         }
     }
     (writer, Ok(Written { sha256: hex::encode(hash.finalize()), bytes }))

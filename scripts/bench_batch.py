@@ -14,9 +14,12 @@ one CSV file is put into a moto S3 server this script starts, then scored twice:
   (multipart, by boto3). Peak RSS is its ru_maxrss.
 
 Both run with the same threads (the machine's CPUs). Time is the whole job, read to written.
+A small job of each side runs first, untimed (moto, the page cache and the libraries warm);
+then each file is scored `--repeat` times, the two sides taking turns, and the table gives
+the medians (rows/s, peak RSS) and the range of rows/s.
 
 Usage: .venv/bin/python scripts/bench_batch.py [--rows 10000,100000,1000000]
-           [--mlp-rows 10000,100000] [--binary target/release/batch-predict]
+           [--mlp-rows 10000,100000] [--repeat 3] [--binary target/release/batch-predict]
 Prints a markdown table (scripts/benchmarks.md has the results).
 """
 
@@ -27,6 +30,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -229,6 +233,37 @@ def run_baseline(python: Path, endpoint: str, bucket: str, key: str, model: Path
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def score(s3, work: Path, bucket: str, name: str, model: Path, columns: int, rows: int, binary: Path,
+          endpoint: str, bench_python: Path, repeat: int) -> tuple[float, list[dict], list[dict]]:
+    """Scores a file of `rows` rows `repeat` times by each side, taking turns."""
+    csv = work / f"{name}-{rows}.csv"
+    make_csv(csv, rows, columns)
+    key = f"batch/input/{name}/{rows} rows.csv"
+    s3.upload_file(str(csv), bucket, key)
+    size_mb = csv.stat().st_size / 1e6
+    csv.unlink()
+    ours, theirs = [], []
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory(dir=work) as cache:
+            ours.append(run_batch_predict(binary, endpoint, bucket, key, cache))
+        theirs.append(run_baseline(bench_python, endpoint, bucket, key, model))
+        assert ours[-1]["rows"] == rows == theirs[-1]["rows"], (ours, theirs)
+    s3.delete_object(Bucket=bucket, Key=key)
+    return size_mb, ours, theirs
+
+
+def rates(rows: int, runs: list[dict]) -> list[float]:
+    return [rows / run["seconds"] for run in runs]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def span(values: list[float]) -> str:
+    return f"{min(values):,.0f}-{max(values):,.0f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
@@ -238,6 +273,7 @@ def main() -> None:
     parser.add_argument("--model")
     parser.add_argument("--rows", default="10000,100000,1000000")
     parser.add_argument("--mlp-rows", default="10000,100000")
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--binary", default=str(ROOT / "target/release/batch-predict"))
     args = parser.parse_args()
     if args.baseline:
@@ -273,26 +309,20 @@ def main() -> None:
         plan = [("iris", iris, 4, int(n)) for n in args.rows.split(",") if n]
         plan += [("mlp784", mlp, 784, int(n)) for n in args.mlp_rows.split(",") if n]
         print(f"machine: {platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
-              f"Linux {platform.release()}")
-        print("| model | rows | input MB | batch-predict rows/s | batch-predict peak RSS | "
-              "pandas+onnxruntime rows/s | pandas+onnxruntime peak RSS | speed-up |")
+              f"Linux {platform.release()}; medians of {args.repeat} runs")
+        score(s3, work, bucket, "iris", iris, 4, 1000, binary, endpoint, bench_python, 1)  # warm-up
+        print("| model | rows | input MB | batch-predict rows/s (range) | batch-predict peak RSS | "
+              "pandas+onnxruntime rows/s (range) | pandas+onnxruntime peak RSS | speed-up |")
         print("|---|---|---|---|---|---|---|---|")
         for name, model, columns, rows in plan:
-            csv = work / f"{name}-{rows}.csv"
-            make_csv(csv, rows, columns)
-            key = f"batch/input/{name}/{rows} rows.csv"
-            s3.upload_file(str(csv), bucket, key)
-            size_mb = csv.stat().st_size / 1e6
-            csv.unlink()
-            with tempfile.TemporaryDirectory(dir=work) as cache:
-                ours = run_batch_predict(binary, endpoint, bucket, key, cache)
-            theirs = run_baseline(bench_python, endpoint, bucket, key, model)
-            assert ours["rows"] == rows == theirs["rows"], (ours, theirs)
-            ours_rate, theirs_rate = rows / ours["seconds"], rows / theirs["seconds"]
-            print(f"| {name} | {rows:,} | {size_mb:.1f} | {ours_rate:,.0f} | {ours['peak_rss'] / 2**20:.0f} MiB | "
-                  f"{theirs_rate:,.0f} | {theirs['peak_rss'] / 2**20:.0f} MiB | {ours_rate / theirs_rate:.1f}x |",
-                  flush=True)
-            s3.delete_object(Bucket=bucket, Key=key)
+            size_mb, ours, theirs = score(s3, work, bucket, name, model, columns, rows, binary, endpoint,
+                                          bench_python, args.repeat)
+            ours_rate, theirs_rate = rates(rows, ours), rates(rows, theirs)
+            print(f"| {name} | {rows:,} | {size_mb:.1f} | {median(ours_rate):,.0f} ({span(ours_rate)}) | "
+                  f"{median([r['peak_rss'] for r in ours]) / 2**20:.0f} MiB | "
+                  f"{median(theirs_rate):,.0f} ({span(theirs_rate)}) | "
+                  f"{median([r['peak_rss'] for r in theirs]) / 2**20:.0f} MiB | "
+                  f"{median(ours_rate) / median(theirs_rate):.1f}x |", flush=True)
     finally:
         moto.kill()
         moto.wait()

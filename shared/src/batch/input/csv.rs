@@ -6,24 +6,29 @@ use std::io::{self, BufRead};
 use serde_json::Value;
 
 use super::decimal::{self, Float, Refusal};
-use super::records::{self, Fields};
+use super::records::{self, Fields, Malformed};
 use super::{Row, RowResult};
 use crate::error::Error;
 use crate::protocol::json;
 use crate::signature::TensorSpec;
 use crate::tensor::{DataType, Tensor, TensorData};
 
-/// Calls `emit` with each record decoded for `input`, of shape `[rows, columns]`.
+/// Calls `emit` with each record decoded for `input`, of shape `[rows, columns]`; a record
+/// over `max_record` bytes is an error of its own, or ends the reading ([`records`]).
 pub(super) fn read(
     reader: impl BufRead,
     input: &TensorSpec,
+    max_record: usize,
     emit: &mut dyn FnMut(RowResult) -> bool,
 ) -> io::Result<()> {
     let mut first = true;
-    records::read(reader, &mut |record| match record {
+    records::read(reader, max_record, &mut |record| match record {
         Ok(fields) if std::mem::take(&mut first) && is_header(fields.clone()) => true,
         Ok(fields) => emit(decode_fields(fields, input)),
-        Err(e) => emit(Err(Error::invalid_request(format!("invalid CSV: {e}")))),
+        Err(Malformed::TooLong(size)) => {
+            emit(Err(Error::PayloadTooLarge { what: "a CSV line", size, limit: max_record as u64 }))
+        }
+        Err(Malformed::Csv(e)) => emit(Err(Error::invalid_request(format!("invalid CSV: {e}")))),
     })
 }
 
@@ -145,7 +150,7 @@ mod tests {
 
     fn rows(text: &str) -> Vec<RowResult> {
         let mut rows = Vec::new();
-        read(text.as_bytes(), &iris(), &mut |row| {
+        read(text.as_bytes(), &iris(), 1 << 20, &mut |row| {
             rows.push(row);
             true
         })

@@ -46,7 +46,7 @@ pub(super) fn read(
 }
 
 /// Reads up to and including the next newline, keeping nothing.
-fn skip_line(reader: &mut impl BufRead) -> io::Result<()> {
+pub(super) fn skip_line(reader: &mut impl BufRead) -> io::Result<()> {
     loop {
         let buffer = reader.fill_buf()?;
         if buffer.is_empty() {

@@ -81,7 +81,10 @@ pub fn read(
         Kind::Jsonl => {
             jsonl::read(reader, signature, limits.max_request_bytes, emit).map_err(unreadable)
         }
-        Kind::Csv => csv::read(reader, tabular_input(key, signature)?, emit).map_err(unreadable),
+        Kind::Csv => {
+            let input = tabular_input(key, signature)?;
+            csv::read(reader, input, limits.max_request_bytes, emit).map_err(unreadable)
+        }
         Kind::Npy => npy::read(reader, key, single_input(key, signature, "a .npy file")?, emit),
     }
 }

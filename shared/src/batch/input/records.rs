@@ -5,8 +5,14 @@
 //! quote or a lone carriage return anywhere in it, or a byte order mark opening the file), the
 //! `csv` crate reads the rest of the file. Both give the records the `csv` crate gives for the
 //! whole file (a test compares them over generated text), blank lines skipped.
+//!
+//! A record is held whole while it is read, so its length is bounded: a plain line over the
+//! limit is an error of its own and is skipped; past a quote, a record over it makes the rest
+//! of the file unreadable (where it ends cannot be known without reading it).
 
+use std::cell::Cell;
 use std::io::{self, BufRead, Read};
+use std::rc::Rc;
 
 /// The fields of one record, in order.
 #[derive(Clone)]
@@ -36,27 +42,44 @@ impl<'r> Iterator for Fields<'r> {
     }
 }
 
-/// What reading found besides records: a record the `csv` crate could not read.
-pub type Malformed = ::csv::Error;
+/// A record that could not be read.
+#[derive(Debug)]
+pub enum Malformed {
+    /// A plain line of this many bytes (at least), over the limit; it was skipped.
+    TooLong(u64),
+    /// A record the `csv` crate refused.
+    Csv(::csv::Error),
+}
 
-/// Calls `each` with every record of `reader` (or the error of a record the `csv` crate
-/// refused) until it returns `false`. Fails only when `reader` does.
+/// Calls `each` with every record of `reader` (or why one could not be read) until it
+/// returns `false`; records hold at most `max_record` bytes. Fails when `reader` does, or
+/// when a record past a quote is longer.
 pub fn read(
     mut reader: impl BufRead,
+    max_record: usize,
     each: &mut dyn FnMut(Result<Fields<'_>, Malformed>) -> bool,
 ) -> io::Result<()> {
+    let max_record = u64::try_from(max_record).unwrap_or(u64::MAX);
     let mut line = Vec::new();
     let mut first = true;
     loop {
         line.clear();
-        if reader.read_until(b'\n', &mut line)? == 0 {
+        if (&mut reader).take(max_record.saturating_add(1)).read_until(b'\n', &mut line)? == 0 {
             return Ok(());
+        }
+        if line.len() as u64 > max_record && line.last() != Some(&b'\n') {
+            super::jsonl::skip_line(&mut reader)?;
+            first = false;
+            if !each(Err(Malformed::TooLong(line.len() as u64))) {
+                return Ok(());
+            }
+            continue;
         }
         let Some(record) = plain(&line, first) else {
             // A fresh `csv` reader would take a byte order mark opening what it is given for
             // the file's; after the first line, a blank line in front stops that.
             let before: &[u8] = if first { b"" } else { b"\n" };
-            return read_csv(before.chain(line.as_slice()).chain(reader), each);
+            return read_csv(before.chain(line.as_slice()).chain(reader), max_record, each);
         };
         first = false;
         if !record.is_empty() && !each(Ok(Fields::Plain(Some(record)))) {
@@ -77,17 +100,23 @@ fn plain(line: &[u8], first: bool) -> Option<&[u8]> {
 
 fn read_csv(
     reader: impl Read,
+    max_record: u64,
     each: &mut dyn FnMut(Result<Fields<'_>, Malformed>) -> bool,
 ) -> io::Result<()> {
+    let record_end = Rc::new(Cell::new(0));
+    let bounded =
+        Bounded { inner: reader, read: 0, max_record, record_end: Rc::clone(&record_end) };
     let mut records =
-        ::csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(reader);
+        ::csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(bounded);
     let mut record = ::csv::ByteRecord::new();
     loop {
-        let more = match records.read_byte_record(&mut record) {
+        let read = records.read_byte_record(&mut record);
+        record_end.set(records.position().byte());
+        let more = match read {
             Ok(more) => more,
             Err(e) if e.is_io_error() => return Err(io::Error::from(e)),
             Err(e) => {
-                if !each(Err(e)) {
+                if !each(Err(Malformed::Csv(e))) {
                     return Ok(());
                 }
                 continue;
@@ -99,6 +128,30 @@ fn read_csv(
     }
 }
 
+/// A reader that fails once `max_record` bytes more than the end of the last record
+/// (`record_end`, in the bytes it gave) have been read: the `csv` crate gathers a record
+/// whole, and its read-ahead is small.
+struct Bounded<R> {
+    inner: R,
+    read: u64,
+    max_record: u64,
+    record_end: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.read > self.record_end.get().saturating_add(self.max_record) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a CSV record is longer than {} bytes", self.max_record),
+            ));
+        }
+        let read = self.inner.read(buf)?;
+        self.read += read as u64;
+        Ok(read)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,7 +159,7 @@ mod tests {
     fn records(text: &[u8], buffer: usize) -> Vec<Vec<Vec<u8>>> {
         let mut found = Vec::new();
         let reader = io::BufReader::with_capacity(buffer, text);
-        read(reader, &mut |fields| {
+        read(reader, 1 << 20, &mut |fields| {
             let fields = fields.expect("no malformed records without a UTF-8 check");
             found.push(fields.map(<[u8]>::to_vec).collect());
             true
@@ -176,5 +229,33 @@ mod tests {
         assert_eq!(records(b"\xef\xbb\xbf1,2\n", 64), [[b"1".to_vec(), b"2".to_vec()]]);
         let later = records(b"1\n\xef\xbb\xbf2,\"3\"\n", 64);
         assert_eq!(later[1], [b"\xef\xbb\xbf2".to_vec(), b"3".to_vec()]);
+    }
+
+    #[test]
+    fn records_longer_than_the_limit_are_refused() {
+        let long = format!("1,{}\n", "2".repeat(100));
+        let text = format!("1,2\n{long}3,4\n");
+        let mut seen = Vec::new();
+        read(io::BufReader::with_capacity(7, text.as_bytes()), 50, &mut |fields| {
+            seen.push(match fields {
+                Ok(fields) => format!("{:?}", fields.map(<[u8]>::to_vec).collect::<Vec<_>>()),
+                Err(Malformed::TooLong(size)) => format!("too long: {size}"),
+                Err(other) => panic!("{other:?}"),
+            });
+            true
+        })
+        .unwrap();
+        assert_eq!(seen, ["[[49], [50]]", "too long: 51", "[[51], [52]]"]);
+
+        // Past a quote the record's end is unknown: the rest of the file is unreadable.
+        let quoted = format!("1,2\n\"{}\",3\n4,5\n", "\n".repeat(100_000));
+        let mut rows = 0;
+        let failed = read(quoted.as_bytes(), 50_000, &mut |_| {
+            rows += 1;
+            true
+        });
+        assert_eq!(rows, 1);
+        let message = failed.unwrap_err().to_string();
+        assert!(message.contains("longer than 50000 bytes"), "{message}");
     }
 }

@@ -48,6 +48,11 @@ impl DiskCache {
         self.dir.join(id.name.as_str()).join(id.version.to_string())
     }
 
+    /// Whether downloaded files are decoded as they arrive (`FetchSettings::decode`).
+    pub fn decodes_while_fetching(&self) -> bool {
+        self.fetch.decode
+    }
+
     pub fn path_for(&self, id: &ModelId, file: &ModelFile) -> PathBuf {
         self.version_dir(id).join(format!("{}.onnx", file.expected.sha256))
     }

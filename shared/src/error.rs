@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::names::ModelId;
 use crate::store::StoreError;
 
 /// A cause kept behind an `Arc` so that an error can be cloned: one failed cold load is
@@ -153,6 +154,16 @@ impl Error {
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
         Error::Internal { context: context.into(), source: Arc::new(source) }
+    }
+
+    /// A stored version that cannot be served as it is (its files missing, damaged or
+    /// unloadable).
+    pub fn corrupt_model(id: &ModelId, problem: impl Into<String>) -> Self {
+        Error::CorruptModel {
+            name: id.name.to_string(),
+            version: id.version.get(),
+            problem: problem.into(),
+        }
     }
 
     /// The HTTP status this error maps to.

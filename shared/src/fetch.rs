@@ -194,11 +194,7 @@ impl PartJob {
     }
 
     fn mismatch(&self, problem: String) -> Error {
-        Error::CorruptModel {
-            name: self.id.name.to_string(),
-            version: self.id.version.get(),
-            problem,
-        }
+        Error::corrupt_model(&self.id, problem)
     }
 }
 
@@ -317,11 +313,7 @@ pub async fn fetch(
 /// files are incomplete, which is corruption, not a client mistake.
 pub fn model_store_error(id: &ModelId, err: StoreError) -> Error {
     match err {
-        StoreError::NotFound { key } => Error::CorruptModel {
-            name: id.name.to_string(),
-            version: id.version.get(),
-            problem: format!("`{key}` is missing"),
-        },
+        StoreError::NotFound { key } => Error::corrupt_model(id, format!("`{key}` is missing")),
         other => other.into(),
     }
 }

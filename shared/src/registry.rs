@@ -107,22 +107,12 @@ pub struct Registry {
     store: SharedStore,
     disk: DiskCache,
     engine_settings: engine::Settings,
-    /// Whether downloaded files are decoded as they arrive (`FetchSettings::decode`).
-    decode_while_fetching: bool,
     /// One model is parsed and optimised at a time (see `load_uncached`).
     loading: tokio::sync::Semaphore,
     loaded: Cache<ModelId, Arc<LoadedModel>>,
     /// Models evicted from `loaded`, alive while a request still holds them.
     evicted: Arc<Mutex<HashMap<ModelId, Weak<LoadedModel>>>>,
     resolved: Cache<ResolveKey, Version>,
-}
-
-fn corrupt(id: &ModelId, problem: impl Into<String>) -> Error {
-    Error::CorruptModel {
-        name: id.name.to_string(),
-        version: id.version.get(),
-        problem: problem.into(),
-    }
 }
 
 impl Registry {
@@ -155,7 +145,6 @@ impl Registry {
             store,
             disk: DiskCache::new(&settings.disk_dir, settings.disk_bytes, settings.fetch),
             engine_settings: settings.engine,
-            decode_while_fetching: settings.fetch.decode,
             loading: tokio::sync::Semaphore::new(1),
             loaded,
             evicted,
@@ -273,7 +262,7 @@ impl Registry {
         // A downloaded file is decoded as it arrives, beside the download.
         let mut decoder = None;
         let (settings, size) = (self.engine_settings, manifest.size);
-        let decode = self.decode_while_fetching;
+        let decode = self.disk.decodes_while_fetching();
         let mut tee = |part: &Bytes| {
             if decode {
                 let decoder = decoder.get_or_insert_with(|| StreamDecoder::start(&settings, size));
@@ -310,7 +299,10 @@ impl Registry {
             // A model placed in the store without model-upload's validation: an error for
             // this model only.
             Error::Engine { .. } | Error::InvalidModel { .. } | Error::InferenceRejected { .. } => {
-                corrupt(id, format!("it cannot be loaded: {}", crate::error::chain(&err)))
+                Error::corrupt_model(
+                    id,
+                    format!("it cannot be loaded: {}", crate::error::chain(&err)),
+                )
             }
             other => other,
         })?;
@@ -339,9 +331,9 @@ impl Registry {
             Err(other) => return Err(other.into()),
         };
         let manifest: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| corrupt(id, format!("unreadable manifest: {e}")))?;
+            .map_err(|e| Error::corrupt_model(id, format!("unreadable manifest: {e}")))?;
         if manifest.name != id.name.as_str() || manifest.version != id.version.get() {
-            return Err(corrupt(
+            return Err(Error::corrupt_model(
                 id,
                 format!("manifest names {}@{}", manifest.name, manifest.version),
             ));

@@ -35,7 +35,7 @@ use crate::store::{LocalStore, MemoryStore, S3Settings, S3Store, SharedStore};
 /// | `MAAS_DISK_CACHE_BYTES` | size bound of the disk cache | 402653184 (384 MiB) |
 /// | `MAAS_MEMORY_CACHE_BYTES` | bytes of loaded models kept in memory (LRU beyond it); a model weighs what it holds loaded, at least its file (small models several times it) | half of `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, else 1 GiB |
 /// | `MAAS_PRELOAD` | models loaded during start-up (the Lambda init phase): `name` or `name:version`, comma-separated | none |
-/// | `MAAS_PRELOAD_BATCHES` | batch sizes (comma-separated) whose plans are built at start-up for the preloaded models planned per shape, so the first request in those buckets does not wait for an optimisation | none |
+/// | `MAAS_PRELOAD_BATCHES` | batch sizes (comma-separated, up to `MAAS_MAX_BATCH`) whose plans are built at start-up for the preloaded models planned per shape, so the first request in those buckets does not wait for an optimisation | none |
 /// | `MAAS_MAX_REQUEST_BYTES` | largest request body accepted (413 beyond) | 6291456 (6 MiB, Lambda's payload limit) |
 /// | `MAAS_MAX_RESPONSE_BYTES` | largest response as Lambda returns it, base64 of binary bodies and JSON escapes counted (413 naming batch-predict beyond) | 6291456 (6 MiB, Lambda's synchronous response limit) |
 /// | `MAAS_MAX_BATCH` | most rows in one request: the first dimension of inputs whose first dimension is dynamic (413 beyond) | 4096 |
@@ -166,6 +166,15 @@ impl Config {
                 defaults.min_share_micros,
             )?,
         };
+        let requests = RequestLimits {
+            max_request_bytes: parse_or(
+                &lookup,
+                "MAAS_MAX_REQUEST_BYTES",
+                requests.max_request_bytes,
+            )?,
+            max_batch: parse_or(&lookup, "MAAS_MAX_BATCH", requests.max_batch)?,
+            max_elements: parse_or(&lookup, "MAAS_MAX_ELEMENTS", requests.max_elements)?,
+        };
         Ok(Config {
             store,
             s3: s3_settings(&lookup)?,
@@ -185,16 +194,9 @@ impl Config {
             preload: parse_preload(lookup("MAAS_PRELOAD").as_deref().unwrap_or(""))?,
             preload_batches: parse_batches(
                 lookup("MAAS_PRELOAD_BATCHES").as_deref().unwrap_or(""),
+                requests.max_batch,
             )?,
-            requests: RequestLimits {
-                max_request_bytes: parse_or(
-                    &lookup,
-                    "MAAS_MAX_REQUEST_BYTES",
-                    requests.max_request_bytes,
-                )?,
-                max_batch: parse_or(&lookup, "MAAS_MAX_BATCH", requests.max_batch)?,
-                max_elements: parse_or(&lookup, "MAAS_MAX_ELEMENTS", requests.max_elements)?,
-            },
+            requests,
             max_response_bytes: parse_or(&lookup, "MAAS_MAX_RESPONSE_BYTES", 6 << 20)?,
             publish: PublishLimits {
                 max_model_bytes: parse_or(&lookup, "MAAS_MAX_MODEL_BYTES", 512 << 20)?,
@@ -320,15 +322,18 @@ where
     }
 }
 
-fn parse_batches(list: &str) -> Result<Vec<usize>, ConfigError> {
+/// Batch sizes to plan for at start-up: each one a request may have (up to `max_batch`).
+fn parse_batches(list: &str, max_batch: usize) -> Result<Vec<usize>, ConfigError> {
     list.split(',')
         .map(str::trim)
         .filter(|item| !item.is_empty())
         .map(|item| match item.parse::<usize>() {
-            Ok(rows) if (1..=4096).contains(&rows) => Ok(rows),
+            Ok(rows) if (1..=max_batch).contains(&rows) => Ok(rows),
             _ => Err(ConfigError {
                 variable: "MAAS_PRELOAD_BATCHES",
-                problem: format!("`{item}` is not a batch size from 1 to 4096"),
+                problem: format!(
+                    "`{item}` is not a batch size from 1 to {max_batch} (MAAS_MAX_BATCH)"
+                ),
             }),
         })
         .collect()
@@ -431,6 +436,18 @@ mod tests {
         let err =
             config(&[("MAAS_STORE", "memory://"), ("MAAS_PRELOAD_BATCHES", "8,0")]).unwrap_err();
         assert_eq!(err.variable, "MAAS_PRELOAD_BATCHES");
+        // A batch no request may have is refused, by the configured bound.
+        let over =
+            [("MAAS_STORE", "memory://"), ("MAAS_MAX_BATCH", "16"), ("MAAS_PRELOAD_BATCHES", "32")];
+        let err = config(&over).unwrap_err();
+        assert_eq!(err.variable, "MAAS_PRELOAD_BATCHES");
+        assert!(err.problem.contains("from 1 to 16"), "{}", err.problem);
+        let within = [
+            ("MAAS_STORE", "memory://"),
+            ("MAAS_MAX_BATCH", "8192"),
+            ("MAAS_PRELOAD_BATCHES", "8192"),
+        ];
+        assert_eq!(config(&within).unwrap().preload_batches, [8192]);
     }
 
     #[test]

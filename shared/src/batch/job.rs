@@ -1,8 +1,8 @@
 //! One batch file, start to end: resolve the model its key names, read the file as a stream
 //! on a thread of its own, infer in mini-batches, serialise the output lines and stream them
 //! to a store writer on a task of its own (bounded channels between the three, so memory does
-//! not grow with the file), complete the output, then write the manifest. Any failure aborts the output;
-//! the deadline aborts it too and writes no manifest.
+//! not grow with the file), complete the output, then write the manifest. Any failure aborts
+//! the output; the deadline aborts it too and writes no manifest.
 
 use std::time::Instant;
 

@@ -2,11 +2,11 @@
 //! TensorFlow Serving request (`{"instances": [...]}`), or one TensorFlow Serving instance
 //! (an object of inputs by name, or a bare value or array for one-input models).
 
-use std::io::{self, BufRead, Read};
+use std::io::{self, BufRead};
 
 use serde_json::Value;
 
-use super::{Row, RowResult};
+use super::{read_line, Line, Row, RowResult};
 use crate::error::Error;
 use crate::protocol::{json, oip, tfserving};
 use crate::signature::Signature;
@@ -21,46 +21,18 @@ pub(super) fn read(
 ) -> io::Result<()> {
     let mut line = Vec::new();
     loop {
-        line.clear();
-        let limit = u64::try_from(max_line).unwrap_or(u64::MAX).saturating_add(1);
-        let read = (&mut reader).take(limit).read_until(b'\n', &mut line)?;
-        if read == 0 {
-            return Ok(());
-        }
-        let row = if line.len() > max_line && line.last() != Some(&b'\n') {
-            skip_line(&mut reader)?;
-            Err(Error::PayloadTooLarge {
+        let row = match read_line(&mut reader, max_line, &mut line)? {
+            Line::End => return Ok(()),
+            Line::TooLong(size) => Err(Error::PayloadTooLarge {
                 what: "a JSON Lines line",
-                size: line.len() as u64,
+                size,
                 limit: max_line as u64,
-            })
-        } else if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        } else {
-            decode_line(&line, signature)
+            }),
+            Line::Read if line.iter().all(u8::is_ascii_whitespace) => continue,
+            Line::Read => decode_line(&line, signature),
         };
         if !emit(row) {
             return Ok(());
-        }
-    }
-}
-
-/// Reads up to and including the next newline, keeping nothing.
-pub(super) fn skip_line(reader: &mut impl BufRead) -> io::Result<()> {
-    loop {
-        let buffer = reader.fill_buf()?;
-        if buffer.is_empty() {
-            return Ok(());
-        }
-        match buffer.iter().position(|&b| b == b'\n') {
-            Some(at) => {
-                reader.consume(at + 1);
-                return Ok(());
-            }
-            None => {
-                let all = buffer.len();
-                reader.consume(all);
-            }
         }
     }
 }

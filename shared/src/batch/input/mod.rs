@@ -89,6 +89,51 @@ pub fn read(
     }
 }
 
+/// What [`read_line`] found.
+enum Line {
+    /// The reader is at its end.
+    End,
+    /// A line over the limit, of this many bytes at least; it was skipped to its end.
+    TooLong(u64),
+    /// A line, in the buffer given.
+    Read,
+}
+
+/// Reads the next line of `reader` into `line` (emptied first, its `\n` kept), holding at
+/// most `max` bytes of it: JSON Lines lines and CSV records are held whole while read.
+fn read_line(reader: &mut impl BufRead, max: usize, line: &mut Vec<u8>) -> io::Result<Line> {
+    line.clear();
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    if reader.take(limit).read_until(b'\n', line)? == 0 {
+        return Ok(Line::End);
+    }
+    if line.len() > max && line.last() != Some(&b'\n') {
+        skip_line(reader)?;
+        return Ok(Line::TooLong(line.len() as u64));
+    }
+    Ok(Line::Read)
+}
+
+/// Reads up to and including the next newline, keeping nothing.
+fn skip_line(reader: &mut impl BufRead) -> io::Result<()> {
+    loop {
+        let buffer = reader.fill_buf()?;
+        if buffer.is_empty() {
+            return Ok(());
+        }
+        match buffer.iter().position(|&b| b == b'\n') {
+            Some(at) => {
+                reader.consume(at + 1);
+                return Ok(());
+            }
+            None => {
+                let all = buffer.len();
+                reader.consume(all);
+            }
+        }
+    }
+}
+
 /// A read failure: the store's own error when the stream broke, else a bad file.
 pub(crate) fn unreadable(key: &str, err: io::Error) -> Error {
     let store_error =

@@ -14,6 +14,8 @@ use std::cell::Cell;
 use std::io::{self, BufRead, Read};
 use std::rc::Rc;
 
+use super::{read_line, Line};
+
 /// The fields of one record, in order.
 #[derive(Clone)]
 pub enum Fields<'r> {
@@ -59,27 +61,26 @@ pub fn read(
     max_record: usize,
     each: &mut dyn FnMut(Result<Fields<'_>, Malformed>) -> bool,
 ) -> io::Result<()> {
-    let max_record = u64::try_from(max_record).unwrap_or(u64::MAX);
     let mut line = Vec::new();
     let mut first = true;
     loop {
-        line.clear();
-        if (&mut reader).take(max_record.saturating_add(1)).read_until(b'\n', &mut line)? == 0 {
-            return Ok(());
-        }
-        if line.len() as u64 > max_record && line.last() != Some(&b'\n') {
-            super::jsonl::skip_line(&mut reader)?;
-            first = false;
-            if !each(Err(Malformed::TooLong(line.len() as u64))) {
-                return Ok(());
+        match read_line(&mut reader, max_record, &mut line)? {
+            Line::End => return Ok(()),
+            Line::TooLong(size) => {
+                first = false;
+                if !each(Err(Malformed::TooLong(size))) {
+                    return Ok(());
+                }
+                continue;
             }
-            continue;
+            Line::Read => {}
         }
         let Some(record) = plain(&line, first) else {
             // A fresh `csv` reader would take a byte order mark opening what it is given for
             // the file's; after the first line, a blank line in front stops that.
             let before: &[u8] = if first { b"" } else { b"\n" };
-            return read_csv(before.chain(line.as_slice()).chain(reader), max_record, each);
+            let rest = before.chain(line.as_slice()).chain(reader);
+            return read_csv(rest, u64::try_from(max_record).unwrap_or(u64::MAX), each);
         };
         first = false;
         if !record.is_empty() && !each(Ok(Fields::Plain(Some(record)))) {

@@ -149,6 +149,9 @@ def publish(s3, bucket: str, name: str, model: Path, signature: dict) -> None:
     }
     s3.put_object(Bucket=bucket, Key=f"models/{name}/1/model.onnx", Body=data)
     s3.put_object(Bucket=bucket, Key=f"models/{name}/1/manifest.json", Body=json.dumps(manifest).encode())
+    # The pointer model-upload writes with each version; without it every job resolves
+    # `latest` by listing the model's keys (and moto answers the missing pointer slowly).
+    s3.put_object(Bucket=bucket, Key=f"models/{name}/latest", Body=b'{"version": 1}')
 
 
 def make_csv(path: Path, rows: int, columns: int) -> None:

@@ -51,6 +51,7 @@ use crate::store::{LocalStore, MemoryStore, S3Settings, S3Store, SharedStore};
 /// | `MAAS_BATCH_INPUT_PREFIX` | batch-predict: keys under it are batch inputs, `<prefix><model>[@<version or alias>]/<path>` | `batch/input/` |
 /// | `MAAS_BATCH_OUTPUT_PREFIX` | batch-predict: outputs and manifests go under it; events for its keys are ignored | `batch/output/` |
 /// | `MAAS_BATCH_SIZE` | batch-predict: rows per inference (powers of two suit the engine's per-shape plans) | 256 |
+/// | `MAAS_BATCH_MAX_ELEMENTS` | batch-predict: input elements per inference; wider rows make mini-batches of fewer rows (a power of two), so memory does not grow with a row's width | 65536 |
 /// | `MAAS_BATCH_MAX_FAILED_RATIO` | batch-predict: the job stops when more than this fraction of the rows read so far failed (1 never stops) | 0.5 |
 /// | `MAAS_BATCH_DEADLINE_MARGIN_MS` | batch-predict: time kept before the invocation's deadline to abort cleanly | 10000 |
 /// | `MAAS_BATCH_MAX_INLINE_RESULT_BYTES` | batch-predict: largest Step Functions answer returned inline; larger ones are written to the store | 250000 |
@@ -272,6 +273,7 @@ fn batch_settings(lookup: &impl Fn(&str) -> Option<String>) -> Result<BatchSetti
         input_prefix: prefix("MAAS_BATCH_INPUT_PREFIX", &default.input_prefix),
         output_prefix: prefix("MAAS_BATCH_OUTPUT_PREFIX", &default.output_prefix),
         batch_size: parse_or(lookup, "MAAS_BATCH_SIZE", default.batch_size)?.max(1),
+        max_elements: parse_or(lookup, "MAAS_BATCH_MAX_ELEMENTS", default.max_elements)?.max(1),
         max_failed_ratio: parse_or(
             lookup,
             "MAAS_BATCH_MAX_FAILED_RATIO",
@@ -393,6 +395,7 @@ mod tests {
         assert_eq!(c.max_response_bytes, 6 << 20);
         assert_eq!(c.malloc_arenas, 2);
         assert!(c.preload.is_empty());
+        assert_eq!((c.batch.batch_size, c.batch.max_elements), (256, 65_536));
         let c = config(&[
             ("MAAS_STORE", "memory://"),
             ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "2048"),
@@ -400,10 +403,13 @@ mod tests {
             ("MAAS_PRELOAD_BATCHES", "1, 8"),
             ("MAAS_S3_FORCE_PATH_STYLE", "true"),
             ("MAAS_MALLOC_ARENAS", "0"),
+            ("MAAS_BATCH_SIZE", "64"),
+            ("MAAS_BATCH_MAX_ELEMENTS", "0"),
         ])
         .unwrap();
         assert_eq!(c.cache.memory_bytes, GIB);
         assert_eq!(c.malloc_arenas, 0);
+        assert_eq!((c.batch.batch_size, c.batch.max_elements), (64, 1));
         assert!(c.s3.force_path_style);
         assert_eq!(c.preload.len(), 2);
         assert_eq!(c.preload[0].1, VersionSpec::Latest);

@@ -11,8 +11,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::infer::{self, Outcome};
+use super::infer::{self, Inferred};
 use super::input::{self, RowResult};
+use super::minibatch::MiniBatch;
 use super::Batch;
 use crate::config::StoreLocation;
 use crate::error::Error;
@@ -123,7 +124,7 @@ pub async fn run(batch: &Batch, event: ItemBatch) -> Result<Value, Error> {
     let id = registry.resolve(&name, &spec).await?;
     let signature = registry.manifest(&id).await?.signature;
     let tabular = input::tabular_input("Step Functions items", &signature);
-    let mut rows: Vec<RowResult> = event
+    let rows: Vec<RowResult> = event
         .items
         .into_iter()
         .map(|item| match item {
@@ -135,10 +136,18 @@ pub async fn run(batch: &Batch, event: ItemBatch) -> Result<Value, Error> {
         })
         .collect();
     let mut results = Vec::with_capacity(rows.len());
-    while !rows.is_empty() {
-        let rest = rows.split_off(rows.len().min(batch.settings.batch_size));
-        let chunk = std::mem::replace(&mut rows, rest);
-        results.extend(infer::infer(&batch.predictor, &id, chunk).await?.into_iter().map(result));
+    let bounds = batch.bounds();
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let mut chunk = MiniBatch::new(bounds);
+        while !chunk.is_full() {
+            match rows.next() {
+                Some(row) => chunk.push(row),
+                None => break,
+            }
+        }
+        let inferred = infer::infer(&batch.predictor, &id, chunk).await?;
+        results.extend((0..inferred.outcomes.len()).map(|index| result(&inferred, index)));
     }
     let answer =
         Answer { model_name: id.name.to_string(), model_version: id.version.to_string(), results };
@@ -162,11 +171,11 @@ pub async fn run(batch: &Batch, event: ItemBatch) -> Result<Value, Error> {
     }))
 }
 
-fn result(outcome: Outcome) -> ItemResult {
-    match outcome {
-        Ok(outputs) => {
-            ItemResult::Outputs { outputs: outputs.into_iter().map(ResponseOutput::from).collect() }
-        }
+fn result(inferred: &Inferred, index: usize) -> ItemResult {
+    match inferred.outputs(index) {
+        Ok(outputs) => ItemResult::Outputs {
+            outputs: outputs.iter().map(|o| ResponseOutput::from(o.to_tensor())).collect(),
+        },
         Err(err) => ItemResult::Error { error: err.client_message() },
     }
 }

@@ -11,11 +11,12 @@ use futures::TryStreamExt;
 use tokio::sync::mpsc;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use super::input::{self, RowResult};
+use super::input;
 use super::layout::InputObject;
 use super::manifest::{
     ErrorInfo, InputInfo, JobManifest, JobTimings, ModelInfo, OutputInfo, RowCounts, Status,
 };
+use super::minibatch::{Bounds, MiniBatch};
 use super::output::{self, Chunk, Written};
 use super::{infer, Batch};
 use crate::error::Error;
@@ -103,11 +104,11 @@ async fn execute(
     let (rows_tx, rows_rx) = mpsc::channel(IN_FLIGHT);
     let key = input.key.clone();
     let limits = *batch.predictor.limits();
-    let batch_size = batch.settings.batch_size;
+    let bounds = batch.bounds();
     let chunks = object.chunks.map_err(std::io::Error::other);
     tokio::task::spawn_blocking(move || {
         let reader = SyncIoBridge::new(StreamReader::new(chunks));
-        read_rows(reader, format, &key, &model.signature, &limits, batch_size, rows_tx)
+        read_rows(reader, format, &key, &model.signature, &limits, bounds, rows_tx)
     });
 
     let writer = batch.store.put_streaming(&input.output_key(&batch.settings)).await?;
@@ -147,7 +148,7 @@ async fn execute(
     }
 }
 
-/// The reader thread: records in mini-batches of `batch_size` into `rows`, or the error
+/// The reader thread: records in mini-batches bounded by `bounds` into `rows`, or the error
 /// that made the file unreadable. Stops when the receiver is gone.
 fn read_rows(
     reader: impl std::io::Read,
@@ -155,17 +156,18 @@ fn read_rows(
     key: &str,
     signature: &crate::signature::Signature,
     limits: &crate::predictor::RequestLimits,
-    batch_size: usize,
-    rows: mpsc::Sender<Result<Vec<RowResult>, Error>>,
+    bounds: Bounds,
+    rows: mpsc::Sender<Result<MiniBatch, Error>>,
 ) {
-    let mut chunk = Vec::with_capacity(batch_size);
+    let mut batch = MiniBatch::new(bounds);
     let read = input::read(reader, format, key, signature, limits, &mut |row| {
-        chunk.push(row);
-        chunk.len() < batch_size || rows.blocking_send(Ok(std::mem::take(&mut chunk))).is_ok()
+        batch.push(row);
+        !batch.is_full()
+            || rows.blocking_send(Ok(std::mem::replace(&mut batch, MiniBatch::new(bounds)))).is_ok()
     });
     let last = match read {
-        Ok(()) if chunk.is_empty() => return,
-        Ok(()) => Ok(chunk),
+        Ok(()) if batch.is_empty() => return,
+        Ok(()) => Ok(batch),
         Err(err) => Err(err),
     };
     let _ = rows.blocking_send(last);
@@ -176,20 +178,20 @@ fn read_rows(
 async fn infer_all(
     batch: &Batch,
     id: &ModelId,
-    mut rows: mpsc::Receiver<Result<Vec<RowResult>, Error>>,
+    mut rows: mpsc::Receiver<Result<MiniBatch, Error>>,
     chunks: mpsc::Sender<Chunk>,
     counts: &mut RowCounts,
     inference_ms: &mut f64,
 ) -> Result<(), Error> {
-    while let Some(chunk) = rows.recv().await {
+    while let Some(mini_batch) = rows.recv().await {
         let started = Instant::now();
-        let outcomes = infer::infer(&batch.predictor, id, chunk?).await?;
+        let inferred = infer::infer(&batch.predictor, id, mini_batch?).await?;
         *inference_ms += crate::elapsed_ms(started);
         let first_row = counts.ok + counts.failed;
-        let failed = outcomes.iter().filter(|o| o.is_err()).count() as u64;
+        let failed = inferred.failed() as u64;
         counts.failed += failed;
-        counts.ok += outcomes.len() as u64 - failed;
-        if chunks.send(Chunk { first_row, outcomes }).await.is_err() {
+        counts.ok += inferred.outcomes.len() as u64 - failed;
+        if chunks.send(Chunk { first_row, inferred }).await.is_err() {
             // The writer failed; its error is the job's.
             return Ok(());
         }

@@ -15,6 +15,7 @@ pub mod items;
 pub mod job;
 pub mod layout;
 pub mod manifest;
+pub mod minibatch;
 pub mod output;
 pub mod settings;
 pub mod tensors;
@@ -49,6 +50,16 @@ impl Batch {
 
     pub fn settings(&self) -> &BatchSettings {
         &self.settings
+    }
+
+    /// How large a mini-batch grows: the configured rows and elements, within the limits of
+    /// one request.
+    fn bounds(&self) -> minibatch::Bounds {
+        let limits = self.predictor.limits();
+        minibatch::Bounds {
+            rows: self.settings.batch_size.min(limits.max_batch).max(1),
+            elements: self.settings.max_elements.min(limits.max_elements).max(1),
+        }
     }
 
     /// Handles one event; jobs stop cleanly at `deadline`.

@@ -7,28 +7,24 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::infer::Outcome;
+use super::infer::{Inferred, OutputView};
 use crate::error::Error;
 use crate::protocol::json;
-use crate::protocol::oip::ResponseOutput;
 use crate::store::BoxWriter;
 
 #[derive(Serialize)]
 #[serde(untagged)]
-enum Line<'e> {
-    Outputs { row: u64, outputs: Vec<ResponseOutput> },
-    Error { row: u64, error: &'e str },
+enum Line<'a> {
+    Outputs { row: u64, outputs: Vec<OutputView<'a>> },
+    Error { row: u64, error: &'a str },
 }
 
-/// Appends the lines of `outcomes`, the first numbered `first_row`, to `out`.
-pub fn write_lines(out: &mut Vec<u8>, first_row: u64, outcomes: Vec<Outcome>) -> Result<(), Error> {
-    for (row, outcome) in (first_row..).zip(outcomes) {
+/// Appends the lines of a mini-batch's records, the first numbered `first_row`, to `out`.
+pub fn write_lines(out: &mut Vec<u8>, first_row: u64, inferred: &Inferred) -> Result<(), Error> {
+    for (index, row) in (0..inferred.outcomes.len()).zip(first_row..) {
         let message;
-        let line = match outcome {
-            Ok(outputs) => Line::Outputs {
-                row,
-                outputs: outputs.into_iter().map(ResponseOutput::from).collect(),
-            },
+        let line = match inferred.outputs(index) {
+            Ok(outputs) => Line::Outputs { row, outputs },
             Err(err) => {
                 message = err.client_message();
                 Line::Error { row, error: &message }
@@ -50,7 +46,7 @@ pub struct Written {
 /// The outcomes of a mini-batch whose first row is numbered `first_row`.
 pub struct Chunk {
     pub first_row: u64,
-    pub outcomes: Vec<Outcome>,
+    pub inferred: Inferred,
 }
 
 /// Writes the lines of everything `chunks` brings to `writer`, hashing them, until the
@@ -62,9 +58,9 @@ pub async fn write_all(
 ) -> (BoxWriter, Result<Written, Error>) {
     let mut hash = Sha256::new();
     let mut bytes = 0u64;
-    while let Some(Chunk { first_row, outcomes }) = chunks.recv().await {
-        let mut out = Vec::with_capacity(outcomes.len() * 128);
-        if let Err(err) = write_lines(&mut out, first_row, outcomes) {
+    while let Some(Chunk { first_row, inferred }) = chunks.recv().await {
+        let mut out = Vec::with_capacity(inferred.outcomes.len() * 128);
+        if let Err(err) = write_lines(&mut out, first_row, &inferred) {
             return (writer, Err(err));
         }
         hash.update(&out);

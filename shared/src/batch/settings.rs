@@ -12,6 +12,8 @@ pub struct BatchSettings {
     pub output_prefix: String,
     /// Rows per inference (`MAAS_BATCH_SIZE`).
     pub batch_size: usize,
+    /// Input elements per inference (`MAAS_BATCH_MAX_ELEMENTS`).
+    pub max_elements: usize,
     /// Above this fraction of failed rows the job stops (`MAAS_BATCH_MAX_FAILED_RATIO`).
     pub max_failed_ratio: f64,
     /// Time kept before the invocation's deadline to abort cleanly
@@ -28,6 +30,8 @@ impl Default for BatchSettings {
             input_prefix: "batch/input/".to_owned(),
             output_prefix: "batch/output/".to_owned(),
             batch_size: 256,
+            // 256 KiB of FP32: a 784-input row makes mini-batches of 64 rows.
+            max_elements: 1 << 16,
             max_failed_ratio: 0.5,
             deadline_margin: Duration::from_secs(10),
             // Step Functions' state payload limit is 256 KiB; the rest is the envelope's.

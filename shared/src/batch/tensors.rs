@@ -1,15 +1,15 @@
-//! Rows of several requests stacked into one mini-batch along the first dimension, and the
-//! outputs of that batch split back into each request's rows.
+//! Rows of several records stacked into one mini-batch along the first dimension, and rows
+//! taken back out of a batch's tensors.
 
 use crate::tensor::{Tensor, TensorData};
 
 macro_rules! stacking {
     ($(($variant:ident, $ty:ty, $name:literal)),* $(,)?) => {
         /// Appends `more` to `data`; `false` (and `data` unchanged) when the datatypes differ.
-        fn append(data: &mut TensorData, more: &TensorData) -> bool {
+        fn extend(data: &mut TensorData, more: TensorData) -> bool {
             match (data, more) {
-                $((TensorData::$variant(a), TensorData::$variant(b)) => a.extend_from_slice(b),)*
-                (TensorData::Bytes(a), TensorData::Bytes(b)) => a.extend_from_slice(b),
+                $((TensorData::$variant(a), TensorData::$variant(b)) => a.extend(b),)*
+                (TensorData::Bytes(a), TensorData::Bytes(b)) => a.extend(b),
                 _ => return false,
             }
             true
@@ -31,53 +31,54 @@ pub fn rows(inputs: &[Tensor]) -> usize {
     inputs.first().and_then(|t| t.shape.first().copied()).unwrap_or(1)
 }
 
-/// Stacks requests whose inputs agree in names, datatypes and every dimension but the first;
-/// `None` when they do not (each request then runs on its own).
-pub fn stack(requests: &[&[Tensor]]) -> Option<Vec<Tensor>> {
-    let (first, rest) = requests.split_first()?;
-    let mut stacked: Vec<Tensor> = first.to_vec();
-    for inputs in rest {
-        if inputs.len() != stacked.len() {
-            return None;
-        }
-        for (into, more) in stacked.iter_mut().zip(inputs.iter()) {
-            let fits = into.name == more.name
-                && !into.shape.is_empty()
-                && into.shape.len() == more.shape.len()
-                && into.shape[1..] == more.shape[1..];
-            if !fits || !append(&mut into.data, &more.data) {
-                return None;
-            }
-            into.shape[0] += more.shape[0];
-        }
-    }
-    Some(stacked)
+/// The rows of a record whose inputs can be stacked with others': each has a first
+/// dimension, the same in all.
+pub fn stackable(inputs: &[Tensor]) -> Option<usize> {
+    let rows = *inputs.first()?.shape.first()?;
+    inputs.iter().all(|t| t.shape.first() == Some(&rows)).then_some(rows)
 }
 
-/// Splits outputs computed for stacked requests of `rows` rows each back into one set of
-/// outputs per request; `None` when an output's first dimension is not the total of rows.
-pub fn split(outputs: &[Tensor], rows: &[usize]) -> Option<Vec<Vec<Tensor>>> {
-    let total: usize = rows.iter().sum();
-    let mut parts: Vec<Vec<Tensor>> = vec![Vec::with_capacity(outputs.len()); rows.len()];
-    for output in outputs {
-        if output.shape.first() != Some(&total) {
-            return None;
-        }
-        let per_row: usize = output.shape[1..].iter().product();
-        let mut start = 0;
-        for (part, &n) in parts.iter_mut().zip(rows) {
-            let mut shape = output.shape.clone();
-            shape[0] = n;
-            let end = start + n * per_row;
-            part.push(Tensor {
-                name: output.name.clone(),
-                shape,
-                data: slice(&output.data, start, end),
-            });
-            start = end;
-        }
+/// Appends a record's inputs to `stacked` when they are [`stackable`] and agree with it in
+/// names, datatypes and every dimension but the first; returns their rows, or gives the
+/// inputs back (`stacked` unchanged) when they do not fit.
+pub fn append(stacked: &mut [Tensor], inputs: Vec<Tensor>) -> Result<usize, Vec<Tensor>> {
+    let Some(rows) = stackable(&inputs) else { return Err(inputs) };
+    let fits = stacked.len() == inputs.len()
+        && stacked.iter().zip(&inputs).all(|(into, more)| {
+            into.name == more.name
+                && into.data.datatype() == more.data.datatype()
+                && into.shape.len() == more.shape.len()
+                && into.shape[1..] == more.shape[1..]
+        });
+    if !fits {
+        return Err(inputs);
     }
-    Some(parts)
+    for (into, more) in stacked.iter_mut().zip(inputs) {
+        let appended = extend(&mut into.data, more.data);
+        debug_assert!(appended, "datatypes are compared first");
+        into.shape[0] += rows;
+    }
+    Ok(rows)
+}
+
+/// Rows `first..first + rows` of a tensor whose first dimension is a batch of rows.
+pub fn take_rows(tensor: &Tensor, first: usize, rows: usize) -> Tensor {
+    let per_row: usize = tensor.shape[1..].iter().product();
+    let mut shape = tensor.shape.clone();
+    shape[0] = rows;
+    let data = slice(&tensor.data, first * per_row, (first + rows) * per_row);
+    Tensor { name: tensor.name.clone(), shape, data }
+}
+
+/// [`take_rows`] of each tensor.
+pub fn rows_of(tensors: &[Tensor], first: usize, rows: usize) -> Vec<Tensor> {
+    tensors.iter().map(|tensor| take_rows(tensor, first, rows)).collect()
+}
+
+/// Whether every output has `rows` as its first dimension, so that each record's rows can
+/// be told apart.
+pub fn splits(outputs: &[Tensor], rows: usize) -> bool {
+    outputs.iter().all(|output| output.shape.first() == Some(&rows))
 }
 
 #[cfg(test)]
@@ -89,30 +90,41 @@ mod tests {
     }
 
     #[test]
-    fn requests_stack_and_split_back_in_order() {
-        let a = [t(&[1, 2], vec![1., 2.])];
-        let b = [t(&[2, 2], vec![3., 4., 5., 6.])];
-        let stacked = stack(&[&a, &b]).unwrap();
+    fn requests_stack_and_come_apart_in_order() {
+        let a = t(&[1, 2], vec![1., 2.]);
+        let b = t(&[2, 2], vec![3., 4., 5., 6.]);
+        let mut stacked = vec![a.clone()];
+        assert_eq!(append(&mut stacked, vec![b.clone()]), Ok(2));
         assert_eq!(stacked, [t(&[3, 2], vec![1., 2., 3., 4., 5., 6.])]);
-        let parts = split(&stacked, &[1, 2]).unwrap();
-        assert_eq!(parts, [a.to_vec(), b.to_vec()]);
+        assert!(splits(&stacked, 3));
+        assert_eq!(rows_of(&stacked, 0, 1), [a]);
+        assert_eq!(rows_of(&stacked, 1, 2), [b]);
     }
 
     #[test]
-    fn mismatched_requests_do_not_stack() {
-        let a = [t(&[1, 2], vec![1., 2.])];
-        let wider = [t(&[1, 3], vec![1., 2., 3.])];
+    fn mismatched_requests_do_not_stack_and_are_given_back() {
+        let a = t(&[1, 2], vec![1., 2.]);
+        let wider = vec![t(&[1, 3], vec![1., 2., 3.])];
         let ints =
-            [Tensor { name: "x".into(), shape: vec![1, 2], data: TensorData::I64(vec![1, 2]) }];
-        let scalar = [t(&[], vec![1.])];
-        assert!(stack(&[&a, &wider]).is_none());
-        assert!(stack(&[&a, &ints]).is_none());
-        assert!(stack(&[&scalar, &scalar]).is_none());
+            vec![Tensor { name: "x".into(), shape: vec![1, 2], data: TensorData::I64(vec![1, 2]) }];
+        let scalar = vec![t(&[], vec![1.])];
+        let two = vec![a.clone(), a.clone()];
+        let mut uneven = vec![a.clone(), t(&[2, 2], vec![0.; 4])];
+        uneven[1].name = "y".into();
+        for inputs in [wider, ints, scalar, two] {
+            let mut stacked = vec![a.clone()];
+            assert_eq!(append(&mut stacked, inputs.clone()), Err(inputs));
+            assert_eq!(stacked, std::slice::from_ref(&a));
+        }
+        let mut pair = uneven.clone();
+        pair[1].shape[0] = 1;
+        pair[1].data = TensorData::F32(vec![0.; 2]);
+        assert_eq!(append(&mut pair, uneven.clone()), Err(uneven), "rows differ between inputs");
     }
 
     #[test]
     fn outputs_without_a_batch_dimension_do_not_split() {
-        assert!(split(&[t(&[2], vec![1., 2.])], &[1, 2]).is_none());
-        assert!(split(&[t(&[], vec![1.])], &[1]).is_none());
+        assert!(!splits(&[t(&[2], vec![1., 2.])], 3));
+        assert!(!splits(&[t(&[], vec![1.])], 1));
     }
 }

@@ -240,13 +240,15 @@ macro_rules! data_conversions {
             }
         }
 
-        /// A flat JSON array of the elements. Non-finite floats need [`to_vec`]. `BYTES`
-        /// elements are strings, invalid UTF-8 replaced by U+FFFD: binary outputs carry the
-        /// exact bytes.
-        impl Serialize for TensorData {
+        /// A flat JSON array of the elements in the range. Non-finite floats need
+        /// [`to_vec`]. `BYTES` elements are strings, invalid UTF-8 replaced by U+FFFD: binary
+        /// outputs carry the exact bytes.
+        impl Serialize for Elements<'_> {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                match self {
+                let short = || serde::ser::Error::custom("elements past the tensor's end");
+                match self.data {
                     $(TensorData::$variant(values) => {
+                        let values = values.get(self.range.clone()).ok_or_else(short)?;
                         let mut seq = serializer.serialize_seq(Some(values.len()))?;
                         for value in values {
                             value.serialize_element(&mut seq)?;
@@ -254,6 +256,7 @@ macro_rules! data_conversions {
                         seq.end()
                     })*
                     TensorData::Bytes(values) => {
+                        let values = values.get(self.range.clone()).ok_or_else(short)?;
                         let mut seq = serializer.serialize_seq(Some(values.len()))?;
                         for value in values {
                             seq.serialize_element(&String::from_utf8_lossy(value))?;
@@ -266,6 +269,21 @@ macro_rules! data_conversions {
     };
 }
 crate::for_each_numeric_type!(data_conversions);
+
+/// Elements `range` of a tensor's flat data, written as a flat JSON array: a batch's rows
+/// written without copying them out.
+#[derive(Debug, Clone)]
+pub struct Elements<'a> {
+    pub data: &'a TensorData,
+    pub range: std::ops::Range<usize>,
+}
+
+/// The whole of the data, as [`Elements`] writes it.
+impl Serialize for TensorData {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        Elements { data: self, range: 0..self.len() }.serialize(serializer)
+    }
+}
 
 /// How one element is written on its own, for [`Nested`]: floats as in [`to_vec`].
 trait ScalarJson {

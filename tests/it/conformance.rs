@@ -226,6 +226,30 @@ async fn s3_store_conforms() {
     let open = client.list_multipart_uploads().bucket(store.bucket()).send().await.unwrap();
     let open: Vec<_> = open.uploads().iter().filter_map(|u| u.key()).collect();
     assert_eq!(open, ["maas/s/dropped"]);
+    // Streamed bytes go up with their CRC32 (which S3 checks; moto keeps what it was sent).
+    let small = client
+        .get_object()
+        .bucket(store.bucket())
+        .key("maas/s/small")
+        .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(small.checksum_crc32(), Some(crc32_header(b"one two").as_str()));
+}
+
+/// The CRC32 (IEEE) of `bytes`, bit by bit, as base64 of its big-endian bytes: the form of
+/// the `x-amz-checksum-crc32` header.
+fn crc32_header(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    base64::engine::general_purpose::STANDARD.encode((!crc).to_be_bytes())
 }
 
 #[tokio::test]

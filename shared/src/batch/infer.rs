@@ -113,30 +113,24 @@ pub async fn infer(
 ) -> Result<Inferred, Error> {
     let MiniBatch { stacked, records, .. } = batch;
     let stacked_records = records.iter().filter(|r| matches!(r, Record::Stacked { .. })).count();
+    let total: usize =
+        records.iter().map(|r| if let Record::Stacked { rows, .. } = r { *rows } else { 0 }).sum();
     let mut inferred = Inferred { shared: Vec::new(), outcomes: Vec::with_capacity(records.len()) };
     // With several records stacked, their inputs are needed again if the shared inference
     // fails for one of them.
     let kept = (stacked_records > 1).then(|| stacked.clone());
-    let shared = match stacked_records {
+    let mut shared = match stacked_records {
         0 => None,
-        _ => match run(predictor, id, stacked).await {
-            Ok(outputs) => Some(Ok(outputs)),
-            Err(err) if err.is_client_error() => Some(Err(err)),
-            Err(err) => return Err(err),
-        },
-    };
-    let total: usize =
-        records.iter().map(|r| if let Record::Stacked { rows, .. } = r { *rows } else { 0 }).sum();
-    let mut shared = match (shared, kept) {
-        // One record: the inference was its own.
-        (Some(result), None) => Some(Single(result)),
-        (Some(Ok(outputs)), Some(_)) if tensors::splits(&outputs, total) => {
-            inferred.shared = outputs;
-            Some(Split)
-        }
-        // The rows cannot be told apart, or one of them failed the rest: one by one.
-        (Some(_), Some(inputs)) => Some(OneByOne(inputs)),
-        (None, _) => None,
+        _ => Some(match (run(predictor, id, stacked).await, kept) {
+            (Err(err), _) if !err.is_client_error() => return Err(err),
+            (result, None) => Single(result),
+            (Ok(outputs), Some(_)) if tensors::splits(&outputs, total) => {
+                inferred.shared = outputs;
+                Split
+            }
+            // The rows cannot be told apart, or one of them failed them all: one by one.
+            (_, Some(inputs)) => OneByOne(inputs),
+        }),
     };
     let mut first = 0;
     for record in records {

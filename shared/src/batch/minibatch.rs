@@ -36,7 +36,7 @@ pub struct MiniBatch {
     pub stacked: Vec<Tensor>,
     pub records: Vec<Record>,
     bounds: Bounds,
-    /// Elements in `stacked`.
+    /// Input elements of the records added, stacked or alone.
     elements: usize,
 }
 

@@ -35,7 +35,7 @@ pub enum Outcome {
 }
 
 /// A mini-batch's outcomes, one per record in order, over the outputs they share.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Inferred {
     shared: Vec<Tensor>,
     pub outcomes: Vec<Outcome>,
@@ -52,15 +52,9 @@ pub struct OutputView<'a> {
 impl OutputView<'_> {
     /// The shape and the range of elements this output covers.
     fn extent(&self) -> (Vec<usize>, std::ops::Range<usize>) {
-        let tensor = self.tensor;
         match self.rows {
-            None => (tensor.shape.clone(), 0..tensor.data.len()),
-            Some((first, rows)) => {
-                let per_row: usize = tensor.shape[1..].iter().product();
-                let mut shape = tensor.shape.clone();
-                shape[0] = rows;
-                (shape, first * per_row..(first + rows) * per_row)
-            }
+            None => (self.tensor.shape.clone(), 0..self.tensor.data.len()),
+            Some((first, rows)) => tensors::row_extent(self.tensor, first, rows),
         }
     }
 
@@ -113,8 +107,7 @@ pub async fn infer(
 ) -> Result<Inferred, Error> {
     let MiniBatch { stacked, records, .. } = batch;
     let stacked_records = records.iter().filter(|r| matches!(r, Record::Stacked { .. })).count();
-    let total: usize =
-        records.iter().map(|r| if let Record::Stacked { rows, .. } = r { *rows } else { 0 }).sum();
+    let total = tensors::rows(&stacked);
     let mut inferred = Inferred { shared: Vec::new(), outcomes: Vec::with_capacity(records.len()) };
     // With several records stacked, their inputs are needed again if the shared inference
     // fails for one of them.

@@ -61,12 +61,23 @@ pub fn append(stacked: &mut [Tensor], inputs: Vec<Tensor>) -> Result<usize, Vec<
     Ok(rows)
 }
 
-/// Rows `first..first + rows` of a tensor whose first dimension is a batch of rows.
-pub fn take_rows(tensor: &Tensor, first: usize, rows: usize) -> Tensor {
+/// The shape of rows `first..first + rows` of a tensor whose first dimension is a batch of
+/// rows, and the range of its flat elements they are.
+pub fn row_extent(
+    tensor: &Tensor,
+    first: usize,
+    rows: usize,
+) -> (Vec<usize>, std::ops::Range<usize>) {
     let per_row: usize = tensor.shape[1..].iter().product();
     let mut shape = tensor.shape.clone();
     shape[0] = rows;
-    let data = slice(&tensor.data, first * per_row, (first + rows) * per_row);
+    (shape, first * per_row..(first + rows) * per_row)
+}
+
+/// Rows `first..first + rows` of a tensor whose first dimension is a batch of rows.
+pub fn take_rows(tensor: &Tensor, first: usize, rows: usize) -> Tensor {
+    let (shape, range) = row_extent(tensor, first, rows);
+    let data = slice(&tensor.data, range.start, range.end);
     Tensor { name: tensor.name.clone(), shape, data }
 }
 

@@ -187,6 +187,8 @@ impl S3Writer {
             .put_object()
             .bucket(&self.store.bucket)
             .key(&self.full_key)
+            // Named as well as given, so the object keeps it (a part's checksum is the
+            // part's alone: the multipart upload is created without an algorithm).
             .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32)
             .checksum_crc32(self.spool.checksum())
             .body(body)

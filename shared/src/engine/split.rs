@@ -90,25 +90,34 @@ impl Splitter {
         inputs: &[TractTensor],
         sizes: &[usize],
     ) -> Result<Vec<Vec<TractTensor>>, Error> {
-        let mut start = 0;
-        let mut shares = Vec::with_capacity(sizes.len());
-        for &size in sizes {
-            let share = inputs
-                .iter()
-                .zip(&self.batch_axes)
-                .map(|(input, axes)| {
-                    axes.iter().try_fold(input.clone(), |tensor, &axis| {
-                        tensor
-                            .slice(axis, start, start + size)
-                            .map_err(|e| engine_error("cannot split a batch", e))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            shares.push(share);
-            start += size;
-        }
-        Ok(shares)
+        split(inputs, &self.batch_axes, sizes)
     }
+}
+
+/// `inputs` cut into shares of `sizes` rows along their `batch_axes`.
+pub(super) fn split(
+    inputs: &[TractTensor],
+    batch_axes: &[Vec<usize>],
+    sizes: &[usize],
+) -> Result<Vec<Vec<TractTensor>>, Error> {
+    let mut start = 0;
+    let mut shares = Vec::with_capacity(sizes.len());
+    for &size in sizes {
+        let share = inputs
+            .iter()
+            .zip(batch_axes)
+            .map(|(input, axes)| {
+                axes.iter().try_fold(input.clone(), |tensor, &axis| {
+                    tensor
+                        .slice(axis, start, start + size)
+                        .map_err(|e| engine_error("cannot split a batch", e))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        shares.push(share);
+        start += size;
+    }
+    Ok(shares)
 }
 
 /// The batch size of `inputs` along each one's `batch_axes`, when every batch axis agrees on

@@ -34,6 +34,7 @@ mod nnef;
 mod plans;
 mod profile;
 mod rewrite;
+mod roles;
 mod signature;
 mod split;
 mod stream;
@@ -409,7 +410,7 @@ fn splitter_for(proto: &pb::ModelProto, settings: &Settings) -> Option<Arc<Split
         return None;
     }
     let signature = signature_of(proto).ok()?;
-    let axes = plans::batch_axes(proto, &signature)?;
+    let axes = roles::batch_axes(proto, &signature)?;
     let min_share = Duration::from_micros(settings.min_share_micros);
     Some(Arc::new(Splitter::new(axes, settings.threads, min_share)))
 }

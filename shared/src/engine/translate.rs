@@ -20,7 +20,7 @@ use crate::manifest::{Loader, Signature, TensorSpec};
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) struct Concrete {
     pub(super) shapes: Vec<Vec<usize>>,
-    /// By input: the value of a branch-selecting scalar input (see `plans::selectors`),
+    /// By input: the value of a branch-selecting scalar input (see `roles::selectors`),
     /// `None` for the others.
     pub(super) values: Vec<Option<i64>>,
 }

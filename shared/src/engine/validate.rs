@@ -9,7 +9,7 @@ use tract_onnx::prelude::Framework;
 use super::convert::{datum_type_of, zeros};
 use super::signature::{signature_of, tensor_spec};
 use super::translate::translate_any;
-use super::{budget::contained, plans, Model, Resources, Settings};
+use super::{budget::contained, roles, Model, Resources, Settings};
 use crate::elapsed_ms;
 use crate::error::Error;
 use crate::manifest::{Loader, Planning, Signature, ValidationReport};
@@ -120,7 +120,7 @@ fn per_shape_trial(
     resources: &Resources,
 ) -> Option<(Model, Loader, Vec<Tensor>, f64)> {
     let signature = signature_of(proto).ok()?;
-    let batch_axes = plans::batch_axes(proto, &signature);
+    let batch_axes = roles::batch_axes(proto, &signature);
     for loader in Loader::ALL {
         for dims in TRIAL_DIMS {
             let started = Instant::now();
@@ -162,7 +162,7 @@ fn faster_per_shape(
         return None;
     }
     let (per_shape, loader, _, _) = per_shape_trial(proto, resources)?;
-    let batch_axes = plans::batch_axes(proto, symbolic.signature());
+    let batch_axes = roles::batch_axes(proto, symbolic.signature());
     for (batch, gain) in [(1, PER_SHAPE_GAIN), (8, 1.0 / PER_SHAPE_BATCH_SLACK)] {
         let inputs = trial_inputs(symbolic.signature(), batch, 1, batch_axes.as_deref()).ok()?;
         let symbolic_ms = median_run_ms(symbolic, &inputs)?;

@@ -96,6 +96,15 @@ def row(model: str, batches: list[int], before: dict, after: dict, ort_result: d
     return "| " + " | ".join([model, batch, *before_cells, *after_cells, *ort_cells]) + " |"
 
 
+def build(zoo: Path, profile: str) -> Path:
+    """Makes the zoo in `zoo` and builds zoo_bench with `profile`; returns the example's path."""
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_zoo.py"), "build", "--out", str(zoo)],
+                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["cargo", "build", "--profile", profile, "--example", "zoo_bench", "-p", "maas"],
+                   check=True, cwd=ROOT)
+    return ROOT / "target" / profile / "examples" / "zoo_bench"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=100)
@@ -105,9 +114,7 @@ def main() -> None:
     if args.ort:
         print(json.dumps(ort_side(args.out, args.ort, args.runs)))
         return
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_zoo.py"), "build", "--out", str(args.out)],
-                   check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["cargo", "build", "--release", "--example", "zoo_bench", "-p", "maas"], check=True, cwd=ROOT)
+    build(args.out, "release")
     zoo = json.loads((args.out / "zoo.json").read_text())
     print("| model | batches | before: load | optimise | first | warm | after: load | optimise | first "
           "| warm | loader, plans | onnxruntime: session | first | warm |")

@@ -6,12 +6,18 @@
 //! Both run on one thread.
 //!
 //! ```text
-//! zoo_bench ZOO_DIR MODEL before|after RUNS
+//! zoo_bench ZOO_DIR MODEL before|after|buckets|buckets-wait RUNS
 //! ```
 //!
 //! Prints one JSON object: `load_ms`, `optimise_ms`, `first_ms` (the first batch-1 run) and
 //! `warm_ms` (median of RUNS runs per batch size), or `error` when the side cannot load the
 //! model. Importing tract here is deliberate: "before" is tract as a user gets it.
+//!
+//! `buckets` loads the model as "after" does and times the first run of each batch bucket
+//! (1 to 32 rows, in that order) as `first_ms` by batch size, what the first request of a
+//! new bucket waits for on a model planned per shape, and `warm_ms` by batch size
+//! (`scripts/bench_buckets.py`); `buckets-wait` the same with each new bucket waiting for
+//! its plan (`Settings::plans_behind` off), as every bucket did before.
 
 use std::path::Path;
 use std::time::Instant;
@@ -127,13 +133,21 @@ fn before(path: &Path, cases: &[(u64, Vec<Tensor>)], runs: usize) -> Result<Valu
     )
 }
 
-fn after(path: &Path, cases: &[(u64, Vec<Tensor>)], runs: usize) -> Result<Value, String> {
+/// The model validated as an upload would be and loaded as `predict` loads it, on one thread
+/// (new buckets' plans built behind the requests or not).
+fn load(path: &Path, plans_behind: bool) -> Result<(engine::Validated, Model), String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let settings = engine::Settings { max_tensor_bytes: 1 << 30, ..Default::default() };
+    let settings =
+        engine::Settings { max_tensor_bytes: 1 << 30, plans_behind, ..Default::default() };
     // Validation is what upload does; its parse and optimise times are the load's.
     let validated = engine::validate(&bytes, &settings).map_err(|e| maas::error::chain(&e))?;
     let model = Model::load_path(path, validated.loader, validated.plans, &settings)
         .map_err(|e| maas::error::chain(&e))?;
+    Ok((validated, model))
+}
+
+fn after(path: &Path, cases: &[(u64, Vec<Tensor>)], runs: usize) -> Result<Value, String> {
+    let (validated, model) = load(path, true)?;
     let run = |inputs: &[Tensor]| {
         model.run(inputs.to_vec()).map(drop).map_err(|e| maas::error::chain(&e))
     };
@@ -148,9 +162,72 @@ fn after(path: &Path, cases: &[(u64, Vec<Tensor>)], runs: usize) -> Result<Value
     }))
 }
 
+/// `tensor` (one row) repeated `rows` times along `axes`, each of size 1 in it.
+fn repeated(tensor: &Tensor, axes: &[usize], rows: usize) -> Tensor {
+    fn repeat<T: Copy>(data: &[T], shape: &[usize], axis: usize, rows: usize) -> Vec<T> {
+        let inner: usize = shape[axis..].iter().product();
+        data.chunks(inner.max(1)).flat_map(|block| block.repeat(rows)).collect()
+    }
+    let mut out = tensor.clone();
+    for &axis in axes {
+        out.data = match &out.data {
+            TensorData::F32(v) => TensorData::F32(repeat(v, &out.shape, axis, rows)),
+            TensorData::I32(v) => TensorData::I32(repeat(v, &out.shape, axis, rows)),
+            TensorData::I64(v) => TensorData::I64(repeat(v, &out.shape, axis, rows)),
+            _ => unreachable!("inputs_of makes only these"),
+        };
+        out.shape[axis] = rows;
+    }
+    out
+}
+
+/// The first run of each batch bucket (1 to 32 rows: the batch-1 case repeated along the axes
+/// where the zoo's two cases differ in size), in that order, each once the plans being built
+/// behind the earlier ones are ready, then each bucket's warm median.
+fn buckets(
+    path: &Path,
+    cases: &[(u64, Vec<Tensor>)],
+    runs: usize,
+    plans_behind: bool,
+) -> Result<Value, String> {
+    let (validated, model) = load(path, plans_behind)?;
+    let [(1, one), (_, many), ..] = cases else { return Err("no batch-1 case".to_owned()) };
+    let batch_axes = |a: &Tensor, b: &Tensor| -> Vec<usize> {
+        (0..a.shape.len()).filter(|&axis| a.shape[axis] != b.shape[axis]).collect()
+    };
+    let axes: Vec<Vec<usize>> = one.iter().zip(many).map(|(a, b)| batch_axes(a, b)).collect();
+    let sized: Vec<(u64, Vec<Tensor>)> = [1u64, 2, 4, 8, 16, 32]
+        .into_iter()
+        .map(|rows| {
+            let inputs = one.iter().zip(&axes).map(|(t, a)| repeated(t, a, rows as usize));
+            (rows, inputs.collect())
+        })
+        .collect();
+    let run = |inputs: &[Tensor]| {
+        model.run(inputs.to_vec()).map(drop).map_err(|e| maas::error::chain(&e))
+    };
+    let mut first = serde_json::Map::new();
+    for (rows, inputs) in &sized {
+        model.wait_for_plans();
+        let started = Instant::now();
+        run(inputs)?;
+        first.insert(rows.to_string(), json!(ms(started)));
+    }
+    model.wait_for_plans();
+    let stand_ins = model.stand_in_runs();
+    let (_, warm) = timings(&sized, runs, &run)?;
+    Ok(json!({
+        "first_ms": first,
+        "warm_ms": warm,
+        "plans": validated.plans,
+        "stand_ins": stand_ins,
+        "plan_count": model.plan_count(),
+    }))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: zoo_bench ZOO_DIR MODEL before|after RUNS";
+    let usage = "usage: zoo_bench ZOO_DIR MODEL before|after|buckets|buckets-wait RUNS";
     let [zoo, name, side, runs] = args.as_slice() else { panic!("{usage}") };
     let runs: usize = runs.parse().expect(usage);
     let zoo = Path::new(zoo);
@@ -167,6 +244,8 @@ fn main() {
     let result = match side.as_str() {
         "before" => before(&path, &cases, runs),
         "after" => after(&path, &cases, runs),
+        "buckets" => buckets(&path, &cases, runs, true),
+        "buckets-wait" => buckets(&path, &cases, runs, false),
         _ => panic!("{usage}"),
     };
     let line =

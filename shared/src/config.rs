@@ -47,6 +47,7 @@ use crate::store::{LocalStore, MemoryStore, S3Settings, S3Store, SharedStore};
 /// | `MAAS_PRESIGN_EXPIRY_SECONDS` | how long a presigned upload URL stays valid | 900 |
 /// | `MAAS_ENGINE_THREADS` | threads for tract's matrix products (1: none besides the caller) | the CPUs available to the process |
 /// | `MAAS_SHAPE_PLANS` | optimised plans kept per model that is planned per input shape (LRU) | 8 |
+/// | `MAAS_PLANS_BEHIND` | on a model planned per input shape, a batch whose bucket has no plan yet runs on another bucket's plan (padded, or in shares) while its own is built on a thread of its own; `false`: the batch waits for its plan | true |
 /// | `MAAS_ENGINE_MIN_SHARE_MICROS` | with several engine threads, a batch may be split into one share per thread (rows run side by side) once a whole run of it took this long; it then runs whichever way was measured faster per row | 200 |
 /// | `MAAS_BATCH_INPUT_PREFIX` | batch-predict: keys under it are batch inputs, `<prefix><model>[@<version or alias>]/<path>` | `batch/input/` |
 /// | `MAAS_BATCH_OUTPUT_PREFIX` | batch-predict: outputs and manifests go under it; events for its keys are ignored | `batch/output/` |
@@ -166,6 +167,7 @@ impl Config {
                 "MAAS_ENGINE_MIN_SHARE_MICROS",
                 defaults.min_share_micros,
             )?,
+            plans_behind: parse_or(&lookup, "MAAS_PLANS_BEHIND", defaults.plans_behind)?,
         };
         let requests = RequestLimits {
             max_request_bytes: parse_or(
@@ -421,13 +423,16 @@ mod tests {
         let c = config(&[("MAAS_STORE", "memory://")]).unwrap();
         assert_eq!(c.cache.engine.shape_plans, 8);
         assert!(c.cache.engine.threads >= 1);
+        assert!(c.cache.engine.plans_behind);
         let c = config(&[
             ("MAAS_STORE", "memory://"),
             ("MAAS_ENGINE_THREADS", "3"),
             ("MAAS_SHAPE_PLANS", "0"),
+            ("MAAS_PLANS_BEHIND", "false"),
         ])
         .unwrap();
         assert_eq!((c.cache.engine.threads, c.cache.engine.shape_plans), (3, 1));
+        assert!(!c.cache.engine.plans_behind);
         assert_eq!(c.publish.engine, c.cache.engine);
     }
 

@@ -167,19 +167,13 @@ async fn serve_and_compare(
     Ok(())
 }
 
-/// A per-shape model (magika's `BroadcastTo` needs concrete shapes) runs batches of 5 and 8
-/// on one plan (5 is padded to 8), keeps at most the configured number of plans, and gives
-/// each row what onnxruntime gave it in a batch of 8. The memory it holds counts the plans
-/// it keeps, not the ones it dropped.
-#[test]
-fn per_shape_plans_bucket_batches_and_stay_bounded() {
+/// magika's reference case at batch 8: its rows of bytes (one row's width) and the scores
+/// onnxruntime gave them (one row's classes).
+fn magika_case() -> (Vec<i32>, usize, Vec<f64>, usize) {
     let case = cases_in(&zoo_dir())
         .into_iter()
         .find(|c| c.model == "magika" && c.batch == 8)
         .expect("a magika case at batch 8");
-    let path = zoo_dir().join("magika.onnx");
-    let settings = maas::engine::Settings { shape_plans: 2, ..Default::default() };
-    let model = Model::load_path(&path, Loader::Plain, Planning::PerShape, &settings).unwrap();
     let bytes: Vec<i32> = case.inputs[0]["data"]
         .as_array()
         .unwrap()
@@ -188,19 +182,39 @@ fn per_shape_plans_bucket_batches_and_stay_bounded() {
         .collect();
     let expected = case.outputs[0].numbers();
     let (width, classes) = (bytes.len() / 8, expected.len() / 8);
+    (bytes, width, expected, classes)
+}
+
+/// Runs `rows` of magika's reference rows (repeated past the eighth) on `model` and checks
+/// each row's scores against onnxruntime's within 1e-4.
+fn run_magika_rows(model: &Model, rows: usize) {
+    let (bytes, width, expected, classes) = magika_case();
+    let data = bytes.iter().copied().cycle().take(rows * width).collect();
+    let input =
+        Tensor { name: "bytes".into(), shape: vec![rows, width], data: TensorData::I32(data) };
+    let outputs = model.run(vec![input]).unwrap();
+    assert_eq!(outputs[0].shape, [rows, classes], "batch {rows}");
+    let TensorData::F32(scores) = &outputs[0].data else { panic!("FP32 scores") };
+    let expected = expected.iter().cycle();
+    for (i, (&got, &want)) in scores.iter().zip(expected).enumerate() {
+        assert!((f64::from(got) - want).abs() <= 1e-4, "batch {rows} [{i}]: {got} vs {want}");
+    }
+}
+
+/// A per-shape model (magika's `BroadcastTo` needs concrete shapes) runs batches of 5 and 8
+/// on one plan (5 is padded to 8), keeps at most the configured number of plans, and gives
+/// each row what onnxruntime gave it in a batch of 8. The memory it holds counts the plans
+/// it keeps, not the ones it dropped.
+#[test]
+fn per_shape_plans_bucket_batches_and_stay_bounded() {
+    let path = zoo_dir().join("magika.onnx");
+    let settings = maas::engine::Settings { shape_plans: 2, ..Default::default() };
+    let model = Model::load_path(&path, Loader::Plain, Planning::PerShape, &settings).unwrap();
     let mut held = vec![model.memory_bytes()];
     for (rows, plans) in [(5, 1), (8, 1), (3, 2), (1, 2)] {
-        let input = Tensor {
-            name: "bytes".into(),
-            shape: vec![rows, width],
-            data: TensorData::I32(bytes[..rows * width].to_vec()),
-        };
-        let outputs = model.run(vec![input]).unwrap();
-        assert_eq!(outputs[0].shape, [rows, classes], "batch {rows}");
-        let TensorData::F32(scores) = &outputs[0].data else { panic!("FP32 scores") };
-        for (i, (&got, &want)) in scores.iter().zip(&expected[..rows * classes]).enumerate() {
-            assert!((f64::from(got) - want).abs() <= 1e-4, "batch {rows} [{i}]: {got} vs {want}");
-        }
+        run_magika_rows(&model, rows);
+        // A new bucket's plan is built behind the batch that asked for it.
+        model.wait_for_plans();
         assert_eq!(model.plan_count(), plans, "plans after a batch of {rows}");
         held.push(model.memory_bytes());
     }
@@ -209,6 +223,34 @@ fn per_shape_plans_bucket_batches_and_stay_bounded() {
     let (first_plan, second_plan) = (held[1] - held[0], held[3] - held[2]);
     assert!(first_plan > 0 && second_plan > 0 && held[2] == held[1], "{held:?}");
     assert!(held[4].abs_diff(held[3]) < first_plan / 2, "a dropped plan still counts: {held:?}");
+}
+
+/// Once a per-shape model has a plan, a batch whose bucket has none runs on that plan (3 rows
+/// padded to the plan for 8; 16 rows in two shares of 8) while its own plan is built behind
+/// it, each row scored as onnxruntime scored it; the next batch of the bucket finds its own
+/// plan. With `plans_behind` off the batch waits for its plan instead.
+#[test]
+fn a_new_bucket_runs_on_another_buckets_plan_while_its_own_is_built() {
+    let path = zoo_dir().join("magika.onnx");
+    let model =
+        Model::load_path(&path, Loader::Plain, Planning::PerShape, &Default::default()).unwrap();
+    run_magika_rows(&model, 8);
+    assert_eq!((model.plan_count(), model.stand_in_runs()), (1, 0), "the first plan: built");
+    for (rows, plans) in [(3, 2), (16, 3)] {
+        let stand_ins = model.stand_in_runs();
+        run_magika_rows(&model, rows);
+        assert_eq!(model.stand_in_runs(), stand_ins + 1, "batch {rows} ran on the plan for 8");
+        model.wait_for_plans();
+        assert_eq!(model.plan_count(), plans, "batch {rows}: its own plan, built behind");
+        run_magika_rows(&model, rows);
+        assert_eq!(model.stand_in_runs(), stand_ins + 1, "batch {rows} again: on its own plan");
+    }
+
+    let settings = maas::engine::Settings { plans_behind: false, ..Default::default() };
+    let model = Model::load_path(&path, Loader::Plain, Planning::PerShape, &settings).unwrap();
+    run_magika_rows(&model, 8);
+    run_magika_rows(&model, 3);
+    assert_eq!((model.plan_count(), model.stand_in_runs()), (2, 0), "each batch built its plan");
 }
 
 /// Silero VAD as its wheel loads it by default picks its 16 or 8 kHz network by the value of

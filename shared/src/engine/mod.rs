@@ -43,6 +43,7 @@ mod validate;
 
 use budget::{contained, measured_net, BudgetedPlan};
 use convert::{from_tract, to_tract};
+use plans::Unplanned;
 use signature::signature_of;
 use split::Splitter;
 use translate::translate;
@@ -87,6 +88,8 @@ struct Resources {
     executor: Executor,
     /// How many optimised plans a per-shape model keeps.
     shape_plans: u64,
+    /// What a per-shape model's batch does when its bucket has no plan yet.
+    unplanned: Unplanned,
 }
 
 impl Resources {
@@ -96,6 +99,10 @@ impl Resources {
             cap: Self::cap(settings, file_bytes),
             executor: executor(settings.threads),
             shape_plans: settings.shape_plans.max(1),
+            unplanned: match settings.plans_behind {
+                true => Unplanned::StandIn,
+                false => Unplanned::Build,
+            },
         }
     }
 
@@ -239,7 +246,8 @@ impl Model {
         resources: &Resources,
     ) -> Result<Self, Error> {
         let signature = signature_of(&proto)?;
-        let plans = plans::ShapePlans::new(proto, loader, &signature, resources.shape_plans);
+        let plans =
+            plans::ShapePlans::new(proto, loader, &signature, resources.shape_plans, resources.cap);
         Ok(Self::new(Plans::PerShape(Arc::new(plans)), signature, resources))
     }
 
@@ -262,10 +270,27 @@ impl Model {
         rows.iter()
             .map(|&rows| {
                 let started = Instant::now();
-                self.run(validate::trial_inputs(&self.signature, rows.max(1), 1, Some(axes))?)?;
+                let inputs = validate::trial_inputs(&self.signature, rows.max(1), 1, Some(axes))?;
+                self.run_as(inputs, Unplanned::Build)?;
                 Ok((rows, crate::elapsed_ms(started)))
             })
             .collect()
+    }
+
+    /// How many batches of a per-shape model ran on another bucket's plan while their own
+    /// was built behind them, so far.
+    pub fn stand_in_runs(&self) -> u64 {
+        match &self.plans {
+            Plans::Symbolic(_) => 0,
+            Plans::PerShape(plans) => plans.stand_ins(),
+        }
+    }
+
+    /// Waits until a per-shape model builds no plan behind its requests.
+    pub fn wait_for_plans(&self) {
+        if let Plans::PerShape(plans) = &self.plans {
+            plans.wait_for_builds();
+        }
     }
 
     /// How many batches ran split across the engine's threads so far.
@@ -323,22 +348,31 @@ impl Model {
     ///
     /// The run stays within the model's memory budget ([`Error::OverBudget`] when it cannot)
     /// and a failure inside the engine is an error, never a crash.
+    ///
+    /// On a per-shape model, a batch whose bucket has no plan yet runs on another bucket's
+    /// plan while its own is built behind it (see [`plans`]), unless the settings say to wait.
     pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
+        self.run_as(inputs, self.resources.unplanned)
+    }
+
+    /// [`Model::run`], with `unplanned` saying what a batch whose bucket has no plan does.
+    fn run_as(&self, inputs: Vec<Tensor>, unplanned: Unplanned) -> Result<Vec<Tensor>, Error> {
         let inputs = inputs.into_iter().map(to_tract).collect::<Result<Vec<_>, _>>()?;
         let started = Instant::now();
         let (outputs, shares) = match self.splitter.as_deref() {
             Some(splitter) => match splitter.shares(&inputs) {
-                Some(sizes) => self.run_split(splitter, inputs, &sizes)?,
+                Some(sizes) => self.run_split(splitter, inputs, &sizes, unplanned)?,
                 None => {
                     let rows = splitter.rows(&inputs);
-                    let outputs = self.run_whole(inputs, self.resources.executor.clone(), 1)?;
+                    let executor = self.resources.executor.clone();
+                    let outputs = self.run_whole(inputs, executor, 1, unplanned)?;
                     if let Some(rows) = rows {
                         splitter.record(rows, 1, started.elapsed());
                     }
                     (outputs, 1)
                 }
             },
-            None => (self.run_whole(inputs, self.resources.executor.clone(), 1)?, 1),
+            None => (self.run_whole(inputs, self.resources.executor.clone(), 1, unplanned)?, 1),
         };
         tracing::trace!(shares, elapsed_ms = crate::elapsed_ms(started), "run");
         self.signature
@@ -356,6 +390,7 @@ impl Model {
         inputs: Vec<TractTensor>,
         executor: Executor,
         shares: u64,
+        unplanned: Unplanned,
     ) -> Result<Vec<TractTensor>, Error> {
         let budget = self.resources.budget / shares.max(1);
         let outputs = multithread_tract_scope(executor, || match &self.plans {
@@ -364,7 +399,7 @@ impl Model {
                 Ok(plan.run(values, budget)?.into_vec())
             }),
             Plans::PerShape(plans) => contained(self.resources.cap, "running the model", || {
-                plans.run(inputs, &self.signature, budget)
+                plans.run(inputs, &self.signature, budget, unplanned)
             }),
         })?;
         Ok(outputs.into_iter().map(TValue::into_tensor).collect())
@@ -378,16 +413,18 @@ impl Model {
         splitter: &Splitter,
         inputs: Vec<TractTensor>,
         sizes: &[usize],
+        unplanned: Unplanned,
     ) -> Result<(Vec<TractTensor>, usize), Error> {
         let Executor::MultiThread(pool) = &self.resources.executor else {
-            return Ok((self.run_whole(inputs, Executor::SingleThread, 1)?, 1));
+            return Ok((self.run_whole(inputs, Executor::SingleThread, 1, unplanned)?, 1));
         };
         let started = Instant::now();
         let shares = splitter.split(&inputs, sizes)?;
         let count = shares.len() as u64;
         let outputs: Vec<Result<Vec<TractTensor>, Error>> = pool.install(|| {
             let shares = shares.into_par_iter();
-            shares.map(|share| self.run_whole(share, Executor::SingleThread, count)).collect()
+            let run = |share| self.run_whole(share, Executor::SingleThread, count, unplanned);
+            shares.map(run).collect()
         });
         let outputs = outputs.into_iter().collect::<Result<Vec<_>, _>>()?;
         match split::join(outputs, sizes, &self.signature)? {
@@ -397,7 +434,8 @@ impl Model {
             }
             None => {
                 tracing::debug!("an output has no batch axis to join: running whole");
-                Ok((self.run_whole(inputs, self.resources.executor.clone(), 1)?, 1))
+                let executor = self.resources.executor.clone();
+                Ok((self.run_whole(inputs, executor, 1, unplanned)?, 1))
             }
         }
     }
@@ -434,11 +472,16 @@ pub struct Settings {
     /// of it took at least this many microseconds; it then takes whichever way, whole or
     /// split, was measured faster per row.
     pub min_share_micros: u64,
+    /// On a per-shape model, a batch whose bucket has no plan yet runs on another bucket's
+    /// plan, if one has a plan, while its own is built on a thread of its own (`false`: it
+    /// waits for its plan to be built).
+    pub plans_behind: bool,
 }
 
 impl Default for Settings {
     /// The defaults off Lambda: 256 MiB per declared tensor, 1 GiB per run, one thread,
-    /// 8 plans per shape, batches split into shares of at least 200 µs.
+    /// 8 plans per shape, batches split into shares of at least 200 µs, new buckets' plans
+    /// built behind the requests.
     fn default() -> Self {
         Self {
             max_tensor_bytes: 256 << 20,
@@ -446,6 +489,7 @@ impl Default for Settings {
             threads: 1,
             shape_plans: 8,
             min_share_micros: 200,
+            plans_behind: true,
         }
     }
 }

@@ -11,16 +11,23 @@
 //! rows, so a model is optimised at most once per power of two. Padding assumes the rows of
 //! a batch are independent, as they are in graphs exported for inference; when an output
 //! shows no batch axis to cut, the batch runs at its exact size instead.
+//!
+//! A plan takes tens of milliseconds to build (translating and optimising the graph for its
+//! shapes). Once a model has a plan, a batch whose bucket has none yet does not wait for one:
+//! it runs on the plan of another bucket of the same shapes otherwise (padded up to a larger
+//! bucket, or in shares of a smaller one) while its own plan is built behind it on a thread
+//! of its own, one at a time; the next batches of that bucket find it ready.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use tract_onnx::pb;
-use tract_onnx::prelude::{TValue, Tensor as TractTensor};
+use tract_onnx::prelude::{IntoTensor, TValue, Tensor as TractTensor};
 
-use super::budget::{check_facts, measured, BudgetedPlan};
+use super::budget::{check_facts, contained, measured, BudgetedPlan};
 use super::roles::{batch_axes, scalar_i64, selectors};
-use super::split::batch_rows;
+use super::split::{batch_rows, join, split};
 use super::translate::{translate, Concrete};
 use super::{engine_error, engine_problem};
 use crate::error::Error;
@@ -28,6 +35,19 @@ use crate::manifest::{Loader, Signature};
 
 /// A plan and the heap bytes building it left allocated.
 type SizedPlan = (Arc<BudgetedPlan>, u64);
+
+/// The most shares a batch standing in on a smaller bucket's plan is cut into; beyond, the
+/// smaller plan's per-row cost could outweigh building the batch's own.
+const STAND_IN_SHARES: usize = 16;
+
+/// What a batch does when its bucket has no plan yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Unplanned {
+    /// Waits for its plan to be built.
+    Build,
+    /// Runs on another bucket's plan, if there is one, while its own is built behind it.
+    StandIn,
+}
 
 /// The plans of one model, built on demand.
 pub(super) struct ShapePlans {
@@ -40,6 +60,15 @@ pub(super) struct ShapePlans {
     batch_axes: Option<Vec<Vec<usize>>>,
     /// For each input, whether it is a selector whose value each plan is built for.
     selectors: Vec<bool>,
+    /// The largest single allocation while building a plan.
+    cap: u64,
+    /// Whether a plan is being built behind the requests, and its end signalled.
+    building: (Mutex<bool>, Condvar),
+    /// Facts whose plan failed to build behind a request: from then on built in the request,
+    /// which reports why.
+    failed: Mutex<HashSet<Concrete>>,
+    /// Batches run on another bucket's plan so far.
+    stand_ins: AtomicU64,
 }
 
 impl ShapePlans {
@@ -48,6 +77,7 @@ impl ShapePlans {
         loader: Loader,
         signature: &Signature,
         plan_limit: u64,
+        cap: u64,
     ) -> Self {
         let plan_bytes = Arc::new(AtomicU64::new(0));
         let evicted = Arc::clone(&plan_bytes);
@@ -60,7 +90,18 @@ impl ShapePlans {
             .build();
         let batch_axes = batch_axes(&proto, signature);
         let selectors = selectors(&proto, signature);
-        Self { proto, loader, plans, plan_bytes, batch_axes, selectors }
+        Self {
+            proto,
+            loader,
+            plans,
+            plan_bytes,
+            batch_axes,
+            selectors,
+            cap,
+            building: (Mutex::new(false), Condvar::new()),
+            failed: Mutex::new(HashSet::new()),
+            stand_ins: AtomicU64::new(0),
+        }
     }
 
     /// For each input, the axes that carry the batch; `None` when batches are not bucketed.
@@ -79,22 +120,193 @@ impl ShapePlans {
         self.plans.entry_count()
     }
 
-    /// Runs one batch within `budget` bytes of live tensors (see [`BudgetedPlan::run`]).
+    /// Batches run on another bucket's plan so far.
+    pub(super) fn stand_ins(&self) -> u64 {
+        self.stand_ins.load(Ordering::Relaxed)
+    }
+
+    /// Waits until no plan is being built behind the requests.
+    pub(super) fn wait_for_builds(&self) {
+        let (building, ended) = &self.building;
+        let guard = building.lock().unwrap_or_else(PoisonError::into_inner);
+        drop(ended.wait_while(guard, |b| *b).unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// Runs one batch within `budget` bytes of live tensors (see [`BudgetedPlan::run`]);
+    /// `unplanned` says what it does when its bucket has no plan yet.
     pub(super) fn run(
-        &self,
+        self: &Arc<Self>,
         inputs: Vec<TractTensor>,
         signature: &Signature,
         budget: u64,
+        unplanned: Unplanned,
     ) -> Result<Vec<TValue>, Error> {
-        if let Some((batch, padded)) = self.bucket(&inputs).filter(|(b, p)| b != p) {
-            let padded_inputs = self.pad(&inputs, batch, padded)?;
-            let outputs = self.run_exact(padded_inputs, budget)?;
-            if let Some(outputs) = unpad(outputs, batch, padded, signature)? {
-                return Ok(outputs);
+        if let Some((batch, padded)) = self.bucket(&inputs) {
+            if unplanned == Unplanned::StandIn {
+                if let Some(outputs) = self.stand_in(&inputs, batch, padded, signature, budget)? {
+                    return Ok(outputs);
+                }
             }
-            tracing::debug!(batch, padded, "an output has no batch axis to cut: running unpadded");
+            if batch != padded {
+                if let Some(outputs) = self.run_padded(&inputs, batch, padded, signature, budget)? {
+                    return Ok(outputs);
+                }
+                tracing::debug!(
+                    batch,
+                    padded,
+                    "an output has no batch axis to cut: running unpadded"
+                );
+            }
         }
         self.run_exact(inputs, budget)
+    }
+
+    /// `inputs` of `batch` rows padded to `rows` and run, their outputs cut back; `None` when
+    /// an output has no batch axis to cut.
+    fn run_padded(
+        &self,
+        inputs: &[TractTensor],
+        batch: usize,
+        rows: usize,
+        signature: &Signature,
+        budget: u64,
+    ) -> Result<Option<Vec<TValue>>, Error> {
+        if batch == rows {
+            return self.run_exact(inputs.to_vec(), budget).map(Some);
+        }
+        let outputs = self.run_exact(self.pad(inputs, batch, rows)?, budget)?;
+        unpad(outputs, batch, rows, signature)
+    }
+
+    /// Runs a batch whose bucket (`padded` rows) has no plan on the plan of the nearest bucket
+    /// that has one for the same facts otherwise, and builds the bucket's own plan behind
+    /// it. `None` when the bucket has a plan, its plan failed to build behind an earlier
+    /// batch, no other bucket has one (or only one that would need more than
+    /// [`STAND_IN_SHARES`] shares), or the outputs cannot be cut or joined by row.
+    fn stand_in(
+        self: &Arc<Self>,
+        inputs: &[TractTensor],
+        batch: usize,
+        padded: usize,
+        signature: &Signature,
+        budget: u64,
+    ) -> Result<Option<Vec<TValue>>, Error> {
+        let wanted = self.with_rows(&self.concrete(inputs)?, padded);
+        let failed =
+            || self.failed.lock().unwrap_or_else(PoisonError::into_inner).contains(&wanted);
+        if self.plans.contains_key(&wanted) || failed() {
+            return Ok(None);
+        }
+        let Some(rows) = self.planned_rows(&wanted, batch) else { return Ok(None) };
+        if batch.div_ceil(rows) > STAND_IN_SHARES {
+            return Ok(None);
+        }
+        let outputs = match rows >= batch {
+            true => self.run_padded(inputs, batch, rows, signature, budget)?,
+            false => self.run_in_shares(inputs, batch, rows, signature, budget)?,
+        };
+        if outputs.is_some() {
+            self.stand_ins.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(batch, padded, rows, "batch run on another bucket's plan");
+            self.build_behind(wanted, budget);
+        }
+        Ok(outputs)
+    }
+
+    /// The rows of the bucket whose plan stands in for `wanted`'s, for a batch of `batch`
+    /// rows: the smallest planned bucket that holds the batch, else the largest planned.
+    fn planned_rows(&self, wanted: &Concrete, batch: usize) -> Option<usize> {
+        let others = self.with_rows(wanted, 0);
+        let axes = self.batch_axes.as_deref()?;
+        let (input, axis) = axes.iter().enumerate().find_map(|(i, a)| Some((i, *a.first()?)))?;
+        let planned: Vec<usize> = self
+            .plans
+            .iter()
+            .filter(|(facts, _)| self.with_rows(facts, 0) == others)
+            .filter_map(|(facts, _)| facts.shapes.get(input)?.get(axis).copied())
+            .collect();
+        let larger = planned.iter().copied().filter(|&rows| rows >= batch).min();
+        larger.or_else(|| planned.into_iter().max())
+    }
+
+    /// `inputs` of `batch` rows run in shares of `rows` rows (the last padded), their outputs
+    /// joined; `None` when an output cannot be cut or joined by row.
+    fn run_in_shares(
+        &self,
+        inputs: &[TractTensor],
+        batch: usize,
+        rows: usize,
+        signature: &Signature,
+        budget: u64,
+    ) -> Result<Option<Vec<TValue>>, Error> {
+        let axes = self.batch_axes.as_deref().unwrap_or_default();
+        let sizes: Vec<usize> =
+            (0..batch).step_by(rows).map(|start| rows.min(batch - start)).collect();
+        let mut outputs = Vec::with_capacity(sizes.len());
+        for (share, &size) in split(inputs, axes, &sizes)?.iter().zip(&sizes) {
+            let Some(out) = self.run_padded(share, size, rows, signature, budget)? else {
+                return Ok(None);
+            };
+            outputs.push(out.into_iter().map(TValue::into_tensor).collect());
+        }
+        Ok(join(outputs, &sizes, signature)?
+            .map(|joined| joined.into_iter().map(TValue::from).collect()))
+    }
+
+    /// Builds the plan for `concrete` on a thread of its own, unless one is being built
+    /// already; a plan that fails to build is built in the request from then on.
+    fn build_behind(self: &Arc<Self>, concrete: Concrete, budget: u64) {
+        {
+            let mut building = self.building.0.lock().unwrap_or_else(PoisonError::into_inner);
+            if *building {
+                return;
+            }
+            *building = true;
+        }
+        let plans = Arc::clone(self);
+        let build = move || {
+            lower_priority();
+            let built = contained(plans.cap, "building a plan", || plans.build(&concrete, budget));
+            match built {
+                Ok(plan) => plans.plans.insert(concrete, plan),
+                Err(error) => {
+                    let error = crate::error::chain(&error);
+                    tracing::warn!(shapes = ?concrete.shapes, %error, "a plan failed to build");
+                    let mut failed = plans.failed.lock().unwrap_or_else(PoisonError::into_inner);
+                    // Bounded: dynamic dimensions besides the batch make facts without end.
+                    if failed.len() >= 64 {
+                        failed.clear();
+                    }
+                    failed.insert(concrete);
+                }
+            }
+            plans.end_build();
+        };
+        if let Err(error) = std::thread::Builder::new().name("maas-plan".to_owned()).spawn(build) {
+            tracing::warn!(%error, "no thread to build a plan on");
+            self.end_build();
+        }
+    }
+
+    /// Marks the plan built behind the requests as done, and wakes whoever waits for it.
+    fn end_build(&self) {
+        let (building, ended) = &self.building;
+        *building.lock().unwrap_or_else(PoisonError::into_inner) = false;
+        ended.notify_all();
+    }
+
+    /// `concrete` with `rows` on every batch axis.
+    fn with_rows(&self, concrete: &Concrete, rows: usize) -> Concrete {
+        let mut concrete = concrete.clone();
+        let axes = self.batch_axes.as_deref().unwrap_or_default();
+        for (shape, axes) in concrete.shapes.iter_mut().zip(axes) {
+            for &axis in axes {
+                if let Some(dim) = shape.get_mut(axis) {
+                    *dim = rows;
+                }
+            }
+        }
+        concrete
     }
 
     /// The batch size and its bucket, when every batch axis agrees on the size.
@@ -193,6 +405,21 @@ impl ShapePlans {
     }
 }
 
+/// Gives the calling thread a lower scheduling priority (nice 10), so that on a function
+/// with one vCPU a plan built behind the requests yields the CPU to them. Linux only (where
+/// a thread has its own nice value); a failure leaves the priority as it was.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority changes the calling thread's nice value (`who` 0); raising it
+        // needs no privilege and touches no memory.
+        let lowered = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) } == 0;
+        if !lowered {
+            tracing::debug!("the plan builder's priority could not be lowered");
+        }
+    }
+}
+
 /// The outputs cut back from `padded` to `batch` rows along their batch axis (the first
 /// dynamic axis of that size), or `None` when an output has no such axis.
 fn unpad(
@@ -215,4 +442,28 @@ fn unpad(
         return Err(engine_problem("the model gave fewer outputs than it declares"));
     }
     Ok(Some(cut))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lower_priority;
+
+    /// The nice value of the calling thread.
+    fn nice() -> i32 {
+        // SAFETY: getpriority reads the calling thread's nice value (`who` 0).
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn the_plan_builder_alone_runs_at_a_lower_priority() {
+        let before = nice();
+        let builder = std::thread::spawn(|| {
+            lower_priority();
+            nice()
+        });
+        // Nice 10, or a higher value the process already had (lowering it needs privilege).
+        assert_eq!(builder.join().unwrap(), before.max(10), "the builder's thread");
+        assert_eq!(nice(), before, "the other threads keep theirs");
+    }
 }

@@ -25,9 +25,8 @@ use tract_onnx::tract_core::ops::cnn::Conv;
 use tract_onnx::tract_core::ops::math::{Add, Mul};
 use tract_onnx::tract_core::optim::Optimizer;
 
-/// The optimised form of a translated, decluttered model.
+/// The optimised form of a translated, decluttered model ([`super::translate`] declutters).
 pub(super) fn optimise(mut typed: TypedModel) -> TractResult<TypedModel> {
-    typed.declutter()?;
     while let Some(patch) = fold_channel_affine(&typed)? {
         patch.apply(&mut typed)?;
     }

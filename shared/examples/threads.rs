@@ -2,7 +2,7 @@
 //! for a few batch sizes. Driven by `scripts/bench_threads.sh`. With several threads, matrix
 //! products use them all, and batches whose shares take long enough are split across them
 //! (`engine::Settings::min_share_micros`); the model is loaded as validation says (loader,
-//! planning).
+//! planning). `MAAS_ENGINE_MIN_SHARE_MICROS` sets the minimum share as in `predict`.
 //!
 //! `threads MODEL.onnx THREADS RUNS BATCH...`   prints one Markdown row per batch size
 
@@ -54,7 +54,10 @@ fn main() {
     let bytes = std::fs::read(path).expect("the model file");
     let validated = validate(&bytes, &Settings::default()).expect("the model validates");
     let load = |threads| {
-        let settings = Settings { threads, ..Default::default() };
+        // As predict reads it, to compare values of the minimum share.
+        let min_share_micros = std::env::var("MAAS_ENGINE_MIN_SHARE_MICROS")
+            .map_or(Settings::default().min_share_micros, |v| v.parse().expect("microseconds"));
+        let settings = Settings { threads, min_share_micros, ..Default::default() };
         Model::load_path(path.as_ref(), validated.loader, validated.plans, &settings)
             .expect("the model loads")
     };

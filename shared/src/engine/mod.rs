@@ -286,6 +286,14 @@ impl Model {
         }
     }
 
+    /// See [`plans::ShapePlans::unsteady`]; 0 for a model with one symbolic plan.
+    fn unsteady(&self) -> u64 {
+        match &self.plans {
+            Plans::Symbolic(_) => 0,
+            Plans::PerShape(plans) => plans.unsteady(),
+        }
+    }
+
     /// Waits until a per-shape model builds no plan behind its requests.
     pub fn wait_for_plans(&self) {
         if let Plans::PerShape(plans) = &self.plans {
@@ -364,10 +372,12 @@ impl Model {
                 Some(sizes) => self.run_split(splitter, inputs, &sizes, unplanned)?,
                 None => {
                     let rows = splitter.rows(&inputs);
+                    let unsteady = self.unsteady();
                     let executor = self.resources.executor.clone();
                     let outputs = self.run_whole(inputs, executor, 1, unplanned)?;
                     if let Some(rows) = rows {
-                        splitter.record(rows, 1, started.elapsed());
+                        let elapsed = (self.unsteady() == unsteady).then(|| started.elapsed());
+                        splitter.record(rows, 1, elapsed);
                     }
                     (outputs, 1)
                 }
@@ -419,6 +429,7 @@ impl Model {
             return Ok((self.run_whole(inputs, Executor::SingleThread, 1, unplanned)?, 1));
         };
         let started = Instant::now();
+        let unsteady = self.unsteady();
         let shares = splitter.split(&inputs, sizes)?;
         let count = shares.len() as u64;
         let outputs: Vec<Result<Vec<TractTensor>, Error>> = pool.install(|| {
@@ -429,7 +440,10 @@ impl Model {
         let outputs = outputs.into_iter().collect::<Result<Vec<_>, _>>()?;
         match split::join(outputs, sizes, &self.signature)? {
             Some(joined) => {
-                splitter.record(sizes.iter().sum(), sizes.len(), started.elapsed());
+                // A share that built its plan, or ran on another bucket's, says nothing of
+                // how fast splitting is.
+                let elapsed = (self.unsteady() == unsteady).then(|| started.elapsed());
+                splitter.record(sizes.iter().sum(), sizes.len(), elapsed);
                 Ok((joined, sizes.len()))
             }
             None => {

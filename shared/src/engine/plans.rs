@@ -69,6 +69,8 @@ pub(super) struct ShapePlans {
     failed: Mutex<HashSet<Concrete>>,
     /// Batches run on another bucket's plan so far.
     stand_ins: AtomicU64,
+    /// Plans built so far, in requests or behind them.
+    builds: AtomicU64,
 }
 
 impl ShapePlans {
@@ -101,6 +103,7 @@ impl ShapePlans {
             building: (Mutex::new(false), Condvar::new()),
             failed: Mutex::new(HashSet::new()),
             stand_ins: AtomicU64::new(0),
+            builds: AtomicU64::new(0),
         }
     }
 
@@ -123,6 +126,12 @@ impl ShapePlans {
     /// Batches run on another bucket's plan so far.
     pub(super) fn stand_ins(&self) -> u64 {
         self.stand_ins.load(Ordering::Relaxed)
+    }
+
+    /// Plans built and batches run on another bucket's plan so far: a run during which this
+    /// changed did work, or ran at a speed, that later runs of its shapes will not.
+    pub(super) fn unsteady(&self) -> u64 {
+        self.stand_ins().wrapping_add(self.builds.load(Ordering::Relaxed))
     }
 
     /// Waits until no plan is being built behind the requests.
@@ -383,6 +392,7 @@ impl ShapePlans {
 
     /// Builds the plan for `concrete` facts, counting the bytes it holds into the model's.
     fn build(&self, concrete: &Concrete, budget: u64) -> Result<SizedPlan, Error> {
+        self.builds.fetch_add(1, Ordering::Relaxed);
         let started = std::time::Instant::now();
         let (plan, bytes) = measured(|| {
             let (typed, _) = translate(&self.proto, self.loader, Some(concrete))?;

@@ -66,16 +66,19 @@ impl Splitter {
         self.splits.load(Ordering::Relaxed)
     }
 
-    /// Records how long `rows` rows took, run whole (`shares` 1) or in `shares` shares side
-    /// by side.
-    pub(super) fn record(&self, rows: usize, shares: usize, elapsed: Duration) {
-        let nanos = elapsed.as_nanos() / rows.max(1) as u128;
-        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX).max(1);
+    /// Records a run of `rows` rows, whole (`shares` 1) or in `shares` shares side by side,
+    /// and how long it took; `None` when its time says nothing of later runs (it built a plan,
+    /// for one), which then count as a split but are not compared.
+    pub(super) fn record(&self, rows: usize, shares: usize, elapsed: Option<Duration>) {
         if shares > 1 {
             self.splits.fetch_add(1, Ordering::Relaxed);
-            self.split_nanos.store(nanos, Ordering::Relaxed);
-        } else {
-            self.whole_nanos.store(nanos, Ordering::Relaxed);
+        }
+        let Some(elapsed) = elapsed else { return };
+        let nanos = elapsed.as_nanos() / rows.max(1) as u128;
+        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX).max(1);
+        match shares > 1 {
+            true => self.split_nanos.store(nanos, Ordering::Relaxed),
+            false => self.whole_nanos.store(nanos, Ordering::Relaxed),
         }
     }
 
@@ -187,15 +190,19 @@ mod tests {
         let state = TractTensor::zero::<f32>(&[2, 7, 4]).unwrap();
         let inputs = [rows(7, 2), state];
         assert_eq!(splitter.shares(&inputs), None, "not measured yet");
-        splitter.record(7, 1, Duration::from_micros(70));
+        splitter.record(7, 1, None);
+        assert_eq!(splitter.shares(&inputs), None, "a run whose time says nothing");
+        splitter.record(7, 1, Some(Duration::from_micros(70)));
         assert_eq!(splitter.shares(&inputs), None, "a whole run of 70 µs does not pay");
-        splitter.record(7, 1, Duration::from_millis(7));
+        splitter.record(7, 1, Some(Duration::from_millis(7)));
         assert_eq!(splitter.shares(&inputs), Some(vec![3, 2, 2]));
-        splitter.record(7, 3, Duration::from_millis(3));
+        splitter.record(7, 3, None);
+        assert_eq!(splitter.shares(&inputs), Some(vec![3, 2, 2]), "a split run not compared");
+        splitter.record(7, 3, Some(Duration::from_millis(3)));
         assert_eq!(splitter.shares(&inputs), Some(vec![3, 2, 2]), "splitting was faster");
-        splitter.record(7, 3, Duration::from_millis(8));
+        splitter.record(7, 3, Some(Duration::from_millis(8)));
         assert_eq!(splitter.shares(&inputs), None, "splitting was slower than running whole");
-        assert_eq!(splitter.splits(), 2);
+        assert_eq!(splitter.splits(), 3, "every split run counts");
         let one = [rows(1, 2), TractTensor::zero::<f32>(&[2, 1, 4]).unwrap()];
         assert_eq!(splitter.shares(&one), None, "one row");
         let disagreeing = [rows(7, 2), TractTensor::zero::<f32>(&[2, 6, 4]).unwrap()];

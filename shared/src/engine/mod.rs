@@ -32,6 +32,7 @@ mod ml;
 #[cfg(feature = "nnef")]
 mod nnef;
 mod plans;
+mod pool;
 mod profile;
 mod rewrite;
 mod roles;

@@ -16,14 +16,18 @@
 //!   one, where it stays a separate pass over the tensor, and at batches above 1 two generic
 //!   broadcasting passes. The weights and bias absorb it here, as onnxruntime's
 //!   `ConvBNFusion` does.
+//! - **2×2 max pools with stride 2** ([`replace_pools`]): computed by [`MaxPool2x2`], a
+//!   vectorisable loop over pairs of rows, where tract walks each tap with bounds checks.
 
 use tract_onnx::prelude::{
     tract_ndarray, Datum, OutletId, SpecialOps, Tensor, TractResult, TypedModel, TypedModelPatch,
 };
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
-use tract_onnx::tract_core::ops::cnn::Conv;
+use tract_onnx::tract_core::ops::cnn::{Conv, OptMaxPool};
 use tract_onnx::tract_core::ops::math::{Add, Mul};
 use tract_onnx::tract_core::optim::Optimizer;
+
+use super::pool::MaxPool2x2;
 
 /// The optimised form of a translated, decluttered model ([`super::translate`] declutters).
 pub(super) fn optimise(mut typed: TypedModel) -> TractResult<TypedModel> {
@@ -32,7 +36,26 @@ pub(super) fn optimise(mut typed: TypedModel) -> TractResult<TypedModel> {
     }
     typed = typed.into_compact()?;
     typed.optimize_with_session(&mut codegen().session())?;
+    replace_pools(&mut typed)?;
     Ok(typed)
+}
+
+/// tract's optimised max pools that [`MaxPool2x2`] computes, replaced by it.
+fn replace_pools(model: &mut TypedModel) -> TractResult<()> {
+    for id in 0..model.nodes.len() {
+        let patch = {
+            let node = model.node(id);
+            let Some(pool) = node.op_as::<OptMaxPool>() else { continue };
+            let input = model.outlet_fact(node.inputs[0])?;
+            let index_outputs = pool.with_index_outputs;
+            let Some(fast) = MaxPool2x2::replacing(&pool.pool_spec, index_outputs, input) else {
+                continue;
+            };
+            TypedModelPatch::replace_single_op(model, node, &node.inputs, fast)?
+        };
+        patch.apply(model)?;
+    }
+    Ok(())
 }
 
 /// tract's code generation passes without `MergeConsecutiveSameRoleAxes`.

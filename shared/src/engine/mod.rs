@@ -28,6 +28,7 @@ use crate::tensor::Tensor;
 mod budget;
 mod convert;
 mod fold;
+mod hardswish;
 mod ml;
 #[cfg(feature = "nnef")]
 mod nnef;

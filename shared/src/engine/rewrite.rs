@@ -16,6 +16,8 @@
 //!   one, where it stays a separate pass over the tensor, and at batches above 1 two generic
 //!   broadcasting passes. The weights and bias absorb it here, as onnxruntime's
 //!   `ConvBNFusion` does.
+//! - **Hard swish in one pass** ([`hardswish::fuse`]): `x * clip(x + 3, 0, 6) / 6` as
+//!   exporters write it out runs as one op instead of two passes over the tensor.
 //! - **2×2 max pools with stride 2** ([`replace_pools`]): computed by [`MaxPool2x2`], a
 //!   vectorisable loop over pairs of rows, where tract walks each tap with bounds checks.
 
@@ -27,11 +29,15 @@ use tract_onnx::tract_core::ops::cnn::{Conv, OptMaxPool};
 use tract_onnx::tract_core::ops::math::{Add, Mul};
 use tract_onnx::tract_core::optim::Optimizer;
 
+use super::hardswish;
 use super::pool::MaxPool2x2;
 
 /// The optimised form of a translated, decluttered model ([`super::translate`] declutters).
 pub(super) fn optimise(mut typed: TypedModel) -> TractResult<TypedModel> {
     while let Some(patch) = fold_channel_affine(&typed)? {
+        patch.apply(&mut typed)?;
+    }
+    while let Some(patch) = hardswish::fuse(&typed)? {
         patch.apply(&mut typed)?;
     }
     typed = typed.into_compact()?;

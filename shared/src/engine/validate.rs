@@ -9,7 +9,7 @@ use tract_onnx::prelude::Framework;
 use super::convert::{datum_type_of, zeros};
 use super::signature::{signature_of, tensor_spec};
 use super::translate::translate_any;
-use super::{budget::contained, roles, Model, Resources, Settings};
+use super::{budget::contained, roles, Model, Resources, Settings, Unplanned};
 use crate::elapsed_ms;
 use crate::error::Error;
 use crate::manifest::{Loader, Planning, Signature, ValidationReport};
@@ -36,7 +36,10 @@ pub struct Validated {
 /// plan, a per-shape plan is tried (`TRIAL_DIMS`). Any failure is [`Error::InvalidModel`]
 /// saying what failed.
 pub fn validate(bytes: &[u8], settings: &Settings) -> Result<Validated, Error> {
-    let resources = Resources::new(settings, bytes.len() as u64);
+    // Trials time plans of given shapes: each batch waits for its own plan rather than run on
+    // another bucket's while it is built.
+    let resources =
+        Resources { unplanned: Unplanned::Build, ..Resources::new(settings, bytes.len() as u64) };
     contained(resources.cap, "validating the model", || {
         validate_within(bytes, settings, &resources)
     })

@@ -9,7 +9,9 @@ use lambda_http::Body;
 use maas_tests::{call, cases, predictor};
 use serde_json::{json, Value};
 
-use crate::reference::{assert_matches_reference, serving_every_reference_model, MODELS};
+use crate::reference::{
+    assert_matches_reference, planned_for, serving_every_reference_model, MODELS,
+};
 
 /// One tensor's elements in the binary form: little-endian, BYTES as 4-byte length + bytes.
 fn encode(datatype: &str, data: &[Value]) -> Vec<u8> {
@@ -115,6 +117,7 @@ async fn binary_requests_give_the_numbers_json_requests_give() {
     let predictor = serving_every_reference_model(&cache).await;
     let cases = cases();
     for case in cases.iter().filter(|c| MODELS.contains(&c.model.as_str())) {
+        planned_for(&predictor, case).await;
         let path = format!("/v2/models/{}/infer", case.model);
         let (inputs, data) = binary_inputs(case);
         let header = json!({"inputs": inputs, "parameters": {"binary_data_output": true}});

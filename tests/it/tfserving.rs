@@ -13,7 +13,7 @@ use maas_tests::{
 };
 use serde_json::{json, Value};
 
-use crate::reference::{assert_matches_reference, serving_every_reference_model};
+use crate::reference::{assert_matches_reference, planned_for, serving_every_reference_model};
 
 /// Flat row-major `data` as nested lists following `shape` (a scalar for `[]`).
 pub fn nest(data: &[Value], shape: &[usize]) -> Value {
@@ -143,12 +143,7 @@ async fn rows_columns_and_the_open_inference_protocol_give_the_same_numbers() {
         let context = format!("{} batch {}", case.model, case.batch);
         let oip_path = format!("/v2/models/{}/infer", case.model);
         let body = json!({ "inputs": case.inputs }).to_string().into_bytes();
-        // A batch whose bucket has no plan yet runs on another bucket's plan, whose answer can
-        // differ in the last bits: the forms are compared once the bucket has its own.
-        let (status, first) = call(&predictor, "POST", &oip_path, Some(body.clone())).await;
-        assert_eq!(status, 200, "{context}: {first}");
-        let id = ModelId::new(case.model.parse().unwrap(), Version::MIN);
-        predictor.registry().load(&id).await.unwrap().model.wait_for_plans();
+        planned_for(&predictor, case).await;
         let (status, oip) = call(&predictor, "POST", &oip_path, Some(body)).await;
         assert_eq!(status, 200, "{context}: {oip}");
         assert_matches_reference(case, &oip);

@@ -53,11 +53,13 @@ fn to_tract(tensor: &Tensor) -> TValue {
     built.expect("a tract tensor").into_tvalue()
 }
 
-/// `first_ms` and the warm medians of `run` over each case.
+/// `first_ms` and the warm medians of `run` over each case, each timed after one run and
+/// `settle` (which waits for what that run started: a plan built behind it).
 fn timings(
     cases: &[(u64, Vec<Tensor>)],
     runs: usize,
     run: &dyn Fn(&[Tensor]) -> Result<(), String>,
+    settle: &dyn Fn(),
 ) -> Result<(f64, Value), String> {
     let started = Instant::now();
     run(&cases[0].1)?;
@@ -65,6 +67,7 @@ fn timings(
     let mut warm = serde_json::Map::new();
     for (batch, inputs) in cases {
         run(inputs)?;
+        settle();
         let samples = (0..runs)
             .map(|_| {
                 let started = Instant::now();
@@ -127,7 +130,7 @@ fn before(path: &Path, cases: &[(u64, Vec<Tensor>)], runs: usize) -> Result<Valu
         let values: TVec<TValue> = inputs.iter().map(to_tract).collect();
         plan.run(values).map(drop).map_err(|e| format!("{e:#}"))
     };
-    let (first_ms, warm_ms) = timings(cases, runs, &run)?;
+    let (first_ms, warm_ms) = timings(cases, runs, &run, &|| ())?;
     Ok(
         json!({ "load_ms": load_ms, "optimise_ms": optimise_ms, "first_ms": first_ms, "warm_ms": warm_ms }),
     )
@@ -151,7 +154,7 @@ fn after(path: &Path, cases: &[(u64, Vec<Tensor>)], runs: usize) -> Result<Value
     let run = |inputs: &[Tensor]| {
         model.run(inputs.to_vec()).map(drop).map_err(|e| maas::error::chain(&e))
     };
-    let (first_ms, warm_ms) = timings(cases, runs, &run)?;
+    let (first_ms, warm_ms) = timings(cases, runs, &run, &|| model.wait_for_plans())?;
     Ok(json!({
         "load_ms": validated.report.parse_ms,
         "optimise_ms": validated.report.optimise_ms,
@@ -215,7 +218,7 @@ fn buckets(
     }
     model.wait_for_plans();
     let stand_ins = model.stand_in_runs();
-    let (_, warm) = timings(&sized, runs, &run)?;
+    let (_, warm) = timings(&sized, runs, &run, &|| model.wait_for_plans())?;
     Ok(json!({
         "first_ms": first,
         "warm_ms": warm,

@@ -56,7 +56,7 @@ use crate::store::{LocalStore, MemoryStore, S3Settings, S3Store, SharedStore};
 /// | `MAAS_BATCH_MAX_FAILED_RATIO` | batch-predict: the job stops when more than this fraction of the rows read so far failed (1 never stops) | 0.5 |
 /// | `MAAS_BATCH_DEADLINE_MARGIN_MS` | batch-predict: time kept before the invocation's deadline to abort cleanly | 10000 |
 /// | `MAAS_BATCH_MAX_INLINE_RESULT_BYTES` | batch-predict: largest Step Functions answer returned inline; larger ones are written to the store | 250000 |
-/// | `MAAS_MALLOC_ARENAS` | glibc malloc arenas (`mallopt(M_ARENA_MAX)`): fewer arenas hold less freed memory; 0 keeps glibc's default (8 per core) | 2 |
+/// | `MAAS_MALLOC_ARENAS` | glibc malloc arenas (`mallopt(M_ARENA_MAX)`): fewer arenas hold less freed memory; 0 keeps glibc's default (8 per core) | 2; batch-predict 1 |
 ///
 /// The S3 endpoint, region and credentials come from the standard AWS variables
 /// (`AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, `AWS_REGION`, ...); the `MAAS_S3_*` timeouts
@@ -74,8 +74,8 @@ pub struct Config {
     pub max_response_bytes: u64,
     pub publish: PublishLimits,
     pub presign_expiry: Duration,
-    /// 0: glibc's default.
-    pub malloc_arenas: usize,
+    /// 0: glibc's default; `None`: the function's (see [`crate::function::runtime`]).
+    pub malloc_arenas: Option<usize>,
     pub batch: BatchSettings,
 }
 
@@ -210,7 +210,9 @@ impl Config {
                 "MAAS_PRESIGN_EXPIRY_SECONDS",
                 900,
             )?),
-            malloc_arenas: parse_or(&lookup, "MAAS_MALLOC_ARENAS", 2)?,
+            malloc_arenas: lookup("MAAS_MALLOC_ARENAS")
+                .map(|_| parse_or(&lookup, "MAAS_MALLOC_ARENAS", 0))
+                .transpose()?,
             batch: batch_settings(&lookup)?,
         })
     }
@@ -395,7 +397,7 @@ mod tests {
         assert_eq!(c.cache.memory_bytes, GIB);
         assert_eq!(c.requests, RequestLimits::default());
         assert_eq!(c.max_response_bytes, 6 << 20);
-        assert_eq!(c.malloc_arenas, 2);
+        assert_eq!(c.malloc_arenas, None);
         assert!(c.preload.is_empty());
         assert_eq!((c.batch.batch_size, c.batch.max_elements), (256, 65_536));
         let c = config(&[
@@ -410,7 +412,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.cache.memory_bytes, GIB);
-        assert_eq!(c.malloc_arenas, 0);
+        assert_eq!(c.malloc_arenas, Some(0));
         assert_eq!((c.batch.batch_size, c.batch.max_elements), (64, 1));
         assert!(c.s3.force_path_style);
         assert_eq!(c.preload.len(), 2);

@@ -78,10 +78,28 @@ pub fn config(store: Option<&str>) -> Result<Config, ConfigError> {
     })
 }
 
-/// The registry over the configured store, for the whole execution environment; also bounds
-/// malloc's arenas and sizes the engine's thread pool and its per-shape plan caches.
+/// malloc arenas for a function serving requests: two keep ~4 MiB less at the load test's
+/// peak than glibc's default at the same warm throughput, one was slower
+/// (`scripts/benchmarks.md`, "Arena cap").
+pub const SERVING_ARENAS: usize = 2;
+
+/// malloc arenas for batch jobs: the reader, inference and writer threads share one, which
+/// holds less freed memory than two while the job's buffers fill (`scripts/benchmarks.md`,
+/// "Peak memory of a batch job").
+pub const BATCH_ARENAS: usize = 1;
+
+/// The function's tokio runtime (all threads, timers and I/O), built once malloc's arenas are
+/// bounded (`MAAS_MALLOC_ARENAS`, else `default_arenas`): a thread's first allocation gives it
+/// an arena of its own while fewer than glibc's default exist, so a cap set after the
+/// runtime's worker threads start leaves them outside it.
+pub fn runtime(config: &Config, default_arenas: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    crate::malloc::limit_arenas(config.malloc_arenas.unwrap_or(default_arenas));
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
+
+/// The registry over the configured store, for the whole execution environment; also sizes
+/// the engine's thread pool and its per-shape plan caches.
 pub async fn registry(config: &Config) -> Arc<Registry> {
-    crate::malloc::limit_arenas(config.malloc_arenas);
     tracing::info!(threads = config.cache.engine.threads, "engine threads");
     let store = config.store.open(&config.s3).await;
     Arc::new(Registry::new(store, &config.cache))

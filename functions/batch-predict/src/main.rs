@@ -4,12 +4,15 @@
 
 use lambda_runtime::{service_fn, LambdaEvent};
 use maas::batch::{Batch, Event};
-use maas::{function, Predictor};
+use maas::{function, Config, Predictor};
 
-#[tokio::main]
-async fn main() -> Result<(), lambda_runtime::Error> {
+fn main() -> Result<(), lambda_runtime::Error> {
     function::init_tracing(true);
     let config = function::config(None)?;
+    function::runtime(&config, function::BATCH_ARENAS)?.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> Result<(), lambda_runtime::Error> {
     let predictor = Predictor::new(function::registry(&config).await, config.requests);
     // Runs during the Lambda init phase, before the first event.
     predictor.preload(&config.preload, &config.preload_batches).await;

@@ -1,11 +1,9 @@
 //! `model-upload`: publishes validated ONNX models, as a Lambda function behind API Gateway
 //! or, with `serve --store DIR`, as a local HTTP server.
 
-use maas::function;
-use maas::Publisher;
+use maas::{function, Config, Publisher};
 
-#[tokio::main]
-async fn main() -> Result<(), lambda_http::Error> {
+fn main() -> Result<(), lambda_http::Error> {
     let serve = function::command_line(
         "model-upload",
         "Publishes validated ONNX models (under Lambda unless `serve`)",
@@ -13,6 +11,10 @@ async fn main() -> Result<(), lambda_http::Error> {
     );
     function::init_tracing(serve.is_none());
     let config = function::config(serve.as_ref().and_then(|args| args.store.as_deref()))?;
+    function::runtime(&config, function::SERVING_ARENAS)?.block_on(run(serve, config))
+}
+
+async fn run(serve: Option<function::ServeArgs>, config: Config) -> Result<(), lambda_http::Error> {
     let registry = function::registry(&config).await;
     let publisher = Publisher::new(registry, config.publish, config.presign_expiry);
     let handler = move |request| {

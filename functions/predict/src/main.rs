@@ -1,14 +1,12 @@
 //! `predict`: serves ONNX models over the Open Inference Protocol, as a Lambda function
 //! behind API Gateway or, with `serve`, as a local HTTP server.
 
-use maas::function;
-use maas::Predictor;
+use maas::{function, Config, Predictor};
 
 /// The store `serve` uses when neither `--store` nor `MAAS_STORE` names one.
 const EXAMPLE_STORE: &str = "scripts/example-store";
 
-#[tokio::main]
-async fn main() -> Result<(), lambda_http::Error> {
+fn main() -> Result<(), lambda_http::Error> {
     let serve = function::command_line(
         "predict",
         "Serves ONNX models over the Open Inference Protocol (under Lambda unless `serve`)",
@@ -17,6 +15,10 @@ async fn main() -> Result<(), lambda_http::Error> {
     function::init_tracing(serve.is_none());
     let store = serve.as_ref().map(|args| args.store.as_deref().unwrap_or(EXAMPLE_STORE));
     let config = function::config(store)?;
+    function::runtime(&config, function::SERVING_ARENAS)?.block_on(run(serve, config))
+}
+
+async fn run(serve: Option<function::ServeArgs>, config: Config) -> Result<(), lambda_http::Error> {
     let predictor = Predictor::new(function::registry(&config).await, config.requests);
     // Runs during the Lambda init phase, before the first request.
     predictor.preload(&config.preload, &config.preload_batches).await;

@@ -42,7 +42,12 @@ pub struct MiniBatch {
 
 impl MiniBatch {
     pub fn new(bounds: Bounds) -> Self {
-        MiniBatch { stacked: Vec::new(), records: Vec::new(), bounds, elements: 0 }
+        MiniBatch {
+            stacked: Vec::new(),
+            records: Vec::with_capacity(bounds.rows),
+            bounds,
+            elements: 0,
+        }
     }
 
     /// Adds a record: stacked when its inputs fit the first stacked record's.
@@ -52,9 +57,11 @@ impl MiniBatch {
         }
         let record = match row {
             Err(err) => Record::Failed(err),
-            Ok(row) if self.stacked.is_empty() => match tensors::stackable(&row.inputs) {
+            Ok(mut row) if self.stacked.is_empty() => match tensors::stackable(&row.inputs) {
                 Some(rows) => {
                     self.narrow_to(&row.inputs, rows);
+                    let more_rows = self.bounds.rows.saturating_sub(rows);
+                    tensors::reserve_rows(&mut row.inputs, rows, more_rows);
                     self.stacked = row.inputs;
                     Record::Stacked { rows, outputs: row.outputs }
                 }
@@ -145,6 +152,9 @@ mod tests {
         batch.push(row(&wide));
         // 1000 elements hold 10 rows of 100: 8 is the power of two.
         assert!(batch.is_full());
+
+        let TensorData::F32(stacked) = &batch.stacked[0].data else { panic!("FP32 rows") };
+        assert_eq!(stacked.capacity(), 8 * 100, "the first record made room for the others");
 
         let mut narrow = MiniBatch::new(bounds);
         narrow.push(row(&[1., 2., 3., 4.]));

@@ -375,11 +375,18 @@ impl Model {
                 None => {
                     let rows = splitter.rows(&inputs);
                     let unsteady = self.unsteady();
-                    let executor = self.resources.executor.clone();
+                    let threaded = splitter.threaded(rows);
+                    let executor = match threaded {
+                        true => self.resources.executor.clone(),
+                        false => Executor::SingleThread,
+                    };
                     let outputs = self.run_whole(inputs, executor, 1, unplanned)?;
                     if let Some(rows) = rows {
                         let elapsed = (self.unsteady() == unsteady).then(|| started.elapsed());
                         splitter.record(rows, 1, elapsed);
+                        if rows == 1 {
+                            splitter.record_one_row(threaded, elapsed);
+                        }
                     }
                     (outputs, 1)
                 }

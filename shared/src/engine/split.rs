@@ -10,6 +10,13 @@
 //! whole run shows that each share would take at least `Settings::min_share_micros`; then
 //! one split run is tried, and from there on batches take whichever way has been faster per
 //! row. One-row requests and small models run whole, as before.
+//!
+//! A run of one row cannot be split, and tract's threaded matrix products can make it slower
+//! than one thread does (their hand-offs cost more than small products save: one PaddleOCR
+//! image took 1.7x as long on two threads). So one-row runs are measured both ways, matrix
+//! products on every thread and on the calling thread alone, and take the faster; every
+//! `RECHECK_ONE_ROW`th goes the other way, so that a change (another model loaded beside it,
+//! a busier CPU) is seen.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -33,12 +40,51 @@ pub(super) struct Splitter {
     split_nanos: AtomicU64,
     /// Batches run split so far.
     splits: AtomicU64,
+    /// Wall-clock nanoseconds of the last one-row run with matrix products on every thread
+    /// (`[0]`) and on one thread (`[1]`) (0: none yet).
+    one_row_nanos: [AtomicU64; 2],
+    /// One-row runs so far.
+    one_row_runs: AtomicU64,
 }
+
+/// Every this many one-row runs, one goes the way measured slower.
+const RECHECK_ONE_ROW: u64 = 64;
 
 impl Splitter {
     pub(super) fn new(batch_axes: Vec<Vec<usize>>, threads: usize, min_share: Duration) -> Self {
-        let (whole_nanos, split_nanos) = (AtomicU64::new(0), AtomicU64::new(0));
-        Self { batch_axes, threads, min_share, whole_nanos, split_nanos, splits: AtomicU64::new(0) }
+        Self {
+            batch_axes,
+            threads,
+            min_share,
+            whole_nanos: AtomicU64::new(0),
+            split_nanos: AtomicU64::new(0),
+            splits: AtomicU64::new(0),
+            one_row_nanos: [AtomicU64::new(0), AtomicU64::new(0)],
+            one_row_runs: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a batch of `rows` rows run whole should have its matrix products on every
+    /// thread: always but for one row, which goes the way measured faster (threaded first,
+    /// then one thread, then the faster but every `RECHECK_ONE_ROW`th run).
+    pub(super) fn threaded(&self, rows: Option<usize>) -> bool {
+        if rows != Some(1) {
+            return true;
+        }
+        let [threaded, single] = self.one_row_nanos.each_ref().map(|n| n.load(Ordering::Relaxed));
+        if threaded == 0 || single == 0 {
+            return threaded == 0;
+        }
+        let run = self.one_row_runs.fetch_add(1, Ordering::Relaxed) + 1;
+        (threaded <= single) != run.is_multiple_of(RECHECK_ONE_ROW)
+    }
+
+    /// Records a one-row run, `threaded` or on one thread, and how long it took (`None`: its
+    /// time says nothing of later runs).
+    pub(super) fn record_one_row(&self, threaded: bool, elapsed: Option<Duration>) {
+        let Some(elapsed) = elapsed else { return };
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.one_row_nanos[usize::from(!threaded)].store(nanos, Ordering::Relaxed);
     }
 
     /// The rows of each share `inputs` should be split into, or `None` to run them whole: a
@@ -207,6 +253,27 @@ mod tests {
         assert_eq!(splitter.shares(&one), None, "one row");
         let disagreeing = [rows(7, 2), TractTensor::zero::<f32>(&[2, 6, 4]).unwrap()];
         assert_eq!(splitter.shares(&disagreeing), None);
+    }
+
+    #[test]
+    fn one_row_runs_go_the_way_measured_faster_and_now_and_then_the_other() {
+        let splitter = splitter(2);
+        assert!(splitter.threaded(Some(7)), "batches have threaded matrix products");
+        assert!(splitter.threaded(None));
+        assert!(splitter.threaded(Some(1)), "one row: threaded first");
+        splitter.record_one_row(true, None);
+        assert!(splitter.threaded(Some(1)), "a run whose time says nothing");
+        splitter.record_one_row(true, Some(Duration::from_micros(170)));
+        assert!(!splitter.threaded(Some(1)), "then one thread");
+        splitter.record_one_row(false, Some(Duration::from_micros(100)));
+        let ways: Vec<bool> =
+            (0..RECHECK_ONE_ROW * 2).map(|_| splitter.threaded(Some(1))).collect();
+        let threaded: Vec<usize> = (0..ways.len()).filter(|&i| ways[i]).collect();
+        let last = RECHECK_ONE_ROW as usize - 1;
+        assert_eq!(threaded, [last, last + RECHECK_ONE_ROW as usize], "one thread was faster");
+        splitter.record_one_row(true, Some(Duration::from_micros(90)));
+        assert!(splitter.threaded(Some(1)), "threaded measured faster again");
+        assert!(splitter.threaded(Some(7)));
     }
 
     #[test]

@@ -85,7 +85,7 @@ pub const SERVING_ARENAS: usize = 2;
 
 /// malloc arenas for batch jobs: the reader, inference and writer threads share one, which
 /// holds less freed memory than two while the job's buffers fill (`scripts/benchmarks.md`,
-/// "Peak memory of a batch job").
+/// batch prediction, "malloc arenas bounded before the runtime starts").
 pub const BATCH_ARENAS: usize = 1;
 
 /// The function's tokio runtime (all threads, timers and I/O), built once malloc's arenas are

@@ -78,23 +78,41 @@ pub fn config(store: Option<&str>) -> Result<Config, ConfigError> {
     })
 }
 
-/// malloc arenas for a function serving requests: two keep ~4 MiB less at the load test's
-/// peak than glibc's default at the same warm throughput, one was slower
-/// (`scripts/benchmarks.md`, "Arena cap").
-pub const SERVING_ARENAS: usize = 2;
+/// How a function's process uses memory and threads, beside its configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Process {
+    /// malloc arenas, unless `MAAS_MALLOC_ARENAS` says otherwise.
+    pub arenas: usize,
+    /// Most threads for blocking work (inference, file and hashing work) at once; tokio's
+    /// default (512) when `None`.
+    pub blocking_threads: Option<usize>,
+}
 
-/// malloc arenas for batch jobs: the reader, inference and writer threads share one, which
-/// holds less freed memory than two while the job's buffers fill (`scripts/benchmarks.md`,
-/// batch prediction, "malloc arenas bounded before the runtime starts").
-pub const BATCH_ARENAS: usize = 1;
+/// A function serving requests: two malloc arenas keep ~4 MiB less at the load test's peak
+/// than glibc's default at the same warm throughput, one was slower (`scripts/benchmarks.md`,
+/// "Arena cap").
+pub const SERVING: Process = Process { arenas: 2, blocking_threads: None };
 
-/// The function's tokio runtime (all threads, timers and I/O), built once malloc's arenas are
-/// bounded (`MAAS_MALLOC_ARENAS`, else `default_arenas`): a thread's first allocation gives it
-/// an arena of its own while fewer than glibc's default exist, so a cap set after the
-/// runtime's worker threads start leaves them outside it.
-pub fn runtime(config: &Config, default_arenas: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    crate::malloc::limit_arenas(config.malloc_arenas.unwrap_or(default_arenas));
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+/// Batch jobs. The reader, inference and writer threads share one malloc arena, which holds
+/// less freed memory than two while the job's buffers fill. Four blocking threads: the
+/// reader holds one for the whole job, inference and the output's file writes take turns on
+/// the others. Without a bound, tokio starts a new thread whenever work arrives while none
+/// is idle, which over a long job happens again and again, and each thread that has run
+/// inference keeps its own scratch memory: a job's peak grew with its file (two threads were
+/// slower; `scripts/benchmarks.md`, batch prediction, "Blocking threads bounded").
+pub const BATCH: Process = Process { arenas: 1, blocking_threads: Some(4) };
+
+/// The function's tokio runtime (all threads, timers and I/O), laid out as `process` says,
+/// built once malloc's arenas are bounded (`MAAS_MALLOC_ARENAS`, else `process.arenas`): a
+/// thread's first allocation gives it an arena of its own while fewer than glibc's default
+/// exist, so a cap set after the runtime's worker threads start leaves them outside it.
+pub fn runtime(config: &Config, process: Process) -> std::io::Result<tokio::runtime::Runtime> {
+    crate::malloc::limit_arenas(config.malloc_arenas.unwrap_or(process.arenas));
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = process.blocking_threads {
+        builder.max_blocking_threads(threads);
+    }
+    builder.enable_all().build()
 }
 
 /// The registry over the configured store, for the whole execution environment; also sizes
@@ -143,5 +161,42 @@ where
     match local {
         Some(addr) => Ok(crate::http::serve_locally(addr, serving.body_limit, handler).await?),
         None => crate::http::run_lambda(handler).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    /// The threads that run `tasks` blocking tasks submitted at once, each a while long.
+    fn blocking_threads(process: Process, tasks: usize) -> usize {
+        // 0 leaves glibc's arenas as they are in this test process.
+        let config = Config::from_lookup(|name| match name {
+            "MAAS_STORE" => Some("memory://".to_owned()),
+            "MAAS_MALLOC_ARENAS" => Some("0".to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        let runtime = runtime(&config, process).unwrap();
+        let ids = runtime.block_on(async {
+            let spawned: Vec<_> = (0..tasks)
+                .map(|_| {
+                    tokio::task::spawn_blocking(|| {
+                        std::thread::sleep(Duration::from_millis(20));
+                        std::thread::current().id()
+                    })
+                })
+                .collect();
+            futures::future::try_join_all(spawned).await.unwrap()
+        });
+        ids.into_iter().collect::<HashSet<_>>().len()
+    }
+
+    #[test]
+    fn batch_jobs_keep_to_their_blocking_threads_where_serving_takes_more() {
+        assert_eq!(blocking_threads(BATCH, 12), 4);
+        assert!(blocking_threads(SERVING, 12) > 4);
     }
 }

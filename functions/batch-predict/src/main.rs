@@ -9,7 +9,7 @@ use maas::{function, Config, Predictor};
 fn main() -> Result<(), lambda_runtime::Error> {
     function::init_tracing(true);
     let config = function::config(None)?;
-    function::runtime(&config, function::BATCH_ARENAS)?.block_on(serve(config))
+    function::runtime(&config, function::BATCH)?.block_on(serve(config))
 }
 
 async fn serve(config: Config) -> Result<(), lambda_runtime::Error> {

@@ -11,7 +11,7 @@ fn main() -> Result<(), lambda_http::Error> {
     );
     function::init_tracing(serve.is_none());
     let config = function::config(serve.as_ref().and_then(|args| args.store.as_deref()))?;
-    function::runtime(&config, function::SERVING_ARENAS)?.block_on(run(serve, config))
+    function::runtime(&config, function::SERVING)?.block_on(run(serve, config))
 }
 
 async fn run(serve: Option<function::ServeArgs>, config: Config) -> Result<(), lambda_http::Error> {

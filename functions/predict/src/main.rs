@@ -15,7 +15,7 @@ fn main() -> Result<(), lambda_http::Error> {
     function::init_tracing(serve.is_none());
     let store = serve.as_ref().map(|args| args.store.as_deref().unwrap_or(EXAMPLE_STORE));
     let config = function::config(store)?;
-    function::runtime(&config, function::SERVING_ARENAS)?.block_on(run(serve, config))
+    function::runtime(&config, function::SERVING)?.block_on(run(serve, config))
 }
 
 async fn run(serve: Option<function::ServeArgs>, config: Config) -> Result<(), lambda_http::Error> {

@@ -210,9 +210,7 @@ impl Config {
                 "MAAS_PRESIGN_EXPIRY_SECONDS",
                 900,
             )?),
-            malloc_arenas: lookup("MAAS_MALLOC_ARENAS")
-                .map(|_| parse_or(&lookup, "MAAS_MALLOC_ARENAS", 0))
-                .transpose()?,
+            malloc_arenas: parse_set(&lookup, "MAAS_MALLOC_ARENAS")?,
             batch: batch_settings(&lookup)?,
         })
     }
@@ -319,16 +317,27 @@ fn parse_or<T: FromStr>(
 where
     T::Err: std::fmt::Display,
 {
-    match lookup(variable) {
-        None => Ok(default),
-        Some(value) => value
-            .trim()
-            .parse()
-            .map_err(|e| ConfigError { variable, problem: format!("{value:?}: {e}") }),
-    }
+    Ok(parse_set(lookup, variable)?.unwrap_or(default))
 }
 
-/// Batch sizes to plan for at start-up: each one a request may have (up to `max_batch`).
+/// `variable`'s value, `None` when it is not set.
+fn parse_set<T: FromStr>(
+    lookup: &impl Fn(&str) -> Option<String>,
+    variable: &'static str,
+) -> Result<Option<T>, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    lookup(variable)
+        .map(|value| {
+            value
+                .trim()
+                .parse()
+                .map_err(|e| ConfigError { variable, problem: format!("{value:?}: {e}") })
+        })
+        .transpose()
+}
+
 fn parse_batches(list: &str, max_batch: usize) -> Result<Vec<usize>, ConfigError> {
     list.split(',')
         .map(str::trim)

@@ -42,12 +42,7 @@ pub struct MiniBatch {
 
 impl MiniBatch {
     pub fn new(bounds: Bounds) -> Self {
-        MiniBatch {
-            stacked: Vec::new(),
-            records: Vec::with_capacity(bounds.rows),
-            bounds,
-            elements: 0,
-        }
+        MiniBatch { stacked: Vec::new(), records: Vec::new(), bounds, elements: 0 }
     }
 
     /// Adds a record: stacked when its inputs fit the first stacked record's.
@@ -60,6 +55,8 @@ impl MiniBatch {
             Ok(mut row) if self.stacked.is_empty() => match tensors::stackable(&row.inputs) {
                 Some(rows) => {
                     self.narrow_to(&row.inputs, rows);
+                    let more_records = self.bounds.rows.saturating_sub(self.records.len());
+                    self.records.reserve_exact(more_records);
                     let more_rows = self.bounds.rows.saturating_sub(rows);
                     tensors::reserve_rows(&mut row.inputs, rows, more_rows);
                     self.stacked = row.inputs;
@@ -155,6 +152,7 @@ mod tests {
 
         let TensorData::F32(stacked) = &batch.stacked[0].data else { panic!("FP32 rows") };
         assert_eq!(stacked.capacity(), 8 * 100, "the first record made room for the others");
+        assert_eq!(batch.records.capacity(), 8, "room for the narrowed rows, not 256");
 
         let mut narrow = MiniBatch::new(bounds);
         narrow.push(row(&[1., 2., 3., 4.]));

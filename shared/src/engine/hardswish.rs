@@ -10,6 +10,8 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
 use tract_onnx::tract_core::ops::math::{Add, Max, Min, Mul};
 
+use super::ops::stateless_op;
+
 /// `(x * min(max(x + shift, low), high)) * scale` element by element, over `f32`.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct HardSwish {
@@ -27,23 +29,13 @@ impl HardSwish {
     }
 }
 
-impl Op for HardSwish {
-    fn name(&self) -> StaticName {
-        "maas.HardSwish".into()
-    }
+stateless_op!(HardSwish, "maas.HardSwish");
 
-    op_as_typed_op!();
-}
-
-impl EvalOp for HardSwish {
-    op_out_of_plan!();
-
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+impl HardSwish {
+    fn run(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let mut x = args_1!(inputs).into_tensor();
         let mut values = x.try_as_plain_ram_mut()?;
-        for value in values.as_slice_mut::<f32>()? {
-            *value = self.apply(*value);
-        }
+        values.as_slice_mut::<f32>()?.iter_mut().for_each(|value| *value = self.apply(*value));
         Ok(tvec!(x.into_tvalue()))
     }
 }

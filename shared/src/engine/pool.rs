@@ -11,6 +11,8 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{PaddingSpec, PoolSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
+use super::ops::stateless_op;
+
 /// The pool, over inputs of `[batch, channels, height, width]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct MaxPool2x2;
@@ -68,18 +70,10 @@ fn pool(input: &[f32], (height, width): (usize, usize), output: &mut [f32]) {
     }
 }
 
-impl Op for MaxPool2x2 {
-    fn name(&self) -> StaticName {
-        "maas.MaxPool2x2".into()
-    }
+stateless_op!(MaxPool2x2, "maas.MaxPool2x2");
 
-    op_as_typed_op!();
-}
-
-impl EvalOp for MaxPool2x2 {
-    op_out_of_plan!();
-
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+impl MaxPool2x2 {
+    fn run(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let input = args_1!(inputs);
         let &[batch, channels, height, width] = input.shape() else {
             bail!("a 2×2 max pool needs [batch, channels, height, width], got {:?}", input.shape());

@@ -20,9 +20,9 @@
 //!   exporters write it out runs as one op instead of two passes over the tensor.
 //! - **2×2 max pools with stride 2** ([`replace_pools`]): computed by [`MaxPool2x2`], a
 //!   vectorisable loop over pairs of rows, where tract walks each tap with bounds checks.
-
 use tract_onnx::prelude::{
     tract_ndarray, Datum, OutletId, SpecialOps, Tensor, TractResult, TypedModel, TypedModelPatch,
+    TypedNode, TypedOp,
 };
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::{Conv, OptMaxPool};
@@ -48,16 +48,23 @@ pub(super) fn optimise(mut typed: TypedModel) -> TractResult<TypedModel> {
 
 /// tract's optimised max pools that [`MaxPool2x2`] computes, replaced by it.
 fn replace_pools(model: &mut TypedModel) -> TractResult<()> {
+    replace_ops(model, |model, node| {
+        let Some(pool) = node.op_as::<OptMaxPool>() else { return Ok(None) };
+        let input = model.outlet_fact(node.inputs[0])?;
+        Ok(MaxPool2x2::replacing(&pool.pool_spec, pool.with_index_outputs, input))
+    })
+}
+
+/// Every node for which `replacement` gives an op, that op in its place on the same inputs.
+fn replace_ops<O: TypedOp>(
+    model: &mut TypedModel,
+    replacement: impl Fn(&TypedModel, &TypedNode) -> TractResult<Option<O>>,
+) -> TractResult<()> {
     for id in 0..model.nodes.len() {
         let patch = {
             let node = model.node(id);
-            let Some(pool) = node.op_as::<OptMaxPool>() else { continue };
-            let input = model.outlet_fact(node.inputs[0])?;
-            let index_outputs = pool.with_index_outputs;
-            let Some(fast) = MaxPool2x2::replacing(&pool.pool_spec, index_outputs, input) else {
-                continue;
-            };
-            TypedModelPatch::replace_single_op(model, node, &node.inputs, fast)?
+            let Some(op) = replacement(model, node)? else { continue };
+            TypedModelPatch::replace_single_op(model, node, &node.inputs, op)?
         };
         patch.apply(model)?;
     }

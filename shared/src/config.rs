@@ -338,6 +338,7 @@ where
         .transpose()
 }
 
+/// Batch sizes to plan for at start-up: each one a request may have (up to `max_batch`).
 fn parse_batches(list: &str, max_batch: usize) -> Result<Vec<usize>, ConfigError> {
     list.split(',')
         .map(str::trim)

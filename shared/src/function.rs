@@ -170,7 +170,8 @@ mod tests {
     use std::collections::HashSet;
     use std::time::Duration;
 
-    /// The threads that run `tasks` blocking tasks submitted at once, each a while long.
+    /// The threads that run `tasks` blocking tasks submitted at once, each long enough (0.1 s)
+    /// for all of them to be waiting before the first ends.
     fn blocking_threads(process: Process, tasks: usize) -> usize {
         // 0 leaves glibc's arenas as they are in this test process.
         let config = Config::from_lookup(|name| match name {
@@ -184,7 +185,7 @@ mod tests {
             let spawned: Vec<_> = (0..tasks)
                 .map(|_| {
                     tokio::task::spawn_blocking(|| {
-                        std::thread::sleep(Duration::from_millis(20));
+                        std::thread::sleep(Duration::from_millis(100));
                         std::thread::current().id()
                     })
                 })

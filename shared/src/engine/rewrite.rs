@@ -20,6 +20,7 @@
 //!   exporters write it out runs as one op instead of two passes over the tensor.
 //! - **2×2 max pools with stride 2** ([`replace_pools`]): computed by [`MaxPool2x2`], a
 //!   vectorisable loop over pairs of rows, where tract walks each tap with bounds checks.
+
 use tract_onnx::prelude::{
     tract_ndarray, Datum, OutletId, SpecialOps, Tensor, TractResult, TypedModel, TypedModelPatch,
     TypedNode, TypedOp,

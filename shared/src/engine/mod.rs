@@ -377,9 +377,10 @@ impl Model {
                     let rows = splitter.rows(&inputs);
                     let unsteady = self.unsteady();
                     let threaded = splitter.threaded(rows);
-                    let executor = match threaded {
-                        true => self.resources.executor.clone(),
-                        false => Executor::SingleThread,
+                    let executor = if threaded {
+                        self.resources.executor.clone()
+                    } else {
+                        Executor::SingleThread
                     };
                     let outputs = self.run_whole(inputs, executor, 1, unplanned)?;
                     if let Some(rows) = rows {

@@ -7,10 +7,10 @@
 //! place; it computes the same operations in the same order, so its results are the chain's.
 
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
+use tract_onnx::tract_core::ops::binary::BinMiniOp;
 use tract_onnx::tract_core::ops::math::{Add, Max, Min, Mul};
 
-use super::ops::stateless_op;
+use super::ops::{binary, only_successor, stateless_op};
 
 /// `(x * min(max(x + shift, low), high)) * scale` element by element, over `f32`.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,11 +91,6 @@ fn chain(model: &TypedModel, add: &TypedNode) -> TractResult<Option<(OutletId, u
     Ok(Some((x, scaled.id, HardSwish { shift, low, high, scale })))
 }
 
-/// Whether `node` is the binary operation `Op`.
-fn binary<Op: BinMiniOp>(node: &TypedNode) -> bool {
-    node.op_as::<TypedBinOp>().is_some_and(|bin| bin.0.is::<Op>()) && node.inputs.len() == 2
-}
-
 /// The other input of `node` and the value, when `node` is the binary operation `Op` of
 /// something and a single-valued `f32` constant (in either place).
 fn by_scalar<Op: BinMiniOp>(
@@ -116,24 +111,10 @@ fn by_scalar<Op: BinMiniOp>(
     Ok(None)
 }
 
-/// The node that alone reads `node`'s only output, which is not a model output.
-fn only_successor<'m>(
-    model: &'m TypedModel,
-    node: &TypedNode,
-) -> TractResult<Option<&'m TypedNode>> {
-    let outlet = OutletId::new(node.id, 0);
-    if node.outputs.len() != 1 || model.output_outlets()?.contains(&outlet) {
-        return Ok(None);
-    }
-    Ok(match node.outputs[0].successors.as_slice() {
-        [only] => Some(model.node(only.node)),
-        _ => None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::ops::testing::{fused_once, run};
     use tract_onnx::tract_core::ops::binary::TypedBinOp;
     use tract_onnx::tract_core::ops::math::{add, max, min, mul};
 
@@ -165,23 +146,12 @@ mod tests {
         model
     }
 
-    fn run(model: TypedModel, x: &Tensor) -> Vec<f32> {
-        let plan = model.into_runnable().unwrap();
-        let out = plan.run(tvec!(x.clone().into_tvalue())).unwrap();
-        out[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec()
-    }
-
     #[test]
     fn the_chain_becomes_one_op_with_the_same_results() {
         let values: Vec<f32> = (0..24).map(|i| (i as f32 - 12.0) * 0.7).collect();
         let x = Tensor::from_shape(&[2, 3, 4], &values).unwrap();
         let expected = run(model(false), &x);
-        let mut fused = model(false);
-        let patch = fuse(&fused).unwrap().expect("a hard swish");
-        patch.apply(&mut fused).unwrap();
-        let fused = fused.into_compact().unwrap();
-        assert!(fuse(&fused).unwrap().is_none(), "one chain, fused once");
-        let names: Vec<String> = fused.nodes.iter().map(|n| n.op.name().to_string()).collect();
+        let (fused, names) = fused_once(model(false), fuse);
         assert!(names.contains(&"maas.HardSwish".to_owned()), "{names:?}");
         assert!(!names.iter().any(|n| n.contains("Min") || n.contains("Max")), "{names:?}");
         assert_eq!(run(fused, &x), expected);

@@ -1,5 +1,9 @@
-//! What maas's own operators (hard swish, 2×2 max pools) share: the tract traits every
-//! stateless operator implements the same way.
+//! What maas's own operators (hard swish, 2×2 max pools, table lookups) share: the tract
+//! traits every stateless operator implements the same way, and the graph queries their
+//! rewrites match with.
+
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
 
 /// `Op` and `EvalOp` for a stateless operator of maas named `$name`, whose `eval` is its
 /// inherent `run(&self, ctx, inputs)`; the caller has tract's `internal` prelude in scope.
@@ -23,3 +27,50 @@ macro_rules! stateless_op {
     };
 }
 pub(super) use stateless_op;
+
+/// Whether `node` is the binary operation `Op`.
+pub(super) fn binary<Op: BinMiniOp>(node: &TypedNode) -> bool {
+    node.op_as::<TypedBinOp>().is_some_and(|bin| bin.0.is::<Op>()) && node.inputs.len() == 2
+}
+
+/// The node that alone reads `node`'s only output, which is not a model output.
+pub(super) fn only_successor<'m>(
+    model: &'m TypedModel,
+    node: &TypedNode,
+) -> TractResult<Option<&'m TypedNode>> {
+    let outlet = OutletId::new(node.id, 0);
+    if node.outputs.len() != 1 || model.output_outlets()?.contains(&outlet) {
+        return Ok(None);
+    }
+    Ok(match node.outputs[0].successors.as_slice() {
+        [only] => Some(model.node(only.node)),
+        _ => None,
+    })
+}
+
+/// What the tests of maas's rewrites share.
+#[cfg(test)]
+pub(super) mod testing {
+    use super::*;
+
+    /// The first output of `model` run on `x`, as `f32`s.
+    pub(in crate::engine) fn run(model: TypedModel, x: &Tensor) -> Vec<f32> {
+        let plan = model.into_runnable().unwrap();
+        let out = plan.run(tvec!(x.clone().into_tvalue())).unwrap();
+        out[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec()
+    }
+
+    /// `model` with the patch of `fuse` applied, checked to leave nothing more to fuse, and
+    /// the names of its ops.
+    pub(in crate::engine) fn fused_once(
+        mut model: TypedModel,
+        fuse: impl Fn(&TypedModel) -> TractResult<Option<TypedModelPatch>>,
+    ) -> (TypedModel, Vec<String>) {
+        let patch = fuse(&model).unwrap().expect("something to fuse");
+        patch.apply(&mut model).unwrap();
+        let model = model.into_compact().unwrap();
+        assert!(fuse(&model).unwrap().is_none(), "fused once");
+        let names = model.nodes.iter().map(|n| n.op.name().to_string()).collect();
+        (model, names)
+    }
+}

@@ -32,6 +32,7 @@ mod hardswish;
 mod ml;
 #[cfg(feature = "nnef")]
 mod nnef;
+mod onehot;
 mod ops;
 mod plans;
 mod pool;

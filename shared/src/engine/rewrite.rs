@@ -30,8 +30,8 @@ use tract_onnx::tract_core::ops::cnn::{Conv, OptMaxPool};
 use tract_onnx::tract_core::ops::math::{Add, Mul};
 use tract_onnx::tract_core::optim::Optimizer;
 
-use super::hardswish;
 use super::pool::MaxPool2x2;
+use super::{hardswish, onehot};
 
 /// The optimised form of a translated, decluttered model ([`super::translate`] declutters).
 pub(super) fn optimise(mut typed: TypedModel) -> TractResult<TypedModel> {
@@ -39,6 +39,9 @@ pub(super) fn optimise(mut typed: TypedModel) -> TractResult<TypedModel> {
         patch.apply(&mut typed)?;
     }
     while let Some(patch) = hardswish::fuse(&typed)? {
+        patch.apply(&mut typed)?;
+    }
+    while let Some(patch) = onehot::fuse(&typed)? {
         patch.apply(&mut typed)?;
     }
     typed = typed.into_compact()?;

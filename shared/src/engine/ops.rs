@@ -52,12 +52,28 @@ pub(super) fn only_successor<'m>(
 #[cfg(test)]
 pub(super) mod testing {
     use super::*;
+    use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
     /// The first output of `model` run on `x`, as `f32`s.
     pub(in crate::engine) fn run(model: TypedModel, x: &Tensor) -> Vec<f32> {
         let plan = model.into_runnable().unwrap();
         let out = plan.run(tvec!(x.clone().into_tvalue())).unwrap();
         out[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec()
+    }
+
+    /// Runs `op` on `input` as the only node of a plan.
+    pub(in crate::engine) fn run_alone(op: Box<dyn TypedOp>, input: &Tensor) -> Tensor {
+        let mut model = TypedModel::default();
+        let fact = input.datum_type().fact(input.shape());
+        let source = model.add_source("x", fact).unwrap();
+        let out = model.wire_node("op", op, &[source]).unwrap();
+        model.select_output_outlets(&out).unwrap();
+        let plan = model.into_runnable().unwrap();
+        // tract's own pool asks for the engine's executor, as in `Model::run`.
+        let outputs = multithread_tract_scope(Executor::SingleThread, || {
+            plan.run(tvec!(input.clone().into_tvalue()))
+        });
+        outputs.unwrap().remove(0).into_tensor()
     }
 
     /// `model` with the patch of `fuse` applied, checked to leave nothing more to fuse, and

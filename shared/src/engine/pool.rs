@@ -100,7 +100,7 @@ impl TypedOp for MaxPool2x2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tract_linalg::multithread::{multithread_tract_scope, Executor};
+    use crate::engine::ops::testing::run_alone as run;
     use tract_onnx::tract_core::ops::cnn::MaxPool;
 
     fn max_pool(kernel: [usize; 2], strides: [usize; 2], padding: PaddingSpec) -> MaxPool {
@@ -118,21 +118,6 @@ mod tests {
 
     fn replacing(pool: &MaxPool, input: &TypedFact) -> Option<MaxPool2x2> {
         MaxPool2x2::replacing(&pool.pool_spec, pool.with_index_outputs, input)
-    }
-
-    /// Runs `op` on `input` as the only node of a plan.
-    fn run(op: Box<dyn TypedOp>, input: &Tensor) -> Tensor {
-        let mut model = TypedModel::default();
-        let fact = f32::fact(input.shape());
-        let source = model.add_source("x", fact).unwrap();
-        let out = model.wire_node("pool", op, &[source]).unwrap();
-        model.select_output_outlets(&out).unwrap();
-        let plan = model.into_runnable().unwrap();
-        // tract's own pool asks for the engine's executor, as in `Model::run`.
-        let outputs = multithread_tract_scope(Executor::SingleThread, || {
-            plan.run(tvec!(input.clone().into_tvalue()))
-        });
-        outputs.unwrap().remove(0).into_tensor()
     }
 
     /// Values of every sign, distinct, in a pattern no window repeats.

@@ -37,6 +37,7 @@ mod ops;
 mod plans;
 mod pool;
 mod profile;
+mod reduce;
 mod rewrite;
 mod roles;
 mod signature;

@@ -20,6 +20,10 @@
 //!   exporters write it out runs as one op instead of two passes over the tensor.
 //! - **2×2 max pools with stride 2** ([`replace_pools`]): computed by [`MaxPool2x2`], a
 //!   vectorisable loop over pairs of rows, where tract walks each tap with bounds checks.
+//! - **One-hot encodings multiplied by a table** ([`onehot::fuse`]): JAX's embeddings (magika)
+//!   run as a lookup of the table's rows, not as a product with a tensor of zeros and ones.
+//! - **Maxima and minima over consecutive axes** ([`Extreme`]): one pass over the tensor,
+//!   where tract slices (and allocates) the input anew for every output.
 
 use tract_onnx::prelude::{
     tract_ndarray, Datum, OutletId, SpecialOps, Tensor, TractResult, TypedModel, TypedModelPatch,
@@ -28,9 +32,11 @@ use tract_onnx::prelude::{
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::{Conv, OptMaxPool};
 use tract_onnx::tract_core::ops::math::{Add, Mul};
+use tract_onnx::tract_core::ops::nn::Reduce;
 use tract_onnx::tract_core::optim::Optimizer;
 
 use super::pool::MaxPool2x2;
+use super::reduce::Extreme;
 use super::{hardswish, onehot};
 
 /// The optimised form of a translated, decluttered model ([`super::translate`] declutters).
@@ -47,6 +53,10 @@ pub(super) fn optimise(mut typed: TypedModel) -> TractResult<TypedModel> {
     typed = typed.into_compact()?;
     typed.optimize_with_session(&mut codegen().session())?;
     replace_pools(&mut typed)?;
+    replace_ops(&mut typed, |model, node| {
+        let Some(reduce) = node.op_as::<Reduce>() else { return Ok(None) };
+        Ok(Extreme::replacing(reduce, model.outlet_fact(node.inputs[0])?))
+    })?;
     Ok(typed)
 }
 

@@ -38,6 +38,7 @@ mod plans;
 mod pool;
 mod profile;
 mod reduce;
+mod regroup;
 mod rewrite;
 mod roles;
 mod signature;

@@ -18,6 +18,9 @@
 //!   `ConvBNFusion` does.
 //! - **Hard swish in one pass** ([`hardswish::fuse`]): `x * clip(x + 3, 0, 6) / 6` as
 //!   exporters write it out runs as one op instead of two passes over the tensor.
+//! - **Activations fused across a convolution's last reshape** ([`regroup::fuse`]): tract
+//!   fuses a ReLU into the matrix product of a convolution only when no reshape stands
+//!   between them, and its convolutions end with one.
 //! - **2×2 max pools with stride 2** ([`replace_pools`]): computed by [`MaxPool2x2`], a
 //!   vectorisable loop over pairs of rows, where tract walks each tap with bounds checks.
 //! - **One-hot encodings multiplied by a table** ([`onehot::fuse`]): JAX's embeddings (magika)
@@ -37,7 +40,7 @@ use tract_onnx::tract_core::optim::Optimizer;
 
 use super::pool::MaxPool2x2;
 use super::reduce::Extreme;
-use super::{hardswish, onehot};
+use super::{hardswish, onehot, regroup};
 
 /// The optimised form of a translated, decluttered model ([`super::translate`] declutters).
 pub(super) fn optimise(mut typed: TypedModel) -> TractResult<TypedModel> {
@@ -52,6 +55,7 @@ pub(super) fn optimise(mut typed: TypedModel) -> TractResult<TypedModel> {
     }
     typed = typed.into_compact()?;
     typed.optimize_with_session(&mut codegen().session())?;
+    regroup::fuse(&mut typed)?;
     replace_pools(&mut typed)?;
     replace_ops(&mut typed, |model, node| {
         let Some(reduce) = node.op_as::<Reduce>() else { return Ok(None) };
@@ -208,8 +212,9 @@ fn folded(
 mod tests {
     use super::*;
     use tract_onnx::prelude::{tvec, IntoArcTensor, IntoTValue, TypedFact};
+    use tract_onnx::tract_core::ops::binary::OptBinByScalar;
     use tract_onnx::tract_core::ops::cnn::{KernelFormat, PaddingSpec, PoolSpec};
-    use tract_onnx::tract_core::ops::math::{add, mul};
+    use tract_onnx::tract_core::ops::math::{add, max, mul};
     use tract_onnx::tract_core::ops::nn::DataFormat;
     use tract_onnx::tract_core::plan::SimplePlan;
 
@@ -288,6 +293,28 @@ mod tests {
         assert_eq!(bin_ops(&folded), 0, "{folded}");
         assert_close(&run(folded, 2), &run(model.clone(), 2));
         assert_close(&run(optimise(model.clone()).unwrap(), 2), &run(model, 2));
+    }
+
+    #[test]
+    fn a_relu_after_a_convolution_fuses_into_its_product() {
+        let mut model = TypedModel::default();
+        let fact = TypedFact::dt_shape(f32::datum_type(), [1, 4, 6, 6]);
+        let x = model.add_source("x", fact).unwrap();
+        let weights = Tensor::from_shape(&[4, 4, 3, 3], &floats(144, 1.0)).unwrap();
+        let w = model.add_const("w", weights).unwrap();
+        let b = model.add_const("b", Tensor::from_shape(&[4], &floats(4, 2.0)).unwrap()).unwrap();
+        let y = model.wire_node("conv", conv(4, 4, 3, 1), &[x, w, b]).unwrap();
+        let zero = model.add_const("zero", Tensor::from_shape(&[1, 1, 1, 1], &[0f32]).unwrap());
+        let y = model.wire_node("relu", max(), &[y[0], zero.unwrap()]).unwrap();
+        model.select_output_outlets(&y).unwrap();
+        let by_scalar =
+            |m: &TypedModel| m.nodes.iter().filter(|n| n.op_is::<OptBinByScalar>()).count();
+        let mut tracts = model.clone();
+        tracts.optimize_with_session(&mut codegen().session()).unwrap();
+        assert_eq!(by_scalar(&tracts), 1, "tract alone leaves the ReLU a pass of its own");
+        let optimised = optimise(model.clone()).unwrap();
+        assert_eq!(by_scalar(&optimised), 0, "{optimised}");
+        assert_close(&run(optimised, 1), &run(model, 1));
     }
 
     #[test]

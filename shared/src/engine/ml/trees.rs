@@ -333,6 +333,7 @@ impl Forest {
         }
     }
 
+    /// [`Self::score`] with `goes_yes` deciding each step.
     fn score_by(
         &self,
         input: &[f32],
@@ -414,8 +415,9 @@ fn uniform_rule(nodes: &[Node]) -> Option<Rule> {
 /// The nodes laid out tree by tree, each tree depth first with every branch's `yes` child
 /// right after it, and the root of each tree (the one node of the tree no branch points to).
 /// A walk that goes to `yes` then reads the next node, and its step is a branch the processor
-/// predicts and runs ahead of, not a chain of dependent loads (2.8x faster on a 100-tree
-/// forest at 32 rows). Refuses trees that loop back on themselves or share a node between
+/// predicts and runs ahead of, not a chain of dependent loads (with the one-rule walk of
+/// [`Forest::score`], 1.8x faster on the zoo's 100-tree forest at 32 rows,
+/// `scripts/benchmarks.md`). Refuses trees that loop back on themselves or share a node between
 /// two branches, so every walk ends at a leaf and every node is laid out once.
 fn lay_out(
     node: &NodeProto,

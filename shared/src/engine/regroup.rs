@@ -45,7 +45,10 @@ fn moved(model: &TypedModel, id: usize) -> TractResult<Option<TypedModelPatch>> 
     }
     let Some(activation) = only_successor(model, reshape)? else { return Ok(None) };
     let Some(by_scalar) = activation.op_as::<OptBinByScalar>() else { return Ok(None) };
-    if activation.inputs.first() != Some(&OutletId::new(reshape.id, 0)) {
+    // Only what the product's store can apply (no comparison): moved, anything else would
+    // run as a generic binary operation instead of tract's by-scalar one.
+    let fusable = by_scalar.binop.as_linalg_binop().is_some();
+    if !fusable || activation.inputs.first() != Some(&OutletId::new(reshape.id, 0)) {
         return Ok(None);
     }
     let Some(scalar) = model.outlet_fact(activation.inputs[1])?.konst.clone() else {

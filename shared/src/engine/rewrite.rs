@@ -44,25 +44,23 @@ use super::{hardswish, onehot, regroup};
 
 /// The optimised form of a translated, decluttered model ([`super::translate`] declutters).
 pub(super) fn optimise(mut typed: TypedModel) -> TractResult<TypedModel> {
-    while let Some(patch) = fold_channel_affine(&typed)? {
-        patch.apply(&mut typed)?;
-    }
-    while let Some(patch) = hardswish::fuse(&typed)? {
-        patch.apply(&mut typed)?;
-    }
-    while let Some(patch) = onehot::fuse(&typed)? {
-        patch.apply(&mut typed)?;
+    // Each gives one patch at a time, until it finds nothing more.
+    let rewrites: [Rewrite; 3] = [fold_channel_affine, hardswish::fuse, onehot::fuse];
+    for rewrite in rewrites {
+        while let Some(patch) = rewrite(&typed)? {
+            patch.apply(&mut typed)?;
+        }
     }
     typed = typed.into_compact()?;
     typed.optimize_with_session(&mut codegen().session())?;
     regroup::fuse(&mut typed)?;
     replace_pools(&mut typed)?;
-    replace_ops(&mut typed, |model, node| {
-        let Some(reduce) = node.op_as::<Reduce>() else { return Ok(None) };
-        Ok(Extreme::replacing(reduce, model.outlet_fact(node.inputs[0])?))
-    })?;
+    replace_reductions(&mut typed)?;
     Ok(typed)
 }
+
+/// A rewrite of the decluttered graph: its next patch, or `None` when it finds nothing more.
+type Rewrite = fn(&TypedModel) -> TractResult<Option<TypedModelPatch>>;
 
 /// tract's optimised max pools that [`MaxPool2x2`] computes, replaced by it.
 fn replace_pools(model: &mut TypedModel) -> TractResult<()> {
@@ -70,6 +68,14 @@ fn replace_pools(model: &mut TypedModel) -> TractResult<()> {
         let Some(pool) = node.op_as::<OptMaxPool>() else { return Ok(None) };
         let input = model.outlet_fact(node.inputs[0])?;
         Ok(MaxPool2x2::replacing(&pool.pool_spec, pool.with_index_outputs, input))
+    })
+}
+
+/// tract's maxima and minima that [`Extreme`] computes, replaced by it.
+fn replace_reductions(model: &mut TypedModel) -> TractResult<()> {
+    replace_ops(model, |model, node| {
+        let Some(reduce) = node.op_as::<Reduce>() else { return Ok(None) };
+        Ok(Extreme::replacing(reduce, model.outlet_fact(node.inputs[0])?))
     })
 }
 

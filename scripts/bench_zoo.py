@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -105,10 +106,47 @@ def build(zoo: Path, profile: str) -> Path:
     return ROOT / "target" / profile / "examples" / "zoo_bench"
 
 
+def spread(values: list[float]) -> str:
+    """`low-high (median)` of `values`, or the one value."""
+    def text(v: float) -> str:
+        return f"{v:.3f}" if v < 1 else f"{v:.2f}"
+
+    if len(values) == 1:
+        return text(values[0])
+    return f"{text(min(values))}-{text(max(values))} ({text(statistics.median(values))})"
+
+
+def rounds_table(zoo: list[dict], out: Path, runs: int, rounds: int) -> None:
+    """maas and onnxruntime in turn, `rounds` times per model; each round's ratio is maas over
+    the onnxruntime run right after it, so a machine whose speed drifts moves both."""
+    print("| model | batches | maas warm, low-high (median) | onnxruntime warm | "
+          "maas / onnxruntime, first batch | second batch |")
+    print("|---" * 6 + "|")
+    for entry in zoo:
+        model, batches = entry["model"], entry["batches"]
+        pairs = [(measure(out, model, "after", runs), measure(out, model, "ort", runs))
+                 for _ in range(rounds)]
+        if any("error" in side for pair in pairs for side in pair):
+            print(f"| {model} | refused or failed | | | | |", flush=True)
+            continue
+        cells = []
+        for side in (0, 1):
+            per_batch = [[pair[side]["warm_ms"][str(b)] for pair in pairs] for b in batches]
+            cells.append(" / ".join(spread(v) for v in per_batch))
+        for b in batches:
+            ratios = [maas["warm_ms"][str(b)] / ort["warm_ms"][str(b)] for maas, ort in pairs]
+            cells.append(spread(ratios) + "x")
+        batch = "/".join(str(b) for b in batches)
+        print("| " + " | ".join([model, batch, *cells]) + " |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--out", type=Path, default=ROOT / "target" / "zoo")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="above 1: maas and onnxruntime in turn this many times per model, "
+                             "ranges and ratios only (no stock tract)")
     parser.add_argument("--ort", help=argparse.SUPPRESS)  # internal: time onnxruntime on one model
     args = parser.parse_args()
     if args.ort:
@@ -116,6 +154,9 @@ def main() -> None:
         return
     build(args.out, "release")
     zoo = json.loads((args.out / "zoo.json").read_text())
+    if args.rounds > 1:
+        rounds_table(zoo, args.out, args.runs, args.rounds)
+        return
     print("| model | batches | before: load | optimise | first | warm | after: load | optimise | first "
           "| warm | loader, plans | onnxruntime: session | first | warm |")
     print("|---" * 14 + "|")

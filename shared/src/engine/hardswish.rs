@@ -10,7 +10,7 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::BinMiniOp;
 use tract_onnx::tract_core::ops::math::{Add, Max, Min, Mul};
 
-use super::ops::{binary, only_successor, stateless_op};
+use super::ops::{binary, one_op_patch, only_successor, stateless_op};
 
 /// `(x * min(max(x + shift, low), high)) * scale` element by element, over `f32`.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,11 +56,7 @@ pub(super) fn fuse(model: &TypedModel) -> TractResult<Option<TypedModelPatch>> {
     for add in &model.nodes {
         let Some(found) = chain(model, add)? else { continue };
         let (x, last, op) = found;
-        let mut patch = TypedModelPatch::new(format!("hard swish from {}", add.name));
-        let input = patch.tap_model(model, x)?;
-        let wire = patch.wire_node(&add.name, op, &[input])?[0];
-        patch.shunt_outside(model, OutletId::new(last, 0), wire)?;
-        return Ok(Some(patch));
+        return one_op_patch(model, &add.name, x, last, op).map(Some);
     }
     Ok(None)
 }

@@ -12,7 +12,7 @@ use tract_onnx::tract_core::ops::cast::Cast;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::logic::CompEq;
 
-use super::ops::{binary, only_successor, stateless_op};
+use super::ops::{binary, one_op_patch, only_successor, stateless_op};
 
 /// Row `x` of a constant `f32` table for each integer `x` of the input, whose last axis (of
 /// one) becomes the table's width; zeros for an `x` outside the table.
@@ -63,11 +63,7 @@ impl TypedOp for TableRows {
 pub(super) fn fuse(model: &TypedModel) -> TractResult<Option<TypedModelPatch>> {
     for eq in &model.nodes {
         let Some((x, product, op)) = lookup(model, eq)? else { continue };
-        let mut patch = TypedModelPatch::new(format!("table rows from {}", eq.name));
-        let input = patch.tap_model(model, x)?;
-        let wire = patch.wire_node(&product.name, op, &[input])?[0];
-        patch.shunt_outside(model, OutletId::new(product.id, 0), wire)?;
-        return Ok(Some(patch));
+        return one_op_patch(model, &product.name, x, product.id, op).map(Some);
     }
     Ok(None)
 }

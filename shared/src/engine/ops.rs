@@ -48,6 +48,22 @@ pub(super) fn only_successor<'m>(
     })
 }
 
+/// A patch computing node `last`'s output by `op` on `input` alone, as a node named `name`;
+/// the nodes it replaces are swept away once nothing reads them.
+pub(super) fn one_op_patch<O: TypedOp>(
+    model: &TypedModel,
+    name: &str,
+    input: OutletId,
+    last: usize,
+    op: O,
+) -> TractResult<TypedModelPatch> {
+    let mut patch = TypedModelPatch::new(format!("{} from {name}", op.name()));
+    let input = patch.tap_model(model, input)?;
+    let wire = patch.wire_node(name, op, &[input])?[0];
+    patch.shunt_outside(model, OutletId::new(last, 0), wire)?;
+    Ok(patch)
+}
+
 /// What the tests of maas's rewrites share.
 #[cfg(test)]
 pub(super) mod testing {

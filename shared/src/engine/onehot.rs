@@ -110,6 +110,9 @@ fn lookup<'m>(
 /// Whether `axes` multiplies a rank-`rank` tensor by a matrix along its last axis, keeping
 /// its other axes in order: `...k,kn->...n`.
 fn by_last_axis(axes: &AxesMapping, rank: usize) -> bool {
+    if axes.input_count() != 2 || axes.output_count() != 1 || rank == 0 {
+        return false;
+    }
     let key =
         |axis: &Axis| (axis.inputs[0].to_vec(), axis.inputs[1].to_vec(), axis.outputs[0].to_vec());
     let mut found: Vec<_> = axes.iter_all_axes().map(key).collect();
@@ -118,7 +121,7 @@ fn by_last_axis(axes: &AxesMapping, rank: usize) -> bool {
     expected.push((vec![], vec![1], vec![rank - 1]));
     found.sort();
     expected.sort();
-    axes.input_count() == 2 && axes.output_count() == 1 && found == expected
+    found == expected
 }
 
 /// Whether `range` holds `0, 1, ..., count - 1` along its last axis, of rank `rank` with

@@ -263,11 +263,14 @@ impl ShapePlans {
     }
 
     /// Builds the plan for `concrete` on a thread of its own, unless one is being built
-    /// already; a plan that fails to build is built in the request from then on.
+    /// already or `concrete` has its plan (built behind the batch that stood in for it,
+    /// when that batch outlasted the build); a plan that fails to build is built in the
+    /// request from then on.
     fn build_behind(self: &Arc<Self>, concrete: Concrete, budget: u64) {
         {
             let mut building = self.building.0.lock().unwrap_or_else(PoisonError::into_inner);
-            if *building {
+            // A build inserts its plan before it clears `building`.
+            if *building || self.plans.contains_key(&concrete) {
                 return;
             }
             *building = true;
@@ -456,7 +459,33 @@ fn unpad(
 
 #[cfg(test)]
 mod tests {
-    use super::lower_priority;
+    use prost::Message;
+
+    use super::*;
+    use crate::engine::signature::signature_of;
+
+    const MLP: &[u8] = include_bytes!("../../../tests/zoo/torch_mlp_legacy.onnx");
+
+    /// A plan asked for behind a batch once the batch's bucket has one (the batch standing
+    /// in outlasted the build) is not built a second time.
+    #[test]
+    fn a_bucket_with_a_plan_is_not_built_again_behind_a_batch() {
+        let proto = pb::ModelProto::decode(MLP).unwrap();
+        let signature = signature_of(&proto).unwrap();
+        let plans = Arc::new(ShapePlans::new(proto, Loader::Plain, &signature, 8, u64::MAX));
+        let width = signature.inputs[0].shape[1] as usize;
+        let inputs = vec![TractTensor::zero::<f32>(&[2, width]).unwrap()];
+        let budget = 1 << 30;
+        plans.run(inputs.clone(), &signature, budget, Unplanned::Build).unwrap();
+        assert_eq!(plans.builds.load(Ordering::Relaxed), 1, "the batch's own plan");
+
+        plans.build_behind(plans.concrete(&inputs).unwrap(), budget);
+        plans.wait_for_builds();
+        assert_eq!(plans.builds.load(Ordering::Relaxed), 1, "built again behind the batch");
+        plans.build_behind(plans.with_rows(&plans.concrete(&inputs).unwrap(), 4), budget);
+        plans.wait_for_builds();
+        assert_eq!(plans.builds.load(Ordering::Relaxed), 2, "a bucket without a plan");
+    }
 
     /// The nice value of the calling thread.
     fn nice() -> i32 {

@@ -29,6 +29,7 @@ mod budget;
 mod convert;
 mod fold;
 mod hardswish;
+mod images;
 mod ml;
 #[cfg(feature = "nnef")]
 mod nnef;

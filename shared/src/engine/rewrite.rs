@@ -16,6 +16,9 @@
 //!   one, where it stays a separate pass over the tensor, and at batches above 1 two generic
 //!   broadcasting passes. The weights and bias absorb it here, as onnxruntime's
 //!   `ConvBNFusion` does.
+//! - **Convolutions of a batch image by image** ([`images::split`]): tract gathers a
+//!   convolution's patches lazily for one image only; at a concrete batch above 1 it builds
+//!   the whole patch matrix first (the small CNN's batch of 8: 15 % faster without it).
 //! - **Hard swish in one pass** ([`hardswish::fuse`]): `x * clip(x + 3, 0, 6) / 6` as
 //!   exporters write it out runs as one op instead of two passes over the tensor.
 //! - **Activations fused across a convolution's last reshape** ([`regroup::fuse`]): tract
@@ -40,12 +43,13 @@ use tract_onnx::tract_core::optim::Optimizer;
 
 use super::pool::MaxPool2x2;
 use super::reduce::Extreme;
-use super::{hardswish, onehot, regroup};
+use super::{hardswish, images, onehot, regroup};
 
 /// The optimised form of a translated, decluttered model ([`super::translate`] declutters).
 pub(super) fn optimise(mut typed: TypedModel) -> TractResult<TypedModel> {
     // Each gives one patch at a time, until it finds nothing more.
-    let rewrites: [Rewrite; 3] = [fold_channel_affine, hardswish::fuse, onehot::fuse];
+    let rewrites: [Rewrite; 4] =
+        [fold_channel_affine, hardswish::fuse, onehot::fuse, images::split];
     for rewrite in rewrites {
         while let Some(patch) = rewrite(&typed)? {
             patch.apply(&mut typed)?;

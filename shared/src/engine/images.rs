@@ -114,9 +114,9 @@ fn padded_once(
 }
 
 /// The images of `node`'s batch, when `conv` is a convolution worth running image by image:
-/// float, ungrouped, NCHW with a concrete batch of 2 to [`MAX_IMAGES`], a kernel of at least
-/// [`LAZY_MIN_KERNEL`] taps whose copies stay within [`MAX_COPIED_WEIGHTS`], and output rows
-/// narrower than 128 pixels.
+/// float, ungrouped, its batch first (NCHW or NHWC) and concrete, of 2 to [`MAX_IMAGES`]
+/// images, a kernel of at least [`LAZY_MIN_KERNEL`] taps whose copies stay within
+/// [`MAX_COPIED_WEIGHTS`], and output rows narrower than 128 pixels.
 fn images(model: &TypedModel, node: &TypedNode, conv: &Conv) -> TractResult<Option<usize>> {
     let input = model.outlet_fact(node.inputs[0])?;
     let output = model.outlet_fact(OutletId::new(node.id, 0))?;

@@ -28,8 +28,9 @@
 //!   vectorisable loop over pairs of rows, where tract walks each tap with bounds checks.
 //! - **One-hot encodings multiplied by a table** ([`onehot::fuse`]): JAX's embeddings (magika)
 //!   run as a lookup of the table's rows, not as a product with a tensor of zeros and ones.
-//! - **Maxima and minima over consecutive axes** ([`Extreme`]): one pass over the tensor,
-//!   where tract slices (and allocates) the input anew for every output.
+//! - **Maxima, minima and sums over consecutive axes** ([`Reduction`]): one pass over the
+//!   tensor, where tract slices (and allocates) the input anew for every output; a global
+//!   average pool's scale folds into its sum ([`reduce::fold_scales`]).
 
 use tract_onnx::prelude::{
     tract_ndarray, Datum, OutletId, SpecialOps, Tensor, TractResult, TypedModel, TypedModelPatch,
@@ -42,8 +43,8 @@ use tract_onnx::tract_core::ops::nn::Reduce;
 use tract_onnx::tract_core::optim::Optimizer;
 
 use super::pool::MaxPool2x2;
-use super::reduce::Extreme;
-use super::{hardswish, images, onehot, regroup};
+use super::reduce::Reduction;
+use super::{hardswish, images, onehot, reduce, regroup};
 
 /// The optimised form of a translated, decluttered model ([`super::translate`] declutters).
 pub(super) fn optimise(mut typed: TypedModel) -> TractResult<TypedModel> {
@@ -60,6 +61,7 @@ pub(super) fn optimise(mut typed: TypedModel) -> TractResult<TypedModel> {
     regroup::fuse(&mut typed)?;
     replace_pools(&mut typed)?;
     replace_reductions(&mut typed)?;
+    reduce::fold_scales(&mut typed)?;
     Ok(typed)
 }
 
@@ -75,11 +77,11 @@ fn replace_pools(model: &mut TypedModel) -> TractResult<()> {
     })
 }
 
-/// tract's maxima and minima that [`Extreme`] computes, replaced by it.
+/// tract's maxima, minima and sums that [`Reduction`] computes, replaced by it.
 fn replace_reductions(model: &mut TypedModel) -> TractResult<()> {
     replace_ops(model, |model, node| {
         let Some(reduce) = node.op_as::<Reduce>() else { return Ok(None) };
-        Ok(Extreme::replacing(reduce, model.outlet_fact(node.inputs[0])?))
+        Ok(Reduction::replacing(reduce, model.outlet_fact(node.inputs[0])?))
     })
 }
 

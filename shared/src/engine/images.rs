@@ -281,7 +281,7 @@ mod tests {
         let optimised = crate::engine::rewrite::optimise(model).unwrap();
         let ops: Vec<String> = optimised.nodes.iter().map(|n| n.op.name().to_string()).collect();
         let lazy = ops.iter().filter(|n| *n == "LazyIm2col").count();
-        let pads = ops.iter().filter(|n| *n == "Pad").count();
+        let pads = ops.iter().filter(|n| *n == "maas.ZeroPad2d").count();
         assert!(lazy == 3 && pads == 1 && !ops.iter().any(|n| n == "Im2col"), "{ops:?}");
         let got = run(optimised, &x);
         for (i, (g, e)) in got.iter().zip(&expected).enumerate() {

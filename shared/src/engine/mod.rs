@@ -35,6 +35,7 @@ mod ml;
 mod nnef;
 mod onehot;
 mod ops;
+mod pad;
 mod plans;
 mod pool;
 mod profile;

@@ -28,6 +28,8 @@
 //!   vectorisable loop over pairs of rows, where tract walks each tap with bounds checks.
 //! - **One-hot encodings multiplied by a table** ([`onehot::fuse`]): JAX's embeddings (magika)
 //!   run as a lookup of the table's rows, not as a product with a tensor of zeros and ones.
+//! - **Zero padding row by row** ([`ZeroPad2d`]): the padding before a convolution whose
+//!   patches tract gathers lazily, where tract's `Pad` slices generic arrays.
 //! - **Maxima, minima and sums over consecutive axes** ([`Reduction`]): one pass over the
 //!   tensor, where tract slices (and allocates) the input anew for every output; a global
 //!   average pool's scale folds into its sum ([`reduce::fold_scales`]).
@@ -36,12 +38,14 @@ use tract_onnx::prelude::{
     tract_ndarray, Datum, OutletId, SpecialOps, Tensor, TractResult, TypedModel, TypedModelPatch,
     TypedNode, TypedOp,
 };
+use tract_onnx::tract_core::ops::array::Pad;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::{Conv, OptMaxPool};
 use tract_onnx::tract_core::ops::math::{Add, Mul};
 use tract_onnx::tract_core::ops::nn::Reduce;
 use tract_onnx::tract_core::optim::Optimizer;
 
+use super::pad::ZeroPad2d;
 use super::pool::MaxPool2x2;
 use super::reduce::Reduction;
 use super::{hardswish, images, onehot, reduce, regroup};
@@ -60,6 +64,7 @@ pub(super) fn optimise(mut typed: TypedModel) -> TractResult<TypedModel> {
     typed.optimize_with_session(&mut codegen().session())?;
     regroup::fuse(&mut typed)?;
     replace_pools(&mut typed)?;
+    replace_pads(&mut typed)?;
     replace_reductions(&mut typed)?;
     reduce::fold_scales(&mut typed)?;
     Ok(typed)
@@ -74,6 +79,14 @@ fn replace_pools(model: &mut TypedModel) -> TractResult<()> {
         let Some(pool) = node.op_as::<OptMaxPool>() else { return Ok(None) };
         let input = model.outlet_fact(node.inputs[0])?;
         Ok(MaxPool2x2::replacing(&pool.pool_spec, pool.with_index_outputs, input))
+    })
+}
+
+/// tract's zero paddings that [`ZeroPad2d`] computes, replaced by it.
+fn replace_pads(model: &mut TypedModel) -> TractResult<()> {
+    replace_ops(model, |model, node| {
+        let Some(pad) = node.op_as::<Pad>() else { return Ok(None) };
+        Ok(ZeroPad2d::replacing(pad, model.outlet_fact(node.inputs[0])?))
     })
 }
 

@@ -60,8 +60,8 @@ impl ZeroPad2d {
         if height > 0 && width > 0 {
             let planes =
                 values.chunks_exact(height * width).zip(output.chunks_exact_mut(rows * columns));
+            let first = self.rows.0 * columns + self.columns.0;
             for (plane, out) in planes {
-                let first = self.rows.0 * columns + self.columns.0;
                 for (row, out_row) in
                     plane.chunks_exact(width).zip(out[first..].chunks_mut(columns))
                 {

@@ -11,11 +11,11 @@
 use std::ops::Range;
 
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::binary::{OptBinByScalar, TypedBinOp};
+use tract_onnx::tract_core::ops::binary::OptBinByScalar;
 use tract_onnx::tract_core::ops::math::Mul;
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer};
 
-use super::ops::{one_op_patch, only_successor, stateless_op};
+use super::ops::{binary, one_op_patch, only_successor, stateless_op};
 
 /// Lanes of the running extreme over a contiguous run of values.
 const LANES: usize = 8;
@@ -93,7 +93,7 @@ fn reduce(
 }
 
 /// Every sum of `model` (an optimised model) that a multiplication by a scalar constant alone
-/// reads (a global average pool's scale) made one [`Reduction`] that scales as it stores.
+/// reads (a global average pool's scale) made one [`Reduction`] that scales its sums.
 pub(super) fn fold_scales(model: &mut TypedModel) -> TractResult<()> {
     let mut changed = false;
     for id in model.eval_order()? {
@@ -122,14 +122,11 @@ fn scalar_factor(
     node: &TypedNode,
     next: &TypedNode,
 ) -> TractResult<Option<f32>> {
-    let mul = match (next.op_as::<TypedBinOp>(), next.op_as::<OptBinByScalar>()) {
-        (Some(bin), _) => bin.0.is::<Mul>(),
-        (_, Some(by_scalar)) => by_scalar.binop.is::<Mul>(),
-        _ => false,
-    };
+    let by_scalar = next.op_as::<OptBinByScalar>().is_some_and(|op| op.binop.is::<Mul>());
+    let mul = binary::<Mul>(next) || (by_scalar && next.inputs.len() == 2);
     let output = OutletId::new(node.id, 0);
     let Some(slot) = next.inputs.iter().position(|&i| i == output) else { return Ok(None) };
-    if !mul || next.inputs.len() != 2 {
+    if !mul {
         return Ok(None);
     }
     let same_shape =

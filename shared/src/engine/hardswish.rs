@@ -56,7 +56,7 @@ pub(super) fn fuse(model: &TypedModel) -> TractResult<Option<TypedModelPatch>> {
     for add in &model.nodes {
         let Some(found) = chain(model, add)? else { continue };
         let (x, last, op) = found;
-        return one_op_patch(model, &add.name, x, last, op).map(Some);
+        return one_op_patch(model, &add.name, &[x], last, op).map(Some);
     }
     Ok(None)
 }

@@ -63,7 +63,7 @@ impl TypedOp for TableRows {
 pub(super) fn fuse(model: &TypedModel) -> TractResult<Option<TypedModelPatch>> {
     for eq in &model.nodes {
         let Some((x, product, op)) = lookup(model, eq)? else { continue };
-        return one_op_patch(model, &product.name, x, product.id, op).map(Some);
+        return one_op_patch(model, &product.name, &[x], product.id, op).map(Some);
     }
     Ok(None)
 }

@@ -3,7 +3,8 @@
 //! rewrites match with.
 
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
+use tract_onnx::tract_core::ops::binary::{BinMiniOp, OptBinByScalar, TypedBinOp};
+use tract_onnx::tract_core::ops::math::Mul;
 
 /// `Op` and `EvalOp` for a stateless operator of maas named `$name`, whose `eval` is its
 /// inherent `run(&self, ctx, inputs)`; the caller has tract's `internal` prelude in scope.
@@ -48,20 +49,73 @@ pub(super) fn only_successor<'m>(
     })
 }
 
-/// A patch computing node `last`'s output by `op` on `input` alone, as a node named `name`;
-/// the nodes it replaces are swept away once nothing reads them.
+/// A patch computing node `last`'s output by `op` on `inputs`, as a node named `name`; the
+/// nodes it replaces are swept away once nothing reads them.
 pub(super) fn one_op_patch<O: TypedOp>(
     model: &TypedModel,
     name: &str,
-    input: OutletId,
+    inputs: &[OutletId],
     last: usize,
     op: O,
 ) -> TractResult<TypedModelPatch> {
     let mut patch = TypedModelPatch::new(format!("{} from {name}", op.name()));
-    let input = patch.tap_model(model, input)?;
-    let wire = patch.wire_node(name, op, &[input])?[0];
+    let inputs = inputs
+        .iter()
+        .map(|&input| patch.tap_model(model, input))
+        .collect::<TractResult<TVec<_>>>()?;
+    let wire = patch.wire_node(name, op, &inputs)?[0];
     patch.shunt_outside(model, OutletId::new(last, 0), wire)?;
     Ok(patch)
+}
+
+/// An op of maas that can take a multiplication of its output by a constant into itself.
+pub(super) trait Scales: TypedOp + Clone {
+    /// This op with its output multiplied by `scale`, when it can take it.
+    fn scaled(&self, scale: f32) -> Option<Self>;
+}
+
+/// Every `O` of `model` (an optimised model) that a multiplication by a scalar constant alone
+/// reads made one `O` that scales its output.
+pub(super) fn fold_scales<O: Scales>(model: &mut TypedModel) -> TractResult<()> {
+    let mut changed = false;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(op) = node.op_as::<O>() else { continue };
+        let Some(next) = only_successor(model, node)? else { continue };
+        let Some(scale) = scalar_factor(model, node, next)? else { continue };
+        let Some(op) = op.scaled(scale) else { continue };
+        let patch = one_op_patch(model, &node.name, &node.inputs, next.id, op)?;
+        patch.apply(model)?;
+        changed = true;
+    }
+    if changed {
+        *model = std::mem::take(model).into_compact()?;
+    }
+    Ok(())
+}
+
+/// The `f32` that `next` multiplies `node`'s output by, when `next` is a multiplication by a
+/// constant of one value that keeps the output's shape.
+fn scalar_factor(
+    model: &TypedModel,
+    node: &TypedNode,
+    next: &TypedNode,
+) -> TractResult<Option<f32>> {
+    let by_scalar = next.op_as::<OptBinByScalar>().is_some_and(|op| op.binop.is::<Mul>());
+    let mul = binary::<Mul>(next) || (by_scalar && next.inputs.len() == 2);
+    let output = OutletId::new(node.id, 0);
+    let Some(slot) = next.inputs.iter().position(|&i| i == output) else { return Ok(None) };
+    if !mul {
+        return Ok(None);
+    }
+    let same_shape =
+        model.outlet_fact(OutletId::new(next.id, 0))?.shape == model.outlet_fact(output)?.shape;
+    let factor = model.outlet_fact(next.inputs[1 - slot])?.konst.clone();
+    let Some(factor) = factor.filter(|f| f.len() == 1 && f.datum_type() == f32::datum_type())
+    else {
+        return Ok(None);
+    };
+    same_shape.then(|| factor.cast_to_scalar::<f32>()).transpose()
 }
 
 /// What the tests of maas's rewrites share.

@@ -11,11 +11,9 @@
 use std::ops::Range;
 
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::binary::OptBinByScalar;
-use tract_onnx::tract_core::ops::math::Mul;
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer};
 
-use super::ops::{binary, one_op_patch, only_successor, stateless_op};
+use super::ops::{stateless_op, Scales};
 
 /// Lanes of the running extreme over a contiguous run of values.
 const LANES: usize = 8;
@@ -92,51 +90,13 @@ fn reduce(
     }
 }
 
-/// Every sum of `model` (an optimised model) that a multiplication by a scalar constant alone
-/// reads (a global average pool's scale) made one [`Reduction`] that scales its sums.
-pub(super) fn fold_scales(model: &mut TypedModel) -> TractResult<()> {
-    let mut changed = false;
-    for id in model.eval_order()? {
-        let node = model.node(id);
-        let Some(sum) = node.op_as::<Reduction>() else { continue };
-        if sum.kind != Kind::Sum || sum.scale_bits != 1f32.to_bits() {
-            continue;
-        }
-        let Some(next) = only_successor(model, node)? else { continue };
-        let Some(scale) = scalar_factor(model, node, next)? else { continue };
-        let op = Reduction { scale_bits: scale.to_bits(), ..sum.clone() };
-        let patch = one_op_patch(model, &node.name, node.inputs[0], next.id, op)?;
-        patch.apply(model)?;
-        changed = true;
+impl Scales for Reduction {
+    /// A sum that is not scaled yet, with its sums multiplied by `scale` (a global average
+    /// pool's).
+    fn scaled(&self, scale: f32) -> Option<Self> {
+        let unscaled = self.kind == Kind::Sum && self.scale_bits == 1f32.to_bits();
+        unscaled.then(|| Self { scale_bits: scale.to_bits(), ..self.clone() })
     }
-    if changed {
-        *model = std::mem::take(model).into_compact()?;
-    }
-    Ok(())
-}
-
-/// The `f32` that `next` multiplies `node`'s output by, when `next` is a multiplication by a
-/// constant of one value that keeps the output's shape.
-fn scalar_factor(
-    model: &TypedModel,
-    node: &TypedNode,
-    next: &TypedNode,
-) -> TractResult<Option<f32>> {
-    let by_scalar = next.op_as::<OptBinByScalar>().is_some_and(|op| op.binop.is::<Mul>());
-    let mul = binary::<Mul>(next) || (by_scalar && next.inputs.len() == 2);
-    let output = OutletId::new(node.id, 0);
-    let Some(slot) = next.inputs.iter().position(|&i| i == output) else { return Ok(None) };
-    if !mul {
-        return Ok(None);
-    }
-    let same_shape =
-        model.outlet_fact(OutletId::new(next.id, 0))?.shape == model.outlet_fact(output)?.shape;
-    let factor = model.outlet_fact(next.inputs[1 - slot])?.konst.clone();
-    let Some(factor) = factor.filter(|f| f.len() == 1 && f.datum_type() == f32::datum_type())
-    else {
-        return Ok(None);
-    };
-    same_shape.then(|| factor.cast_to_scalar::<f32>()).transpose()
 }
 
 stateless_op!(Reduction, "maas.Reduce");
@@ -187,6 +147,7 @@ impl TypedOp for Reduction {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::ops::fold_scales;
     use crate::engine::ops::testing::{run, run_alone};
 
     fn reduced_both_ways(reducer: Reducer, axes: &[usize], input: &Tensor) {
@@ -254,7 +215,7 @@ mod tests {
         let input = Tensor::from_shape(&[2, 3, 4, 4], &values).unwrap();
         let mut model = average_pool();
         let expected = run(model.clone(), &input);
-        fold_scales(&mut model).unwrap();
+        fold_scales::<Reduction>(&mut model).unwrap();
         let names: Vec<_> = model.nodes.iter().map(|n| n.op.name().to_string()).collect();
         assert_eq!(names, ["Source", "maas.Reduce"], "the scale folded");
         let got = run(model, &input);

@@ -32,7 +32,7 @@
 //!   patches tract gathers lazily, where tract's `Pad` slices generic arrays.
 //! - **Maxima, minima and sums over consecutive axes** ([`Reduction`]): one pass over the
 //!   tensor, where tract slices (and allocates) the input anew for every output; a global
-//!   average pool's scale folds into its sum ([`reduce::fold_scales`]).
+//!   average pool's scale folds into its sum ([`fold_scales`]).
 
 use tract_onnx::prelude::{
     tract_ndarray, Datum, OutletId, SpecialOps, Tensor, TractResult, TypedModel, TypedModelPatch,
@@ -45,10 +45,11 @@ use tract_onnx::tract_core::ops::math::{Add, Mul};
 use tract_onnx::tract_core::ops::nn::Reduce;
 use tract_onnx::tract_core::optim::Optimizer;
 
+use super::ops::fold_scales;
 use super::pad::ZeroPad2d;
 use super::pool::MaxPool2x2;
 use super::reduce::Reduction;
-use super::{hardswish, images, onehot, reduce, regroup};
+use super::{hardswish, images, onehot, regroup};
 
 /// The optimised form of a translated, decluttered model ([`super::translate`] declutters).
 pub(super) fn optimise(mut typed: TypedModel) -> TractResult<TypedModel> {
@@ -66,7 +67,7 @@ pub(super) fn optimise(mut typed: TypedModel) -> TractResult<TypedModel> {
     replace_pools(&mut typed)?;
     replace_pads(&mut typed)?;
     replace_reductions(&mut typed)?;
-    reduce::fold_scales(&mut typed)?;
+    fold_scales::<Reduction>(&mut typed)?;
     Ok(typed)
 }
 

@@ -38,6 +38,7 @@ mod ops;
 mod pad;
 mod plans;
 mod pool;
+mod products;
 mod profile;
 mod reduce;
 mod regroup;

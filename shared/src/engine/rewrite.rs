@@ -30,6 +30,10 @@
 //!   run as a lookup of the table's rows, not as a product with a tensor of zeros and ones.
 //! - **Zero padding row by row** ([`ZeroPad2d`]): the padding before a convolution whose
 //!   patches tract gathers lazily, where tract's `Pad` slices generic arrays.
+//! - **Small products of two computed tensors** ([`products::replace`]): an attention block's
+//!   query by key and weights by value, per batch row and head, in plain loops
+//!   ([`SmallProducts`]), where tract packs both operands of each for its large-matrix
+//!   kernels; the attention's scale folds into them.
 //! - **Maxima, minima and sums over consecutive axes** ([`Reduction`]): one pass over the
 //!   tensor, where tract slices (and allocates) the input anew for every output; a global
 //!   average pool's scale folds into its sum ([`fold_scales`]).
@@ -48,14 +52,15 @@ use tract_onnx::tract_core::optim::Optimizer;
 use super::ops::fold_scales;
 use super::pad::ZeroPad2d;
 use super::pool::MaxPool2x2;
+use super::products::SmallProducts;
 use super::reduce::Reduction;
-use super::{hardswish, images, onehot, regroup};
+use super::{hardswish, images, onehot, products, regroup};
 
 /// The optimised form of a translated, decluttered model ([`super::translate`] declutters).
 pub(super) fn optimise(mut typed: TypedModel) -> TractResult<TypedModel> {
     // Each gives one patch at a time, until it finds nothing more.
-    let rewrites: [Rewrite; 4] =
-        [fold_channel_affine, hardswish::fuse, onehot::fuse, images::split];
+    let rewrites: [Rewrite; 5] =
+        [fold_channel_affine, hardswish::fuse, onehot::fuse, images::split, products::replace];
     for rewrite in rewrites {
         while let Some(patch) = rewrite(&typed)? {
             patch.apply(&mut typed)?;
@@ -68,6 +73,7 @@ pub(super) fn optimise(mut typed: TypedModel) -> TractResult<TypedModel> {
     replace_pads(&mut typed)?;
     replace_reductions(&mut typed)?;
     fold_scales::<Reduction>(&mut typed)?;
+    fold_scales::<SmallProducts>(&mut typed)?;
     Ok(typed)
 }
 

@@ -45,6 +45,7 @@ mod regroup;
 mod rewrite;
 mod roles;
 mod signature;
+mod softmax;
 mod split;
 mod stream;
 mod translate;

@@ -34,6 +34,8 @@
 //!   query by key and weights by value, per batch row and head, in plain loops
 //!   ([`SmallProducts`]), where tract packs both operands of each for its large-matrix
 //!   kernels; the attention's scale folds into them.
+//! - **Softmax in three passes over the tensor** ([`Softmax`]): where tract sets up three
+//!   vector kernels for each row, copying short rows into buffers of their own.
 //! - **Maxima, minima and sums over consecutive axes** ([`Reduction`]): one pass over the
 //!   tensor, where tract slices (and allocates) the input anew for every output; a global
 //!   average pool's scale folds into its sum ([`fold_scales`]).
@@ -46,7 +48,7 @@ use tract_onnx::tract_core::ops::array::Pad;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::{Conv, OptMaxPool};
 use tract_onnx::tract_core::ops::math::{Add, Mul};
-use tract_onnx::tract_core::ops::nn::Reduce;
+use tract_onnx::tract_core::ops::nn::{Reduce, Softmax as TractSoftmax};
 use tract_onnx::tract_core::optim::Optimizer;
 
 use super::ops::fold_scales;
@@ -54,6 +56,7 @@ use super::pad::ZeroPad2d;
 use super::pool::MaxPool2x2;
 use super::products::SmallProducts;
 use super::reduce::Reduction;
+use super::softmax::Softmax;
 use super::{hardswish, images, onehot, products, regroup};
 
 /// The optimised form of a translated, decluttered model ([`super::translate`] declutters).
@@ -72,6 +75,7 @@ pub(super) fn optimise(mut typed: TypedModel) -> TractResult<TypedModel> {
     replace_pools(&mut typed)?;
     replace_pads(&mut typed)?;
     replace_reductions(&mut typed)?;
+    replace_softmaxes(&mut typed)?;
     fold_scales::<Reduction>(&mut typed)?;
     fold_scales::<SmallProducts>(&mut typed)?;
     Ok(typed)
@@ -102,6 +106,14 @@ fn replace_reductions(model: &mut TypedModel) -> TractResult<()> {
     replace_ops(model, |model, node| {
         let Some(reduce) = node.op_as::<Reduce>() else { return Ok(None) };
         Ok(Reduction::replacing(reduce, model.outlet_fact(node.inputs[0])?))
+    })
+}
+
+/// tract's softmaxes that [`Softmax`] computes, replaced by it.
+fn replace_softmaxes(model: &mut TypedModel) -> TractResult<()> {
+    replace_ops(model, |model, node| {
+        let Some(softmax) = node.op_as::<TractSoftmax>() else { return Ok(None) };
+        Ok(Softmax::replacing(softmax, model.outlet_fact(node.inputs[0])?))
     })
 }
 

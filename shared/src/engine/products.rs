@@ -206,8 +206,8 @@ struct Product {
 }
 
 impl Product {
-    /// `c = scale × a × b` by `matrixmultiply` (through `ndarray`), in place, for products too large
-    /// to gather: each slice starts at the product's first element.
+    /// `c = scale × a × b` by `matrixmultiply` (through `ndarray`), in place, for products
+    /// above [`MAX_PRODUCT`]: each slice starts at the product's first element.
     fn multiply(&self, scale: f32, a: &[f32], b: &[f32], c: &mut [f32]) -> TractResult<()> {
         use tract_ndarray::{linalg::general_mat_mul, ArrayView2, ArrayViewMut2, ShapeBuilder};
         let (m, k, n) = (self.m, self.k, self.n);

@@ -1,8 +1,9 @@
 //! Inference time of one model with one thread and with several (`MAAS_ENGINE_THREADS`),
-//! for a few batch sizes. Driven by `scripts/bench_threads.sh`. With several threads, matrix
-//! products use them all, and batches whose shares take long enough are split across them
-//! (`engine::Settings::min_share_micros`); the model is loaded as validation says (loader,
-//! planning). `MAAS_ENGINE_MIN_SHARE_MICROS` sets the minimum share as in `predict`.
+//! for a few batch sizes, the two engines taking turns run by run. Driven by
+//! `scripts/bench_threads.sh`. With several threads, each batch runs the way measured fastest
+//! for its size (threaded matrix products, one thread, or split across the threads; see
+//! `engine::split`); the model is loaded as validation says (loader, planning).
+//! `MAAS_ENGINE_MIN_SHARE_MICROS` sets the minimum share as in `predict`.
 //!
 //! `threads MODEL.onnx THREADS RUNS BATCH...`   prints one Markdown row per batch size
 
@@ -33,18 +34,27 @@ fn inputs(model: &Model, batch: usize, row: Option<&[usize]>) -> Vec<Tensor> {
         .collect()
 }
 
-/// Median milliseconds of `runs` inferences.
-fn median_ms(model: &Model, batch: usize, runs: usize, row: Option<&[usize]>) -> f64 {
-    let mut samples: Vec<f64> = (0..runs)
-        .map(|_| {
-            let batch_inputs = inputs(model, batch, row);
-            let started = Instant::now();
-            model.run(batch_inputs).expect("inference runs");
-            started.elapsed().as_secs_f64() * 1000.0
-        })
-        .collect();
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
+/// Milliseconds of one inference.
+fn run_ms(model: &Model, batch: usize, row: Option<&[usize]>) -> f64 {
+    let batch_inputs = inputs(model, batch, row);
+    let started = Instant::now();
+    model.run(batch_inputs).expect("inference runs");
+    started.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Median milliseconds of `runs` inferences on each model, the models taking turns run by
+/// run so that a machine whose speed drifts slows them alike.
+fn medians_ms(models: [&Model; 2], batch: usize, runs: usize, row: Option<&[usize]>) -> [f64; 2] {
+    let mut samples = [Vec::with_capacity(runs), Vec::with_capacity(runs)];
+    for _ in 0..runs {
+        for (model, samples) in models.iter().zip(&mut samples) {
+            samples.push(run_ms(model, batch, row));
+        }
+    }
+    samples.map(|mut samples| {
+        samples.sort_by(f64::total_cmp);
+        samples[samples.len() / 2]
+    })
 }
 
 fn main() {
@@ -75,10 +85,8 @@ fn main() {
     let (single, several) = (load(1), load(threads));
     let name = path.rsplit('/').next().unwrap_or(path);
     for batch in args[3..].iter().map(|b| b.parse::<usize>().expect(usage)) {
-        median_ms(&single, batch, 3, row); // warm up
-        let one = median_ms(&single, batch, runs, row);
-        median_ms(&several, batch, 3, row);
-        let many = median_ms(&several, batch, runs, row);
+        medians_ms([&single, &several], batch, 10, row); // warm up
+        let [one, many] = medians_ms([&single, &several], batch, runs, row);
         println!("| {name} | {batch} | {one:.2} | {many:.2} | {:.2}x |", one / many);
     }
 }

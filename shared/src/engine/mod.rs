@@ -13,8 +13,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use rayon::iter::{IntoParallelIterator, ParallelIterator};
-
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::pb;
 use tract_onnx::prelude::{
@@ -55,7 +53,7 @@ use budget::{contained, measured_net, BudgetedPlan};
 use convert::{from_tract, to_tract};
 use plans::Unplanned;
 use signature::signature_of;
-use split::Splitter;
+use split::{Splitter, Way};
 use translate::translate;
 use validate::check_declared;
 
@@ -378,28 +376,28 @@ impl Model {
         let inputs = inputs.into_iter().map(to_tract).collect::<Result<Vec<_>, _>>()?;
         let started = Instant::now();
         let (outputs, shares) = match self.splitter.as_deref() {
-            Some(splitter) => match splitter.shares(&inputs) {
-                Some(sizes) => self.run_split(splitter, inputs, &sizes, unplanned)?,
-                None => {
-                    let rows = splitter.rows(&inputs);
-                    let unsteady = self.unsteady();
-                    let threaded = splitter.threaded(rows);
-                    let executor = if threaded {
-                        self.resources.executor.clone()
-                    } else {
-                        Executor::SingleThread
-                    };
-                    let outputs = self.run_whole(inputs, executor, 1, unplanned)?;
-                    if let Some(rows) = rows {
-                        let elapsed = (self.unsteady() == unsteady).then(|| started.elapsed());
-                        splitter.record(rows, 1, elapsed);
-                        if rows == 1 {
-                            splitter.record_one_row(threaded, elapsed);
-                        }
+            Some(splitter) => {
+                let rows = splitter.rows(&inputs);
+                let way = splitter.way(&inputs);
+                let unsteady = self.unsteady();
+                let executor = self.resources.executor.clone();
+                let (outputs, shares) = match &way {
+                    Way::Split(sizes) => self.run_split(splitter, inputs, sizes, unplanned)?,
+                    Way::Threaded => (self.run_whole(inputs, executor, 1, unplanned)?, 1),
+                    Way::Single => {
+                        (self.run_whole(inputs, Executor::SingleThread, 1, unplanned)?, 1)
                     }
-                    (outputs, 1)
+                };
+                // A split that ran whole says nothing of how fast splitting is.
+                let ran_as_chosen = shares > 1 || !matches!(way, Way::Split(_));
+                if let Some(rows) = rows.filter(|_| ran_as_chosen) {
+                    // A run that built a plan, or ran on another bucket's, says nothing of
+                    // later runs.
+                    let elapsed = (self.unsteady() == unsteady).then(|| started.elapsed());
+                    splitter.record(rows, &way, elapsed);
                 }
-            },
+                (outputs, shares)
+            }
             None => (self.run_whole(inputs, self.resources.executor.clone(), 1, unplanned)?, 1),
         };
         tracing::trace!(shares, elapsed_ms = crate::elapsed_ms(started), "run");
@@ -446,26 +444,30 @@ impl Model {
         let Executor::MultiThread(pool) = &self.resources.executor else {
             return Ok((self.run_whole(inputs, Executor::SingleThread, 1, unplanned)?, 1));
         };
-        let started = Instant::now();
-        let unsteady = self.unsteady();
         let shares = splitter.split(&inputs, sizes)?;
         let count = shares.len() as u64;
-        let outputs: Vec<Result<Vec<TractTensor>, Error>> = pool.install(|| {
-            let shares = shares.into_par_iter();
-            let run = |share| self.run_whole(share, Executor::SingleThread, count, unplanned);
-            shares.map(run).collect()
-        });
-        let outputs = outputs.into_iter().collect::<Result<Vec<_>, _>>()?;
-        match split::join(outputs, sizes, &self.signature)? {
-            Some(joined) => {
-                // A share that built its plan, or ran on another bucket's, says nothing of
-                // how fast splitting is.
-                let elapsed = (self.unsteady() == unsteady).then(|| started.elapsed());
-                splitter.record(sizes.iter().sum(), sizes.len(), elapsed);
-                Ok((joined, sizes.len()))
+        let run = |share| self.run_whole(share, Executor::SingleThread, count, unplanned);
+        // The calling thread runs the first share while the pool wakes up for the others.
+        let mut shares = shares.into_iter();
+        let first = shares.next();
+        let mut others: Vec<Option<Result<Vec<TractTensor>, Error>>> =
+            shares.as_slice().iter().map(|_| None).collect();
+        let mut first_output = None;
+        pool.in_place_scope(|scope| {
+            for (share, output) in shares.zip(&mut others) {
+                scope.spawn(move |_| *output = Some(run(share)));
             }
+            first_output = first.map(run);
+        });
+        // Every share ran (a panic would have come through the scope): a missing output
+        // would leave the join short, and the batch run whole.
+        let outputs = first_output.into_iter().chain(others.into_iter().flatten());
+        let outputs = outputs.collect::<Result<Vec<_>, _>>()?;
+        match split::join(outputs, sizes, &self.signature)? {
+            Some(joined) => Ok((joined, sizes.len())),
             None => {
                 tracing::debug!("an output has no batch axis to join: running whole");
+                splitter.unjoinable();
                 let executor = self.resources.executor.clone();
                 Ok((self.run_whole(inputs, executor, 1, unplanned)?, 1))
             }
@@ -501,8 +503,8 @@ pub struct Settings {
     /// first).
     pub shape_plans: u64,
     /// With several threads, a batch may be split into one share per thread once a whole run
-    /// of it took at least this many microseconds; it then takes whichever way, whole or
-    /// split, was measured faster per row.
+    /// of it took at least this many microseconds (`engine/split.rs` says how the way a batch
+    /// runs is chosen).
     pub min_share_micros: u64,
     /// On a per-shape model, a batch whose bucket has no plan yet runs on another bucket's
     /// plan, if one has a plan, while its own is built on a thread of its own (`false`: it
@@ -512,7 +514,7 @@ pub struct Settings {
 
 impl Default for Settings {
     /// The defaults off Lambda: 256 MiB per declared tensor, 1 GiB per run, one thread,
-    /// 8 plans per shape, batches split into shares of at least 200 µs, new buckets' plans
+    /// 8 plans per shape, batches split once a whole run took 100 µs, new buckets' plans
     /// built behind the requests.
     fn default() -> Self {
         Self {
@@ -520,7 +522,7 @@ impl Default for Settings {
             memory_bytes: 1 << 30,
             threads: 1,
             shape_plans: 8,
-            min_share_micros: 200,
+            min_share_micros: 100,
             plans_behind: true,
         }
     }

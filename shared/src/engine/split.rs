@@ -1,24 +1,21 @@
 //! Batches across threads. A batch of independent rows (the assumption the per-shape padding
-//! already makes, on the same batch axes) is split into one share per engine thread; each
-//! share runs on its own plan state, on one thread, and the outputs are joined back in row
-//! order. tract parallelises matrix products only, so this is what makes a second vCPU count
-//! for convolutions.
+//! already makes, on the same batch axes) can run three ways: whole with tract's matrix
+//! products on every engine thread, whole on the calling thread alone, or split into one
+//! share per thread, each share on its own plan state and thread, the outputs joined back in
+//! row order. tract parallelises matrix products only, so splitting is what makes a second
+//! vCPU count for convolutions; and its threaded products can make a run slower than one
+//! thread does (their hand-offs cost more than small products save: one PaddleOCR image took
+//! 1.7x as long on two threads, the small CNN's batch of 8 1.2x).
 //!
-//! Splitting costs a hand-off to the pool and a copy of the inputs and outputs, and it makes
-//! every thread read all the weights (where threaded matrix products share them out), so it
-//! is chosen by measurement: a batch runs whole (matrix products on all threads) until a
-//! whole run shows that each share would take at least `Settings::min_share_micros`; then
-//! one split run is tried, and from there on batches take whichever way has been faster per
-//! row. One-row requests and small models run whole, as before.
-//!
-//! A run of one row cannot be split, and tract's threaded matrix products can make it slower
-//! than one thread does (their hand-offs cost more than small products save: one PaddleOCR
-//! image took 1.7x as long on two threads). So one-row runs are measured both ways, matrix
-//! products on every thread and on the calling thread alone, and take the faster; every
-//! `RECHECK_ONE_ROW`th goes the other way, so that a change (another model loaded beside it,
-//! a busier CPU) is seen.
+//! Which way is fastest depends on the model, the batch size and the machine, so it is
+//! measured. Batch sizes are grouped by powers of two; in each group every way is tried
+//! `WARM_UP` times in turn (a split only once a whole run took at least
+//! `Settings::min_share_micros`, below which a split cannot pay for its hand-off), then runs
+//! take the way with the lowest time per row (a moving average), and every `RECHECK`th run of
+//! the group goes one of the other ways, so that a change (another model loaded beside it, a
+//! busier CPU) is seen. A model whose outputs cannot be joined back runs whole.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tract_onnx::prelude::Tensor as TractTensor;
@@ -27,28 +24,87 @@ use super::engine_error;
 use crate::error::Error;
 use crate::manifest::Signature;
 
-/// How a model's batches are split.
+/// How one batch runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Way {
+    /// Whole, with matrix products on every engine thread.
+    Threaded,
+    /// Whole, on the calling thread alone.
+    Single,
+    /// In shares of these many rows side by side, one per thread.
+    Split(Vec<usize>),
+}
+
+impl Way {
+    /// The way's place among a group's measurements.
+    fn index(&self) -> usize {
+        match self {
+            Way::Threaded => 0,
+            Way::Split(_) => 1,
+            Way::Single => 2,
+        }
+    }
+}
+
+/// Batch sizes are grouped by powers of two: 1, 2, 3-4, 5-8, ..., the last group holding
+/// every larger size.
+const GROUPS: usize = 16;
+
+/// Runs of each way in a group before their times are compared: the first warms it up.
+const WARM_UP: u64 = 2;
+
+/// Every this many runs of a group after its warm-up, one goes a way measured slower.
+const RECHECK: u64 = 64;
+
+/// The group of batch sizes `rows` belongs to.
+fn group(rows: usize) -> usize {
+    let bits = (usize::BITS - rows.saturating_sub(1).leading_zeros()) as usize;
+    bits.min(GROUPS - 1)
+}
+
+/// What is known of one way in one group of batch sizes.
+#[derive(Debug, Default)]
+struct Measured {
+    /// Wall-clock nanoseconds per row: the last run's during the warm-up, then a moving
+    /// average that gives each run a quarter of the weight.
+    nanos: AtomicU64,
+    /// Runs measured so far.
+    runs: AtomicU64,
+}
+
+impl Measured {
+    fn nanos(&self) -> u64 {
+        self.nanos.load(Ordering::Relaxed)
+    }
+
+    fn runs(&self) -> u64 {
+        self.runs.load(Ordering::Relaxed)
+    }
+
+    fn record(&self, nanos: u64) {
+        let runs = self.runs.fetch_add(1, Ordering::Relaxed) + 1;
+        let old = self.nanos();
+        let new = if runs <= WARM_UP { nanos } else { old - old / 4 + nanos / 4 };
+        self.nanos.store(new.max(1), Ordering::Relaxed);
+    }
+}
+
+/// How a model's batches run, and what was measured of each way.
 #[derive(Debug)]
 pub(super) struct Splitter {
     /// For each input, the axes that carry the batch.
     batch_axes: Vec<Vec<usize>>,
     threads: usize,
     min_share: Duration,
-    /// Wall-clock nanoseconds per row of the last batch run whole (0: none yet).
-    whole_nanos: AtomicU64,
-    /// Wall-clock nanoseconds per row of the last batch run split (0: none yet).
-    split_nanos: AtomicU64,
+    /// Per group of batch sizes, per way (`Way::index`).
+    measured: [[Measured; 3]; GROUPS],
+    /// Runs per group of batch sizes after its warm-up.
+    runs: [AtomicU64; GROUPS],
     /// Batches run split so far.
     splits: AtomicU64,
-    /// Wall-clock nanoseconds of the last one-row run with matrix products on every thread
-    /// (`[0]`) and on one thread (`[1]`) (0: none yet).
-    one_row_nanos: [AtomicU64; 2],
-    /// One-row runs so far.
-    one_row_runs: AtomicU64,
+    /// Set when the outputs of a split batch could not be joined: batches then run whole.
+    unjoinable: AtomicBool,
 }
-
-/// Every this many one-row runs, one goes the way measured slower.
-const RECHECK_ONE_ROW: u64 = 64;
 
 impl Splitter {
     pub(super) fn new(batch_axes: Vec<Vec<usize>>, threads: usize, min_share: Duration) -> Self {
@@ -56,55 +112,51 @@ impl Splitter {
             batch_axes,
             threads,
             min_share,
-            whole_nanos: AtomicU64::new(0),
-            split_nanos: AtomicU64::new(0),
+            measured: Default::default(),
+            runs: Default::default(),
             splits: AtomicU64::new(0),
-            one_row_nanos: [AtomicU64::new(0), AtomicU64::new(0)],
-            one_row_runs: AtomicU64::new(0),
+            unjoinable: AtomicBool::new(false),
         }
     }
 
-    /// Whether a batch of `rows` rows run whole should have its matrix products on every
-    /// thread: always but for one row, which goes the way measured faster (threaded first,
-    /// then one thread, then the faster but every `RECHECK_ONE_ROW`th run).
-    pub(super) fn threaded(&self, rows: Option<usize>) -> bool {
-        if rows != Some(1) {
-            return true;
+    /// The way a batch of `inputs` runs: threaded when its batch axes disagree; else a way
+    /// its group of sizes has not warmed up yet; else the fastest there, but every
+    /// `RECHECK`th run another.
+    pub(super) fn way(&self, inputs: &[TractTensor]) -> Way {
+        let Some(rows) = self.rows(inputs) else { return Way::Threaded };
+        let measured = &self.measured[group(rows)];
+        let mut ways = vec![Way::Threaded, Way::Single];
+        if let Some(sizes) = self.shares(rows, measured) {
+            ways.insert(1, Way::Split(sizes));
         }
-        let [threaded, single] = self.one_row_nanos.each_ref().map(|n| n.load(Ordering::Relaxed));
-        if threaded == 0 || single == 0 {
-            return threaded == 0;
+        let measured = |way: &Way| &measured[way.index()];
+        // The first of the least run, so the ways warm up in turn.
+        if let Some(cold) = ways.iter().min_by_key(|way| measured(way).runs()) {
+            if measured(cold).runs() < WARM_UP {
+                return cold.clone();
+            }
         }
-        let run = self.one_row_runs.fetch_add(1, Ordering::Relaxed) + 1;
-        (threaded <= single) != run.is_multiple_of(RECHECK_ONE_ROW)
+        let fastest = (0..ways.len()).min_by_key(|&i| measured(&ways[i]).nanos()).unwrap_or(0);
+        let fastest = ways.remove(fastest);
+        let run = self.runs[group(rows)].fetch_add(1, Ordering::Relaxed) + 1;
+        match run.is_multiple_of(RECHECK) {
+            true => ways.swap_remove((run / RECHECK) as usize % ways.len()),
+            false => fastest,
+        }
     }
 
-    /// Records a one-row run, `threaded` or on one thread, and how long it took (`None`: its
-    /// time says nothing of later runs).
-    pub(super) fn record_one_row(&self, threaded: bool, elapsed: Option<Duration>) {
-        let Some(elapsed) = elapsed else { return };
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX).max(1);
-        self.one_row_nanos[usize::from(!threaded)].store(nanos, Ordering::Relaxed);
-    }
-
-    /// The rows of each share `inputs` should be split into, or `None` to run them whole: a
-    /// single row, rows whose batch axes disagree, shares too small to pay for the split (or
-    /// no whole run measured yet), or splitting measured slower per row than running whole.
-    pub(super) fn shares(&self, inputs: &[TractTensor]) -> Option<Vec<usize>> {
-        let rows = self.rows(inputs)?;
+    /// The rows of each share a batch of `rows` rows would be split into, or `None` when it
+    /// cannot be: one row or one thread, outputs that cannot be joined, or no whole run of
+    /// its group measured at the minimum share or more.
+    fn shares(&self, rows: usize, measured: &[Measured; 3]) -> Option<Vec<usize>> {
         let count = self.threads.min(rows);
-        let whole = self.whole_nanos.load(Ordering::Relaxed);
-        // A whole run has matrix products on every thread: its wall time is at most what one
-        // share would take on one thread.
-        let share_nanos = whole.saturating_mul(rows as u64);
-        if count < 2 || whole == 0 || share_nanos < self.min_share.as_nanos() as u64 {
+        if count < 2 || self.unjoinable.load(Ordering::Relaxed) {
             return None;
         }
-        let split = self.split_nanos.load(Ordering::Relaxed);
-        if split != 0 && split >= whole {
-            return None;
-        }
-        Some((0..count).map(|i| rows / count + usize::from(i < rows % count)).collect())
+        let whole = [Way::Threaded, Way::Single].map(|way| measured[way.index()].nanos());
+        let whole = whole.into_iter().filter(|&nanos| nanos > 0).min()?;
+        let pays = u128::from(whole) * rows as u128 >= self.min_share.as_nanos();
+        pays.then(|| (0..count).map(|i| rows / count + usize::from(i < rows % count)).collect())
     }
 
     /// Batches run split so far.
@@ -112,20 +164,22 @@ impl Splitter {
         self.splits.load(Ordering::Relaxed)
     }
 
-    /// Records a run of `rows` rows, whole (`shares` 1) or in `shares` shares side by side,
-    /// and how long it took; `None` when its time says nothing of later runs (it built a plan,
-    /// for one), which then count as a split but are not compared.
-    pub(super) fn record(&self, rows: usize, shares: usize, elapsed: Option<Duration>) {
-        if shares > 1 {
+    /// Records a run of `rows` rows the `way` it ran, and how long it took; `None` when its
+    /// time says nothing of later runs (it built a plan, for one), which then counts as a
+    /// split but is not measured.
+    pub(super) fn record(&self, rows: usize, way: &Way, elapsed: Option<Duration>) {
+        if let Way::Split(_) = way {
             self.splits.fetch_add(1, Ordering::Relaxed);
         }
         let Some(elapsed) = elapsed else { return };
         let nanos = elapsed.as_nanos() / rows.max(1) as u128;
-        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX).max(1);
-        match shares > 1 {
-            true => self.split_nanos.store(nanos, Ordering::Relaxed),
-            false => self.whole_nanos.store(nanos, Ordering::Relaxed),
-        }
+        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX);
+        self.measured[group(rows)][way.index()].record(nanos);
+    }
+
+    /// Notes that a split batch's outputs could not be joined: batches run whole from now on.
+    pub(super) fn unjoinable(&self) {
+        self.unjoinable.store(true, Ordering::Relaxed);
     }
 
     /// The batch size of `inputs`, when every batch axis agrees on one.
@@ -230,50 +284,76 @@ mod tests {
         TractTensor::from_shape(&[count, width], &values).unwrap()
     }
 
-    #[test]
-    fn small_or_unmeasured_batches_run_whole_and_large_ones_split_evenly() {
-        let splitter = splitter(3);
-        let state = TractTensor::zero::<f32>(&[2, 7, 4]).unwrap();
-        let inputs = [rows(7, 2), state];
-        assert_eq!(splitter.shares(&inputs), None, "not measured yet");
-        splitter.record(7, 1, None);
-        assert_eq!(splitter.shares(&inputs), None, "a run whose time says nothing");
-        splitter.record(7, 1, Some(Duration::from_micros(70)));
-        assert_eq!(splitter.shares(&inputs), None, "a whole run of 70 µs does not pay");
-        splitter.record(7, 1, Some(Duration::from_millis(7)));
-        assert_eq!(splitter.shares(&inputs), Some(vec![3, 2, 2]));
-        splitter.record(7, 3, None);
-        assert_eq!(splitter.shares(&inputs), Some(vec![3, 2, 2]), "a split run not compared");
-        splitter.record(7, 3, Some(Duration::from_millis(3)));
-        assert_eq!(splitter.shares(&inputs), Some(vec![3, 2, 2]), "splitting was faster");
-        splitter.record(7, 3, Some(Duration::from_millis(8)));
-        assert_eq!(splitter.shares(&inputs), None, "splitting was slower than running whole");
-        assert_eq!(splitter.splits(), 3, "every split run counts");
-        let one = [rows(1, 2), TractTensor::zero::<f32>(&[2, 1, 4]).unwrap()];
-        assert_eq!(splitter.shares(&one), None, "one row");
-        let disagreeing = [rows(7, 2), TractTensor::zero::<f32>(&[2, 6, 4]).unwrap()];
-        assert_eq!(splitter.shares(&disagreeing), None);
+    /// The ways `runs` batches of `inputs` take, each recorded as taking `micros` of the way.
+    fn run(
+        splitter: &Splitter,
+        inputs: &[TractTensor],
+        runs: u64,
+        micros: impl Fn(&Way) -> u64,
+    ) -> Vec<Way> {
+        let rows = splitter.rows(inputs).unwrap();
+        (0..runs)
+            .map(|_| {
+                let way = splitter.way(inputs);
+                splitter.record(rows, &way, Some(Duration::from_micros(micros(&way))));
+                way
+            })
+            .collect()
     }
 
     #[test]
-    fn one_row_runs_go_the_way_measured_faster_and_now_and_then_the_other() {
+    fn every_way_warms_up_in_turn_then_the_fastest_runs_and_now_and_then_another() {
+        let splitter = splitter(3);
+        let state = TractTensor::zero::<f32>(&[2, 7, 4]).unwrap();
+        let inputs = [rows(7, 2), state];
+        let split = Way::Split(vec![3, 2, 2]);
+        assert_eq!(splitter.way(&inputs), Way::Threaded, "threaded first");
+        splitter.record(7, &Way::Threaded, None);
+        assert_eq!(splitter.way(&inputs), Way::Threaded, "a run whose time says nothing");
+        let micros = |way: &Way| match way {
+            Way::Threaded => 900,
+            Way::Split(_) => 400,
+            Way::Single => 700,
+        };
+        let ways = run(&splitter, &inputs, 6 + RECHECK * 2, micros);
+        let warm_up = [Way::Threaded, split.clone(), Way::Single];
+        assert_eq!(ways[..6], [warm_up.clone(), warm_up].concat());
+        let others: Vec<(usize, &Way)> =
+            ways[6..].iter().enumerate().filter(|(_, way)| **way != split).collect();
+        let last = RECHECK as usize - 1;
+        assert_eq!(others, [(last, &Way::Single), (last + RECHECK as usize, &Way::Threaded)]);
+        assert_eq!(splitter.splits(), 2 + RECHECK * 2 - 2, "every split run counts");
+        // Splitting grows slower than one thread: its moving average passes one thread's
+        // after five runs.
+        let ways = run(&splitter, &inputs, 6, |way| if *way == split { 800 } else { micros(way) });
+        assert_eq!(ways, [vec![split; 5], vec![Way::Single]].concat());
+    }
+
+    #[test]
+    fn batch_sizes_are_measured_in_groups_and_one_row_never_splits() {
         let splitter = splitter(2);
-        assert!(splitter.threaded(Some(7)), "batches have threaded matrix products");
-        assert!(splitter.threaded(None));
-        assert!(splitter.threaded(Some(1)), "one row: threaded first");
-        splitter.record_one_row(true, None);
-        assert!(splitter.threaded(Some(1)), "a run whose time says nothing");
-        splitter.record_one_row(true, Some(Duration::from_micros(170)));
-        assert!(!splitter.threaded(Some(1)), "then one thread");
-        splitter.record_one_row(false, Some(Duration::from_micros(100)));
-        let ways: Vec<bool> =
-            (0..RECHECK_ONE_ROW * 2).map(|_| splitter.threaded(Some(1))).collect();
-        let threaded: Vec<usize> = (0..ways.len()).filter(|&i| ways[i]).collect();
-        let last = RECHECK_ONE_ROW as usize - 1;
-        assert_eq!(threaded, [last, last + RECHECK_ONE_ROW as usize], "one thread was faster");
-        splitter.record_one_row(true, Some(Duration::from_micros(90)));
-        assert!(splitter.threaded(Some(1)), "threaded measured faster again");
-        assert!(splitter.threaded(Some(7)));
+        let one = [rows(1, 2), TractTensor::zero::<f32>(&[2, 1, 4]).unwrap()];
+        let ways = run(&splitter, &one, 5, |way| if *way == Way::Single { 20 } else { 30 });
+        assert_eq!(ways, [Way::Threaded, Way::Single, Way::Threaded, Way::Single, Way::Single]);
+        // Batches of 5 to 8 rows are a group of their own, which starts threaded again.
+        let eight = [rows(8, 2), TractTensor::zero::<f32>(&[2, 8, 4]).unwrap()];
+        assert_eq!(splitter.way(&eight), Way::Threaded);
+        let disagreeing = [rows(7, 2), TractTensor::zero::<f32>(&[2, 6, 4]).unwrap()];
+        assert_eq!(splitter.way(&disagreeing), Way::Threaded);
+    }
+
+    #[test]
+    fn batches_under_the_minimum_share_or_with_unjoinable_outputs_run_whole() {
+        let splitter = splitter(2);
+        let inputs = [rows(4, 2), TractTensor::zero::<f32>(&[2, 4, 4]).unwrap()];
+        // 4 rows of 20 µs take 80 µs whole, under the 100 µs minimum.
+        let ways = run(&splitter, &inputs, 6, |_| 80);
+        assert!(ways.iter().all(|way| !matches!(way, Way::Split(_))), "{ways:?}");
+        let splitter = self::splitter(2);
+        assert_eq!(run(&splitter, &inputs, 2, |_| 800)[1], Way::Split(vec![2, 2]));
+        splitter.unjoinable();
+        let ways = run(&splitter, &inputs, 4, |_| 800);
+        assert!(ways.iter().all(|way| !matches!(way, Way::Split(_))), "{ways:?}");
     }
 
     #[test]

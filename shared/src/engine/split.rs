@@ -12,8 +12,9 @@
 //! `WARM_UP` times in turn (a split only once a whole run took at least
 //! `Settings::min_share_micros`, below which a split cannot pay for its hand-off), then runs
 //! take the way with the lowest time per row (a moving average), and every `RECHECK`th run of
-//! the group goes one of the other ways, so that a change (another model loaded beside it, a
-//! busier CPU) is seen. A model whose outputs cannot be joined back runs whole.
+//! the group goes one of the other ways, whose time then replaces what was known of it, so
+//! that a change (another model loaded beside it, a busier CPU) or a warm-up that went badly
+//! is seen. A model whose outputs cannot be joined back runs whole.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -65,8 +66,9 @@ fn group(rows: usize) -> usize {
 /// What is known of one way in one group of batch sizes.
 #[derive(Debug, Default)]
 struct Measured {
-    /// Wall-clock nanoseconds per row: the last run's during the warm-up, then a moving
-    /// average that gives each run a quarter of the weight.
+    /// Wall-clock nanoseconds per row: for the fastest way, once warmed up, a moving
+    /// average that gives each run a quarter of the weight; else the last run's (a way
+    /// measured slower runs only now and then, and its last time is the news).
     nanos: AtomicU64,
     /// Runs measured so far.
     runs: AtomicU64,
@@ -81,10 +83,14 @@ impl Measured {
         self.runs.load(Ordering::Relaxed)
     }
 
-    fn record(&self, nanos: u64) {
+    /// Records a run of `nanos` per row, into the moving average if `fastest`.
+    fn record(&self, nanos: u64, fastest: bool) {
         let runs = self.runs.fetch_add(1, Ordering::Relaxed) + 1;
         let old = self.nanos();
-        let new = if runs <= WARM_UP { nanos } else { old - old / 4 + nanos / 4 };
+        let new = match runs > WARM_UP && fastest {
+            true => old - old / 4 + nanos / 4,
+            false => nanos,
+        };
         self.nanos.store(new.max(1), Ordering::Relaxed);
     }
 }
@@ -174,7 +180,10 @@ impl Splitter {
         let Some(elapsed) = elapsed else { return };
         let nanos = elapsed.as_nanos() / rows.max(1) as u128;
         let nanos = u64::try_from(nanos).unwrap_or(u64::MAX);
-        self.measured[group(rows)][way.index()].record(nanos);
+        let measured = &self.measured[group(rows)];
+        let fastest = measured.iter().map(Measured::nanos).filter(|&n| n > 0).min();
+        let this = &measured[way.index()];
+        this.record(nanos, fastest == Some(this.nanos()));
     }
 
     /// Notes that a split batch's outputs could not be joined: batches run whole from now on.
@@ -326,7 +335,14 @@ mod tests {
         // Splitting grows slower than one thread: its moving average passes one thread's
         // after five runs.
         let ways = run(&splitter, &inputs, 6, |way| if *way == split { 800 } else { micros(way) });
-        assert_eq!(ways, [vec![split; 5], vec![Way::Single]].concat());
+        assert_eq!(ways, [vec![split.clone(); 5], vec![Way::Single]].concat());
+        // A way measured slower takes over when a recheck finds it faster.
+        let ways = run(&splitter, &inputs, RECHECK * 2, |way| match way {
+            Way::Threaded => 100,
+            _ => 800,
+        });
+        let threaded = ways.iter().position(|way| *way == Way::Threaded).unwrap();
+        assert!(ways[threaded..].iter().all(|way| *way == Way::Threaded), "{ways:?}");
     }
 
     #[test]

@@ -191,7 +191,8 @@ mod tests {
     const CHANNELS: usize = 2;
     const OUTPUTS: usize = 4;
     const BIAS: [f32; OUTPUTS] = [0.5, -0.25, 0.0, 0.125];
-    const SIDE: usize = 5;
+    /// Large enough that the convolution is not a small one for `SmallConv`.
+    const SIDE: usize = 100;
 
     /// A convolution of `batch` images of `CHANNELS` × `SIDE` × `SIDE` pixels by a square
     /// kernel of `size` taps a side (padded to keep the size, `groups` groups) to `OUTPUTS`

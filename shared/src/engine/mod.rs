@@ -25,6 +25,7 @@ use crate::tensor::Tensor;
 
 mod budget;
 mod convert;
+mod convs;
 mod fold;
 mod hardswish;
 mod images;

@@ -16,6 +16,10 @@
 //!   one, where it stays a separate pass over the tensor, and at batches above 1 two generic
 //!   broadcasting passes. The weights and bias absorb it here, as onnxruntime's
 //!   `ConvBNFusion` does.
+//! - **Small convolutions as one product per image** ([`convs::replace`]): a 2-D convolution
+//!   of a few hundred thousand multiplications an image, the small CNN's, multiplies its
+//!   weights by the padded image read in place ([`convs`]), where tract gathers its patches
+//!   panel by panel, which cost more than the products.
 //! - **Convolutions of a batch image by image** ([`images::split`]): tract gathers a
 //!   convolution's patches lazily for one image only; at a concrete batch above 1 it builds
 //!   the whole patch matrix first (the small CNN's batch of 8: 15 % faster without it).
@@ -57,13 +61,19 @@ use super::pool::MaxPool2x2;
 use super::products::SmallProducts;
 use super::reduce::Reduction;
 use super::softmax::Softmax;
-use super::{hardswish, images, onehot, products, regroup};
+use super::{convs, hardswish, images, onehot, products, regroup};
 
 /// The optimised form of a translated, decluttered model ([`super::translate`] declutters).
 pub(super) fn optimise(mut typed: TypedModel) -> TractResult<TypedModel> {
     // Each gives one patch at a time, until it finds nothing more.
-    let rewrites: [Rewrite; 5] =
-        [fold_channel_affine, hardswish::fuse, onehot::fuse, images::split, products::replace];
+    let rewrites: [Rewrite; 6] = [
+        fold_channel_affine,
+        hardswish::fuse,
+        onehot::fuse,
+        convs::replace,
+        images::split,
+        products::replace,
+    ];
     for rewrite in rewrites {
         while let Some(patch) = rewrite(&typed)? {
             patch.apply(&mut typed)?;
@@ -310,7 +320,11 @@ mod tests {
     }
 
     fn run(model: TypedModel, batch: usize) -> Vec<f32> {
-        let x = Tensor::from_shape(&[batch, 4, 6, 6], &floats(batch * 144, 0.0)).unwrap();
+        run_on(model, &[batch, 4, 6, 6])
+    }
+
+    fn run_on(model: TypedModel, shape: &[usize]) -> Vec<f32> {
+        let x = Tensor::from_shape(shape, &floats(shape.iter().product(), 0.0)).unwrap();
         let outputs = SimplePlan::new(model).unwrap().run(tvec![x.into_tvalue()]).unwrap();
         outputs[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec()
     }
@@ -342,7 +356,8 @@ mod tests {
     #[test]
     fn a_relu_after_a_convolution_fuses_into_its_product() {
         let mut model = TypedModel::default();
-        let fact = TypedFact::dt_shape(f32::datum_type(), [1, 4, 6, 6]);
+        // Large enough that the convolution is not a small one for `SmallConv`.
+        let fact = TypedFact::dt_shape(f32::datum_type(), [1, 4, 100, 100]);
         let x = model.add_source("x", fact).unwrap();
         let weights = Tensor::from_shape(&[4, 4, 3, 3], &floats(144, 1.0)).unwrap();
         let w = model.add_const("w", weights).unwrap();
@@ -358,7 +373,7 @@ mod tests {
         assert_eq!(by_scalar(&tracts), 1, "tract alone leaves the ReLU a pass of its own");
         let optimised = optimise(model.clone()).unwrap();
         assert_eq!(by_scalar(&optimised), 0, "{optimised}");
-        assert_close(&run(optimised, 1), &run(model, 1));
+        assert_close(&run_on(optimised, &[1, 4, 100, 100]), &run_on(model, &[1, 4, 100, 100]));
     }
 
     #[test]

@@ -1,0 +1,516 @@
+//! Small convolutions as one matrix product per image. The zoo's small CNN convolves 3 and
+//! 8 channels of 16 × 16 and 8 × 8 pixels into 8 and 16 (55 000 and 74 000 multiplications an
+//! image): tract gathers the patches of such a convolution lazily, panel by panel, for its
+//! packed kernels, and the gathering (`LazyIm2colInput::panel_bytes`) was the largest item of
+//! the CNN's profile at batch 8, ahead of the products themselves. [`replace`] puts
+//! [`SmallConv`] in place of such a convolution in the decluttered graph. At stride 1 it
+//! multiplies the weights by the image itself, padded once into a buffer (or as it lies when
+//! it needs no padding): the row of each kernel tap for a row of output pixels is a row of the
+//! padded image, shifted. At other strides it gathers each image's patch matrix first. The
+//! product runs in blocks of 8 output channels by 8 pixels held in registers, with fused
+//! multiply-adds on CPUs that have AVX2 and FMA (chosen at run time), onto the bias.
+//! (`matrixmultiply`, on gathered patches, packed the weights again for every image and
+//! ran the CNN's convolutions at about half that speed.)
+
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
+use tract_onnx::tract_core::ops::nn::DataFormat;
+
+use super::ops::stateless_op;
+
+/// The most multiplications one image's convolution may take (output channels × channels
+/// and taps × output pixels) to be replaced: beyond, tract's packed kernels pay for their
+/// packing.
+const MAX_PRODUCT: usize = 1 << 18;
+
+/// Where each output pixel reads its input: one spatial axis of a convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Axis {
+    /// Input size.
+    size: usize,
+    /// Output size.
+    out: usize,
+    /// Kernel size.
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    /// Zeros before the first input pixel.
+    pad: usize,
+}
+
+impl Axis {
+    /// The output pixels `from..to` whose input pixel for kernel tap `tap` lies inside the
+    /// input (not in the padding).
+    fn inside(&self, tap: usize) -> (usize, usize) {
+        let offset = tap * self.dilation;
+        // Output o reads input o * stride + offset - pad, inside when in 0..size.
+        let from = self.pad.saturating_sub(offset).div_ceil(self.stride);
+        let end = (self.size + self.pad).saturating_sub(offset).div_ceil(self.stride);
+        (from.min(self.out), end.min(self.out).max(from.min(self.out)))
+    }
+}
+
+/// A two-dimensional `f32` convolution of an NCHW input with constant OIHW weights, one
+/// group, computed image by image as `weights × patches + bias`.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct SmallConv {
+    /// Output channels × (input channels × kernel height × kernel width), row-major.
+    weights: Arc<Vec<f32>>,
+    /// One bias per output channel.
+    bias: Arc<Vec<f32>>,
+    channels: usize,
+    out_channels: usize,
+    height: Axis,
+    width: Axis,
+    /// Where row `d` (channel, tap row, tap column) of the patch matrix starts in the image
+    /// the product reads: the padded image at stride 1, else the gathered patch matrix.
+    offsets: Arc<Vec<usize>>,
+    /// The runs of output pixels the product reads and writes in one piece.
+    runs: Arc<Vec<Run>>,
+}
+
+// Weights compare as numbers; a NaN weight makes an op unequal to itself, which only costs
+// tract a merge of two identical nodes.
+impl Eq for SmallConv {}
+
+stateless_op!(SmallConv, "maas.SmallConv");
+
+impl SmallConv {
+    /// The op computing `conv` on an input of `input` facts with `kernel` and `bias`, when
+    /// all of them fit (see [`replace`]).
+    fn replacing(
+        conv: &Conv,
+        input: &TypedFact,
+        kernel: &TypedFact,
+        bias: &TypedFact,
+    ) -> TractResult<Option<Self>> {
+        let spec = &conv.pool_spec;
+        let fits = conv.q_params.is_none()
+            && conv.group == 1
+            && conv.kernel_fmt == KernelFormat::OIHW
+            && spec.data_format == DataFormat::NCHW
+            && spec.kernel_shape.len() == 2
+            && input.datum_type == f32::datum_type()
+            && input.rank() == 4;
+        let (Some(kernel), Some(bias)) = (&kernel.konst, &bias.konst) else { return Ok(None) };
+        let dims: Option<Vec<usize>> =
+            input.shape.iter().skip(1).map(|d| d.to_usize().ok()).collect();
+        let (false, Some(&[channels, height, width])) = (!fits, dims.as_deref()) else {
+            return Ok(None);
+        };
+        let out_channels = spec.output_channels;
+        let floats = |t: &Tensor| -> TractResult<Vec<f32>> {
+            Ok(t.cast_to::<f32>()?.try_as_plain_ram()?.as_slice::<f32>()?.to_vec())
+        };
+        let (weights, bias) = (floats(kernel)?, floats(bias)?);
+        let taps = channels * spec.kernel_shape.iter().product::<usize>();
+        let bias = match bias.len() {
+            1 => vec![bias[0]; out_channels],
+            n if n == out_channels => bias,
+            _ => return Ok(None),
+        };
+        if channels != spec.input_channels || weights.len() != out_channels * taps {
+            return Ok(None);
+        }
+        let padding = spec.computed_padding(&[height, width]);
+        let (dilations, strides) = (spec.dilations(), spec.strides());
+        let [height, width] = [0, 1].map(|axis| Axis {
+            size: [height, width][axis],
+            out: padding[axis].convoluted,
+            kernel: spec.kernel_shape[axis],
+            stride: strides[axis],
+            dilation: dilations[axis],
+            pad: padding[axis].pad_before,
+        });
+        let multiplications = out_channels * taps * height.out * width.out;
+        if multiplications > MAX_PRODUCT || height.out == 0 || width.out == 0 {
+            return Ok(None);
+        }
+        let (weights, bias) = (Arc::new(weights), Arc::new(bias));
+        let (offsets, runs) = Self::layout(channels, height, width);
+        let (offsets, runs) = (Arc::new(offsets), Arc::new(runs));
+        Ok(Some(Self { weights, bias, channels, out_channels, height, width, offsets, runs }))
+    }
+
+    /// Whether the product reads the (padded) image itself: stride 1 on both axes.
+    fn direct(height: Axis, width: Axis) -> bool {
+        height.stride == 1 && width.stride == 1
+    }
+
+    /// The padded image's height and width at stride 1: room for every tap of every output
+    /// pixel, and for the image after its padding.
+    fn padded(axis: Axis) -> usize {
+        (axis.out + (axis.kernel - 1) * axis.dilation).max(axis.pad + axis.size)
+    }
+
+    /// The offsets and runs of the product: at stride 1, each output row reads a row of the
+    /// padded image per tap; else the patch matrix is gathered, one run of every pixel.
+    fn layout(channels: usize, h: Axis, w: Axis) -> (Vec<usize>, Vec<Run>) {
+        let pixels = h.out * w.out;
+        let taps = channels * h.kernel * w.kernel;
+        if !Self::direct(h, w) {
+            return (
+                (0..taps).map(|d| d * pixels).collect(),
+                vec![Run { b: 0, c: 0, len: pixels }],
+            );
+        }
+        let (height, width) = (Self::padded(h), Self::padded(w));
+        let mut offsets = Vec::with_capacity(taps);
+        for channel in 0..channels {
+            for i in 0..h.kernel {
+                for j in 0..w.kernel {
+                    offsets.push((channel * height + i * h.dilation) * width + j * w.dilation);
+                }
+            }
+        }
+        let runs = (0..h.out).map(|y| Run { b: y * width, c: y * w.out, len: w.out }).collect();
+        (offsets, runs)
+    }
+
+    /// Rows of the patch matrix: input channels × kernel taps.
+    fn taps(&self) -> usize {
+        self.channels * self.height.kernel * self.width.kernel
+    }
+
+    /// Whether the product reads the image as it lies: stride 1 and no padding.
+    fn unpadded(&self) -> bool {
+        [self.height, self.width].iter().all(|a| Self::padded(*a) == a.size && a.pad == 0)
+    }
+
+    fn run(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = args_1!(inputs);
+        let (h, w) = (self.height, self.width);
+        let [images, channels, height, width] = *input.shape() else {
+            bail!("a convolution's input of shape {:?}", input.shape());
+        };
+        ensure!(
+            (channels, height, width) == (self.channels, h.size, w.size),
+            "a convolution's input of shape {:?}",
+            input.shape()
+        );
+        let mut output = Tensor::zero::<f32>(&[images, self.out_channels, h.out, w.out])?;
+        let input = input.try_as_plain_ram()?;
+        self.convolve(input.as_slice::<f32>()?, output.try_as_plain_ram_mut()?.as_slice_mut()?)?;
+        Ok(tvec!(output.into_tvalue()))
+    }
+
+    /// The convolution of the images in `input` into `output`, both NCHW.
+    fn convolve(&self, input: &[f32], output: &mut [f32]) -> TractResult<()> {
+        let (h, w) = (self.height, self.width);
+        let pixels = h.out * w.out;
+        let direct = Self::direct(h, w);
+        let mut scratch = match (direct, self.unpadded()) {
+            (true, true) => Vec::new(),
+            (true, false) => vec![0f32; self.channels * Self::padded(h) * Self::padded(w)],
+            (false, _) => vec![0f32; self.taps() * pixels],
+        };
+        let image_len = self.channels * h.size * w.size;
+        let images = input.chunks_exact(image_len);
+        for (x, y) in images.zip(output.chunks_exact_mut(self.out_channels * pixels)) {
+            match (direct, self.unpadded()) {
+                (true, true) => {}
+                (true, false) => self.pad(x, &mut scratch),
+                (false, _) => self.gather(x, &mut scratch),
+            }
+            let b = if scratch.is_empty() { x } else { &scratch[..] };
+            for (row, &bias) in y.chunks_exact_mut(pixels).zip(self.bias.iter()) {
+                row.fill(bias);
+            }
+            let b = Operand { values: b, offsets: &self.offsets };
+            multiply(&self.weights, self.out_channels, b, &self.runs, y, pixels);
+        }
+        Ok(())
+    }
+
+    /// Image `x` into the middle of `padded` (whose border stays 0).
+    fn pad(&self, x: &[f32], padded: &mut [f32]) {
+        let (h, w) = (self.height, self.width);
+        let (height, width) = (Self::padded(h), Self::padded(w));
+        let channels = padded.chunks_exact_mut(height * width).zip(x.chunks_exact(h.size * w.size));
+        for (target, source) in channels {
+            for (y, line) in source.chunks_exact(w.size).enumerate() {
+                copy(&mut target[(y + h.pad) * width + w.pad..][..w.size], line);
+            }
+        }
+    }
+
+    /// The patch matrix of one image `x` (channels × height × width) into `patches`: row
+    /// (channel, tap row, tap column), column (output row, output column); padding reads 0.
+    fn gather(&self, x: &[f32], patches: &mut [f32]) {
+        let (h, w) = (self.height, self.width);
+        let pixels = h.out * w.out;
+        let mut rows = patches.chunks_exact_mut(pixels);
+        for channel in x.chunks_exact(h.size * w.size) {
+            for i in 0..h.kernel {
+                let (y_from, y_to) = h.inside(i);
+                for j in 0..w.kernel {
+                    let Some(row) = rows.next() else { return };
+                    let (x_from, x_to) = w.inside(j);
+                    row.fill(0.0);
+                    if x_from == x_to {
+                        continue;
+                    }
+                    for oy in y_from..y_to {
+                        let iy = oy * h.stride + i * h.dilation - h.pad;
+                        let line = &channel[iy * w.size..][..w.size];
+                        let target = &mut row[oy * w.out..][..w.out];
+                        let first = x_from * w.stride + j * w.dilation - w.pad;
+                        match w.stride {
+                            1 => copy(&mut target[x_from..x_to], &line[first..]),
+                            stride => {
+                                for (ox, t) in target[x_from..x_to].iter_mut().enumerate() {
+                                    *t = line[first + ox * stride];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `source`'s first values into `target`, eight at a time: the copies of a patch are a few
+/// pixels each, too short to pay for a call to `memcpy`.
+#[inline(always)]
+fn copy(target: &mut [f32], source: &[f32]) {
+    let done = target.len() / 8 * 8;
+    let (chunks, rest) = target.split_at_mut(done);
+    for (target, source) in chunks.chunks_exact_mut(8).zip(source.chunks_exact(8)) {
+        if let (Ok(target), Ok(source)) =
+            (<&mut [f32; 8]>::try_from(target), <&[f32; 8]>::try_from(source))
+        {
+            *target = *source;
+        }
+    }
+    for (target, &source) in rest.iter_mut().zip(&source[done..]) {
+        *target = source;
+    }
+}
+
+/// A run of output pixels the product computes in one piece: where it starts in the right
+/// operand (added to every row's offset) and in each row of the output, and its length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    b: usize,
+    c: usize,
+    len: usize,
+}
+
+/// The right operand of a product: its row `d` of a run starting at `at` lies at
+/// `values[offsets[d] + at..]`.
+#[derive(Debug, Clone, Copy)]
+struct Operand<'a> {
+    values: &'a [f32],
+    offsets: &'a [usize],
+}
+
+/// Rows and columns of the output one block of the product keeps in registers.
+const BLOCK_ROWS: usize = 8;
+const BLOCK_COLUMNS: usize = 8;
+
+/// `c += a · b` over the `runs` of columns, for `a` of `m` rows (row-major, one column per row
+/// of `b`) and `c` of `m` rows of `n`.
+fn multiply(a: &[f32], m: usize, b: Operand, runs: &[Run], c: &mut [f32], n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { multiply_fma(a, m, b, runs, c, n) };
+    }
+    blocks::<false>(a, m, b, runs, c, n);
+}
+
+/// [`blocks`] compiled for AVX2 with fused multiply-adds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn multiply_fma(a: &[f32], m: usize, b: Operand, runs: &[Run], c: &mut [f32], n: usize) {
+    blocks::<true>(a, m, b, runs, c, n);
+}
+
+/// [`multiply`] block by block; `FMA`: multiply-adds fused (rounded once).
+#[inline(always)]
+fn blocks<const FMA: bool>(a: &[f32], m: usize, b: Operand, runs: &[Run], c: &mut [f32], n: usize) {
+    let k = b.offsets.len();
+    let add = |acc: f32, x: f32, y: f32| if FMA { x.mul_add(y, acc) } else { acc + x * y };
+    for row in (0..m).step_by(BLOCK_ROWS) {
+        for run in runs {
+            for column in (0..run.len).step_by(BLOCK_COLUMNS) {
+                let at = run.b + column;
+                if row + BLOCK_ROWS > m || column + BLOCK_COLUMNS > run.len {
+                    // An edge: one output at a time.
+                    for r in row..m.min(row + BLOCK_ROWS) {
+                        for j in 0..BLOCK_COLUMNS.min(run.len - column) {
+                            let product = |(d, offset): (usize, &usize)| {
+                                (a[r * k + d], b.values[offset + at + j])
+                            };
+                            let sum = b.offsets.iter().enumerate().map(product);
+                            c[r * n + run.c + column + j] +=
+                                sum.fold(0.0, |acc, (x, y)| add(acc, x, y));
+                        }
+                    }
+                    continue;
+                }
+                let mut acc = [[0f32; BLOCK_COLUMNS]; BLOCK_ROWS];
+                for (d, &offset) in b.offsets.iter().enumerate() {
+                    let b_row = &b.values[offset + at..][..BLOCK_COLUMNS];
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let x = a[(row + r) * k + d];
+                        for (acc, &y) in acc.iter_mut().zip(b_row) {
+                            *acc = add(*acc, x, y);
+                        }
+                    }
+                }
+                for (r, acc) in acc.iter().enumerate() {
+                    let c_row = &mut c[(row + r) * n + run.c + column..][..BLOCK_COLUMNS];
+                    for (c, acc) in c_row.iter_mut().zip(acc) {
+                        *c += acc;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl TypedOp for SmallConv {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let images = inputs[0].shape[0].clone();
+        let shape =
+            [images, self.out_channels.into(), self.height.out.into(), self.width.out.into()];
+        Ok(tvec!(f32::fact(shape)))
+    }
+
+    as_op!();
+}
+
+/// A patch putting [`SmallConv`] in place of the first convolution it can compute: `f32`,
+/// NCHW, two spatial axes of known sizes, one group, constant weights and bias, at most
+/// [`MAX_PRODUCT`] multiplications an image; `None` when there is none left.
+pub(super) fn replace(model: &TypedModel) -> TractResult<Option<TypedModelPatch>> {
+    for node in &model.nodes {
+        let Some(conv) = node.op_as::<Conv>() else { continue };
+        let [input, kernel, bias] = node.inputs.as_slice() else { continue };
+        let [input, kernel, bias] = [input, kernel, bias].map(|&o| model.outlet_fact(o));
+        if let Some(op) = SmallConv::replacing(conv, input?, kernel?, bias?)? {
+            return TypedModelPatch::replace_single_op(model, node, &node.inputs[..1], op)
+                .map(Some);
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::ops::testing::{fused_once, run};
+    use tract_onnx::tract_core::ops::cnn::{PaddingSpec, PoolSpec};
+
+    /// One convolution geometry: input shape, output channels, kernel, strides, dilations,
+    /// padding before and after, group.
+    struct Case {
+        input: [usize; 4],
+        out_channels: usize,
+        kernel: [usize; 2],
+        strides: [usize; 2],
+        dilations: [usize; 2],
+        pads: ([usize; 2], [usize; 2]),
+        group: usize,
+    }
+
+    const SMALL_CNN: Case = Case {
+        input: [3, 3, 16, 16],
+        out_channels: 8,
+        kernel: [3, 3],
+        strides: [1, 1],
+        dilations: [1, 1],
+        pads: ([1, 1], [1, 1]),
+        group: 1,
+    };
+
+    /// Values spread over both signs.
+    fn values(shape: &[usize], seed: usize) -> Tensor {
+        let count = shape.iter().product::<usize>();
+        let values: Vec<f32> =
+            (0..count).map(|i| ((i * 7919 + seed * 104729) % 1013) as f32 / 506.5 - 1.0).collect();
+        Tensor::from_shape(shape, &values).unwrap()
+    }
+
+    /// tract's convolution of `case` as a model, with a bias of `bias_len` values (1: a scalar).
+    fn model(case: &Case, bias_len: usize) -> TypedModel {
+        let [_, channels, ..] = case.input;
+        let pool_spec = PoolSpec {
+            data_format: DataFormat::NCHW,
+            kernel_shape: TVec::from_slice(&case.kernel),
+            padding: PaddingSpec::Explicit(
+                TVec::from_slice(&case.pads.0),
+                TVec::from_slice(&case.pads.1),
+            ),
+            dilations: Some(TVec::from_slice(&case.dilations)),
+            strides: Some(TVec::from_slice(&case.strides)),
+            input_channels: channels,
+            output_channels: case.out_channels,
+        };
+        let conv =
+            Conv { pool_spec, kernel_fmt: KernelFormat::OIHW, group: case.group, q_params: None };
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact(case.input)).unwrap();
+        let kernel_shape =
+            [case.out_channels, channels / case.group, case.kernel[0], case.kernel[1]];
+        let kernel = model.add_const("kernel", values(&kernel_shape, 1)).unwrap();
+        let bias_shape: &[usize] = if bias_len == 1 { &[] } else { &[bias_len] };
+        let bias = model.add_const("bias", values(bias_shape, 2)).unwrap();
+        let out = model.wire_node("conv", conv, &[x, kernel, bias]).unwrap();
+        model.select_output_outlets(&out).unwrap();
+        model
+    }
+
+    /// Whether `case` (with a bias of `bias_len`) computed by [`SmallConv`] matches tract's
+    /// convolution within 1e-5.
+    fn matches_tract(case: &Case, bias_len: usize) {
+        let x = values(&case.input, 3);
+        let expected = run(model(case, bias_len), &x);
+        let (ours, names) = fused_once(model(case, bias_len), replace);
+        assert!(names.contains(&"maas.SmallConv".to_string()), "{names:?}");
+        assert!(!names.contains(&"Conv".to_string()), "{names:?}");
+        let ours = run(ours, &x);
+        assert_eq!(ours.len(), expected.len());
+        for (i, (a, b)) in ours.iter().zip(&expected).enumerate() {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "at {i}: {a} against {b}");
+        }
+    }
+
+    #[test]
+    fn the_small_cnns_convolution_matches_tracts() {
+        matches_tract(&SMALL_CNN, 8);
+    }
+
+    #[test]
+    fn strides_dilations_and_uneven_padding_match_tracts() {
+        let strided = Case { strides: [2, 3], pads: ([1, 0], [0, 2]), ..SMALL_CNN };
+        matches_tract(&strided, 8);
+        let dilated =
+            Case { kernel: [3, 2], dilations: [2, 3], pads: ([2, 1], [1, 3]), ..SMALL_CNN };
+        matches_tract(&dilated, 8);
+        // Padding wider than the kernel reaches: whole rows and columns of zeros.
+        let padded =
+            Case { input: [1, 2, 3, 2], kernel: [2, 2], pads: ([3, 3], [3, 3]), ..SMALL_CNN };
+        matches_tract(&padded, 8);
+        // Output channels and rows of pixels that do not fill the product's blocks.
+        let ragged = Case { input: [2, 3, 7, 11], out_channels: 5, ..SMALL_CNN };
+        matches_tract(&ragged, 5);
+    }
+
+    #[test]
+    fn a_pointwise_convolution_with_one_bias_for_all_matches_tracts() {
+        let pointwise = Case { kernel: [1, 1], pads: ([0, 0], [0, 0]), ..SMALL_CNN };
+        matches_tract(&pointwise, 1);
+    }
+
+    #[test]
+    fn grouped_and_large_convolutions_stay_tracts() {
+        let grouped = Case { input: [2, 4, 8, 8], out_channels: 4, group: 2, ..SMALL_CNN };
+        let large = Case { input: [1, 32, 32, 32], out_channels: 32, ..SMALL_CNN };
+        for case in [grouped, large] {
+            assert!(replace(&model(&case, case.out_channels)).unwrap().is_none());
+        }
+    }
+}

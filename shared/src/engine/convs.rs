@@ -8,7 +8,8 @@
 //! it needs no padding): the row of each kernel tap for a row of output pixels is a row of the
 //! padded image, shifted. At other strides it gathers each image's patch matrix first. The
 //! product runs in blocks of 8 output channels by 8 pixels held in registers, with fused
-//! multiply-adds on CPUs that have AVX2 and FMA (chosen at run time), onto the bias.
+//! multiply-adds on CPUs that have AVX2 and FMA (chosen at run time), onto the bias; a ReLU
+//! that alone reads the convolution is applied to its output in the same op.
 //! (`matrixmultiply`, on gathered patches, packed the weights again for every image and
 //! ran the CNN's convolutions at about half that speed.)
 
@@ -16,7 +17,9 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use super::ops::stateless_op;
+use tract_onnx::tract_core::ops::math::Max;
+
+use super::ops::{binary, one_op_patch, only_successor, stateless_op};
 
 /// The most multiplications one image's convolution may take (output channels × channels
 /// and taps × output pixels) to be replaced: beyond, tract's packed kernels pay for their
@@ -67,6 +70,8 @@ pub(super) struct SmallConv {
     offsets: Arc<Vec<usize>>,
     /// The runs of output pixels the product reads and writes in one piece.
     runs: Arc<Vec<Run>>,
+    /// Whether negative outputs become 0 (a ReLU after the convolution).
+    relu: bool,
 }
 
 // Weights compare as numbers; a NaN weight makes an op unequal to itself, which only costs
@@ -129,7 +134,8 @@ impl SmallConv {
         let (weights, bias) = (Arc::new(weights), Arc::new(bias));
         let (offsets, runs) = Self::layout(channels, height, width);
         let (offsets, runs) = (Arc::new(offsets), Arc::new(runs));
-        Ok(Some(Self { weights, bias, channels, out_channels, height, width, offsets, runs }))
+        let relu = false;
+        Ok(Some(Self { weights, bias, channels, out_channels, height, width, offsets, runs, relu }))
     }
 
     /// Whether the product reads the (padded) image itself: stride 1 on both axes.
@@ -218,6 +224,9 @@ impl SmallConv {
             }
             let b = Operand { values: b, offsets: &self.offsets };
             multiply(&self.weights, self.out_channels, b, &self.runs, y, pixels);
+            if self.relu {
+                y.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
         }
         Ok(())
     }
@@ -382,20 +391,43 @@ impl TypedOp for SmallConv {
     as_op!();
 }
 
-/// A patch putting [`SmallConv`] in place of the first convolution it can compute: `f32`,
+/// A patch putting [`SmallConv`] in place of the first convolution it can compute (`f32`,
 /// NCHW, two spatial axes of known sizes, one group, constant weights and bias, at most
-/// [`MAX_PRODUCT`] multiplications an image; `None` when there is none left.
+/// [`MAX_PRODUCT`] multiplications an image) and of the ReLU after it, if one alone reads
+/// it; `None` when there is none left.
 pub(super) fn replace(model: &TypedModel) -> TractResult<Option<TypedModelPatch>> {
     for node in &model.nodes {
         let Some(conv) = node.op_as::<Conv>() else { continue };
         let [input, kernel, bias] = node.inputs.as_slice() else { continue };
         let [input, kernel, bias] = [input, kernel, bias].map(|&o| model.outlet_fact(o));
-        if let Some(op) = SmallConv::replacing(conv, input?, kernel?, bias?)? {
-            return TypedModelPatch::replace_single_op(model, node, &node.inputs[..1], op)
-                .map(Some);
-        }
+        let Some(op) = SmallConv::replacing(conv, input?, kernel?, bias?)? else { continue };
+        let (last, relu) = match relu_after(model, node)? {
+            Some(relu) => (relu.id, true),
+            None => (node.id, false),
+        };
+        let op = SmallConv { relu, ..op };
+        return one_op_patch(model, &node.name, &node.inputs[..1], last, op).map(Some);
     }
     Ok(None)
+}
+
+/// The ReLU (the maximum with a constant 0) that alone reads `node`'s output.
+fn relu_after<'m>(model: &'m TypedModel, node: &TypedNode) -> TractResult<Option<&'m TypedNode>> {
+    let Some(next) = only_successor(model, node)? else { return Ok(None) };
+    if !binary::<Max>(next) {
+        return Ok(None);
+    }
+    let output = OutletId::new(node.id, 0);
+    let Some(&other) = next.inputs.iter().find(|&&input| input != output) else {
+        return Ok(None);
+    };
+    let zero = model
+        .outlet_fact(other)?
+        .konst
+        .as_ref()
+        .is_some_and(|k| k.len() == 1 && k.cast_to_scalar::<f32>().is_ok_and(|v| v == 0.0));
+    let shape = model.outlet_fact(OutletId::new(next.id, 0))?.shape.clone();
+    Ok((zero && shape == model.outlet_fact(output)?.shape).then_some(next))
 }
 
 #[cfg(test)]
@@ -466,9 +498,15 @@ mod tests {
     /// Whether `case` (with a bias of `bias_len`) computed by [`SmallConv`] matches tract's
     /// convolution within 1e-5.
     fn matches_tract(case: &Case, bias_len: usize) {
+        matches_tracts(model(case, bias_len), case);
+    }
+
+    /// Whether `model`, a convolution of `case` and what follows it, computed by
+    /// [`SmallConv`] matches tract's within 1e-5.
+    fn matches_tracts(model: TypedModel, case: &Case) {
         let x = values(&case.input, 3);
-        let expected = run(model(case, bias_len), &x);
-        let (ours, names) = fused_once(model(case, bias_len), replace);
+        let expected = run(model.clone(), &x);
+        let (ours, names) = fused_once(model, replace);
         assert!(names.contains(&"maas.SmallConv".to_string()), "{names:?}");
         assert!(!names.contains(&"Conv".to_string()), "{names:?}");
         let ours = run(ours, &x);
@@ -481,6 +519,23 @@ mod tests {
     #[test]
     fn the_small_cnns_convolution_matches_tracts() {
         matches_tract(&SMALL_CNN, 8);
+    }
+
+    #[test]
+    fn a_relu_after_the_convolution_is_taken_into_it() {
+        let mut relu = model(&SMALL_CNN, 8);
+        let conv = relu.output_outlets().unwrap()[0];
+        let zero = relu.add_const("zero", Tensor::from_shape(&[1, 1, 1, 1], &[0f32]).unwrap());
+        let max = tract_onnx::tract_core::ops::math::max();
+        let out = relu.wire_node("relu", max, &[conv, zero.unwrap()]).unwrap();
+        relu.select_output_outlets(&out).unwrap();
+        let before: Vec<String> = relu.nodes.iter().map(|n| n.op.name().to_string()).collect();
+        assert!(before.contains(&"Max".to_string()), "{before:?}");
+        let (fused, names) = fused_once(relu.clone(), replace);
+        assert_eq!(names.iter().filter(|n| *n == "Max").count(), 0, "{names:?}");
+        let x = values(&SMALL_CNN.input, 3);
+        assert!(run(fused, &x).iter().all(|&v| v >= 0.0));
+        matches_tracts(relu, &SMALL_CNN);
     }
 
     #[test]

@@ -316,30 +316,17 @@ struct Operand<'a> {
 /// Rows and columns of the output one block of the product keeps in registers.
 const BLOCK_ROWS: usize = 8;
 const BLOCK_COLUMNS: usize = 8;
+const _: () = assert!(BLOCK_COLUMNS == 8, "block_fma holds a row in one AVX register");
+
+/// One block of the product's output: `BLOCK_ROWS` rows of `BLOCK_COLUMNS`.
+type Block = [[f32; BLOCK_COLUMNS]; BLOCK_ROWS];
 
 /// `c += a · b` over the `runs` of columns, for `a` of `m` rows (row-major, one column per row
 /// of `b`) and `c` of `m` rows of `n`.
 fn multiply(a: &[f32], m: usize, b: Operand, runs: &[Run], c: &mut [f32], n: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { multiply_fma(a, m, b, runs, c, n) };
-    }
-    blocks::<false>(a, m, b, runs, c, n);
-}
-
-/// [`blocks`] compiled for AVX2 with fused multiply-adds.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn multiply_fma(a: &[f32], m: usize, b: Operand, runs: &[Run], c: &mut [f32], n: usize) {
-    blocks::<true>(a, m, b, runs, c, n);
-}
-
-/// [`multiply`] block by block; `FMA`: multiply-adds fused (rounded once).
-#[inline(always)]
-fn blocks<const FMA: bool>(a: &[f32], m: usize, b: Operand, runs: &[Run], c: &mut [f32], n: usize) {
     let k = b.offsets.len();
-    let add = |acc: f32, x: f32, y: f32| if FMA { x.mul_add(y, acc) } else { acc + x * y };
+    #[cfg(target_arch = "x86_64")]
+    let fma = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
     for row in (0..m).step_by(BLOCK_ROWS) {
         for run in runs {
             for column in (0..run.len).step_by(BLOCK_COLUMNS) {
@@ -348,35 +335,71 @@ fn blocks<const FMA: bool>(a: &[f32], m: usize, b: Operand, runs: &[Run], c: &mu
                     // An edge: one output at a time.
                     for r in row..m.min(row + BLOCK_ROWS) {
                         for j in 0..BLOCK_COLUMNS.min(run.len - column) {
-                            let product = |(d, offset): (usize, &usize)| {
-                                (a[r * k + d], b.values[offset + at + j])
-                            };
-                            let sum = b.offsets.iter().enumerate().map(product);
-                            c[r * n + run.c + column + j] +=
-                                sum.fold(0.0, |acc, (x, y)| add(acc, x, y));
+                            let products = b.offsets.iter().enumerate();
+                            let products =
+                                products.map(|(d, o)| a[r * k + d] * b.values[o + at + j]);
+                            c[r * n + run.c + column + j] += products.sum::<f32>();
                         }
                     }
                     continue;
                 }
-                let mut acc = [[0f32; BLOCK_COLUMNS]; BLOCK_ROWS];
-                for (d, &offset) in b.offsets.iter().enumerate() {
-                    let b_row = &b.values[offset + at..][..BLOCK_COLUMNS];
-                    for (r, acc) in acc.iter_mut().enumerate() {
-                        let x = a[(row + r) * k + d];
-                        for (acc, &y) in acc.iter_mut().zip(b_row) {
-                            *acc = add(*acc, x, y);
-                        }
-                    }
-                }
-                for (r, acc) in acc.iter().enumerate() {
+                let a = &a[row * k..][..BLOCK_ROWS * k];
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU has the features the function is compiled for.
+                let block = if fma { unsafe { block_fma(a, b, at) } } else { block(a, b, at) };
+                #[cfg(not(target_arch = "x86_64"))]
+                let block = block(a, b, at);
+                for (r, block) in block.iter().enumerate() {
                     let c_row = &mut c[(row + r) * n + run.c + column..][..BLOCK_COLUMNS];
-                    for (c, acc) in c_row.iter_mut().zip(acc) {
-                        *c += acc;
+                    for (c, sum) in c_row.iter_mut().zip(block) {
+                        *c += sum;
                     }
                 }
             }
         }
     }
+}
+
+/// The block of `a` (`BLOCK_ROWS` rows) times the columns of `b` from `at`, in plain loops.
+fn block(a: &[f32], b: Operand, at: usize) -> Block {
+    let k = b.offsets.len();
+    let mut sums = [[0f32; BLOCK_COLUMNS]; BLOCK_ROWS];
+    for (d, &offset) in b.offsets.iter().enumerate() {
+        let b_row = &b.values[offset + at..][..BLOCK_COLUMNS];
+        for (r, sums) in sums.iter_mut().enumerate() {
+            let x = a[r * k + d];
+            for (sum, &y) in sums.iter_mut().zip(b_row) {
+                *sum += x * y;
+            }
+        }
+    }
+    sums
+}
+
+/// [`block`] with AVX2 registers (a row of `BLOCK_COLUMNS`, 8, in each) and fused
+/// multiply-adds (each rounded once), written with intrinsics: a `mul_add` in a closure was
+/// compiled as a call to `fmaf` in the release build and ran 6x slower.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn block_fma(a: &[f32], b: Operand, at: usize) -> Block {
+    use std::arch::x86_64::{_mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps};
+    use std::arch::x86_64::{_mm256_setzero_ps, _mm256_storeu_ps};
+    let k = b.offsets.len();
+    let mut sums = [_mm256_setzero_ps(); BLOCK_ROWS];
+    for (d, &offset) in b.offsets.iter().enumerate() {
+        let b_row = &b.values[offset + at..][..BLOCK_COLUMNS];
+        // SAFETY: `b_row` holds the 8 values read.
+        let y = unsafe { _mm256_loadu_ps(b_row.as_ptr()) };
+        for (r, sum) in sums.iter_mut().enumerate() {
+            *sum = _mm256_fmadd_ps(_mm256_set1_ps(a[r * k + d]), y, *sum);
+        }
+    }
+    let mut block = [[0f32; BLOCK_COLUMNS]; BLOCK_ROWS];
+    for (row, sum) in block.iter_mut().zip(sums) {
+        // SAFETY: `row` holds the 8 values written.
+        unsafe { _mm256_storeu_ps(row.as_mut_ptr(), sum) };
+    }
+    block
 }
 
 impl TypedOp for SmallConv {

@@ -52,6 +52,14 @@ impl Axis {
     }
 }
 
+/// What the product of one image reads (see [`SmallConv::source`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Image,
+    Padded,
+    Patches,
+}
+
 /// A two-dimensional `f32` convolution of an NCHW input with constant OIHW weights, one
 /// group, computed image by image as `weights × patches + bias`.
 #[derive(Debug, Clone, PartialEq)]
@@ -177,9 +185,16 @@ impl SmallConv {
         self.channels * self.height.kernel * self.width.kernel
     }
 
-    /// Whether the product reads the image as it lies: stride 1 and no padding.
-    fn unpadded(&self) -> bool {
-        [self.height, self.width].iter().all(|a| Self::padded(*a) == a.size && a.pad == 0)
+    /// What the product of one image reads: at stride 1 the image as it lies when it needs
+    /// no padding, else the image padded; at other strides its gathered patches.
+    fn source(&self) -> Source {
+        let (h, w) = (self.height, self.width);
+        let unpadded = [h, w].iter().all(|a| Self::padded(*a) == a.size && a.pad == 0);
+        match (Self::direct(h, w), unpadded) {
+            (true, true) => Source::Image,
+            (true, false) => Source::Padded,
+            (false, _) => Source::Patches,
+        }
     }
 
     fn run(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
@@ -203,21 +218,27 @@ impl SmallConv {
     fn convolve(&self, input: &[f32], output: &mut [f32]) -> TractResult<()> {
         let (h, w) = (self.height, self.width);
         let pixels = h.out * w.out;
-        let direct = Self::direct(h, w);
-        let mut scratch = match (direct, self.unpadded()) {
-            (true, true) => Vec::new(),
-            (true, false) => vec![0f32; self.channels * Self::padded(h) * Self::padded(w)],
-            (false, _) => vec![0f32; self.taps() * pixels],
+        let source = self.source();
+        let scratch_len = match source {
+            Source::Image => 0,
+            Source::Padded => self.channels * Self::padded(h) * Self::padded(w),
+            Source::Patches => self.taps() * pixels,
         };
+        let mut scratch = vec![0f32; scratch_len];
         let image_len = self.channels * h.size * w.size;
         let images = input.chunks_exact(image_len);
         for (x, y) in images.zip(output.chunks_exact_mut(self.out_channels * pixels)) {
-            match (direct, self.unpadded()) {
-                (true, true) => {}
-                (true, false) => self.pad(x, &mut scratch),
-                (false, _) => self.gather(x, &mut scratch),
-            }
-            let b = if scratch.is_empty() { x } else { &scratch[..] };
+            let b = match source {
+                Source::Image => x,
+                Source::Padded => {
+                    self.pad(x, &mut scratch);
+                    &scratch[..]
+                }
+                Source::Patches => {
+                    self.gather(x, &mut scratch);
+                    &scratch[..]
+                }
+            };
             for (row, &bias) in y.chunks_exact_mut(pixels).zip(self.bias.iter()) {
                 row.fill(bias);
             }

@@ -379,7 +379,7 @@ impl Model {
         let (outputs, shares) = match self.splitter.as_deref() {
             Some(splitter) => {
                 let rows = splitter.rows(&inputs);
-                let way = splitter.way(&inputs);
+                let way = splitter.way(rows);
                 let unsteady = self.unsteady();
                 let executor = self.resources.executor.clone();
                 let (outputs, shares) = match &way {

@@ -125,11 +125,11 @@ impl Splitter {
         }
     }
 
-    /// The way a batch of `inputs` runs: threaded when its batch axes disagree; else a way
-    /// its group of sizes has not warmed up yet; else the fastest there, but every
-    /// `RECHECK`th run another.
-    pub(super) fn way(&self, inputs: &[TractTensor]) -> Way {
-        let Some(rows) = self.rows(inputs) else { return Way::Threaded };
+    /// The way a batch of `rows` rows ([`Splitter::rows`]) runs: threaded when its batch axes
+    /// disagree (`None`); else a way its group of sizes has not warmed up yet; else the
+    /// fastest there, but every `RECHECK`th run another.
+    pub(super) fn way(&self, rows: Option<usize>) -> Way {
+        let Some(rows) = rows else { return Way::Threaded };
         let measured = &self.measured[group(rows)];
         let mut ways = vec![Way::Threaded, Way::Single];
         if let Some(sizes) = self.shares(rows, measured) {
@@ -303,7 +303,7 @@ mod tests {
         let rows = splitter.rows(inputs).unwrap();
         (0..runs)
             .map(|_| {
-                let way = splitter.way(inputs);
+                let way = splitter.way(Some(rows));
                 splitter.record(rows, &way, Some(Duration::from_micros(micros(&way))));
                 way
             })
@@ -316,9 +316,9 @@ mod tests {
         let state = TractTensor::zero::<f32>(&[2, 7, 4]).unwrap();
         let inputs = [rows(7, 2), state];
         let split = Way::Split(vec![3, 2, 2]);
-        assert_eq!(splitter.way(&inputs), Way::Threaded, "threaded first");
+        assert_eq!(splitter.way(Some(7)), Way::Threaded, "threaded first");
         splitter.record(7, &Way::Threaded, None);
-        assert_eq!(splitter.way(&inputs), Way::Threaded, "a run whose time says nothing");
+        assert_eq!(splitter.way(Some(7)), Way::Threaded, "a run whose time says nothing");
         let micros = |way: &Way| match way {
             Way::Threaded => 900,
             Way::Split(_) => 400,
@@ -353,9 +353,10 @@ mod tests {
         assert_eq!(ways, [Way::Threaded, Way::Single, Way::Threaded, Way::Single, Way::Single]);
         // Batches of 5 to 8 rows are a group of their own, which starts threaded again.
         let eight = [rows(8, 2), TractTensor::zero::<f32>(&[2, 8, 4]).unwrap()];
-        assert_eq!(splitter.way(&eight), Way::Threaded);
+        assert_eq!(splitter.way(splitter.rows(&eight)), Way::Threaded);
         let disagreeing = [rows(7, 2), TractTensor::zero::<f32>(&[2, 6, 4]).unwrap()];
-        assert_eq!(splitter.way(&disagreeing), Way::Threaded);
+        assert_eq!(splitter.rows(&disagreeing), None);
+        assert_eq!(splitter.way(None), Way::Threaded);
     }
 
     #[test]

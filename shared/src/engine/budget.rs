@@ -31,8 +31,9 @@ use std::sync::Arc;
 use tract_onnx::prelude::{
     IntoArcTensor, SymbolValues, TValue, TVec, TractError, TractResult, TypedFact, TypedModel,
 };
-use tract_onnx::tract_core::plan::{eval, EvalContext, SimplePlan};
+use tract_onnx::tract_core::plan::{EvalContext, SimplePlan};
 
+use super::settle::eval_node;
 use super::{engine_error, rejected, Plan};
 use crate::error::Error;
 
@@ -226,7 +227,7 @@ impl BudgetedPlan {
                     return Err(TractError::new(NodeOverBudget { what, bytes: reserved }));
                 }
             }
-            let outputs = eval(ctx, op_state, node, inputs)?;
+            let outputs = eval_node(ctx, op_state, node, inputs)?;
             held[node.id] = outputs.iter().map(|t| tensor_bytes(t.shape(), t.datum_type())).sum();
             live = live.saturating_add(held[node.id]);
             for &done in &self.frees[node.id] {

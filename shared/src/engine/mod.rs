@@ -43,6 +43,7 @@ mod reduce;
 mod regroup;
 mod rewrite;
 mod roles;
+mod settle;
 mod signature;
 mod softmax;
 mod split;

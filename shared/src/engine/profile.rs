@@ -4,9 +4,10 @@
 use std::time::Instant;
 
 use tract_onnx::prelude::{Framework, TValue, TVec, TractError, TractResult, TypedModel};
-use tract_onnx::tract_core::plan::{eval, SimplePlan};
+use tract_onnx::tract_core::plan::SimplePlan;
 
 use super::convert::to_tract;
+use super::settle::eval_node;
 use super::translate::{translate, Concrete};
 use super::{engine_error, rejected, Settings};
 use crate::error::Error;
@@ -54,7 +55,7 @@ fn time_nodes(model: TypedModel, inputs: TVec<TValue>, runs: usize) -> TractResu
     for run in 0..=runs {
         state.run_plan_with_eval(inputs.clone(), |ctx, op_state, node, inputs| {
             let started = Instant::now();
-            let outputs = eval(ctx, op_state, node, inputs)?;
+            let outputs = eval_node(ctx, op_state, node, inputs)?;
             if run > 0 {
                 totals[node.id] += started.elapsed().as_secs_f64() * 1000.0;
                 ran[node.id] = true;

@@ -14,7 +14,7 @@
 //! ran the CNN's convolutions at about half that speed.)
 
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PoolSpec};
 use tract_onnx::tract_core::ops::math::Max;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
@@ -27,20 +27,34 @@ const MAX_PRODUCT: usize = 1 << 18;
 
 /// Where each output pixel reads its input: one spatial axis of a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Axis {
+pub(super) struct Axis {
     /// Input size.
-    size: usize,
+    pub(super) size: usize,
     /// Output size.
-    out: usize,
+    pub(super) out: usize,
     /// Kernel size.
-    kernel: usize,
-    stride: usize,
-    dilation: usize,
+    pub(super) kernel: usize,
+    pub(super) stride: usize,
+    pub(super) dilation: usize,
     /// Zeros before the first input pixel.
-    pad: usize,
+    pub(super) pad: usize,
 }
 
 impl Axis {
+    /// The two spatial axes of a convolution of `spec` over images of `height` × `width`.
+    pub(super) fn both(spec: &PoolSpec, height: usize, width: usize) -> [Axis; 2] {
+        let padding = spec.computed_padding(&[height, width]);
+        let (dilations, strides) = (spec.dilations(), spec.strides());
+        [0, 1].map(|axis| Axis {
+            size: [height, width][axis],
+            out: padding[axis].convoluted,
+            kernel: spec.kernel_shape[axis],
+            stride: strides[axis],
+            dilation: dilations[axis],
+            pad: padding[axis].pad_before,
+        })
+    }
+
     /// The output pixels `from..to` whose input pixel for kernel tap `tap` lies inside the
     /// input (not in the padding).
     fn inside(&self, tap: usize) -> (usize, usize) {
@@ -50,6 +64,87 @@ impl Axis {
         let end = (self.size + self.pad).saturating_sub(offset).div_ceil(self.stride);
         (from.min(self.out), end.min(self.out).max(from.min(self.out)))
     }
+}
+
+/// A convolution the ops of maas compute: a two-dimensional `f32` convolution of NCHW images
+/// (or one CHW image: tract drops a batch axis of 1) of known sizes with constant OIHW
+/// weights and bias, unquantised, whose output has pixels.
+#[derive(Debug)]
+pub(super) struct Parts<'m> {
+    pub(super) conv: &'m Conv,
+    pub(super) channels: usize,
+    pub(super) height: Axis,
+    pub(super) width: Axis,
+    /// As the kernel holds them (OIHW).
+    pub(super) weights: Vec<f32>,
+    /// One per output channel.
+    pub(super) bias: Vec<f32>,
+}
+
+impl<'m> Parts<'m> {
+    /// The parts of `node` when it is such a convolution.
+    pub(super) fn of(model: &TypedModel, node: &'m TypedNode) -> TractResult<Option<Self>> {
+        let Some(conv) = node.op_as::<Conv>() else { return Ok(None) };
+        let [input, kernel, bias] = node.inputs.as_slice() else { return Ok(None) };
+        let [input, kernel, bias] = [input, kernel, bias].map(|&o| model.outlet_fact(o));
+        let Some([channels, height, width]) = images(conv, input?) else { return Ok(None) };
+        let (Some(kernel), Some(bias)) = (&kernel?.konst, &bias?.konst) else { return Ok(None) };
+        let bias = floats(bias)?;
+        let out_channels = conv.pool_spec.output_channels;
+        let bias = match bias.len() {
+            1 => vec![bias[0]; out_channels],
+            n if n == out_channels => bias,
+            _ => return Ok(None),
+        };
+        let [height, width] = Axis::both(&conv.pool_spec, height, width);
+        if height.out == 0 || width.out == 0 {
+            return Ok(None);
+        }
+        let weights = floats(kernel)?;
+        Ok(Some(Self { conv, channels, height, width, weights, bias }))
+    }
+}
+
+/// Channels, height and width of the images `conv` convolves, when it is a two-dimensional
+/// `f32` convolution of NCHW or CHW images of those (known) sizes with OIHW weights,
+/// unquantised.
+fn images(conv: &Conv, input: &TypedFact) -> Option<[usize; 3]> {
+    let spec = &conv.pool_spec;
+    let format = spec.data_format;
+    let fits = conv.q_params.is_none()
+        && conv.kernel_fmt == KernelFormat::OIHW
+        && matches!(format, DataFormat::NCHW | DataFormat::CHW)
+        && spec.kernel_shape.len() == 2
+        && input.datum_type == f32::datum_type()
+        && input.rank() == 3 + format.has_n() as usize;
+    let dims = input.shape.iter().skip(format.has_n() as usize).map(|d| d.to_usize().ok());
+    let [channels, height, width] = dims.collect::<Option<Vec<_>>>()?.try_into().ok()?;
+    (fits && channels == spec.input_channels).then_some([channels, height, width])
+}
+
+/// The shape of a convolution's output for an input of shape `input` (NCHW or CHW, see
+/// [`Parts`]): the batch axis as it is, then `channels` of `h.out` × `w.out` pixels.
+pub(super) fn output_shape<D: Clone + From<usize>>(
+    input: &[D],
+    channels: usize,
+    h: Axis,
+    w: Axis,
+) -> TVec<D> {
+    let batch = &input[..input.len().saturating_sub(3)];
+    batch.iter().cloned().chain([channels.into(), h.out.into(), w.out.into()]).collect()
+}
+
+/// Whether an input of shape `shape` holds images of `channels` × `h.size` × `w.size` (NCHW
+/// or CHW).
+pub(super) fn check_images(shape: &[usize], channels: usize, h: Axis, w: Axis) -> TractResult<()> {
+    let fits = shape.len() >= 3 && shape[shape.len() - 3..] == [channels, h.size, w.size];
+    ensure!(fits, "a convolution's input of shape {shape:?}");
+    Ok(())
+}
+
+/// A constant's values as `f32`s.
+fn floats(t: &Tensor) -> TractResult<Vec<f32>> {
+    Ok(t.cast_to::<f32>()?.try_as_plain_ram()?.as_slice::<f32>()?.to_vec())
 }
 
 /// What the product of one image reads (see [`SmallConv::source`]).
@@ -88,61 +183,21 @@ impl Eq for SmallConv {}
 stateless_op!(SmallConv, "maas.SmallConv");
 
 impl SmallConv {
-    /// The op computing `conv` on an input of `input` facts with `kernel` and `bias`, when
-    /// all of them fit (see [`replace`]).
-    fn replacing(
-        conv: &Conv,
-        input: &TypedFact,
-        kernel: &TypedFact,
-        bias: &TypedFact,
-    ) -> TractResult<Option<Self>> {
-        let spec = &conv.pool_spec;
-        let fits = conv.q_params.is_none()
-            && conv.group == 1
-            && conv.kernel_fmt == KernelFormat::OIHW
-            && spec.data_format == DataFormat::NCHW
-            && spec.kernel_shape.len() == 2
-            && input.datum_type == f32::datum_type()
-            && input.rank() == 4;
-        let (Some(kernel), Some(bias)) = (&kernel.konst, &bias.konst) else { return Ok(None) };
-        let dims: Option<Vec<usize>> =
-            input.shape.iter().skip(1).map(|d| d.to_usize().ok()).collect();
-        let (false, Some(&[channels, height, width])) = (!fits, dims.as_deref()) else {
-            return Ok(None);
-        };
-        let out_channels = spec.output_channels;
-        let floats = |t: &Tensor| -> TractResult<Vec<f32>> {
-            Ok(t.cast_to::<f32>()?.try_as_plain_ram()?.as_slice::<f32>()?.to_vec())
-        };
-        let (weights, bias) = (floats(kernel)?, floats(bias)?);
-        let taps = channels * spec.kernel_shape.iter().product::<usize>();
-        let bias = match bias.len() {
-            1 => vec![bias[0]; out_channels],
-            n if n == out_channels => bias,
-            _ => return Ok(None),
-        };
-        if channels != spec.input_channels || weights.len() != out_channels * taps {
-            return Ok(None);
-        }
-        let padding = spec.computed_padding(&[height, width]);
-        let (dilations, strides) = (spec.dilations(), spec.strides());
-        let [height, width] = [0, 1].map(|axis| Axis {
-            size: [height, width][axis],
-            out: padding[axis].convoluted,
-            kernel: spec.kernel_shape[axis],
-            stride: strides[axis],
-            dilation: dilations[axis],
-            pad: padding[axis].pad_before,
-        });
+    /// The op computing the convolution of `parts`, when it fits (see [`replace`]).
+    fn replacing(parts: Parts) -> Option<Self> {
+        let Parts { conv, channels, height, width, weights, bias } = parts;
+        let out_channels = conv.pool_spec.output_channels;
+        let taps = channels * height.kernel * width.kernel;
         let multiplications = out_channels * taps * height.out * width.out;
-        if multiplications > MAX_PRODUCT || height.out == 0 || width.out == 0 {
-            return Ok(None);
+        if conv.group != 1 || weights.len() != out_channels * taps || multiplications > MAX_PRODUCT
+        {
+            return None;
         }
         let (weights, bias) = (Arc::new(weights), Arc::new(bias));
         let (offsets, runs) = Self::layout(channels, height, width);
         let (offsets, runs) = (Arc::new(offsets), Arc::new(runs));
         let relu = false;
-        Ok(Some(Self { weights, bias, channels, out_channels, height, width, offsets, runs, relu }))
+        Some(Self { weights, bias, channels, out_channels, height, width, offsets, runs, relu })
     }
 
     /// Whether the product reads the (padded) image itself: stride 1 on both axes.
@@ -200,15 +255,9 @@ impl SmallConv {
     fn run(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let input = args_1!(inputs);
         let (h, w) = (self.height, self.width);
-        let [images, channels, height, width] = *input.shape() else {
-            bail!("a convolution's input of shape {:?}", input.shape());
-        };
-        ensure!(
-            (channels, height, width) == (self.channels, h.size, w.size),
-            "a convolution's input of shape {:?}",
-            input.shape()
-        );
-        let mut output = Tensor::zero::<f32>(&[images, self.out_channels, h.out, w.out])?;
+        check_images(input.shape(), self.channels, h, w)?;
+        let shape = output_shape(input.shape(), self.out_channels, h, w);
+        let mut output = Tensor::zero::<f32>(&shape)?;
         let input = input.try_as_plain_ram()?;
         self.convolve(input.as_slice::<f32>()?, output.try_as_plain_ram_mut()?.as_slice_mut()?)?;
         Ok(tvec!(output.into_tvalue()))
@@ -426,9 +475,7 @@ fn block_fma(a: &[f32], b: Operand, at: usize) -> Block {
 
 impl TypedOp for SmallConv {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let images = inputs[0].shape[0].clone();
-        let shape =
-            [images, self.out_channels.into(), self.height.out.into(), self.width.out.into()];
+        let shape = output_shape(&inputs[0].shape, self.out_channels, self.height, self.width);
         Ok(tvec!(f32::fact(shape)))
     }
 
@@ -441,10 +488,8 @@ impl TypedOp for SmallConv {
 /// it; `None` when there is none left.
 pub(super) fn replace(model: &TypedModel) -> TractResult<Option<TypedModelPatch>> {
     for node in &model.nodes {
-        let Some(conv) = node.op_as::<Conv>() else { continue };
-        let [input, kernel, bias] = node.inputs.as_slice() else { continue };
-        let [input, kernel, bias] = [input, kernel, bias].map(|&o| model.outlet_fact(o));
-        let Some(op) = SmallConv::replacing(conv, input?, kernel?, bias?)? else { continue };
+        let Some(parts) = Parts::of(model, node)? else { continue };
+        let Some(op) = SmallConv::replacing(parts) else { continue };
         let (last, relu) = match relu_after(model, node)? {
             Some(relu) => (relu.id, true),
             None => (node.id, false),
@@ -456,7 +501,10 @@ pub(super) fn replace(model: &TypedModel) -> TractResult<Option<TypedModelPatch>
 }
 
 /// The ReLU (the maximum with a constant 0) that alone reads `node`'s output.
-fn relu_after<'m>(model: &'m TypedModel, node: &TypedNode) -> TractResult<Option<&'m TypedNode>> {
+pub(super) fn relu_after<'m>(
+    model: &'m TypedModel,
+    node: &TypedNode,
+) -> TractResult<Option<&'m TypedNode>> {
     let Some(next) = only_successor(model, node)? else { return Ok(None) };
     if !binary::<Max>(next) {
         return Ok(None);
@@ -475,25 +523,28 @@ fn relu_after<'m>(model: &'m TypedModel, node: &TypedNode) -> TractResult<Option
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::engine::ops::testing::{fused_once, run};
     use tract_onnx::tract_core::ops::cnn::{PaddingSpec, PoolSpec};
 
-    /// One convolution geometry: input shape, output channels, kernel, strides, dilations,
-    /// padding before and after, group.
-    struct Case {
-        input: [usize; 4],
-        out_channels: usize,
-        kernel: [usize; 2],
-        strides: [usize; 2],
-        dilations: [usize; 2],
-        pads: ([usize; 2], [usize; 2]),
-        group: usize,
+    /// One convolution geometry: input shape (NCHW), output channels, kernel, strides,
+    /// dilations, padding before and after, group; and whether the input comes without its
+    /// batch axis (CHW; `input[0]` must be 1), as tract leaves a batch of one.
+    pub(in crate::engine) struct Case {
+        pub(in crate::engine) input: [usize; 4],
+        pub(in crate::engine) chw: bool,
+        pub(in crate::engine) out_channels: usize,
+        pub(in crate::engine) kernel: [usize; 2],
+        pub(in crate::engine) strides: [usize; 2],
+        pub(in crate::engine) dilations: [usize; 2],
+        pub(in crate::engine) pads: ([usize; 2], [usize; 2]),
+        pub(in crate::engine) group: usize,
     }
 
-    const SMALL_CNN: Case = Case {
+    pub(in crate::engine) const SMALL_CNN: Case = Case {
         input: [3, 3, 16, 16],
+        chw: false,
         out_channels: 8,
         kernel: [3, 3],
         strides: [1, 1],
@@ -502,8 +553,20 @@ mod tests {
         group: 1,
     };
 
+    impl Case {
+        /// The shape of the input the convolution takes.
+        pub(in crate::engine) fn shape(&self) -> &[usize] {
+            &self.input[self.chw as usize..]
+        }
+
+        /// Values of that shape.
+        pub(in crate::engine) fn input(&self) -> Tensor {
+            values(self.shape(), 3)
+        }
+    }
+
     /// Values spread over both signs.
-    fn values(shape: &[usize], seed: usize) -> Tensor {
+    pub(in crate::engine) fn values(shape: &[usize], seed: usize) -> Tensor {
         let count = shape.iter().product::<usize>();
         let values: Vec<f32> =
             (0..count).map(|i| ((i * 7919 + seed * 104729) % 1013) as f32 / 506.5 - 1.0).collect();
@@ -511,10 +574,10 @@ mod tests {
     }
 
     /// tract's convolution of `case` as a model, with a bias of `bias_len` values (1: a scalar).
-    fn model(case: &Case, bias_len: usize) -> TypedModel {
+    pub(in crate::engine) fn model(case: &Case, bias_len: usize) -> TypedModel {
         let [_, channels, ..] = case.input;
         let pool_spec = PoolSpec {
-            data_format: DataFormat::NCHW,
+            data_format: if case.chw { DataFormat::CHW } else { DataFormat::NCHW },
             kernel_shape: TVec::from_slice(&case.kernel),
             padding: PaddingSpec::Explicit(
                 TVec::from_slice(&case.pads.0),
@@ -528,7 +591,7 @@ mod tests {
         let conv =
             Conv { pool_spec, kernel_fmt: KernelFormat::OIHW, group: case.group, q_params: None };
         let mut model = TypedModel::default();
-        let x = model.add_source("x", f32::fact(case.input)).unwrap();
+        let x = model.add_source("x", f32::fact(case.shape())).unwrap();
         let kernel_shape =
             [case.out_channels, channels / case.group, case.kernel[0], case.kernel[1]];
         let kernel = model.add_const("kernel", values(&kernel_shape, 1)).unwrap();
@@ -548,7 +611,7 @@ mod tests {
     /// Whether `model`, a convolution of `case` and what follows it, computed by
     /// [`SmallConv`] matches tract's within 1e-5.
     fn matches_tracts(model: TypedModel, case: &Case) {
-        let x = values(&case.input, 3);
+        let x = case.input();
         let expected = run(model.clone(), &x);
         let (ours, names) = fused_once(model, replace);
         assert!(names.contains(&"maas.SmallConv".to_string()), "{names:?}");
@@ -577,7 +640,7 @@ mod tests {
         assert!(before.contains(&"Max".to_string()), "{before:?}");
         let (fused, names) = fused_once(relu.clone(), replace);
         assert_eq!(names.iter().filter(|n| *n == "Max").count(), 0, "{names:?}");
-        let x = values(&SMALL_CNN.input, 3);
+        let x = SMALL_CNN.input();
         assert!(run(fused, &x).iter().all(|&v| v >= 0.0));
         matches_tracts(relu, &SMALL_CNN);
     }
@@ -596,6 +659,11 @@ mod tests {
         // Output channels and rows of pixels that do not fill the product's blocks.
         let ragged = Case { input: [2, 3, 7, 11], out_channels: 5, ..SMALL_CNN };
         matches_tract(&ragged, 5);
+    }
+
+    #[test]
+    fn a_batch_of_one_without_its_axis_matches_tracts() {
+        matches_tract(&Case { input: [1, 3, 16, 16], chw: true, ..SMALL_CNN }, 8);
     }
 
     #[test]

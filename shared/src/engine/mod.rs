@@ -26,6 +26,7 @@ use crate::tensor::Tensor;
 mod budget;
 mod convert;
 mod convs;
+mod depthwise;
 mod fold;
 mod hardswish;
 mod images;

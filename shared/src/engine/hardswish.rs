@@ -4,7 +4,9 @@
 //! clip chain, then the products with `x`, which needs `x` kept and a second tensor written):
 //! 31 % of the classifier's run at batch 8 (`scripts/benchmarks.md`, "Engine speed II").
 //! [`fuse`] finds the five nodes in the decluttered graph and puts [`HardSwish`] in their
-//! place; it computes the same operations in the same order, so its results are the chain's.
+//! place; it computes the same operations in the same order, so its results are the chain's,
+//! 8 values at a time in AVX registers where the CPU has AVX. A hard swish after a depthwise
+//! convolution is applied inside it ([`super::depthwise`]).
 
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::BinMiniOp;

@@ -26,10 +26,10 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tract_onnx::prelude::{
-    IntoArcTensor, SymbolValues, TValue, TVec, TractError, TractResult, TypedFact, TypedModel,
+    IntoArcTensor, SymbolValues, TDim, TValue, TVec, TractError, TractResult, TypedFact, TypedModel,
 };
 use tract_onnx::tract_core::plan::{EvalContext, SimplePlan};
 
@@ -198,18 +198,69 @@ pub(super) struct BudgetedPlan {
     plan: Arc<Plan>,
     /// By node id: the nodes whose outputs are no longer needed once this one ran.
     frees: Vec<Vec<usize>>,
+    /// The input shapes of the last run whose every output's size followed from them, and the
+    /// bytes of all those outputs together.
+    all_outputs: Mutex<Option<(Vec<TVec<usize>>, u64)>>,
 }
 
 impl BudgetedPlan {
     pub(super) fn new(model: TypedModel) -> Result<Self, Error> {
         let plan = SimplePlan::new(model).map_err(|e| engine_error("cannot plan the model", e))?;
         let frees = frees(&plan);
-        Ok(Self { plan, frees })
+        Ok(Self { plan, frees, all_outputs: Mutex::default() })
     }
 
     /// Runs the plan, stopping before any node whose outputs would take the tensors alive at
-    /// that point past `budget` bytes.
+    /// that point past `budget` bytes. When the outputs of every node, all alive at once, fit
+    /// the budget (as for most models: their sizes follow from the inputs' shapes), no node
+    /// can pass it and the nodes run without the check (a tenth of a microsecond per node,
+    /// 15 % of a small MLP's run).
     pub(super) fn run(&self, inputs: TVec<TValue>, budget: u64) -> Result<TVec<TValue>, Error> {
+        if self.all_outputs_bytes(&inputs).is_some_and(|bytes| bytes <= budget) {
+            let mut state = self.plan.spawn().map_err(|e| engine_error("cannot start a run", e))?;
+            return state.run_plan_with_eval(inputs, eval_node).map_err(rejected);
+        }
+        self.run_checked(inputs, budget)
+    }
+
+    /// The bytes of every node's outputs together for `inputs`, when their shapes follow from
+    /// the inputs' shapes (every dimension a number or a symbol that an input's shape sets).
+    fn all_outputs_bytes(&self, inputs: &[TValue]) -> Option<u64> {
+        let mut known = self.all_outputs.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((shapes, bytes)) = known.as_ref() {
+            if shapes.len() == inputs.len()
+                && shapes.iter().zip(inputs).all(|(s, i)| s[..] == *i.shape())
+            {
+                return Some(*bytes);
+            }
+        }
+        let model = self.plan.model();
+        let mut symbols = SymbolValues::default();
+        for (&source, input) in model.inputs.iter().zip(inputs) {
+            let dims = model.outlet_fact(source).ok()?.shape.iter().zip(input.shape());
+            for (dim, &size) in dims {
+                if let TDim::Sym(symbol) = dim {
+                    // Two inputs that disagree on a size: tract refuses them, checked.
+                    if symbols.get(symbol).is_some_and(|known| known != size as i64) {
+                        return None;
+                    }
+                    symbols.set(symbol, size as i64);
+                }
+            }
+        }
+        let mut bytes = 0u64;
+        for &node in self.plan.order_without_consts() {
+            for output in &model.nodes[node].outputs {
+                let shape = output.fact.shape.eval_to_usize(&symbols).ok()?;
+                bytes = bytes.saturating_add(tensor_bytes(&shape, output.fact.datum_type));
+            }
+        }
+        *known = Some((inputs.iter().map(|i| i.shape().into()).collect(), bytes));
+        Some(bytes)
+    }
+
+    /// [`Self::run`] checking each node before it runs.
+    fn run_checked(&self, inputs: TVec<TValue>, budget: u64) -> Result<TVec<TValue>, Error> {
         let mut held = vec![0u64; self.plan.model().nodes.len()];
         let mut live = 0u64;
         let mut state = self.plan.spawn().map_err(|e| engine_error("cannot start a run", e))?;
@@ -356,7 +407,7 @@ pub(super) fn check_facts(model: &TypedModel, limit: u64) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tract_onnx::prelude::DatumType;
+    use tract_onnx::prelude::{DatumType, Tensor as TractTensor};
 
     /// Allocates as tract does: a refused allocation is a panic.
     fn allocate_like_tract(bytes: usize) {
@@ -452,5 +503,54 @@ mod tests {
         assert_eq!(tensor_bytes(&[2, 3], DatumType::F32), 24);
         assert_eq!(tensor_bytes(&[], DatumType::I64), 8);
         assert_eq!(tensor_bytes(&[1 << 40, 1 << 40], DatumType::F32), u64::MAX);
+    }
+
+    /// `x + 1` three times over `x` of `N × 1000` floats (`N` symbolic), as a plan.
+    fn three_adds() -> BudgetedPlan {
+        use tract_onnx::prelude::{tvec, Datum};
+        use tract_onnx::tract_core::model::SpecialOps;
+        use tract_onnx::tract_core::ops::math::add;
+        let mut model = TypedModel::default();
+        let n = model.symbols.sym("N");
+        let shape: TVec<TDim> = tvec![n.into(), 1000.into()];
+        let fact = TypedFact::dt_shape(f32::datum_type(), shape);
+        let mut last = model.add_source("x", fact).unwrap();
+        let one = TractTensor::from_shape(&[1, 1], &[1f32]).unwrap();
+        let one = model.add_const("one", one).unwrap();
+        for i in 0..3 {
+            last = model.wire_node(format!("add{i}"), add(), &[last, one]).unwrap()[0];
+        }
+        model.select_output_outlets(&[last]).unwrap();
+        BudgetedPlan::new(model).unwrap()
+    }
+
+    fn rows(n: usize) -> TVec<TValue> {
+        let x = TractTensor::from_shape(&[n, 1000], &vec![0.5f32; n * 1000]).unwrap();
+        std::iter::once(x.into()).collect()
+    }
+
+    #[test]
+    fn every_outputs_size_follows_from_the_input_shapes_once_per_shape() {
+        let plan = three_adds();
+        // The input and three sums of 2 × 1000 floats.
+        assert_eq!(plan.all_outputs_bytes(&rows(2)), Some(4 * 8000));
+        assert_eq!(plan.all_outputs_bytes(&rows(3)), Some(4 * 12000));
+        let outputs = plan.run(rows(2), 1 << 20).unwrap();
+        let sums = outputs[0].try_as_plain_ram().unwrap();
+        assert!(sums.as_slice::<f32>().unwrap().iter().all(|&v| v == 3.5));
+    }
+
+    #[test]
+    fn a_run_whose_outputs_together_pass_the_budget_is_checked_node_by_node() {
+        let plan = three_adds();
+        // 32 000 bytes of outputs in all, at most 16 000 alive at once: runs.
+        let outputs = plan.run(rows(2), 20_000).unwrap();
+        assert_eq!(outputs[0].shape(), &[2, 1000]);
+        // Under the input and one sum: the first sum is refused before it is computed.
+        let err = plan.run(rows(2), 10_000).unwrap_err();
+        assert!(
+            matches!(&err, Error::OverBudget { what, bytes: 16_000, limit: 10_000 } if what.contains("add0")),
+            "{err:?}"
+        );
     }
 }

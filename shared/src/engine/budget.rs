@@ -8,7 +8,9 @@
 //!    input values (`Range`, `ConstantOfShape`, `Expand`, `Tile`, `Resize`, shapes computed
 //!    from `NonZero`), from the operator's own shape rule applied to the actual inputs. If the
 //!    tensors alive at that point plus the new outputs would pass the budget, the run stops with
-//!    [`Error::OverBudget`] naming the node and its output, before anything is allocated.
+//!    [`Error::OverBudget`] naming the node and its output, before anything is allocated. A
+//!    run whose every output size follows from its input shapes, all of them together within
+//!    the budget, cannot pass it and skips the check (worked out once per input shapes).
 //! 2. **An allocation cap** ([`CappedAllocator`], the process's global allocator): while the
 //!    engine works on a thread ([`contained`]), a single allocation larger than the cap is
 //!    refused. tract allocates tensors through one function that panics on a refused

@@ -1,13 +1,13 @@
-//! Depthwise convolutions row by row. MobileNet-style networks (PaddleOCR's classifier: eleven
-//! 3×3 and 5×5 depthwise convolutions of 8 to 200 channels) filter each channel on its own;
-//! tract's `DepthWiseConv` walks every output pixel's taps through a generic indexed loop, and
-//! was a quarter of the classifier's run at batch 8 (`scripts/benchmarks.md`, "Depthwise
-//! convolutions"). [`replace`] puts [`DepthwiseConv`] in place of such a convolution in the
-//! decluttered graph: each channel is padded once into a buffer, its columns split by phase of
-//! the stride, so that every tap of a row of output pixels reads a contiguous run of it; the
-//! row's sums stay in AVX registers (8 pixels each) over all taps, with fused multiply-adds
-//! where the CPU has AVX2 and FMA. A ReLU or a hard swish that alone reads the convolution is
-//! applied to the sums before they are stored.
+//! Depthwise convolutions row by row. MobileNet-style networks (PaddleOCR's classifier: eleven 3×3
+//! and 5×5 depthwise convolutions of 8 to 200 channels) filter each channel on its own; tract's
+//! `DepthWiseConv` walks every output pixel's taps through a generic indexed loop, and was a
+//! quarter of the classifier's run at batch 8 (`scripts/benchmarks.md`, "Vector registers between
+//! nodes, and depthwise convolutions"). [`replace`] puts [`DepthwiseConv`] in place of such a
+//! convolution in the decluttered graph: each channel is padded once into a buffer, its columns
+//! split by phase of the stride, so that every tap of a row of output pixels reads a contiguous run
+//! of it; the row's sums stay in AVX registers (8 pixels each) over all taps, with fused
+//! multiply-adds where the CPU has AVX2 and FMA. A ReLU or a hard swish that alone reads the
+//! convolution is applied to the sums before they are stored.
 
 use tract_onnx::tract_core::internal::*;
 

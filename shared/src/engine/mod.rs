@@ -23,6 +23,7 @@ use crate::error::Error;
 use crate::manifest::{Loader, Planning, Signature};
 use crate::tensor::Tensor;
 
+mod branches;
 mod budget;
 mod convert;
 mod convs;

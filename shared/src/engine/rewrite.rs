@@ -43,6 +43,8 @@
 //!   kernels; the attention's scale folds into them.
 //! - **Softmax in three passes over the tensor** ([`Softmax`]): where tract sets up three
 //!   vector kernels for each row, copying short rows into buffers of their own.
+//! - **`If` branches planned once** ([`PlannedIf`]): tract's `IfThenElse` clones the branch
+//!   it takes and plans it on every run.
 //! - **Maxima, minima and sums over consecutive axes** ([`Reduction`]): one pass over the
 //!   tensor, where tract slices (and allocates) the input anew for every output; a global
 //!   average pool's scale folds into its sum ([`fold_scales`]).
@@ -54,10 +56,12 @@ use tract_onnx::prelude::{
 use tract_onnx::tract_core::ops::array::Pad;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::{Conv, OptMaxPool};
+use tract_onnx::tract_core::ops::logic::IfThenElse;
 use tract_onnx::tract_core::ops::math::{Add, Mul};
 use tract_onnx::tract_core::ops::nn::{Reduce, Softmax as TractSoftmax};
 use tract_onnx::tract_core::optim::Optimizer;
 
+use super::branches::PlannedIf;
 use super::ops::fold_scales;
 use super::pad::ZeroPad2d;
 use super::pool::MaxPool2x2;
@@ -90,6 +94,7 @@ pub(super) fn optimise(mut typed: TypedModel) -> TractResult<TypedModel> {
     replace_pads(&mut typed)?;
     replace_reductions(&mut typed)?;
     replace_softmaxes(&mut typed)?;
+    replace_ifs(&mut typed)?;
     fold_scales::<Reduction>(&mut typed)?;
     fold_scales::<SmallProducts>(&mut typed)?;
     Ok(typed)
@@ -129,6 +134,11 @@ fn replace_softmaxes(model: &mut TypedModel) -> TractResult<()> {
         let Some(softmax) = node.op_as::<TractSoftmax>() else { return Ok(None) };
         Ok(Softmax::replacing(softmax, model.outlet_fact(node.inputs[0])?))
     })
+}
+
+/// tract's `If`s on a condition known only at run time, with their branches planned once.
+fn replace_ifs(model: &mut TypedModel) -> TractResult<()> {
+    replace_ops(model, |_, node| node.op_as::<IfThenElse>().map(PlannedIf::replacing).transpose())
 }
 
 /// Every node for which `replacement` gives an op, that op in its place on the same inputs.

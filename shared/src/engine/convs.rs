@@ -391,12 +391,19 @@ const _: () = assert!(BLOCK_COLUMNS == 8, "block_fma holds a row in one AVX regi
 /// One block of the product's output: `BLOCK_ROWS` rows of `BLOCK_COLUMNS`.
 type Block = [[f32; BLOCK_COLUMNS]; BLOCK_ROWS];
 
+/// Whether the CPU has AVX2 and FMA, the features the convolutions' `*_fma` functions are
+/// compiled for.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn has_fma() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+}
+
 /// `c += a · b` over the `runs` of columns, for `a` of `m` rows (row-major, one column per row
 /// of `b`) and `c` of `m` rows of `n`.
 fn multiply(a: &[f32], m: usize, b: Operand, runs: &[Run], c: &mut [f32], n: usize) {
     let k = b.offsets.len();
     #[cfg(target_arch = "x86_64")]
-    let fma = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    let fma = has_fma();
     for row in (0..m).step_by(BLOCK_ROWS) {
         for run in runs {
             for column in (0..run.len).step_by(BLOCK_COLUMNS) {

@@ -11,6 +11,8 @@
 
 use tract_onnx::tract_core::internal::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::convs::has_fma;
 use super::convs::{check_images, output_shape, relu_after, Axis, Parts};
 use super::hardswish::HardSwish;
 use super::ops::{one_op_patch, only_successor, stateless_op};
@@ -146,13 +148,17 @@ impl DepthwiseConv {
         let out = out.as_slice_mut::<f32>()?;
         let planes = input.chunks_exact(h.size * w.size).zip(out.chunks_exact_mut(h.out * w.out));
         let taps = h.kernel * w.kernel;
+        #[cfg(target_arch = "x86_64")]
+        let fma = has_fma();
+        #[cfg(not(target_arch = "x86_64"))]
+        let fma = false;
         for (channel, (x, y)) in planes.enumerate() {
             let channel = channel % channels;
             self.pad(x, &mut padded);
             let weights = &self.weights[channel * taps..][..taps];
             for (row, y_row) in y.chunks_exact_mut(w.out).enumerate() {
                 let lines = &padded[row * h.stride * self.line_len()..];
-                self.row(lines, weights, self.bias[channel], &mut sums);
+                self.row(fma, lines, weights, self.bias[channel], &mut sums);
                 y_row.copy_from_slice(&sums[..w.out]);
             }
         }
@@ -177,10 +183,12 @@ impl DepthwiseConv {
         }
     }
 
-    /// One row of output pixels into `sums`, from the padded lines starting at its first.
-    fn row(&self, lines: &[f32], weights: &[f32], bias: f32, sums: &mut [f32]) {
+    /// One row of output pixels into `sums`, from the padded lines starting at its first; in
+    /// AVX registers when `fma` (the CPU has AVX2 and FMA, [`has_fma`]).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+    fn row(&self, fma: bool, lines: &[f32], weights: &[f32], bias: f32, sums: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if fma {
             // SAFETY: the CPU has the features the function is compiled for.
             return unsafe { self.row_fma(lines, weights, bias, sums) };
         }
@@ -420,7 +428,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_plain_loops_give_the_vector_registers_sums() {
-        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+        if !has_fma() {
             return;
         }
         let case = Case { input: [1, 2, 3, 45], out_channels: 2, group: 2, ..PADDLE };

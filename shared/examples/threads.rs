@@ -1,8 +1,9 @@
 //! Inference time of one model with one thread and with several (`MAAS_ENGINE_THREADS`),
-//! for a few batch sizes, the two engines taking turns run by run. Driven by
+//! for a few batch sizes, the two engines taking turns of ten runs. Driven by
 //! `scripts/bench_threads.sh`. With several threads, each batch runs the way measured fastest
 //! for its size (threaded matrix products, one thread, or split across the threads; see
-//! `engine::split`); the model is loaded as validation says (loader, planning).
+//! `engine::split`); the model is loaded as validation says (loader, planning; or
+//! `MAAS_BENCH_PLANS`).
 //! `MAAS_ENGINE_MIN_SHARE_MICROS` sets the minimum share and `MAAS_MALLOC_ARENAS` the malloc
 //! arenas as in `predict`.
 //!
@@ -11,6 +12,7 @@
 use std::time::Instant;
 
 use maas::engine::{validate, Model, Settings};
+use maas::manifest::Planning;
 use maas::tensor::{Tensor, TensorData};
 
 /// Inputs of the model's declared shapes, the first dimension at `batch` and the other
@@ -35,21 +37,34 @@ fn inputs(model: &Model, batch: usize, row: Option<&[usize]>) -> Vec<Tensor> {
         .collect()
 }
 
-/// Milliseconds of one inference.
+/// Milliseconds of one inference, its inputs built after the model was told a run is coming
+/// as `predict` tells it before decoding a request.
 fn run_ms(model: &Model, batch: usize, row: Option<&[usize]>) -> f64 {
+    model.expect_run();
     let batch_inputs = inputs(model, batch, row);
     let started = Instant::now();
     model.run(batch_inputs).expect("inference runs");
     started.elapsed().as_secs_f64() * 1000.0
 }
 
-/// Median milliseconds of `runs` inferences on each model, the models taking turns run by
-/// run so that a machine whose speed drifts slows them alike.
+/// Runs of one model in a row before the other model takes its turn.
+const TURN: usize = 10;
+
+/// A pause between turns, longer than the engine keeps its threads awake after a split
+/// (`engine/crew.rs`): one model's spinning threads must not share the CPUs with the other
+/// model's runs.
+const PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Median milliseconds of `runs` inferences on each model, the models taking turns of
+/// `TURN` runs so that a machine whose speed drifts slows them alike.
 fn medians_ms(models: [&Model; 2], batch: usize, runs: usize, row: Option<&[usize]>) -> [f64; 2] {
     let mut samples = [Vec::with_capacity(runs), Vec::with_capacity(runs)];
-    for _ in 0..runs {
+    for turn in (0..runs).step_by(TURN) {
         for (model, samples) in models.iter().zip(&mut samples) {
-            samples.push(run_ms(model, batch, row));
+            std::thread::sleep(PAUSE);
+            for _ in turn..runs.min(turn + TURN) {
+                samples.push(run_ms(model, batch, row));
+            }
         }
     }
     samples.map(|mut samples| {
@@ -76,12 +91,22 @@ fn main() {
     maas::malloc::limit_arenas(arenas);
     let bytes = std::fs::read(path).expect("the model file");
     let validated = validate(&bytes, &Settings::default()).expect("the model validates");
+    // Validation picks symbolic or per-shape planning by a timed trial, which can go either
+    // way from one process to the next for the torch CNNs: `MAAS_BENCH_PLANS=symbolic` or
+    // `per_shape` fixes it.
+    let planning = match std::env::var("MAAS_BENCH_PLANS").as_deref() {
+        Ok("symbolic") => Planning::Symbolic,
+        Ok("per_shape") => Planning::PerShape,
+        Ok(other) => panic!("MAAS_BENCH_PLANS: symbolic or per_shape, not {other}"),
+        Err(_) => validated.plans,
+    };
+    eprintln!("planning: {planning:?}");
     let load = |threads| {
         // As predict reads it, to compare values of the minimum share.
         let min_share_micros = std::env::var("MAAS_ENGINE_MIN_SHARE_MICROS")
             .map_or(Settings::default().min_share_micros, |v| v.parse().expect("microseconds"));
         let settings = Settings { threads, min_share_micros, ..Default::default() };
-        Model::load_path(path.as_ref(), validated.loader, validated.plans, &settings)
+        Model::load_path(path.as_ref(), validated.loader, planning, &settings)
             .expect("the model loads")
     };
     // The shape of one row where the model leaves more than the batch open (PaddleOCR's

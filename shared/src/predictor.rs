@@ -152,6 +152,7 @@ impl Predictor {
     {
         let id = &loaded.id;
         let started = Instant::now();
+        loaded.model.expect_run();
         let signature = loaded.model.signature();
         let request = signature.check(decode(signature)?)?;
         let batch = self.check_limits(&request, signature)?;

@@ -8,9 +8,8 @@
 //! Uploads are validated here too ([`validate()`]); the signature reader ([`read_signature`])
 //! reads a file's declared inputs and outputs without translating it.
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
@@ -27,6 +26,7 @@ mod branches;
 mod budget;
 mod convert;
 mod convs;
+mod crew;
 mod depthwise;
 mod fold;
 mod hardswish;
@@ -96,8 +96,8 @@ struct Resources {
     /// The largest single allocation while the engine works on the model: the budget, or
     /// twice the model file for work that handles its weights (loading, building a plan).
     cap: u64,
-    /// Where tract runs its matrix products.
-    executor: Executor,
+    /// The engine's threads beyond the calling one; `None` for one thread.
+    crew: Option<Arc<crew::Crew>>,
     /// How many optimised plans a per-shape model keeps.
     shape_plans: u64,
     /// What a per-shape model's batch does when its bucket has no plan yet.
@@ -109,7 +109,7 @@ impl Resources {
         Self {
             budget: settings.memory_bytes,
             cap: Self::cap(settings, file_bytes),
-            executor: executor(settings.threads),
+            crew: crew::crew(settings.threads),
             shape_plans: settings.shape_plans.max(1),
             unplanned: match settings.plans_behind {
                 true => Unplanned::StandIn,
@@ -122,31 +122,11 @@ impl Resources {
     fn cap(settings: &Settings, file_bytes: u64) -> u64 {
         settings.memory_bytes.max(file_bytes.saturating_mul(2))
     }
-}
 
-/// The executor for `threads` threads: the calling thread alone for 1, else a pool of that
-/// many threads, built once per size for the life of the process (a pool that cannot be
-/// built leaves the work on the calling thread).
-fn executor(threads: usize) -> Executor {
-    static POOLS: Mutex<BTreeMap<usize, Executor>> = Mutex::new(BTreeMap::new());
-    if threads <= 1 {
-        return Executor::SingleThread;
+    /// Where tract runs its matrix products: on the crew's threads, else the calling one.
+    fn executor(&self) -> Executor {
+        self.crew.as_ref().map_or(Executor::SingleThread, |crew| crew.executor())
     }
-    let mut pools = POOLS.lock().unwrap_or_else(PoisonError::into_inner);
-    let pool = pools.entry(threads).or_insert_with(|| {
-        let built = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|index| format!("maas-engine-{index}"))
-            .build();
-        match built {
-            Ok(pool) => Executor::MultiThread(Arc::new(pool)),
-            Err(error) => {
-                tracing::warn!(threads, %error, "no engine thread pool: running on one thread");
-                Executor::SingleThread
-            }
-        }
-    });
-    pool.clone()
 }
 
 impl std::fmt::Debug for Model {
@@ -318,6 +298,15 @@ impl Model {
         self.splitter.as_ref().map_or(0, |s| s.splits())
     }
 
+    /// Says a batch is coming (a request arrived, before it is decoded): when this model's
+    /// batches have run split, the engine's threads stay awake for it (`engine/crew.rs`), so
+    /// that its shares start without waiting for a sleeping thread.
+    pub fn expect_run(&self) {
+        if let (Some(crew), true) = (&self.resources.crew, self.split_runs() > 0) {
+            crew.keep_awake(crew::KEEP_AWAKE);
+        }
+    }
+
     /// How the model is planned.
     pub fn planning(&self) -> Planning {
         match self.plans {
@@ -384,10 +373,11 @@ impl Model {
                 let rows = splitter.rows(&inputs);
                 let way = splitter.way(rows);
                 let unsteady = self.unsteady();
-                let executor = self.resources.executor.clone();
                 let (outputs, shares) = match &way {
                     Way::Split(sizes) => self.run_split(splitter, inputs, sizes, unplanned)?,
-                    Way::Threaded => (self.run_whole(inputs, executor, 1, unplanned)?, 1),
+                    Way::Threaded => {
+                        (self.run_whole(inputs, self.resources.executor(), 1, unplanned)?, 1)
+                    }
                     Way::Single => {
                         (self.run_whole(inputs, Executor::SingleThread, 1, unplanned)?, 1)
                     }
@@ -402,7 +392,7 @@ impl Model {
                 }
                 (outputs, shares)
             }
-            None => (self.run_whole(inputs, self.resources.executor.clone(), 1, unplanned)?, 1),
+            None => (self.run_whole(inputs, self.resources.executor(), 1, unplanned)?, 1),
         };
         tracing::trace!(shares, elapsed_ms = crate::elapsed_ms(started), "run");
         self.signature
@@ -445,34 +435,30 @@ impl Model {
         sizes: &[usize],
         unplanned: Unplanned,
     ) -> Result<(Vec<TractTensor>, usize), Error> {
-        let Executor::MultiThread(pool) = &self.resources.executor else {
+        let Some(crew) = &self.resources.crew else {
             return Ok((self.run_whole(inputs, Executor::SingleThread, 1, unplanned)?, 1));
         };
         let shares = splitter.split(&inputs, sizes)?;
         let count = shares.len() as u64;
-        let run = |share| self.run_whole(share, Executor::SingleThread, count, unplanned);
-        // The calling thread runs the first share while the pool wakes up for the others.
         let mut shares = shares.into_iter();
-        let first = shares.next();
-        let mut others: Vec<Option<Result<Vec<TractTensor>, Error>>> =
-            shares.as_slice().iter().map(|_| None).collect();
-        let mut first_output = None;
-        pool.in_place_scope(|scope| {
-            for (share, output) in shares.zip(&mut others) {
-                scope.spawn(move |_| *output = Some(run(share)));
-            }
-            first_output = first.map(run);
-        });
-        // Every share ran (a panic would have come through the scope): a missing output
-        // would leave the join short, and the batch run whole.
-        let outputs = first_output.into_iter().chain(others.into_iter().flatten());
-        let outputs = outputs.collect::<Result<Vec<_>, _>>()?;
+        let first = shares.next().unwrap_or_default();
+        let others = shares
+            .map(|share| {
+                let model = self.clone();
+                move || model.run_whole(share, Executor::SingleThread, count, unplanned)
+            })
+            .collect();
+        let outputs =
+            crew.run(|| self.run_whole(first, Executor::SingleThread, count, unplanned), others);
+        // The next batch is likely split too: its shares start without a wake-up.
+        crew.keep_awake(crew::KEEP_AWAKE);
+        let outputs = outputs.into_iter().collect::<Result<Vec<_>, _>>()?;
         match split::join(outputs, sizes, &self.signature)? {
             Some(joined) => Ok((joined, sizes.len())),
             None => {
                 tracing::debug!("an output has no batch axis to join: running whole");
                 splitter.unjoinable();
-                let executor = self.resources.executor.clone();
+                let executor = self.resources.executor();
                 Ok((self.run_whole(inputs, executor, 1, unplanned)?, 1))
             }
         }

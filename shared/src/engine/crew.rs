@@ -1,0 +1,486 @@
+//! The engine's threads, built once per thread count and shared by every model loaded with
+//! that count: a rayon pool for tract's threaded matrix products, and one hand per thread
+//! beyond the caller's for the shares of split batches ([`Crew::run`]).
+//!
+//! A thread that has gone to sleep took 40-50 µs to wake on a 2-vCPU VM, about half of what
+//! a share of the small CNN's batch of 32 takes, and rayon's pool wakes a second thread for
+//! each job handed to it from outside, which then takes CPU time from the two that work: the
+//! split gained nothing. So the shares go to hands of our own, and the hands spin for a short
+//! window after a split and when a request arrives for a model that splits
+//! ([`Crew::keep_awake`]): a share then starts about a microsecond after it is handed over.
+//! A spinning hand gives its CPU up at every turn ([`pause`]) and keeps to a CPU apart from
+//! the caller's ([`Placement`]). The window closes at once when tract's pool is wanted
+//! ([`Crew::executor`]); while it lasts it holds a CPU that would idle (Lambda bills an
+//! invocation's duration, not its CPU time).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::hint;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use rayon::ThreadPool;
+use tract_linalg::multithread::Executor;
+
+/// How long the hands stay awake after a split, or after a request arrives for a model that
+/// splits: longer than the gap between back-to-back batches, and than a request of a few
+/// rows takes to decode (a request that takes longer makes the wake-up small beside it).
+pub(super) const KEEP_AWAKE: Duration = Duration::from_millis(2);
+
+/// How long the calling thread spins for a hand's share before it sleeps until the share is
+/// done: a share usually ends within microseconds of the caller's own.
+const SPIN_FOR_SHARE: Duration = Duration::from_micros(500);
+
+/// One share of work for a hand.
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// The engine's threads for a thread count.
+#[derive(Debug)]
+pub(super) struct Crew {
+    pool: Arc<ThreadPool>,
+    hands: Vec<Arc<Hand>>,
+    placement: Arc<Placement>,
+}
+
+/// One thread that runs shares of split batches, in the order they are handed to it.
+struct Hand {
+    /// The hand's place among the crew's hands.
+    index: usize,
+    placement: Arc<Placement>,
+    slot: Mutex<Slot>,
+    ready: Condvar,
+    /// Whether the slot holds work (read while spinning, without the lock).
+    has_work: AtomicBool,
+    /// Nanoseconds since `epoch` until which the hand spins rather than sleeps.
+    until: AtomicU64,
+    epoch: Instant,
+}
+
+#[derive(Default)]
+struct Slot {
+    jobs: VecDeque<Job>,
+    /// The hand waits on `ready`.
+    asleep: bool,
+}
+
+impl std::fmt::Debug for Hand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hand").finish_non_exhaustive()
+    }
+}
+
+/// One turn of a spinning thread: it gives its CPU up for a moment. Two threads that spin
+/// for each other can end up on one CPU (the scheduler would not wake a hand on the CPU of
+/// a VM that the host took back), and a thread that only spins would then hold the other
+/// off for its whole time slice: a share started 540 µs late, after the caller gave up
+/// waiting.
+fn pause() {
+    for _ in 0..32 {
+        hint::spin_loop();
+    }
+    std::thread::yield_now();
+}
+
+/// Locks `mutex`; what it guards stays consistent even if a thread panicked holding it (a
+/// queue of jobs, a result not yet taken).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Hand {
+    fn new(index: usize, placement: Arc<Placement>) -> Self {
+        Self {
+            index,
+            placement,
+            slot: Mutex::new(Slot::default()),
+            ready: Condvar::new(),
+            has_work: AtomicBool::new(false),
+            until: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn awake(&self) -> bool {
+        self.now() < self.until.load(Ordering::Acquire)
+    }
+
+    /// The hand's life: the next job, spinning while the window is open and asleep after.
+    fn work(&self) {
+        let mut avoiding = None;
+        loop {
+            let job = self.next(&mut avoiding);
+            job();
+        }
+    }
+
+    /// The next job. `avoiding` is the CPU of the calling thread the hand last moved away
+    /// from.
+    fn next(&self, avoiding: &mut Option<usize>) -> Job {
+        loop {
+            while !self.has_work.load(Ordering::Acquire) && self.awake() {
+                self.placement.keep_apart(self.index, avoiding);
+                pause();
+            }
+            let mut slot = lock(&self.slot);
+            loop {
+                if let Some(job) = slot.jobs.pop_front() {
+                    self.placement.keep_apart(self.index, avoiding);
+                    self.has_work.store(!slot.jobs.is_empty(), Ordering::Release);
+                    return job;
+                }
+                // Read under the lock: `keep_awake` moves the window before it looks
+                // whether the hand sleeps.
+                if self.awake() {
+                    break;
+                }
+                slot.asleep = true;
+                slot = self.ready.wait(slot).unwrap_or_else(PoisonError::into_inner);
+                slot.asleep = false;
+            }
+        }
+    }
+
+    fn give(&self, job: Job) {
+        let mut slot = lock(&self.slot);
+        slot.jobs.push_back(job);
+        self.has_work.store(true, Ordering::Release);
+        if slot.asleep {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Keeps the hand spinning until `window` from now (or later, if it was to already),
+    /// waking it if it sleeps.
+    fn open(&self, window: Duration) {
+        let until = self.now().saturating_add(u64::try_from(window.as_nanos()).unwrap_or(0));
+        self.until.fetch_max(until, Ordering::AcqRel);
+        if lock(&self.slot).asleep {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Lets the hand sleep as soon as it has no work.
+    fn close(&self) {
+        self.until.store(0, Ordering::Release);
+    }
+
+    /// Whether the hand sleeps now.
+    #[cfg(test)]
+    fn asleep(&self) -> bool {
+        lock(&self.slot).asleep
+    }
+}
+
+/// Which CPU each thread of a split runs on. Two threads that spin never sleep, so the
+/// scheduler never places them again: a hand that once woke on the calling thread's CPU
+/// stayed there, and its share ran after the caller's (three splits in four on a 2-vCPU
+/// Firecracker VM: an idle vCPU is halted, and the scheduler would not wake a hand there).
+/// So the calling thread says where it runs, and each hand keeps to a CPU of its own beside
+/// it: the `i`th hand the `i + 1`th allowed CPU after the caller's.
+#[derive(Debug)]
+struct Placement {
+    /// The CPUs the process may run on, in order.
+    cpus: Vec<usize>,
+    /// The calling thread's CPU at its last split or request (`usize::MAX`: not known).
+    caller: AtomicUsize,
+}
+
+impl Placement {
+    fn new() -> Self {
+        Self { cpus: allowed_cpus(), caller: AtomicUsize::new(usize::MAX) }
+    }
+
+    /// Notes the calling thread's CPU.
+    fn note_caller(&self) {
+        if let Some(cpu) = current_cpu() {
+            self.caller.store(cpu, Ordering::Relaxed);
+        }
+    }
+
+    /// Moves hand `index` to its CPU beside the caller's, when the caller moved since the
+    /// hand last did (`avoiding`).
+    fn keep_apart(&self, index: usize, avoiding: &mut Option<usize>) {
+        let caller = self.caller.load(Ordering::Relaxed);
+        if *avoiding == Some(caller) || caller == usize::MAX {
+            return;
+        }
+        *avoiding = Some(caller);
+        if let Some(cpu) = cpu_beside(&self.cpus, caller, index) {
+            if let Err(error) = pin_to(cpu) {
+                tracing::debug!(cpu, %error, "an engine thread cannot keep to a CPU");
+            }
+        }
+    }
+}
+
+/// The CPU of `cpus` for hand `index` when the caller runs on `caller`: the `index + 1`th
+/// after the caller's, round the list (`None` with fewer than two CPUs: nowhere apart).
+fn cpu_beside(cpus: &[usize], caller: usize, index: usize) -> Option<usize> {
+    if cpus.len() < 2 {
+        return None;
+    }
+    let at = cpus.iter().position(|&cpu| cpu == caller).unwrap_or(0);
+    Some(cpus[(at + 1 + index) % cpus.len()])
+}
+
+/// The CPUs this process may run on (empty when they cannot be read).
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is an empty set, and sched_getaffinity writes at most
+    // `size_of::<cpu_set_t>()` bytes into it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
+        return Vec::new();
+    }
+    // SAFETY: CPU_ISSET reads the set within its size (CPU_SETSIZE bits).
+    (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect()
+}
+
+/// The CPU the calling thread runs on now.
+fn current_cpu() -> Option<usize> {
+    // SAFETY: sched_getcpu takes no arguments and only reads the thread's state.
+    usize::try_from(unsafe { libc::sched_getcpu() }).ok()
+}
+
+/// Keeps the calling thread to `cpu` alone.
+fn pin_to(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes one bit of it (`cpu` comes
+    // from `allowed_cpus`, below CPU_SETSIZE); sched_setaffinity reads the set's size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    match unsafe { libc::sched_setaffinity(0, size, &set) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// Where a hand leaves the result of its share.
+struct Landing<T> {
+    result: Mutex<LandingState<T>>,
+    done: AtomicBool,
+    landed: Condvar,
+}
+
+struct LandingState<T> {
+    result: Option<std::thread::Result<T>>,
+    waiting: bool,
+}
+
+impl<T> Landing<T> {
+    fn new() -> Self {
+        let state = LandingState { result: None, waiting: false };
+        Self { result: Mutex::new(state), done: AtomicBool::new(false), landed: Condvar::new() }
+    }
+
+    fn put(&self, result: std::thread::Result<T>) {
+        let mut state = lock(&self.result);
+        state.result = Some(result);
+        self.done.store(true, Ordering::Release);
+        if state.waiting {
+            self.landed.notify_one();
+        }
+    }
+
+    /// The result, once it landed: spun for a while, then slept for.
+    fn take(&self) -> std::thread::Result<T> {
+        let started = Instant::now();
+        while !self.done.load(Ordering::Acquire) && started.elapsed() < SPIN_FOR_SHARE {
+            pause();
+        }
+        let mut state = lock(&self.result);
+        loop {
+            if let Some(result) = state.result.take() {
+                return result;
+            }
+            state.waiting = true;
+            state = self.landed.wait(state).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+impl Crew {
+    /// The pool as tract's executor, the hands' window closed (they would take CPUs from it).
+    pub(super) fn executor(&self) -> Executor {
+        for hand in &self.hands {
+            hand.close();
+        }
+        Executor::MultiThread(self.pool.clone())
+    }
+
+    /// Runs `first` on the calling thread and each of `others` on a hand of its own (the
+    /// `i`th on hand `i % hands`), and gives their results back in order. A share that
+    /// panicked panics here, once every share is done.
+    pub(super) fn run<T, F>(&self, first: impl FnOnce() -> T, others: Vec<F>) -> Vec<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        self.placement.note_caller();
+        let landings: Vec<Arc<Landing<T>>> = others
+            .into_iter()
+            .zip(self.hands.iter().cycle())
+            .map(|(share, hand)| {
+                let landing = Arc::new(Landing::new());
+                let there = Arc::clone(&landing);
+                hand.give(Box::new(move || {
+                    there.put(panic::catch_unwind(AssertUnwindSafe(share)))
+                }));
+                landing
+            })
+            .collect();
+        let first = panic::catch_unwind(AssertUnwindSafe(first));
+        let results: Vec<_> =
+            std::iter::once(first).chain(landings.iter().map(|landing| landing.take())).collect();
+        results
+            .into_iter()
+            .map(|result| result.unwrap_or_else(|payload| panic::resume_unwind(payload)))
+            .collect()
+    }
+
+    /// Keeps the hands spinning for `window` from now, so that a split's shares start
+    /// without waiting for a sleeping thread.
+    pub(super) fn keep_awake(&self, window: Duration) {
+        self.placement.note_caller();
+        for hand in &self.hands {
+            hand.open(window);
+        }
+    }
+}
+
+/// The crew of `threads` threads, built once per size for the life of the process; `None`
+/// for one thread, or when its threads cannot be started (the work then stays on the
+/// calling thread).
+pub(super) fn crew(threads: usize) -> Option<Arc<Crew>> {
+    static CREWS: Mutex<BTreeMap<usize, Option<Arc<Crew>>>> = Mutex::new(BTreeMap::new());
+    if threads <= 1 {
+        return None;
+    }
+    let mut crews = lock(&CREWS);
+    let crew = crews.entry(threads).or_insert_with(|| match build(threads) {
+        Ok(crew) => Some(Arc::new(crew)),
+        Err(error) => {
+            tracing::warn!(threads, %error, "no engine threads: running on one thread");
+            None
+        }
+    });
+    crew.clone()
+}
+
+fn build(threads: usize) -> Result<Crew, Box<dyn std::error::Error>> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|index| format!("maas-engine-{index}"))
+        .build()?;
+    let placement = Arc::new(Placement::new());
+    let hands = (1..threads)
+        .map(|index| {
+            let hand = Arc::new(Hand::new(index - 1, Arc::clone(&placement)));
+            let working = Arc::clone(&hand);
+            std::thread::Builder::new()
+                .name(format!("maas-share-{index}"))
+                .spawn(move || working.work())
+                .map(|_| hand)
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Crew { pool: Arc::new(pool), hands, placement })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thread_name() -> String {
+        std::thread::current().name().unwrap_or_default().to_string()
+    }
+
+    /// Waits up to a second for `done`.
+    fn eventually(done: impl Fn() -> bool) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(1) {
+            if done() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        done()
+    }
+
+    #[test]
+    fn shares_run_on_the_hands_and_come_back_in_order() {
+        let crew = build(3).expect("a crew of three");
+        let others: Vec<_> = (1..5).map(|i| move || (i, thread_name())).collect();
+        let results = crew.run(|| (0, thread_name()), others);
+        let order: Vec<_> = results.iter().map(|(i, _)| *i).collect();
+        assert_eq!(order, [0, 1, 2, 3, 4]);
+        assert_eq!(results[0].1, thread_name());
+        let hands: std::collections::BTreeSet<_> =
+            results[1..].iter().map(|(_, name)| name.as_str()).collect();
+        assert_eq!(hands.into_iter().collect::<Vec<_>>(), ["maas-share-1", "maas-share-2"]);
+    }
+
+    #[test]
+    fn a_share_that_panics_panics_in_the_caller_once_the_others_are_done() {
+        let crew = build(3).expect("a crew of three");
+        let finished = Arc::new(AtomicBool::new(false));
+        let late = Arc::clone(&finished);
+        let others: Vec<Box<dyn FnOnce() + Send>> = vec![
+            Box::new(|| panic!("a share fails")),
+            Box::new(move || {
+                std::thread::sleep(Duration::from_millis(30));
+                late.store(true, Ordering::SeqCst);
+            }),
+        ];
+        let ran = panic::catch_unwind(AssertUnwindSafe(|| crew.run(|| (), others)));
+        assert!(ran.is_err(), "the share's panic reaches the caller");
+        assert!(finished.load(Ordering::SeqCst), "the caller waited for every share");
+        // The hands live on.
+        assert_eq!(crew.run(|| 1, vec![|| 2, || 3]), [1, 2, 3]);
+    }
+
+    #[test]
+    fn hands_spin_while_kept_awake_and_sleep_once_tracts_pool_is_wanted() {
+        let crew = build(2).expect("a crew of two");
+        let hand = &crew.hands[0];
+        assert!(eventually(|| hand.asleep()), "a new hand sleeps");
+        crew.keep_awake(Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!hand.asleep(), "a hand kept awake spins");
+        let _ = crew.executor();
+        assert!(eventually(|| hand.asleep()), "the window closes for tract's pool");
+        crew.keep_awake(Duration::from_millis(20));
+        assert!(eventually(|| !hand.asleep()));
+        assert!(eventually(|| hand.asleep()), "the window closes on its own");
+    }
+
+    #[test]
+    fn each_hand_takes_the_cpus_after_the_callers_in_turn() {
+        assert_eq!(cpu_beside(&[0, 1], 0, 0), Some(1));
+        assert_eq!(cpu_beside(&[0, 1], 1, 0), Some(0));
+        assert_eq!(cpu_beside(&[2, 4, 6, 8], 6, 0), Some(8));
+        assert_eq!(cpu_beside(&[2, 4, 6, 8], 6, 1), Some(2));
+        assert_eq!(cpu_beside(&[2, 4, 6, 8], 6, 2), Some(4));
+        // A caller on a CPU outside the list counts as on the first.
+        assert_eq!(cpu_beside(&[2, 4], 7, 0), Some(4));
+        assert_eq!(cpu_beside(&[3], 3, 0), None);
+    }
+
+    #[test]
+    fn a_hand_runs_on_another_cpu_than_the_caller() {
+        let cpus = allowed_cpus();
+        if cpus.len() < 2 {
+            return; // one CPU: nowhere apart
+        }
+        let crew = build(2).expect("a crew of two");
+        for _ in 0..20 {
+            let cpus_seen = crew.run(current_cpu, vec![current_cpu]);
+            let caller = crew.placement.caller.load(Ordering::Relaxed);
+            assert_eq!(cpus_seen[1], cpu_beside(&cpus, caller, 0), "{cpus_seen:?}");
+        }
+    }
+}

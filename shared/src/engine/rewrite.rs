@@ -55,7 +55,7 @@ use tract_onnx::prelude::{
 };
 use tract_onnx::tract_core::ops::array::Pad;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
-use tract_onnx::tract_core::ops::cnn::{Conv, OptMaxPool};
+use tract_onnx::tract_core::ops::cnn::{Conv, MaxPool, OptMaxPool};
 use tract_onnx::tract_core::ops::logic::IfThenElse;
 use tract_onnx::tract_core::ops::math::{Add, Mul};
 use tract_onnx::tract_core::ops::nn::{Reduce, Softmax as TractSoftmax};
@@ -103,12 +103,18 @@ pub(super) fn optimise(mut typed: TypedModel) -> TractResult<TypedModel> {
 /// A rewrite of the decluttered graph: its next patch, or `None` when it finds nothing more.
 type Rewrite = fn(&TypedModel) -> TractResult<Option<TypedModelPatch>>;
 
-/// tract's optimised max pools that [`MaxPool2x2`] computes, replaced by it.
+/// tract's max pools that [`MaxPool2x2`] computes, replaced by it: optimised ones, and those
+/// tract leaves unoptimised because their input's shape is symbolic (a symbolic batch: the
+/// small CNN's pool took 37 µs of a symbolic plan's 100 at batch 8, 3.5 µs as `MaxPool2x2`).
 fn replace_pools(model: &mut TypedModel) -> TractResult<()> {
     replace_ops(model, |model, node| {
-        let Some(pool) = node.op_as::<OptMaxPool>() else { return Ok(None) };
+        let pool = match (node.op_as::<OptMaxPool>(), node.op_as::<MaxPool>()) {
+            (Some(pool), _) => (&pool.pool_spec, pool.with_index_outputs),
+            (_, Some(pool)) => (&pool.pool_spec, pool.with_index_outputs),
+            (None, None) => return Ok(None),
+        };
         let input = model.outlet_fact(node.inputs[0])?;
-        Ok(MaxPool2x2::replacing(&pool.pool_spec, pool.with_index_outputs, input))
+        Ok(MaxPool2x2::replacing(pool.0, pool.1, input))
     })
 }
 
@@ -388,6 +394,34 @@ mod tests {
         let optimised = optimise(model.clone()).unwrap();
         assert_eq!(by_scalar(&optimised), 0, "{optimised}");
         assert_close(&run_on(optimised, &[1, 4, 100, 100]), &run_on(model, &[1, 4, 100, 100]));
+    }
+
+    #[test]
+    fn a_pool_over_a_symbolic_batch_is_replaced_too() {
+        let mut model = TypedModel::default();
+        let batch = model.symbols.sym("N");
+        let shape: tract_onnx::prelude::TVec<tract_onnx::prelude::TDim> =
+            tvec![batch.into(), 4.into(), 6.into(), 6.into()];
+        let x = model.add_source("x", TypedFact::dt_shape(f32::datum_type(), shape)).unwrap();
+        let pool_spec = PoolSpec {
+            data_format: DataFormat::NCHW,
+            kernel_shape: tvec![2, 2],
+            padding: PaddingSpec::Valid,
+            dilations: None,
+            strides: Some(tvec![2, 2]),
+            input_channels: 4,
+            output_channels: 4,
+        };
+        let pool = MaxPool { pool_spec, with_index_outputs: None };
+        let y = model.wire_node("pool", pool, &[x]).unwrap();
+        model.select_output_outlets(&y).unwrap();
+        let mut tracts = model.clone();
+        tracts.optimize_with_session(&mut codegen().session()).unwrap();
+        assert!(tracts.nodes.iter().any(|n| n.op_is::<MaxPool>()), "tract keeps its generic pool");
+        let optimised = optimise(model.clone()).unwrap();
+        assert!(optimised.nodes.iter().any(|n| n.op_is::<MaxPool2x2>()), "{optimised}");
+        assert!(!optimised.nodes.iter().any(|n| n.op_is::<MaxPool>()));
+        assert_close(&run(optimised, 3), &run(model, 3));
     }
 
     #[test]

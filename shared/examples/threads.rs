@@ -37,12 +37,13 @@ fn inputs(model: &Model, batch: usize, row: Option<&[usize]>) -> Vec<Tensor> {
         .collect()
 }
 
-/// Milliseconds of one inference, its inputs built after the model was told a run is coming
-/// as `predict` tells it before decoding a request.
+/// Milliseconds of one inference, the model told the batch is coming as `predict` tells it
+/// once a request is decoded (here right before the run: a thread that wakes for it does so
+/// on the clock).
 fn run_ms(model: &Model, batch: usize, row: Option<&[usize]>) -> f64 {
-    model.expect_run();
     let batch_inputs = inputs(model, batch, row);
     let started = Instant::now();
+    model.expect_run(&batch_inputs);
     model.run(batch_inputs).expect("inference runs");
     started.elapsed().as_secs_f64() * 1000.0
 }

@@ -152,7 +152,6 @@ impl Predictor {
     {
         let id = &loaded.id;
         let started = Instant::now();
-        loaded.model.expect_run();
         let signature = loaded.model.signature();
         let request = signature.check(decode(signature)?)?;
         let batch = self.check_limits(&request, signature)?;
@@ -160,6 +159,7 @@ impl Predictor {
         let started = Instant::now();
         let runner = Arc::clone(loaded);
         let inputs = request.inputs;
+        loaded.model.expect_run(&inputs);
         let outputs = tokio::task::spawn_blocking(move || runner.model.run(inputs))
             .await
             .map_err(|e| Error::internal("running inference", e))?;

@@ -6,7 +6,7 @@
 //! a share of the small CNN's batch of 32 takes, and rayon's pool wakes a second thread for
 //! each job handed to it from outside, which then takes CPU time from the two that work: the
 //! split gained nothing. So the shares go to hands of our own, and the hands spin for a short
-//! window after a split and when a request arrives for a model that splits
+//! window after a split and when a batch of a size that runs split is about to run
 //! ([`Crew::keep_awake`]): a share then starts about a microsecond after it is handed over.
 //! A spinning hand gives its CPU up at every turn ([`pause`]) and keeps to a CPU apart from
 //! the caller's ([`Placement`]). The window closes at once when tract's pool is wanted
@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use rayon::ThreadPool;
 use tract_linalg::multithread::Executor;
 
-/// How long the hands stay awake after a split, or after a request arrives for a model that
-/// splits: longer than the gap between back-to-back batches, and than a request of a few
-/// rows takes to decode (a request that takes longer makes the wake-up small beside it).
+/// How long the hands stay awake after a split, or once a batch that will be split is
+/// announced: longer than the gap between back-to-back batches (a request or mini-batch
+/// decoded in between), short enough to leave the CPU soon to anything else.
 pub(super) const KEEP_AWAKE: Duration = Duration::from_millis(2);
 
 /// How long the calling thread spins for a hand's share before it sleeps until the share is
@@ -311,6 +311,11 @@ impl Crew {
             hand.close();
         }
         Executor::MultiThread(self.pool.clone())
+    }
+
+    /// The threads that run a split batch's shares: the hands and the calling thread.
+    pub(super) fn threads(&self) -> usize {
+        self.hands.len() + 1
     }
 
     /// Runs `first` on the calling thread and each of `others` on a hand of its own (the

@@ -2,6 +2,8 @@
 //! that carry the batch (which per-shape plans bucket and pad, and threads split), and the
 //! scalar inputs whose value picks a branch of the graph (which per-shape plans are built for).
 
+use std::collections::HashSet;
+
 use tract_onnx::pb;
 use tract_onnx::prelude::Tensor as TractTensor;
 
@@ -83,4 +85,91 @@ pub(super) fn batch_axes(proto: &pb::ModelProto, signature: &Signature) -> Optio
         }
     });
     Some(axes.collect())
+}
+
+/// Whether an `If` of the graph decides on values computed from the batch's rows (its
+/// condition reached from an input with a batch axis in `batch_axes`): the rows are then not
+/// independent, and a batch cannot be split (the zoo's `If` on `sum(x) > 0` takes one branch
+/// for the whole batch; split into rows, each row took its own). Conditions on constants, on
+/// a selector input (Silero's sample rate) or on shapes alone (Silero's `Shape`, `Gather`,
+/// `Equal`: a share's plan is built for its own shape, and outputs of another shape are not
+/// joined) leave the rows independent.
+pub(super) fn branches_on_rows(
+    proto: &pb::ModelProto,
+    signature: &Signature,
+    batch_axes: &[Vec<usize>],
+) -> bool {
+    let Some(graph) = proto.graph.as_ref() else { return false };
+    let batched = signature.inputs.iter().zip(batch_axes).filter(|(_, axes)| !axes.is_empty());
+    let mut from_rows: HashSet<&str> = batched.map(|(spec, _)| spec.name.as_str()).collect();
+    // ONNX lists a graph's nodes in topological order.
+    for node in &graph.node {
+        let shape_only = matches!(node.op_type.as_str(), "Shape" | "Size");
+        if !shape_only && node.input.iter().any(|input| from_rows.contains(input.as_str())) {
+            if node.op_type == "If" {
+                return true;
+            }
+            from_rows.extend(node.output.iter().map(String::as_str));
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::TensorSpec;
+
+    fn node(op_type: &str, inputs: &[&str], output: &str) -> pb::NodeProto {
+        pb::NodeProto {
+            op_type: op_type.to_owned(),
+            input: inputs.iter().map(|&i| i.to_owned()).collect(),
+            output: vec![output.to_owned()],
+            ..Default::default()
+        }
+    }
+
+    fn model(nodes: Vec<pb::NodeProto>) -> pb::ModelProto {
+        let graph = pb::GraphProto { node: nodes, ..Default::default() };
+        pb::ModelProto { graph: Some(graph), ..Default::default() }
+    }
+
+    /// `x [batch, 3]`, and a scalar selector `sr`.
+    fn signature() -> Signature {
+        let spec = |name: &str, datatype, shape: Vec<i64>| TensorSpec {
+            name: name.into(),
+            datatype,
+            shape,
+        };
+        Signature {
+            inputs: vec![spec("x", DataType::F32, vec![-1, 3]), spec("sr", DataType::I64, vec![])],
+            outputs: vec![spec("y", DataType::F32, vec![-1, 3])],
+        }
+    }
+
+    #[test]
+    fn an_if_on_values_of_the_rows_ties_them_together() {
+        let axes = [vec![0], vec![]];
+        let on_sum = model(vec![
+            node("ReduceSum", &["x"], "sum"),
+            node("Greater", &["sum", "zero"], "positive"),
+            node("If", &["positive"], "y"),
+        ]);
+        assert!(branches_on_rows(&on_sum, &signature(), &axes));
+        let on_shape = model(vec![
+            node("Shape", &["x"], "shape"),
+            node("Gather", &["shape", "zero"], "rows"),
+            node("Equal", &["rows", "one"], "single"),
+            node("If", &["single"], "y"),
+        ]);
+        assert!(!branches_on_rows(&on_shape, &signature(), &axes), "a shape alone");
+        let on_selector = model(vec![
+            node("Equal", &["sr", "rate"], "is_16k"),
+            node("If", &["is_16k"], "branch"),
+            node("Mul", &["x", "branch"], "y"),
+        ]);
+        assert!(!branches_on_rows(&on_selector, &signature(), &axes), "a selector");
+        let no_if = model(vec![node("Relu", &["x"], "y")]);
+        assert!(!branches_on_rows(&no_if, &signature(), &axes));
+    }
 }

@@ -16,7 +16,9 @@
 //! that a change (another model loaded beside it, a busier CPU) or a warm-up that went badly
 //! is seen. A model whose outputs cannot be joined back runs whole.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use tract_onnx::prelude::Tensor as TractTensor;
@@ -46,6 +48,12 @@ impl Way {
         }
     }
 }
+
+/// Shares a split batch is cut into per thread. The threads take them one by one until none
+/// is left, so a thread on a slower CPU takes fewer: the two vCPUs of this VM ran the small
+/// CNN at 0.22 and 0.31-0.60 ms per batch of 32, and one even share each left the batch
+/// waiting for the slower one.
+const SHARES_PER_THREAD: usize = 4;
 
 /// Batch sizes are grouped by powers of two: 1, 2, 3-4, 5-8, ..., the last group holding
 /// every larger size.
@@ -155,14 +163,26 @@ impl Splitter {
     /// cannot be: one row or one thread, outputs that cannot be joined, or no whole run of
     /// its group measured at the minimum share or more.
     fn shares(&self, rows: usize, measured: &[Measured; 3]) -> Option<Vec<usize>> {
-        let count = self.threads.min(rows);
-        if count < 2 || self.unjoinable.load(Ordering::Relaxed) {
+        let count = (self.threads * SHARES_PER_THREAD).min(rows);
+        if self.threads < 2 || count < 2 || self.unjoinable.load(Ordering::Relaxed) {
             return None;
         }
         let whole = [Way::Threaded, Way::Single].map(|way| measured[way.index()].nanos());
         let whole = whole.into_iter().filter(|&nanos| nanos > 0).min()?;
         let pays = u128::from(whole) * rows as u128 >= self.min_share.as_nanos();
         pays.then(|| (0..count).map(|i| rows / count + usize::from(i < rows % count)).collect())
+    }
+
+    /// Whether a batch of `shapes` would most likely run split: its group of sizes has
+    /// warmed up, and a split is the fastest way measured there. (Asks without counting a
+    /// run, unlike [`Splitter::way`].)
+    pub(super) fn would_split<'a>(&self, shapes: impl Iterator<Item = &'a [usize]>) -> bool {
+        let Some(rows) = rows_of(shapes, &self.batch_axes) else { return false };
+        let measured = &self.measured[group(rows)];
+        let warm = measured.iter().all(|way| way.runs() >= WARM_UP);
+        let fastest =
+            (0..3).filter(|&i| measured[i].nanos() > 0).min_by_key(|&i| measured[i].nanos());
+        warm && fastest == Some(Way::Split(Vec::new()).index())
     }
 
     /// Batches run split so far.
@@ -206,6 +226,21 @@ impl Splitter {
     }
 }
 
+/// The shares of a split batch, taken one at a time, in row order, by the threads that run
+/// them.
+pub(super) struct Shares(Mutex<VecDeque<(usize, Vec<TractTensor>)>>);
+
+impl Shares {
+    pub(super) fn new(shares: Vec<Vec<TractTensor>>) -> Self {
+        Self(Mutex::new(shares.into_iter().enumerate().collect()))
+    }
+
+    /// The next share not taken yet, and its place in the batch.
+    pub(super) fn take(&self) -> Option<(usize, Vec<TractTensor>)> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).pop_front()
+    }
+}
+
 /// `inputs` cut into shares of `sizes` rows along their `batch_axes`.
 pub(super) fn split(
     inputs: &[TractTensor],
@@ -235,10 +270,18 @@ pub(super) fn split(
 /// The batch size of `inputs` along each one's `batch_axes`, when every batch axis agrees on
 /// one that is not 0.
 pub(super) fn batch_rows(inputs: &[TractTensor], batch_axes: &[Vec<usize>]) -> Option<usize> {
-    let mut sizes = inputs
-        .iter()
+    rows_of(inputs.iter().map(|t| t.shape()), batch_axes)
+}
+
+/// The batch size of inputs of `shapes` along each one's `batch_axes`, when every batch
+/// axis agrees on one that is not 0.
+pub(super) fn rows_of<'a>(
+    shapes: impl Iterator<Item = &'a [usize]>,
+    batch_axes: &[Vec<usize>],
+) -> Option<usize> {
+    let mut sizes = shapes
         .zip(batch_axes)
-        .flat_map(|(t, axes)| axes.iter().map(|&a| t.shape().get(a).copied()));
+        .flat_map(|(shape, axes)| axes.iter().map(|&a| shape.get(a).copied()));
     let rows = sizes.next()??;
     sizes.all(|s| s == Some(rows)).then_some(rows).filter(|&r| r > 0)
 }
@@ -315,7 +358,8 @@ mod tests {
         let splitter = splitter(3);
         let state = TractTensor::zero::<f32>(&[2, 7, 4]).unwrap();
         let inputs = [rows(7, 2), state];
-        let split = Way::Split(vec![3, 2, 2]);
+        // Shares of one row: 7 rows are fewer than `SHARES_PER_THREAD` for each thread.
+        let split = Way::Split(vec![1; 7]);
         assert_eq!(splitter.way(Some(7)), Way::Threaded, "threaded first");
         splitter.record(7, &Way::Threaded, None);
         assert_eq!(splitter.way(Some(7)), Way::Threaded, "a run whose time says nothing");
@@ -367,10 +411,31 @@ mod tests {
         let ways = run(&splitter, &inputs, 6, |_| 80);
         assert!(ways.iter().all(|way| !matches!(way, Way::Split(_))), "{ways:?}");
         let splitter = self::splitter(2);
-        assert_eq!(run(&splitter, &inputs, 2, |_| 800)[1], Way::Split(vec![2, 2]));
+        assert_eq!(run(&splitter, &inputs, 2, |_| 800)[1], Way::Split(vec![1; 4]));
         splitter.unjoinable();
         let ways = run(&splitter, &inputs, 4, |_| 800);
         assert!(ways.iter().all(|way| !matches!(way, Way::Split(_))), "{ways:?}");
+    }
+
+    #[test]
+    fn each_thread_has_several_shares_to_take_and_a_batch_announced_says_if_it_splits() {
+        let splitter = splitter(2);
+        let inputs = [rows(30, 2), TractTensor::zero::<f32>(&[2, 30, 4]).unwrap()];
+        let shapes = || inputs.iter().map(|t| t.shape());
+        assert!(!splitter.would_split(shapes()), "nothing measured yet");
+        let micros = |way: &Way| if matches!(way, Way::Split(_)) { 300 } else { 900 };
+        let ways = run(&splitter, &inputs, 6, micros);
+        assert_eq!(ways[1], Way::Split(vec![4, 4, 4, 4, 4, 4, 3, 3]));
+        assert!(splitter.would_split(shapes()), "a split measured fastest");
+        let one = [rows(1, 2), TractTensor::zero::<f32>(&[2, 1, 4]).unwrap()];
+        assert!(!splitter.would_split(one.iter().map(|t| t.shape())), "another group");
+        let slower = self::splitter(2);
+        run(&slower, &inputs, 6, |way| 1200 - micros(way));
+        assert!(!slower.would_split(shapes()), "a split measured slower");
+        let shares = Shares::new(splitter.split(&inputs, &[4, 4, 22]).unwrap());
+        let taken: Vec<_> = std::iter::from_fn(|| shares.take()).collect();
+        let taken: Vec<_> = taken.iter().map(|(i, share)| (*i, share[0].shape()[0])).collect();
+        assert_eq!(taken, [(0, 4), (1, 4), (2, 22)], "in row order, each once");
     }
 
     #[test]

@@ -428,9 +428,10 @@ impl Model {
         Ok(outputs.into_iter().map(TValue::into_tensor).collect())
     }
 
-    /// Runs one batch in shares of `sizes` rows side by side on the engine's threads, one
-    /// thread and one plan state per share, and joins their outputs (the shares' count in
-    /// the second place); runs it whole when its outputs cannot be joined.
+    /// Runs one batch in shares of `sizes` rows side by side on the engine's threads, which
+    /// take the shares one by one (each share on its own plan state), and joins their outputs
+    /// in row order (the shares' count in the second place); runs it whole when its outputs
+    /// cannot be joined.
     fn run_split(
         &self,
         splitter: &Splitter,

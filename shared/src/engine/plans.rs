@@ -10,7 +10,8 @@
 //! its inputs padded with zero rows along their batch axes and its outputs cut back to 5
 //! rows, so a model is optimised at most once per power of two. Padding assumes the rows of
 //! a batch are independent, as they are in graphs exported for inference; when an output
-//! shows no batch axis to cut, the batch runs at its exact size instead.
+//! shows no batch axis to cut, or an `If` decides on values of the rows (a padded row could
+//! change its decision: `min(x) > 0`), the batch runs at its exact size instead.
 //!
 //! A plan takes tens of milliseconds to build (translating and optimising the graph for its
 //! shapes). Once a model has a plan, a batch whose bucket has none yet does not wait for one:
@@ -26,7 +27,7 @@ use tract_onnx::pb;
 use tract_onnx::prelude::{IntoTensor, TValue, Tensor as TractTensor};
 
 use super::budget::{check_facts, contained, measured, BudgetedPlan};
-use super::roles::{batch_axes, scalar_i64, selectors};
+use super::roles::{batch_axes, branches_on_rows, scalar_i64, selectors};
 use super::split::{batch_rows, join, split};
 use super::translate::{translate, Concrete};
 use super::{engine_error, engine_problem};
@@ -56,8 +57,11 @@ pub(super) struct ShapePlans {
     plans: moka::sync::Cache<Concrete, SizedPlan>,
     /// Bytes of the plans cached now.
     plan_bytes: Arc<AtomicU64>,
-    /// For each input, the axes that carry the batch; `None` when batches are not bucketed.
+    /// For each input, the axes that carry the batch; `None` when the model has none.
     batch_axes: Option<Vec<Vec<usize>>>,
+    /// Whether batches are bucketed (padded, or run in shares of another bucket's plan): the
+    /// model has batch axes and no `If` deciding on values of the rows.
+    bucketed: bool,
     /// For each input, whether it is a selector whose value each plan is built for.
     selectors: Vec<bool>,
     /// The largest single allocation while building a plan.
@@ -91,6 +95,8 @@ impl ShapePlans {
             })
             .build();
         let batch_axes = batch_axes(&proto, signature);
+        let bucketed =
+            batch_axes.as_ref().is_some_and(|axes| !branches_on_rows(&proto, signature, axes));
         let selectors = selectors(&proto, signature);
         Self {
             proto,
@@ -98,6 +104,7 @@ impl ShapePlans {
             plans,
             plan_bytes,
             batch_axes,
+            bucketed,
             selectors,
             cap,
             building: (Mutex::new(false), Condvar::new()),
@@ -107,7 +114,7 @@ impl ShapePlans {
         }
     }
 
-    /// For each input, the axes that carry the batch; `None` when batches are not bucketed.
+    /// For each input, the axes that carry the batch; `None` when the model has none.
     pub(super) fn batch_axes(&self) -> Option<&[Vec<usize>]> {
         self.batch_axes.as_deref()
     }
@@ -321,8 +328,12 @@ impl ShapePlans {
         concrete
     }
 
-    /// The batch size and its bucket, when every batch axis agrees on the size.
+    /// The batch size and its bucket, when batches are bucketed and every batch axis agrees
+    /// on the size.
     fn bucket(&self, inputs: &[TractTensor]) -> Option<(usize, usize)> {
+        if !self.bucketed {
+            return None;
+        }
         let batch = batch_rows(inputs, self.batch_axes.as_ref()?)?;
         Some((batch, batch.next_power_of_two()))
     }
@@ -485,6 +496,91 @@ mod tests {
         plans.build_behind(plans.with_rows(&plans.concrete(&inputs).unwrap(), 4), budget);
         plans.wait_for_builds();
         assert_eq!(plans.builds.load(Ordering::Relaxed), 2, "a bucket without a plan");
+    }
+
+    /// `x [N, 4]` -> `y = x * 2 if min(x) > 0 else x - 1`: a zero row padded onto a batch of
+    /// positive rows would take the other branch.
+    fn if_on_min() -> pb::ModelProto {
+        use pb::tensor_shape_proto::{dimension, Dimension};
+        let tensor = |name: &str| {
+            let dims = [dimension::Value::DimParam("N".into()), dimension::Value::DimValue(4)];
+            let dim = dims.map(|value| Dimension { value: Some(value), ..Default::default() });
+            let shape = pb::TensorShapeProto { dim: dim.to_vec() };
+            let tensor = pb::type_proto::Tensor { elem_type: 1, shape: Some(shape) };
+            let value = pb::type_proto::Value::TensorType(tensor);
+            let r#type = pb::TypeProto { value: Some(value), ..Default::default() };
+            pb::ValueInfoProto { name: name.into(), r#type: Some(r#type), ..Default::default() }
+        };
+        let node = |op_type: &str, inputs: &[&str], output: &str| pb::NodeProto {
+            op_type: op_type.into(),
+            input: inputs.iter().map(|&i| i.to_owned()).collect(),
+            output: vec![output.into()],
+            ..Default::default()
+        };
+        let scalar = |name: &str, value: f32| pb::TensorProto {
+            name: name.into(),
+            data_type: 1,
+            float_data: vec![value],
+            ..Default::default()
+        };
+        let attribute = |name: &str, r#type, f: fn(&mut pb::AttributeProto)| {
+            let mut attribute = pb::AttributeProto {
+                name: name.into(),
+                r#type: r#type as i32,
+                ..Default::default()
+            };
+            f(&mut attribute);
+            attribute
+        };
+        let branch = |name: &str, op_type: &str, constant: f32| pb::GraphProto {
+            name: name.into(),
+            node: vec![node(op_type, &["x", name], &format!("{name}_y"))],
+            initializer: vec![scalar(name, constant)],
+            output: vec![tensor(&format!("{name}_y"))],
+            ..Default::default()
+        };
+        use pb::attribute_proto::AttributeType;
+        let mut min = node("ReduceMin", &["x"], "min");
+        min.attribute = vec![attribute("keepdims", AttributeType::Int, |a| a.i = 0)];
+        let mut choice = node("If", &["positive"], "y");
+        let mut then_branch = attribute("then_branch", AttributeType::Graph, |_| {});
+        then_branch.g = Some(branch("then", "Mul", 2.0));
+        let mut else_branch = attribute("else_branch", AttributeType::Graph, |_| {});
+        else_branch.g = Some(branch("else", "Sub", 1.0));
+        choice.attribute = vec![then_branch, else_branch];
+        let graph = pb::GraphProto {
+            name: "if_on_min".into(),
+            node: vec![min, node("Greater", &["min", "zero"], "positive"), choice],
+            initializer: vec![scalar("zero", 0.0)],
+            input: vec![tensor("x")],
+            output: vec![tensor("y")],
+            ..Default::default()
+        };
+        let opset = pb::OperatorSetIdProto { version: 17, ..Default::default() };
+        pb::ModelProto {
+            ir_version: 8,
+            opset_import: vec![opset],
+            graph: Some(graph),
+            ..Default::default()
+        }
+    }
+
+    /// A batch of 3 positive rows, padded to 4 with a zero row, would take the `else` branch.
+    #[test]
+    fn a_batch_whose_rows_decide_an_if_is_not_padded() {
+        let proto = if_on_min();
+        let signature = signature_of(&proto).unwrap();
+        let plans = Arc::new(ShapePlans::new(proto, Loader::Plain, &signature, 8, u64::MAX));
+        let x = TractTensor::from_shape(&[3, 4], &[0.5f32; 12]).unwrap();
+        let run = |x: &TractTensor, unplanned| {
+            let y = plans.run(vec![x.clone()], &signature, 1 << 30, unplanned).unwrap();
+            y[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec()
+        };
+        for unplanned in [Unplanned::Build, Unplanned::StandIn] {
+            assert_eq!(run(&x, unplanned), [1.0; 12], "{unplanned:?}");
+        }
+        let negative = TractTensor::from_shape(&[3, 4], &[-0.5f32; 12]).unwrap();
+        assert_eq!(run(&negative, Unplanned::Build), [-1.5; 12], "the else branch");
     }
 
     /// The nice value of the calling thread.

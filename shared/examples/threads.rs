@@ -120,7 +120,9 @@ fn main() {
     let name = path.rsplit('/').next().unwrap_or(path);
     for batch in args[3..].iter().map(|b| b.parse::<usize>().expect(usage)) {
         medians_ms([&single, &several], batch, 10, row); // warm up
+        let splits = several.split_runs();
         let [one, many] = medians_ms([&single, &several], batch, runs, row);
-        println!("| {name} | {batch} | {one:.2} | {many:.2} | {:.2}x |", one / many);
+        eprintln!("batch {batch}: {} of {runs} runs split", several.split_runs() - splits);
+        println!("| {name} | {batch} | {one:.3} | {many:.3} | {:.2}x |", one / many);
     }
 }

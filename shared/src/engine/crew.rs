@@ -348,6 +348,12 @@ impl Crew {
             .collect()
     }
 
+    /// Whether every hand's window is open: a share handed over now starts without a
+    /// wake-up (or after one already under way).
+    pub(super) fn awake(&self) -> bool {
+        self.hands.iter().all(|hand| hand.awake())
+    }
+
     /// Keeps the hands spinning for `window` from now, so that a split's shares start
     /// without waiting for a sleeping thread.
     pub(super) fn keep_awake(&self, window: Duration) {

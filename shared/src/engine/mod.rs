@@ -374,7 +374,12 @@ impl Model {
         let (outputs, shares) = match self.splitter.as_deref() {
             Some(splitter) => {
                 let rows = splitter.rows(&inputs);
-                let way = splitter.way(rows);
+                let crew = self.resources.crew.as_deref();
+                let way = splitter.way(rows, crew.is_some_and(crew::Crew::awake));
+                // A split being tried: the hands are kept awake for its runs.
+                if let Some(crew) = crew.filter(|_| rows.is_some_and(|r| splitter.split_due(r))) {
+                    crew.keep_awake(crew::KEEP_AWAKE);
+                }
                 let unsteady = self.unsteady();
                 let (outputs, shares) = match &way {
                     Way::Split(sizes) => self.run_split(splitter, inputs, sizes, unplanned)?,
@@ -390,8 +395,8 @@ impl Model {
                 if let Some(rows) = rows.filter(|_| ran_as_chosen) {
                     // A run that built a plan, or ran on another bucket's, says nothing of
                     // later runs.
-                    let elapsed = (self.unsteady() == unsteady).then(|| started.elapsed());
-                    splitter.record(rows, &way, elapsed);
+                    let steady = self.unsteady() == unsteady;
+                    splitter.record(rows, &way, steady.then(|| started.elapsed()));
                 }
                 (outputs, shares)
             }
@@ -529,7 +534,7 @@ impl Default for Settings {
             memory_bytes: 1 << 30,
             threads: 1,
             shape_plans: 8,
-            min_share_micros: 100,
+            min_share_micros: 20,
             plans_behind: true,
         }
     }

@@ -10,11 +10,21 @@
 //! Which way is fastest depends on the model, the batch size and the machine, so it is
 //! measured. Batch sizes are grouped by powers of two; in each group every way is tried
 //! `WARM_UP` times in turn (a split only once a whole run took at least
-//! `Settings::min_share_micros`, below which a split cannot pay for its hand-off), then runs
-//! take the way with the lowest time per row (a moving average), and every `RECHECK`th run of
-//! the group goes one of the other ways, whose time then replaces what was known of it, so
-//! that a change (another model loaded beside it, a busier CPU) or a warm-up that went badly
-//! is seen. A model whose outputs cannot be joined back runs whole.
+//! `Settings::min_share_micros`, below which a split cannot pay for its hand-off to a thread
+//! already awake, about a microsecond), then runs
+//! take the way with the lowest time per row (the median of its last `SAMPLES` runs), and
+//! every `RECHECK`th run of the group goes one of the other ways, whose time then joins what
+//! was known of it, so that a change (another model loaded beside it, a busier CPU) or a
+//! warm-up that went badly is seen.
+//!
+//! A split is tried (warmed up or rechecked) in `TRY_RUNS` runs in a row, and only while the
+//! threads that take its shares are awake. Asleep, they took longer to wake than a small
+//! batch's share takes; and the first split after a while runs with the weights out of the
+//! other CPU's cache. Tried once, right after the threads slept, every split of the small
+//! CNN's batch of 8 measured 1.4-2x its steady time and lost to one thread, which steady
+//! splits beat by 1.3-1.5x. A try that finds the threads asleep is put off to the group's
+//! next run, and the caller wakes them ([`Splitter::split_due`]). A model whose outputs
+//! cannot be joined back runs whole.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -60,11 +70,18 @@ const SHARES_PER_THREAD: usize = 1;
 /// every larger size.
 const GROUPS: usize = 16;
 
-/// Runs of each way in a group before their times are compared: the first warms it up.
-const WARM_UP: u64 = 2;
+/// Runs of each way in a group before their times are compared (their median: a first run
+/// warms the way up).
+const WARM_UP: u64 = 3;
 
-/// Every this many runs of a group after its warm-up, one goes a way measured slower.
-const RECHECK: u64 = 64;
+/// Runs in a row a split is tried for, when warmed up or rechecked: its first run after a
+/// while is slower than those that follow it.
+const TRY_RUNS: u64 = 3;
+
+/// Every this many runs of a group after its warm-up, one goes a way measured slower: with
+/// two others, each is measured every `2 * RECHECK` runs, and a way that became the fastest
+/// takes over after three of them.
+const RECHECK: u64 = 32;
 
 /// The group of batch sizes `rows` belongs to.
 fn group(rows: usize) -> usize {
@@ -72,35 +89,42 @@ fn group(rows: usize) -> usize {
     bits.min(GROUPS - 1)
 }
 
+/// Samples kept of each way in each group: a way's time is their median, so that one run
+/// that paid for something else (a thread woken after a pause: 2-4x a split's usual time on
+/// the small CNN) does not decide the way, and a way run only now and then is judged on
+/// more than its last run.
+const SAMPLES: usize = 5;
+
 /// What is known of one way in one group of batch sizes.
 #[derive(Debug, Default)]
 struct Measured {
-    /// Wall-clock nanoseconds per row: for the fastest way, once warmed up, a moving
-    /// average that gives each run a quarter of the weight; else the last run's (a way
-    /// measured slower runs only now and then, and its last time is the news).
-    nanos: AtomicU64,
+    /// Wall-clock nanoseconds per row of the last `SAMPLES` runs, in a ring.
+    samples: [AtomicU64; SAMPLES],
     /// Runs measured so far.
     runs: AtomicU64,
 }
 
 impl Measured {
+    /// The median of the samples (the lower one of an even count), 0 before any.
     fn nanos(&self) -> u64 {
-        self.nanos.load(Ordering::Relaxed)
+        let count = (self.runs() as usize).min(SAMPLES);
+        let mut samples = [0; SAMPLES];
+        for (sample, taken) in samples.iter_mut().zip(&self.samples[..count]) {
+            *sample = taken.load(Ordering::Relaxed);
+        }
+        let samples = &mut samples[..count];
+        samples.sort_unstable();
+        samples.get(count.saturating_sub(1) / 2).copied().unwrap_or(0)
     }
 
     fn runs(&self) -> u64 {
         self.runs.load(Ordering::Relaxed)
     }
 
-    /// Records a run of `nanos` per row, into the moving average if `fastest`.
-    fn record(&self, nanos: u64, fastest: bool) {
-        let runs = self.runs.fetch_add(1, Ordering::Relaxed) + 1;
-        let old = self.nanos();
-        let new = match runs > WARM_UP && fastest {
-            true => old - old / 4 + nanos / 4,
-            false => nanos,
-        };
-        self.nanos.store(new.max(1), Ordering::Relaxed);
+    /// Records a run of `nanos` per row.
+    fn record(&self, nanos: u64) {
+        let slot = self.runs.fetch_add(1, Ordering::Relaxed) as usize % SAMPLES;
+        self.samples[slot].store(nanos.max(1), Ordering::Relaxed);
     }
 }
 
@@ -115,6 +139,9 @@ pub(super) struct Splitter {
     measured: [[Measured; 3]; GROUPS],
     /// Runs per group of batch sizes after its warm-up.
     runs: [AtomicU64; GROUPS],
+    /// Per group of batch sizes: the runs of a split being tried still to go (put off until
+    /// the threads are awake, or after its first).
+    owed: [AtomicU64; GROUPS],
     /// Batches run split so far.
     splits: AtomicU64,
     /// Set when the outputs of a split batch could not be joined: batches then run whole.
@@ -129,6 +156,7 @@ impl Splitter {
             min_share,
             measured: Default::default(),
             runs: Default::default(),
+            owed: Default::default(),
             splits: AtomicU64::new(0),
             unjoinable: AtomicBool::new(false),
         }
@@ -136,28 +164,68 @@ impl Splitter {
 
     /// The way a batch of `rows` rows ([`Splitter::rows`]) runs: threaded when its batch axes
     /// disagree (`None`); else a way its group of sizes has not warmed up yet; else the
-    /// fastest there, but every `RECHECK`th run another.
-    pub(super) fn way(&self, rows: Option<usize>) -> Way {
+    /// fastest there, but every `RECHECK`th run another. A split being tried runs
+    /// `TRY_RUNS` times in a row. Tried while the threads that would take its shares are not
+    /// `awake`, it is put off to the group's next runs (which split, awake or not), and this
+    /// run goes on the calling thread alone: a threaded run would close the threads' window,
+    /// and leave tract's pool spinning beside the split (the small CNN's batch of 8 split
+    /// right after a threaded run took 3x as long as whole).
+    pub(super) fn way(&self, rows: Option<usize>, awake: bool) -> Way {
         let Some(rows) = rows else { return Way::Threaded };
-        let measured = &self.measured[group(rows)];
+        let group = group(rows);
         let mut ways = vec![Way::Threaded, Way::Single];
-        if let Some(sizes) = self.shares(rows, measured) {
+        if let Some(sizes) = self.shares(rows, &self.measured[group]) {
             ways.insert(1, Way::Split(sizes));
         }
-        let measured = |way: &Way| &measured[way.index()];
-        // The first of the least run, so the ways warm up in turn.
+        let is_split = |way: &Way| matches!(way, Way::Split(_));
+        let owed = &self.owed[group];
+        let split = ways.iter().find(|way| is_split(way)).cloned();
+        let took = owed.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        if took.is_ok() {
+            match split {
+                Some(split) => return split,
+                None => owed.store(0, Ordering::Relaxed),
+            }
+        }
+        let (way, tried) = self.pick(group, ways);
+        if !(tried && is_split(&way)) {
+            return way;
+        }
+        match awake {
+            true => {
+                owed.store(TRY_RUNS - 1, Ordering::Relaxed);
+                way
+            }
+            false => {
+                owed.store(TRY_RUNS, Ordering::Relaxed);
+                Way::Single
+            }
+        }
+    }
+
+    /// The way a run of `group` takes among `ways`, and whether it is tried rather than the
+    /// fastest: the first of the least run while one has not warmed up, so the ways warm up
+    /// in turn; then the fastest, but every `RECHECK`th run another.
+    fn pick(&self, group: usize, mut ways: Vec<Way>) -> (Way, bool) {
+        let measured = |way: &Way| &self.measured[group][way.index()];
         if let Some(cold) = ways.iter().min_by_key(|way| measured(way).runs()) {
             if measured(cold).runs() < WARM_UP {
-                return cold.clone();
+                return (cold.clone(), true);
             }
         }
         let fastest = (0..ways.len()).min_by_key(|&i| measured(&ways[i]).nanos()).unwrap_or(0);
         let fastest = ways.remove(fastest);
-        let run = self.runs[group(rows)].fetch_add(1, Ordering::Relaxed) + 1;
+        let run = self.runs[group].fetch_add(1, Ordering::Relaxed) + 1;
         match run.is_multiple_of(RECHECK) {
-            true => ways.swap_remove((run / RECHECK) as usize % ways.len()),
-            false => fastest,
+            true => (ways.swap_remove((run / RECHECK) as usize % ways.len()), true),
+            false => (fastest, false),
         }
+    }
+
+    /// Whether a split of a batch of `rows` rows is being tried: the next batch of its size
+    /// splits, and the threads should be woken for it.
+    pub(super) fn split_due(&self, rows: usize) -> bool {
+        self.owed[group(rows)].load(Ordering::Relaxed) > 0
     }
 
     /// The rows of each share a batch of `rows` rows would be split into, or `None` when it
@@ -174,11 +242,14 @@ impl Splitter {
         pays.then(|| (0..count).map(|i| rows / count + usize::from(i < rows % count)).collect())
     }
 
-    /// Whether a batch of `shapes` would most likely run split: its group of sizes has
-    /// warmed up, and a split is the fastest way measured there. (Asks without counting a
-    /// run, unlike [`Splitter::way`].)
+    /// Whether a batch of `shapes` would most likely run split: a split was put off to it
+    /// ([`Splitter::split_due`]), or its group of sizes has warmed up and a split is the
+    /// fastest way measured there. (Asks without counting a run, unlike [`Splitter::way`].)
     pub(super) fn would_split<'a>(&self, shapes: impl Iterator<Item = &'a [usize]>) -> bool {
         let Some(rows) = rows_of(shapes, &self.batch_axes) else { return false };
+        if self.split_due(rows) {
+            return true;
+        }
         let measured = &self.measured[group(rows)];
         let warm = measured.iter().all(|way| way.runs() >= WARM_UP);
         let fastest =
@@ -201,10 +272,7 @@ impl Splitter {
         let Some(elapsed) = elapsed else { return };
         let nanos = elapsed.as_nanos() / rows.max(1) as u128;
         let nanos = u64::try_from(nanos).unwrap_or(u64::MAX);
-        let measured = &self.measured[group(rows)];
-        let fastest = measured.iter().map(Measured::nanos).filter(|&n| n > 0).min();
-        let this = &measured[way.index()];
-        this.record(nanos, fastest == Some(this.nanos()));
+        self.measured[group(rows)][way.index()].record(nanos);
     }
 
     /// Notes that a split batch's outputs could not be joined: batches run whole from now on.
@@ -347,11 +415,16 @@ mod tests {
         let rows = splitter.rows(inputs).unwrap();
         (0..runs)
             .map(|_| {
-                let way = splitter.way(Some(rows));
+                let way = splitter.way(Some(rows), true);
                 splitter.record(rows, &way, Some(Duration::from_micros(micros(&way))));
                 way
             })
             .collect()
+    }
+
+    /// `turn` once per warm-up run.
+    fn turns<T: Clone>(turn: &[T]) -> Vec<T> {
+        turn.iter().cycle().take(turn.len() * WARM_UP as usize).cloned().collect()
     }
 
     #[test]
@@ -360,47 +433,107 @@ mod tests {
         let state = TractTensor::zero::<f32>(&[2, 7, 4]).unwrap();
         let inputs = [rows(7, 2), state];
         let split = Way::Split(vec![3, 2, 2]);
-        assert_eq!(splitter.way(Some(7)), Way::Threaded, "threaded first");
+        assert_eq!(splitter.way(Some(7), true), Way::Threaded, "threaded first");
         splitter.record(7, &Way::Threaded, None);
-        assert_eq!(splitter.way(Some(7)), Way::Threaded, "a run whose time says nothing");
+        assert_eq!(splitter.way(Some(7), true), Way::Threaded, "a run whose time says nothing");
         let micros = |way: &Way| match way {
             Way::Threaded => 900,
             Way::Split(_) => 400,
             Way::Single => 700,
         };
-        let ways = run(&splitter, &inputs, 6 + RECHECK * 2, micros);
-        let warm_up = [Way::Threaded, split.clone(), Way::Single];
-        assert_eq!(ways[..6], [warm_up.clone(), warm_up].concat());
+        let warm_up = 3 * WARM_UP as usize;
+        let ways = run(&splitter, &inputs, warm_up as u64 + RECHECK * 2, micros);
+        // The split tried three times in a row; one thread and threaded products in turn.
+        let (threaded, single) = (Way::Threaded, Way::Single);
+        let tried = [threaded.clone(), split.clone(), split.clone(), split.clone()];
+        let turn = [single.clone(), threaded.clone(), single.clone(), threaded, single];
+        assert_eq!(ways[..warm_up], [&tried[..], &turn[..]].concat());
         let others: Vec<(usize, &Way)> =
-            ways[6..].iter().enumerate().filter(|(_, way)| **way != split).collect();
+            ways[warm_up..].iter().enumerate().filter(|(_, way)| **way != split).collect();
         let last = RECHECK as usize - 1;
         assert_eq!(others, [(last, &Way::Single), (last + RECHECK as usize, &Way::Threaded)]);
-        assert_eq!(splitter.splits(), 2 + RECHECK * 2 - 2, "every split run counts");
-        // Splitting grows slower than one thread: its moving average passes one thread's
-        // after five runs.
-        let ways = run(&splitter, &inputs, 6, |way| if *way == split { 800 } else { micros(way) });
-        assert_eq!(ways, [vec![split.clone(); 5], vec![Way::Single]].concat());
-        // A way measured slower takes over when a recheck finds it faster.
-        let ways = run(&splitter, &inputs, RECHECK * 2, |way| match way {
+        assert_eq!(splitter.splits(), TRY_RUNS + RECHECK * 2 - 2, "every split run counts");
+        // One slow run (a thread woken after a pause) does not decide the way.
+        let micros_of = |micros| Some(Duration::from_micros(micros));
+        assert_eq!(splitter.way(Some(7), true), split);
+        splitter.record(7, &split, micros_of(5000));
+        assert_eq!(splitter.way(Some(7), true), split, "after one slow run");
+        splitter.record(7, &split, micros_of(400));
+        // Splitting grows slower than one thread: one thread takes over once most of the
+        // split's last five runs were slower.
+        let ways = run(&splitter, &inputs, 5, |way| if *way == split { 800 } else { micros(way) });
+        assert_eq!(ways, [vec![split.clone(); 2], vec![Way::Single; 3]].concat());
+        // A way measured slower takes over once rechecks find it faster (three of five).
+        let ways = run(&splitter, &inputs, RECHECK * 8, |way| match way {
             Way::Threaded => 100,
             _ => 800,
         });
-        let threaded = ways.iter().position(|way| *way == Way::Threaded).unwrap();
-        assert!(ways[threaded..].iter().all(|way| *way == Way::Threaded), "{ways:?}");
+        let threaded: Vec<usize> = (0..ways.len()).filter(|&i| ways[i] == Way::Threaded).collect();
+        assert!(threaded[1] - threaded[0] > RECHECK as usize, "rechecked: {threaded:?}");
+        assert!(threaded[2] - threaded[1] > RECHECK as usize, "rechecked: {threaded:?}");
+        assert_eq!(threaded.len(), ways.len() - threaded[2], "from the third on");
+    }
+
+    /// Runs of `rows` rows while the threads sleep: the ways they take, each recorded as
+    /// taking `micros` of the way, and whether a split is being tried after it (the threads
+    /// to be woken for the next run).
+    fn run_asleep(
+        splitter: &Splitter,
+        rows: usize,
+        runs: u64,
+        micros: fn(&Way) -> u64,
+    ) -> Vec<(Way, bool)> {
+        (0..runs)
+            .map(|_| {
+                let way = splitter.way(Some(rows), false);
+                splitter.record(rows, &way, Some(Duration::from_micros(micros(&way))));
+                (way, splitter.split_due(rows))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_split_is_tried_in_runs_in_a_row_after_the_threads_are_woken() {
+        let splitter = splitter(2);
+        let split = Way::Split(vec![4, 4]);
+        let (threaded, single) = ((Way::Threaded, false), (Way::Single, false));
+        let fast = |way: &Way| if matches!(way, Way::Split(_)) { 300 } else { 900 };
+        let ways = run_asleep(&splitter, 8, 2, fast);
+        assert_eq!(ways, [threaded.clone(), (Way::Single, true)], "the split's try put off");
+        let shapes = [vec![8, 2], vec![2, 8, 4]];
+        assert!(splitter.would_split(shapes.iter().map(Vec::as_slice)), "announced");
+        let ways = run_asleep(&splitter, 8, TRY_RUNS + 5, fast);
+        let tried = [(split.clone(), true), (split.clone(), true), (split.clone(), false)];
+        assert_eq!(ways[..3], tried, "on the next runs, asleep or not");
+        let turn = [threaded.clone(), single.clone(), threaded, single];
+        assert_eq!(ways[3..7], turn, "the others warm up");
+        assert_eq!(ways[7], (split.clone(), false), "the fastest splits, asleep or not");
+        // One thread measured fastest: a recheck's split is put off to the next runs too.
+        let splitter = self::splitter(2);
+        let slow = |way: &Way| if matches!(way, Way::Split(_)) { 950 } else { 800 };
+        let ways = run_asleep(&splitter, 8, 12 + RECHECK * 2 + 8, slow);
+        let splits: Vec<usize> = (0..ways.len()).filter(|&i| ways[i].0 == split).collect();
+        assert_eq!(splits.len() as u64, 2 * TRY_RUNS, "the warm-up and a recheck: {splits:?}");
+        assert!(splits.iter().all(|&i| ways[i - 1].1), "each after a run that woke the threads");
+        assert!(ways[splits[0] - 1].0 == Way::Single && ways[splits[3] - 1].0 == Way::Single);
     }
 
     #[test]
     fn batch_sizes_are_measured_in_groups_and_one_row_never_splits() {
         let splitter = splitter(2);
         let one = [rows(1, 2), TractTensor::zero::<f32>(&[2, 1, 4]).unwrap()];
-        let ways = run(&splitter, &one, 5, |way| if *way == Way::Single { 20 } else { 30 });
-        assert_eq!(ways, [Way::Threaded, Way::Single, Way::Threaded, Way::Single, Way::Single]);
+        let ways = run(&splitter, &one, 2 * WARM_UP + 1, |way| match way {
+            Way::Single => 20,
+            _ => 30,
+        });
+        let turn = [Way::Threaded, Way::Single];
+        assert_eq!(ways, [turns(&turn), vec![Way::Single]].concat());
         // Batches of 5 to 8 rows are a group of their own, which starts threaded again.
         let eight = [rows(8, 2), TractTensor::zero::<f32>(&[2, 8, 4]).unwrap()];
-        assert_eq!(splitter.way(splitter.rows(&eight)), Way::Threaded);
+        assert_eq!(splitter.way(splitter.rows(&eight), true), Way::Threaded);
         let disagreeing = [rows(7, 2), TractTensor::zero::<f32>(&[2, 6, 4]).unwrap()];
         assert_eq!(splitter.rows(&disagreeing), None);
-        assert_eq!(splitter.way(None), Way::Threaded);
+        assert_eq!(splitter.way(None, true), Way::Threaded);
     }
 
     #[test]
@@ -424,13 +557,13 @@ mod tests {
         let shapes = || inputs.iter().map(|t| t.shape());
         assert!(!splitter.would_split(shapes()), "nothing measured yet");
         let micros = |way: &Way| if matches!(way, Way::Split(_)) { 300 } else { 900 };
-        let ways = run(&splitter, &inputs, 6, micros);
+        let ways = run(&splitter, &inputs, 3 * WARM_UP, micros);
         assert_eq!(ways[1], Way::Split(vec![15; 2]));
         assert!(splitter.would_split(shapes()), "a split measured fastest");
         let one = [rows(1, 2), TractTensor::zero::<f32>(&[2, 1, 4]).unwrap()];
         assert!(!splitter.would_split(one.iter().map(|t| t.shape())), "another group");
         let slower = self::splitter(2);
-        run(&slower, &inputs, 6, |way| 1200 - micros(way));
+        run(&slower, &inputs, 3 * WARM_UP, |way| 1200 - micros(way));
         assert!(!slower.would_split(shapes()), "a split measured slower");
         let shares = Shares::new(splitter.split(&inputs, &[4, 4, 22]).unwrap());
         let taken: Vec<_> = std::iter::from_fn(|| shares.take()).collect();

@@ -525,6 +525,41 @@ async fn large_item_batch_results_are_written_to_the_store() {
     assert_eq!(stored["model_version"], "1");
 }
 
+/// A model whose `If` decides on the sum of a batch's rows (the zoo's `onnx_if`): each
+/// record is answered as onnxruntime answers its row alone, not with the branch a mini-batch
+/// of records would take together (two of the eight rows take the other branch alone).
+#[tokio::test(flavor = "multi_thread")]
+async fn records_of_a_model_whose_rows_decide_an_if_are_answered_alone() {
+    let setup = setup().await;
+    let zoo = maas_tests::zoo_dir();
+    let bytes = std::fs::read(zoo.join("onnx_if.onnx")).unwrap();
+    publish(&setup.predictor, "onnx-if", 1, bytes.into()).await;
+    let cases: Vec<Case> =
+        maas_tests::cases_in(&zoo).into_iter().filter(|c| c.model == "onnx_if").collect();
+    let whole = cases.iter().find(|c| c.batch == 8).expect("onnx_if batch 8");
+    let data = whole.inputs[0]["data"].as_array().unwrap();
+    let rows: Vec<&[Value]> = data.chunks(4).collect();
+    let alone = |row: &[Value]| {
+        let found = cases
+            .iter()
+            .find(|c| c.batch == 1 && c.inputs[0]["data"].as_array().unwrap()[..] == *row);
+        found.expect("onnx_if's case of a row alone")
+    };
+    let differs = (0..rows.len()).filter(|&i| {
+        alone(rows[i]).outputs[0].data[..] != reference_row(whole, i).outputs[0].data[..]
+    });
+    assert!(differs.count() >= 1, "no row takes another branch alone: the test cannot fail");
+    let batch = batch(&setup, BatchSettings::default());
+    let event: Event =
+        serde_json::from_value(json!({"Items": rows, "BatchInput": {"model": "onnx-if"}})).unwrap();
+    let answer = batch.handle(event, None).await.unwrap();
+    let results = answer["results"].as_array().unwrap_or_else(|| panic!("{answer}"));
+    assert_eq!(results.len(), rows.len());
+    for (row, result) in rows.iter().zip(results) {
+        assert_matches_within(alone(row), result, 1e-5);
+    }
+}
+
 fn batch(setup: &Setup, settings: BatchSettings) -> Batch {
     let location = StoreLocation::S3 { bucket: setup.bucket.clone(), prefix: "maas".into() };
     Batch::new(setup.predictor.clone(), location, settings)

@@ -136,7 +136,7 @@ pub async fn run(batch: &Batch, event: ItemBatch) -> Result<Value, Error> {
         })
         .collect();
     let mut results = Vec::with_capacity(rows.len());
-    let bounds = batch.bounds();
+    let bounds = batch.bounds(&id).await?;
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
         let mut chunk = MiniBatch::new(bounds);

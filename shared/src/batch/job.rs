@@ -92,6 +92,8 @@ async fn execute(
         version: id.version.get(),
         sha256: model.sha256.clone(),
     });
+    // Loads the model (before the file is opened): how it batches decides the mini-batches.
+    let bounds = batch.bounds(&id).await?;
     let object = batch.store.get(&input.key).await.map_err(|e| match e {
         StoreError::NotFound { key } => Error::InvalidBatchInput {
             key,
@@ -104,7 +106,6 @@ async fn execute(
     let (rows_tx, rows_rx) = mpsc::channel(IN_FLIGHT);
     let key = input.key.clone();
     let limits = *batch.predictor.limits();
-    let bounds = batch.bounds();
     let chunks = object.chunks.map_err(std::io::Error::other);
     tokio::task::spawn_blocking(move || {
         let reader = SyncIoBridge::new(StreamReader::new(chunks));

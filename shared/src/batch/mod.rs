@@ -29,6 +29,7 @@ pub use settings::BatchSettings;
 
 use crate::config::StoreLocation;
 use crate::error::Error;
+use crate::names::ModelId;
 use crate::predictor::Predictor;
 use crate::store::SharedStore;
 
@@ -52,14 +53,20 @@ impl Batch {
         &self.settings
     }
 
-    /// How large a mini-batch grows: the configured rows and elements, within the limits of
-    /// one request.
-    fn bounds(&self) -> minibatch::Bounds {
+    /// How large a mini-batch of the model `id` grows: the configured rows and elements,
+    /// within the limits of one request; one record when the model's rows are not
+    /// independent (a record's outputs must not depend on the records read with it).
+    async fn bounds(&self, id: &ModelId) -> Result<minibatch::Bounds, Error> {
         let limits = self.predictor.limits();
-        minibatch::Bounds {
-            rows: self.settings.batch_size.min(limits.max_batch).max(1),
+        let loaded = self.predictor.registry().load(id).await?;
+        let rows = match loaded.model.rows_independent() {
+            true => self.settings.batch_size.min(limits.max_batch).max(1),
+            false => 1,
+        };
+        Ok(minibatch::Bounds {
+            rows,
             elements: self.settings.max_elements.min(limits.max_elements).max(1),
-        }
+        })
     }
 
     /// Handles one event; jobs stop cleanly at `deadline`.

@@ -80,6 +80,9 @@ pub struct Model {
     held: u64,
     /// How batches are split across the engine's threads; `None` when they are not.
     splitter: Option<Arc<Splitter>>,
+    /// Whether an `If` decides on values computed from a batch's rows
+    /// ([`Model::rows_independent`]).
+    rows_tied: bool,
 }
 
 #[derive(Clone)]
@@ -205,7 +208,8 @@ impl Model {
             contained(resources.cap, "loading the model", || {
                 let proto = decode()?;
                 check_declared(&proto, settings)?;
-                let splitter = splitter_for(&proto, settings);
+                let rows_tied = roles::rows_tied(&proto);
+                let splitter = splitter_for(&proto, settings).filter(|_| !rows_tied);
                 let model = match planning {
                     Planning::Symbolic => {
                         let (typed, signature) = translate(&proto, loader, None)?;
@@ -216,7 +220,7 @@ impl Model {
                     }
                     Planning::PerShape => Self::per_shape(proto, loader, &resources),
                 };
-                model.map(|model| Self { splitter, ..model })
+                model.map(|model| Self { splitter, rows_tied, ..model })
             })
         });
         // What the load freed goes back to the system, not into this thread's arena.
@@ -228,7 +232,8 @@ impl Model {
     /// A model of `plans`, holding nothing measured yet and splitting no batches (a load sets
     /// both).
     fn new(plans: Plans, signature: Signature, resources: &Resources) -> Self {
-        Self { plans, signature, resources: resources.clone(), held: 0, splitter: None }
+        let resources = resources.clone();
+        Self { plans, signature, resources, held: 0, splitter: None, rows_tied: false }
     }
 
     /// A model whose plans are built per input shape, on first use.
@@ -291,6 +296,14 @@ impl Model {
         if let Plans::PerShape(plans) = &self.plans {
             plans.wait_for_builds();
         }
+    }
+
+    /// Whether each row of a batch gets the outputs it would get alone: not when an `If`
+    /// decides on values computed from the rows (`If(sum(x) > 0)` takes one branch for the
+    /// whole batch). Batches of such a model are neither split nor padded, and batch-predict
+    /// runs its records one by one.
+    pub fn rows_independent(&self) -> bool {
+        !self.rows_tied
     }
 
     /// How many batches ran split across the engine's threads so far.
@@ -485,16 +498,14 @@ impl Model {
 }
 
 /// How the batches of the model in `proto` are split across threads: on its batch axes, when
-/// the settings give the engine more than one thread and the model has a batch axis.
+/// the settings give the engine more than one thread and the model has a batch axis (and,
+/// checked by the caller, its rows are independent).
 fn splitter_for(proto: &pb::ModelProto, settings: &Settings) -> Option<Arc<Splitter>> {
     if settings.threads < 2 {
         return None;
     }
     let signature = signature_of(proto).ok()?;
     let axes = roles::batch_axes(proto, &signature)?;
-    if roles::branches_on_rows(proto, &signature, &axes) {
-        return None;
-    }
     let min_share = Duration::from_micros(settings.min_share_micros);
     Some(Arc::new(Splitter::new(axes, settings.threads, min_share)))
 }

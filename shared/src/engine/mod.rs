@@ -314,8 +314,8 @@ impl Model {
     /// Says a batch of `inputs` is about to run (a request was decoded and goes to
     /// [`Model::run`] next): when batches of its size run split, or a split of them is being
     /// tried, the engine's threads wake now and spin (`engine/crew.rs`), so that its shares
-    /// start without waiting for a sleeping thread. Other batches leave them alone: a spinning thread took 8 % from a
-    /// one-row run beside it on this VM.
+    /// start without waiting for a sleeping thread. Other batches leave them alone: a
+    /// spinning thread took 8 % from a one-row run beside it on this VM.
     pub fn expect_run(&self, inputs: &[Tensor]) {
         let (Some(crew), Some(splitter)) = (&self.resources.crew, &self.splitter) else { return };
         if splitter.would_split(inputs.iter().map(|t| t.shape.as_slice())) {

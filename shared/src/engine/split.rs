@@ -179,11 +179,10 @@ impl Splitter {
         }
         let is_split = |way: &Way| matches!(way, Way::Split(_));
         let owed = &self.owed[group];
-        let split = ways.iter().find(|way| is_split(way)).cloned();
         let took = owed.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         if took.is_ok() {
-            match split {
-                Some(split) => return split,
+            match ways.iter().find(|way| is_split(way)) {
+                Some(split) => return split.clone(),
                 None => owed.store(0, Ordering::Relaxed),
             }
         }

@@ -447,7 +447,8 @@ impl Model {
     }
 
     /// Runs one batch in shares of `sizes` rows side by side on the engine's threads, which
-    /// take the shares one by one (each share on its own plan state), and joins their outputs
+    /// take the shares one by one (each cut from the batch and run on its own plan state by the
+    /// thread that takes it), and joins their outputs
     /// in row order (the shares' count in the second place); runs it whole when its outputs
     /// cannot be joined.
     fn run_split(
@@ -460,12 +461,12 @@ impl Model {
         let Some(crew) = &self.resources.crew else {
             return Ok((self.run_whole(inputs, Executor::SingleThread, 1, unplanned)?, 1));
         };
-        let shares = Arc::new(split::Shares::new(splitter.split(&inputs, sizes)?));
+        let shares = Arc::new(splitter.split(inputs, sizes));
         let threads = crew.threads() as u64;
         let work = move |model: &Model, shares: &split::Shares| -> Result<_, Error> {
             let mut done = Vec::new();
             while let Some((index, share)) = shares.take() {
-                let outputs = model.run_whole(share, Executor::SingleThread, threads, unplanned);
+                let outputs = model.run_whole(share?, Executor::SingleThread, threads, unplanned);
                 done.push((index, outputs?));
             }
             Ok(done)
@@ -490,7 +491,7 @@ impl Model {
             None => {
                 tracing::debug!("an output has no batch axis to join: running whole");
                 splitter.unjoinable();
-                let executor = self.resources.executor();
+                let (executor, inputs) = (self.resources.executor(), shares.inputs().to_vec());
                 Ok((self.run_whole(inputs, executor, 1, unplanned)?, 1))
             }
         }

@@ -28,7 +28,7 @@ use tract_onnx::prelude::{IntoTensor, TValue, Tensor as TractTensor};
 
 use super::budget::{check_facts, contained, measured, BudgetedPlan};
 use super::roles::{batch_axes, branches_on_rows, scalar_i64, selectors};
-use super::split::{batch_rows, join, split};
+use super::split::{batch_rows, cut, join};
 use super::translate::{translate, Concrete};
 use super::{engine_error, engine_problem};
 use crate::error::Error;
@@ -256,11 +256,12 @@ impl ShapePlans {
         budget: u64,
     ) -> Result<Option<Vec<TValue>>, Error> {
         let axes = self.batch_axes.as_deref().unwrap_or_default();
-        let sizes: Vec<usize> =
-            (0..batch).step_by(rows).map(|start| rows.min(batch - start)).collect();
+        let starts = (0..batch).step_by(rows);
+        let sizes: Vec<usize> = starts.clone().map(|start| rows.min(batch - start)).collect();
         let mut outputs = Vec::with_capacity(sizes.len());
-        for (share, &size) in split(inputs, axes, &sizes)?.iter().zip(&sizes) {
-            let Some(out) = self.run_padded(share, size, rows, signature, budget)? else {
+        for (start, &size) in starts.zip(&sizes) {
+            let share = cut(inputs, axes, start, size)?;
+            let Some(out) = self.run_padded(&share, size, rows, signature, budget)? else {
                 return Ok(None);
             };
             outputs.push(out.into_iter().map(TValue::into_tensor).collect());

@@ -16,12 +16,14 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::hint;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rayon::ThreadPool;
 use tract_linalg::multithread::Executor;
+
+use super::cpus::Placement;
 
 /// How long the hands stay awake after a split, or once a batch that will be split is
 /// announced: longer than the gap between back-to-back batches (a request or mini-batch
@@ -176,90 +178,6 @@ impl Hand {
     }
 }
 
-/// Which CPU each thread of a split runs on. Two threads that spin never sleep, so the
-/// scheduler never places them again: a hand that once woke on the calling thread's CPU
-/// stayed there, and its share ran after the caller's (three splits in four on a 2-vCPU
-/// Firecracker VM: an idle vCPU is halted, and the scheduler would not wake a hand there).
-/// So the calling thread says where it runs, and each hand keeps to a CPU of its own beside
-/// it: the `i`th hand the `i + 1`th allowed CPU after the caller's.
-#[derive(Debug)]
-struct Placement {
-    /// The CPUs the process may run on, in order.
-    cpus: Vec<usize>,
-    /// The calling thread's CPU at its last split or request (`usize::MAX`: not known).
-    caller: AtomicUsize,
-}
-
-impl Placement {
-    fn new() -> Self {
-        Self { cpus: allowed_cpus(), caller: AtomicUsize::new(usize::MAX) }
-    }
-
-    /// Notes the calling thread's CPU.
-    fn note_caller(&self) {
-        if let Some(cpu) = current_cpu() {
-            self.caller.store(cpu, Ordering::Relaxed);
-        }
-    }
-
-    /// Moves hand `index` to its CPU beside the caller's, when the caller moved since the
-    /// hand last did (`avoiding`).
-    fn keep_apart(&self, index: usize, avoiding: &mut Option<usize>) {
-        let caller = self.caller.load(Ordering::Relaxed);
-        if *avoiding == Some(caller) || caller == usize::MAX {
-            return;
-        }
-        *avoiding = Some(caller);
-        if let Some(cpu) = cpu_beside(&self.cpus, caller, index) {
-            if let Err(error) = pin_to(cpu) {
-                tracing::debug!(cpu, %error, "an engine thread cannot keep to a CPU");
-            }
-        }
-    }
-}
-
-/// The CPU of `cpus` for hand `index` when the caller runs on `caller`: the `index + 1`th
-/// after the caller's, round the list (`None` with fewer than two CPUs: nowhere apart).
-fn cpu_beside(cpus: &[usize], caller: usize, index: usize) -> Option<usize> {
-    if cpus.len() < 2 {
-        return None;
-    }
-    let at = cpus.iter().position(|&cpu| cpu == caller).unwrap_or(0);
-    Some(cpus[(at + 1 + index) % cpus.len()])
-}
-
-/// The CPUs this process may run on (empty when they cannot be read).
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: a zeroed cpu_set_t is an empty set, and sched_getaffinity writes at most
-    // `size_of::<cpu_set_t>()` bytes into it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let size = std::mem::size_of::<libc::cpu_set_t>();
-    if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
-        return Vec::new();
-    }
-    // SAFETY: CPU_ISSET reads the set within its size (CPU_SETSIZE bits).
-    (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect()
-}
-
-/// The CPU the calling thread runs on now.
-fn current_cpu() -> Option<usize> {
-    // SAFETY: sched_getcpu takes no arguments and only reads the thread's state.
-    usize::try_from(unsafe { libc::sched_getcpu() }).ok()
-}
-
-/// Keeps the calling thread to `cpu` alone.
-fn pin_to(cpu: usize) -> std::io::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes one bit of it (`cpu` comes
-    // from `allowed_cpus`, below CPU_SETSIZE); sched_setaffinity reads the set's size.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    let size = std::mem::size_of::<libc::cpu_set_t>();
-    match unsafe { libc::sched_setaffinity(0, size, &set) } {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
-    }
-}
-
 /// Where a hand leaves the result of its share.
 struct Landing<T> {
     result: Mutex<LandingState<T>>,
@@ -405,6 +323,7 @@ fn build(threads: usize) -> Result<Crew, Box<dyn std::error::Error>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::cpus::{allowed_cpus, cpu_beside, current_cpu};
 
     fn thread_name() -> String {
         std::thread::current().name().unwrap_or_default().to_string()
@@ -470,18 +389,6 @@ mod tests {
     }
 
     #[test]
-    fn each_hand_takes_the_cpus_after_the_callers_in_turn() {
-        assert_eq!(cpu_beside(&[0, 1], 0, 0), Some(1));
-        assert_eq!(cpu_beside(&[0, 1], 1, 0), Some(0));
-        assert_eq!(cpu_beside(&[2, 4, 6, 8], 6, 0), Some(8));
-        assert_eq!(cpu_beside(&[2, 4, 6, 8], 6, 1), Some(2));
-        assert_eq!(cpu_beside(&[2, 4, 6, 8], 6, 2), Some(4));
-        // A caller on a CPU outside the list counts as on the first.
-        assert_eq!(cpu_beside(&[2, 4], 7, 0), Some(4));
-        assert_eq!(cpu_beside(&[3], 3, 0), None);
-    }
-
-    #[test]
     fn a_hand_runs_on_another_cpu_than_the_caller() {
         let cpus = allowed_cpus();
         if cpus.len() < 2 {
@@ -490,7 +397,7 @@ mod tests {
         let crew = build(2).expect("a crew of two");
         for _ in 0..20 {
             let cpus_seen = crew.run(current_cpu, vec![current_cpu]);
-            let caller = crew.placement.caller.load(Ordering::Relaxed);
+            let caller = crew.placement.caller().expect("the caller's CPU");
             assert_eq!(cpus_seen[1], cpu_beside(&cpus, caller, 0), "{cpus_seen:?}");
         }
     }

@@ -26,6 +26,7 @@ mod branches;
 mod budget;
 mod convert;
 mod convs;
+mod cpus;
 mod crew;
 mod depthwise;
 mod fold;

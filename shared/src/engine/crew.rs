@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use rayon::ThreadPool;
 use tract_linalg::multithread::Executor;
 
-use super::cpus::Placement;
+use super::cpus::{allowed_cpus, Placement, Ran, Speeds};
 
 /// How long the hands stay awake after a split, or once a batch that will be split is
 /// announced: longer than the gap between back-to-back batches (a request or mini-batch
@@ -43,6 +43,7 @@ pub(super) struct Crew {
     pool: Arc<ThreadPool>,
     hands: Vec<Arc<Hand>>,
     placement: Arc<Placement>,
+    speeds: Speeds,
 }
 
 /// One thread that runs shares of split batches, in the order they are handed to it.
@@ -231,11 +232,6 @@ impl Crew {
         Executor::MultiThread(self.pool.clone())
     }
 
-    /// The threads that run a split batch's shares: the hands and the calling thread.
-    pub(super) fn threads(&self) -> usize {
-        self.hands.len() + 1
-    }
-
     /// Runs `first` on the calling thread and each of `others` on a hand of its own (the
     /// `i`th on hand `i % hands`), and gives their results back in order. A share that
     /// panicked panics here, once every share is done.
@@ -264,6 +260,17 @@ impl Crew {
             .into_iter()
             .map(|result| result.unwrap_or_else(|payload| panic::resume_unwind(payload)))
             .collect()
+    }
+
+    /// The rows of a split's shares (`sizes`: the calling thread's, then each hand's) cut
+    /// again in proportion to how fast the CPU each runs on has lately run its shares.
+    pub(super) fn weigh(&self, sizes: &[usize]) -> Vec<usize> {
+        self.speeds.weigh(sizes, &self.placement.share_cpus(sizes.len()))
+    }
+
+    /// Learns from what each share of a split took, in the order of [`Crew::weigh`].
+    pub(super) fn learn(&self, ran: &[Ran]) {
+        self.speeds.learn(ran);
     }
 
     /// Whether every hand's window is open: a share handed over now starts without a
@@ -317,7 +324,7 @@ fn build(threads: usize) -> Result<Crew, Box<dyn std::error::Error>> {
                 .map(|_| hand)
         })
         .collect::<Result<_, _>>()?;
-    Ok(Crew { pool: Arc::new(pool), hands, placement })
+    Ok(Crew { pool: Arc::new(pool), hands, placement, speeds: Speeds::new(allowed_cpus()) })
 }
 
 #[cfg(test)]

@@ -385,6 +385,7 @@ impl Model {
     fn run_as(&self, inputs: Vec<Tensor>, unplanned: Unplanned) -> Result<Vec<Tensor>, Error> {
         let inputs = inputs.into_iter().map(to_tract).collect::<Result<Vec<_>, _>>()?;
         let started = Instant::now();
+        let budget = self.resources.budget;
         let (outputs, shares) = match self.splitter.as_deref() {
             Some(splitter) => {
                 let rows = splitter.rows(&inputs);
@@ -398,10 +399,10 @@ impl Model {
                 let (outputs, shares) = match &way {
                     Way::Split(sizes) => self.run_split(splitter, inputs, sizes, unplanned)?,
                     Way::Threaded => {
-                        (self.run_whole(inputs, self.resources.executor(), 1, unplanned)?, 1)
+                        (self.run_whole(inputs, self.resources.executor(), budget, unplanned)?, 1)
                     }
                     Way::Single => {
-                        (self.run_whole(inputs, Executor::SingleThread, 1, unplanned)?, 1)
+                        (self.run_whole(inputs, Executor::SingleThread, budget, unplanned)?, 1)
                     }
                 };
                 // A split that ran whole says nothing of how fast splitting is.
@@ -414,7 +415,7 @@ impl Model {
                 }
                 (outputs, shares)
             }
-            None => (self.run_whole(inputs, self.resources.executor(), 1, unplanned)?, 1),
+            None => (self.run_whole(inputs, self.resources.executor(), budget, unplanned)?, 1),
         };
         tracing::trace!(shares, elapsed_ms = crate::elapsed_ms(started), "run");
         self.signature
@@ -425,16 +426,15 @@ impl Model {
             .collect()
     }
 
-    /// Runs one batch whole with matrix products on `executor`, within a `shares`th of the
-    /// memory budget.
+    /// Runs one batch whole with matrix products on `executor`, within `budget` bytes of
+    /// tensors alive at once.
     fn run_whole(
         &self,
         inputs: Vec<TractTensor>,
         executor: Executor,
-        shares: u64,
+        budget: u64,
         unplanned: Unplanned,
     ) -> Result<Vec<TractTensor>, Error> {
-        let budget = self.resources.budget / shares.max(1);
         let outputs = multithread_tract_scope(executor, || match &self.plans {
             Plans::Symbolic(plan) => contained(budget, "running the model", || {
                 let values = inputs.into_iter().map(TValue::from).collect();
@@ -447,11 +447,11 @@ impl Model {
         Ok(outputs.into_iter().map(TValue::into_tensor).collect())
     }
 
-    /// Runs one batch in shares of `sizes` rows side by side on the engine's threads, which
-    /// take the shares one by one (each cut from the batch and run on its own plan state by the
-    /// thread that takes it), and joins their outputs
-    /// in row order (the shares' count in the second place); runs it whole when its outputs
-    /// cannot be joined.
+    /// Runs one batch in shares side by side on the engine's threads, one share each (cut
+    /// from the batch and run on its own plan state by the thread that runs it), and joins
+    /// their outputs in row order (the shares' count in the second place); runs it whole when
+    /// its outputs cannot be joined. The shares' rows are `sizes` cut again by the speed of
+    /// each thread's CPU ([`crew::Crew::weigh`]), which their times then update.
     fn run_split(
         &self,
         splitter: &Splitter,
@@ -459,41 +459,41 @@ impl Model {
         sizes: &[usize],
         unplanned: Unplanned,
     ) -> Result<(Vec<TractTensor>, usize), Error> {
+        let budget = self.resources.budget;
         let Some(crew) = &self.resources.crew else {
-            return Ok((self.run_whole(inputs, Executor::SingleThread, 1, unplanned)?, 1));
+            return Ok((self.run_whole(inputs, Executor::SingleThread, budget, unplanned)?, 1));
         };
-        let shares = Arc::new(splitter.split(inputs, sizes));
-        let threads = crew.threads() as u64;
-        let work = move |model: &Model, shares: &split::Shares| -> Result<_, Error> {
-            let mut done = Vec::new();
-            while let Some((index, share)) = shares.take() {
-                let outputs = model.run_whole(share?, Executor::SingleThread, threads, unplanned);
-                done.push((index, outputs?));
-            }
-            Ok(done)
+        let sizes = crew.weigh(sizes);
+        let shares = Arc::new(splitter.split(inputs, &sizes));
+        let rows: usize = sizes.iter().sum();
+        let work = move |model: &Model, shares: &split::Shares, index: usize| {
+            let (cpu, started) = (cpus::current_cpu(), Instant::now());
+            let share = shares.cut(index)?;
+            // The share's part of the budget goes with its part of the rows.
+            let part = u128::from(model.resources.budget) * shares.rows(index) as u128;
+            let budget = u64::try_from(part / rows.max(1) as u128).unwrap_or(u64::MAX);
+            let outputs = model.run_whole(share, Executor::SingleThread, budget, unplanned)?;
+            Ok::<_, Error>((outputs, (cpu, shares.rows(index), started.elapsed())))
         };
-        let others = (1..threads)
-            .map(|_| {
+        let others = (1..sizes.len())
+            .map(|index| {
                 let (model, shares) = (self.clone(), Arc::clone(&shares));
-                move || work(&model, &shares)
+                move || work(&model, &shares, index)
             })
             .collect();
-        let ran = crew.run(|| work(self, &shares), others);
+        let ran = crew.run(|| work(self, &shares, 0), others);
         // The next batch is likely split too: its shares start without a wake-up.
         crew.keep_awake(crew::KEEP_AWAKE);
-        let mut outputs = Vec::with_capacity(sizes.len());
-        for done in ran {
-            outputs.extend(done?);
-        }
-        outputs.sort_by_key(|(index, _)| *index);
-        let outputs: Vec<_> = outputs.into_iter().map(|(_, outputs)| outputs).collect();
-        match split::join(outputs, sizes, &self.signature)? {
+        let (outputs, times): (Vec<_>, Vec<_>) =
+            ran.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().unzip();
+        crew.learn(&times);
+        match split::join(outputs, &sizes, &self.signature)? {
             Some(joined) => Ok((joined, sizes.len())),
             None => {
                 tracing::debug!("an output has no batch axis to join: running whole");
                 splitter.unjoinable();
                 let (executor, inputs) = (self.resources.executor(), shares.inputs().to_vec());
-                Ok((self.run_whole(inputs, executor, 1, unplanned)?, 1))
+                Ok((self.run_whole(inputs, executor, budget, unplanned)?, 1))
             }
         }
     }

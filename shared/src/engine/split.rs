@@ -1,8 +1,8 @@
 //! Batches across threads. A batch of independent rows (the assumption the per-shape padding
 //! already makes, on the same batch axes) can run three ways: whole with tract's matrix
-//! products on every engine thread, whole on the calling thread alone, or split into
-//! `SHARES_PER_THREAD` shares per thread, which the threads take one by one ([`Shares`]),
-//! each share on its own plan state, the outputs joined back in row order. tract parallelises matrix products only, so splitting is what makes a second
+//! products on every engine thread, whole on the calling thread alone, or split into one
+//! share per thread ([`Shares`]), each share on its own plan state, the outputs joined back
+//! in row order. tract parallelises matrix products only, so splitting is what makes a second
 //! vCPU count for convolutions; and its threaded products can make a run slower than one
 //! thread does (their hand-offs cost more than small products save: one PaddleOCR image took
 //! 1.7x as long on two threads, the small CNN's batch of 8 1.2x).
@@ -26,7 +26,7 @@
 //! next run, and the caller wakes them ([`Splitter::split_due`]). A model whose outputs
 //! cannot be joined back runs whole.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,13 +57,6 @@ impl Way {
         }
     }
 }
-
-/// Shares a split batch is cut into per thread; the threads take them one by one, so that
-/// with more than one a thread on a slower vCPU would take fewer. Four per thread, tried on
-/// two vCPUs, ran large_cnn's batch of 32 at 3.1x and PaddleOCR's at 2.2-2.7x but
-/// PaddleOCR's batch of 8 at 1.3-1.8x (1.7-1.9x in two shares) and the large MLP's batch of
-/// 32 at 1.1x (1.6x): one share each until the count is chosen by measurement.
-const SHARES_PER_THREAD: usize = 1;
 
 /// Batch sizes are grouped by powers of two: 1, 2, 3-4, 5-8, ..., the last group holding
 /// every larger size.
@@ -230,7 +223,12 @@ impl Splitter {
     /// cannot be: one row or one thread, outputs that cannot be joined, or no whole run of
     /// its group measured at the minimum share or more.
     fn shares(&self, rows: usize, measured: &[Measured; 3]) -> Option<Vec<usize>> {
-        let count = (self.threads * SHARES_PER_THREAD).min(rows);
+        // One share per thread. More, taken by the threads one by one so that a slower vCPU
+        // would take fewer, cost each share's run of its own: four per thread ran PaddleOCR's
+        // batch of 8 at 1.3-1.8x (1.7-1.9x in two shares) and the large MLP's batch of 32 at
+        // 1.1x (1.6x); two per thread took the small CNN's batch of 8 from 0.061 to 0.077 ms.
+        // The shares are cut by each CPU's speed instead (`cpus::Speeds`).
+        let count = self.threads.min(rows);
         if self.threads < 2 || count < 2 || self.unjoinable.load(Ordering::Relaxed) {
             return None;
         }
@@ -283,15 +281,15 @@ impl Splitter {
         batch_rows(inputs, &self.batch_axes)
     }
 
-    /// `inputs` to be taken in shares of `sizes` rows along their batch axes.
+    /// `inputs` to be cut into shares of `sizes` rows along their batch axes.
     pub(super) fn split(&self, inputs: Vec<TractTensor>, sizes: &[usize]) -> Shares {
         Shares::new(inputs, Arc::clone(&self.batch_axes), sizes)
     }
 }
 
-/// The shares of a split batch, taken one at a time, in row order, by the threads that run
-/// them. Each thread cuts the rows of the share it takes from the batch: the shares are cut
-/// side by side, and each lands in the cache of the CPU that reads it. (Cut by the calling
+/// The shares of a split batch, in row order. Each thread cuts the rows of the share it runs
+/// from the batch: the shares are cut side by side, and each lands in the cache of the CPU
+/// that reads it. (Cut by the calling
 /// thread before any share started, each from a copy of the whole batch, the small CNN's
 /// batch of 32 took 13 µs of a 220 µs split to cut.)
 pub(super) struct Shares {
@@ -299,8 +297,6 @@ pub(super) struct Shares {
     batch_axes: Arc<[Vec<usize>]>,
     /// The first row and the row count of each share.
     rows: Vec<(usize, usize)>,
-    /// The next share to take.
-    next: AtomicUsize,
 }
 
 impl Shares {
@@ -310,14 +306,18 @@ impl Shares {
             Some(*start - size)
         });
         let rows = starts.zip(sizes.iter().copied()).collect();
-        Self { inputs, batch_axes, rows, next: AtomicUsize::new(0) }
+        Self { inputs, batch_axes, rows }
     }
 
-    /// The next share not taken yet, cut from the batch, and its place in the batch.
-    pub(super) fn take(&self) -> Option<(usize, Result<Vec<TractTensor>, Error>)> {
-        let index = self.next.fetch_add(1, Ordering::Relaxed);
-        let &(start, size) = self.rows.get(index)?;
-        Some((index, cut(&self.inputs, &self.batch_axes, start, size)))
+    /// Share `index`, cut from the batch (none past the last share).
+    pub(super) fn cut(&self, index: usize) -> Result<Vec<TractTensor>, Error> {
+        let (start, size) = self.rows.get(index).copied().unwrap_or((0, 0));
+        cut(&self.inputs, &self.batch_axes, start, size)
+    }
+
+    /// The rows of share `index`.
+    pub(super) fn rows(&self, index: usize) -> usize {
+        self.rows.get(index).map_or(0, |&(_, size)| size)
     }
 
     /// The whole batch.
@@ -561,7 +561,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_announced_says_whether_it_splits_and_shares_are_taken_in_order() {
+    fn a_batch_announced_says_whether_it_splits_and_shares_are_cut_in_row_order() {
         let splitter = splitter(2);
         let inputs = [rows(30, 2), TractTensor::zero::<f32>(&[2, 30, 4]).unwrap()];
         let shapes = || inputs.iter().map(|t| t.shape());
@@ -576,10 +576,11 @@ mod tests {
         run(&slower, &inputs, 3 * WARM_UP, |way| 1200 - micros(way));
         assert!(!slower.would_split(shapes()), "a split measured slower");
         let shares = splitter.split(inputs.to_vec(), &[4, 4, 22]);
-        let taken: Vec<_> = std::iter::from_fn(|| shares.take()).collect();
-        let taken: Vec<_> =
-            taken.iter().map(|(i, share)| (*i, share.as_ref().unwrap()[0].shape()[0])).collect();
-        assert_eq!(taken, [(0, 4), (1, 4), (2, 22)], "in row order, each once");
+        let cut: Vec<_> = (0..3).map(|i| shares.cut(i).unwrap()[1].clone()).collect();
+        let sizes: Vec<_> = cut.iter().map(|share| share.shape()[1]).collect();
+        assert_eq!(sizes, [4, 4, 22]);
+        assert_eq!((0..3).map(|i| shares.rows(i)).collect::<Vec<_>>(), [4, 4, 22]);
+        assert_eq!(cut[2], inputs[1].slice(1, 8, 30).unwrap(), "in row order");
     }
 
     #[test]
@@ -589,8 +590,7 @@ mod tests {
         let state = TractTensor::from_shape(&[2, 5, 3], &state).unwrap();
         let inputs = [rows(5, 2), state.clone()];
         let shares = splitter.split(inputs.to_vec(), &[3, 2]);
-        let shares: Vec<_> =
-            std::iter::from_fn(|| shares.take().map(|(_, s)| s.unwrap())).collect();
+        let shares: Vec<_> = (0..2).map(|i| shares.cut(i).unwrap()).collect();
         assert_eq!(shares[0][0], rows(5, 2).slice(0, 0, 3).unwrap());
         assert_eq!(shares[1][1], state.slice(1, 3, 5).unwrap());
         let spec = |name: &str, shape: Vec<i64>| TensorSpec {

@@ -209,8 +209,7 @@ impl Model {
             contained(resources.cap, "loading the model", || {
                 let proto = decode()?;
                 check_declared(&proto, settings)?;
-                let rows_tied = roles::rows_tied(&proto);
-                let splitter = splitter_for(&proto, settings).filter(|_| !rows_tied);
+                let (rows_tied, splitter) = splitting(&proto, settings);
                 let model = match planning {
                     Planning::Symbolic => {
                         let (typed, signature) = translate(&proto, loader, None)?;
@@ -474,12 +473,12 @@ impl Model {
         let rows: usize = sizes.iter().sum();
         let work = move |model: &Model, shares: &split::Shares, index: usize| {
             let (cpu, started) = (cpus::current_cpu(), Instant::now());
-            let share = shares.cut(index)?;
+            let (share, share_rows) = (shares.cut(index)?, shares.rows(index));
             // The share's part of the budget goes with its part of the rows.
-            let part = u128::from(model.resources.budget) * shares.rows(index) as u128;
+            let part = u128::from(model.resources.budget) * share_rows as u128;
             let budget = u64::try_from(part / rows.max(1) as u128).unwrap_or(u64::MAX);
             let outputs = model.run_whole(share, Executor::SingleThread, budget, unplanned)?;
-            Ok::<_, Error>((outputs, (cpu, shares.rows(index), started.elapsed())))
+            Ok::<_, Error>((outputs, (cpu, share_rows, started.elapsed())))
         };
         let others = (1..sizes.len())
             .map(|index| {
@@ -505,17 +504,18 @@ impl Model {
     }
 }
 
-/// How the batches of the model in `proto` are split across threads: on its batch axes, when
-/// the settings give the engine more than one thread and the model has a batch axis (and,
-/// checked by the caller, its rows are independent).
-fn splitter_for(proto: &pb::ModelProto, settings: &Settings) -> Option<Arc<Splitter>> {
-    if settings.threads < 2 {
-        return None;
-    }
-    let signature = signature_of(proto).ok()?;
-    let axes = roles::batch_axes(proto, &signature)?;
+/// Whether an `If` of the model in `proto` decides on values computed from a batch's rows
+/// ([`roles::branches_on_rows`] on its batch axes; `false` without batch axes), and how its
+/// batches are split across threads: on its batch axes, when the settings give the engine
+/// more than one thread and its rows are independent.
+fn splitting(proto: &pb::ModelProto, settings: &Settings) -> (bool, Option<Arc<Splitter>>) {
+    let Ok(signature) = signature_of(proto) else { return (false, None) };
+    let Some(axes) = roles::batch_axes(proto, &signature) else { return (false, None) };
+    let rows_tied = roles::branches_on_rows(proto, &signature, &axes);
     let min_share = Duration::from_micros(settings.min_share_micros);
-    Some(Arc::new(Splitter::new(axes, settings.threads, min_share)))
+    let splitter = (settings.threads >= 2 && !rows_tied)
+        .then(|| Arc::new(Splitter::new(axes, settings.threads, min_share)));
+    (rows_tied, splitter)
 }
 
 /// How the engine validates, loads and runs models. Every call that loads a model takes them,

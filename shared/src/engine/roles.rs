@@ -87,13 +87,6 @@ pub(super) fn batch_axes(proto: &pb::ModelProto, signature: &Signature) -> Optio
     Some(axes.collect())
 }
 
-/// Whether an `If` of the model in `proto` decides on values computed from a batch's rows
-/// ([`branches_on_rows`] on the batch axes it declares); `false` without batch axes.
-pub(super) fn rows_tied(proto: &pb::ModelProto) -> bool {
-    let Ok(signature) = super::signature::signature_of(proto) else { return false };
-    batch_axes(proto, &signature).is_some_and(|axes| branches_on_rows(proto, &signature, &axes))
-}
-
 /// Whether an `If` of the graph decides on values computed from the batch's rows (its
 /// condition reached from an input with a batch axis in `batch_axes`): the rows are then not
 /// independent, and a batch cannot be split (the zoo's `If` on `sum(x) > 0` takes one branch

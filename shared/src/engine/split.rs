@@ -11,11 +11,10 @@
 //! measured. Batch sizes are grouped by powers of two; in each group every way is tried
 //! `WARM_UP` times in turn (a split only once a whole run took at least
 //! `Settings::min_share_micros`, below which a split cannot pay for its hand-off to a thread
-//! already awake, about a microsecond), then runs
-//! take the way with the lowest time per row (the median of its last `SAMPLES` runs), and
-//! every `RECHECK`th run of the group goes one of the other ways, whose time then joins what
-//! was known of it, so that a change (another model loaded beside it, a busier CPU) or a
-//! warm-up that went badly is seen.
+//! already awake, about a microsecond), then runs take the way with the lowest time per row
+//! (the median of its last `SAMPLES` runs), and every `RECHECK`th run of the group goes one
+//! of the other ways, whose time then joins what was known of it, so that a change (another
+//! model loaded beside it, a busier CPU) or a warm-up that went badly is seen.
 //!
 //! A split is tried (warmed up or rechecked) in `TRY_RUNS` runs in a row, and only while the
 //! threads that take its shares are awake. Asleep, they took longer to wake than a small
@@ -293,9 +292,8 @@ impl Splitter {
 
 /// The shares of a split batch, in row order. Each thread cuts the rows of the share it runs
 /// from the batch: the shares are cut side by side, and each lands in the cache of the CPU
-/// that reads it. (Cut by the calling
-/// thread before any share started, each from a copy of the whole batch, the small CNN's
-/// batch of 32 took 13 µs of a 220 µs split to cut.)
+/// that reads it. (Cut by the calling thread before any share started, each from a copy of
+/// the whole batch, the small CNN's batch of 32 took 13 µs of a 220 µs split to cut.)
 pub(super) struct Shares {
     inputs: Vec<TractTensor>,
     batch_axes: Arc<[Vec<usize>]>,

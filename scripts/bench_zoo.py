@@ -2,7 +2,7 @@
 """The engine report: per zoo model, load / optimise / first run / warm runs for stock tract
 ("before"), the maas engine ("after") and onnxruntime beside them, in one run.
 
-    .venv/bin/python scripts/bench_zoo.py [--runs 100] [--out target/zoo]
+    .venv/bin/python scripts/bench_zoo.py [--runs 100] [--out target/zoo] [--rounds N | --turns]
 
 Builds the zoo (scripts/make_zoo.py), builds shared/examples/zoo_bench.rs in release mode,
 then for each model starts three fresh processes, one per engine, each on one thread:
@@ -140,6 +140,22 @@ def rounds_table(zoo: list[dict], out: Path, runs: int, rounds: int) -> None:
         print("| " + " | ".join([model, batch, *cells]) + " |", flush=True)
 
 
+def turns_table(zoo: list[dict], out: Path, runs: int) -> None:
+    """Stock tract and maas in one process per model, warm runs in turns of ten: is any model
+    slower than before the engine work? Models stock tract refuses are left out."""
+    print("| model | batches | stock tract warm | maas warm | maas / stock tract |")
+    print("|---" * 5 + "|")
+    for entry in zoo:
+        model, batches = entry["model"], entry["batches"]
+        result = measure(out, model, "turns", runs)
+        if "error" in result:
+            continue
+        before, after = result["before_ms"], result["after_ms"]
+        cells = [" / ".join(f"{side[str(b)] * 1000:.2f}" for b in batches) for side in (before, after)]
+        ratios = " / ".join(f"{after[str(b)] / before[str(b)]:.2f}x" for b in batches)
+        print("| " + " | ".join([model, "/".join(map(str, batches)), *cells, ratios]) + " |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=100)
@@ -147,6 +163,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1,
                         help="above 1: maas and onnxruntime in turn this many times per model, "
                              "ranges and ratios only (no stock tract)")
+    parser.add_argument("--turns", action="store_true",
+                        help="stock tract and maas in one process, in turns: warm times in µs "
+                             "and their ratio, for the models stock tract loads")
     parser.add_argument("--ort", help=argparse.SUPPRESS)  # internal: time onnxruntime on one model
     args = parser.parse_args()
     if args.ort:
@@ -154,6 +173,9 @@ def main() -> None:
         return
     build(args.out, "release")
     zoo = json.loads((args.out / "zoo.json").read_text())
+    if args.turns:
+        turns_table(zoo, args.out, args.runs)
+        return
     if args.rounds > 1:
         rounds_table(zoo, args.out, args.runs, args.rounds)
         return

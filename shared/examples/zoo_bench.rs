@@ -6,12 +6,16 @@
 //! Both run on one thread.
 //!
 //! ```text
-//! zoo_bench ZOO_DIR MODEL before|after|buckets|buckets-wait RUNS
+//! zoo_bench ZOO_DIR MODEL before|after|turns|buckets|buckets-wait RUNS
 //! ```
 //!
 //! Prints one JSON object: `load_ms`, `optimise_ms`, `first_ms` (the first batch-1 run) and
 //! `warm_ms` (median of RUNS runs per batch size), or `error` when the side cannot load the
 //! model. Importing tract here is deliberate: "before" is tract as a user gets it.
+//!
+//! `turns` loads both in one process and times their warm runs in turns of ten
+//! (`before_ms` and `after_ms` by batch size): warm runs of a few microseconds, before
+//! against after, drift with the machine less than across two processes.
 //!
 //! `buckets` loads the model as "after" does and times the first run of each batch bucket
 //! (1 to 32 rows, in that order) as `first_ms` by batch size, what the first request of a
@@ -111,7 +115,12 @@ fn symbolic_fact(
     InferenceFact::dt_shape(datum_type, shape)
 }
 
-fn before(path: &Path, cases: &[(u64, Vec<Tensor>)], runs: usize) -> Result<Value, String> {
+/// A run of one case's inputs.
+type Run<'a> = Box<dyn Fn(&[Tensor]) -> Result<(), String> + 'a>;
+
+/// Stock tract's plan of the model at `path` (inputs as `cases` gives them), its load and
+/// optimise milliseconds, and a run of it.
+fn stock(path: &Path, cases: &[(u64, Vec<Tensor>)]) -> Result<(f64, f64, Run<'static>), String> {
     let started = Instant::now();
     let onnx = tract_onnx::onnx();
     let proto = onnx.proto_model_for_path(path).map_err(|e| format!("{e:#}"))?;
@@ -126,10 +135,15 @@ fn before(path: &Path, cases: &[(u64, Vec<Tensor>)], runs: usize) -> Result<Valu
     let plan =
         model.into_optimized().and_then(|m| m.into_runnable()).map_err(|e| format!("{e:#}"))?;
     let optimise_ms = ms(started);
-    let run = |inputs: &[Tensor]| {
+    let run = move |inputs: &[Tensor]| {
         let values: TVec<TValue> = inputs.iter().map(to_tract).collect();
         plan.run(values).map(drop).map_err(|e| format!("{e:#}"))
     };
+    Ok((load_ms, optimise_ms, Box::new(run)))
+}
+
+fn before(path: &Path, cases: &[(u64, Vec<Tensor>)], runs: usize) -> Result<Value, String> {
+    let (load_ms, optimise_ms, run) = stock(path, cases)?;
     let (first_ms, warm_ms) = timings(cases, runs, &run, &|| ())?;
     Ok(
         json!({ "load_ms": load_ms, "optimise_ms": optimise_ms, "first_ms": first_ms, "warm_ms": warm_ms }),
@@ -149,12 +163,16 @@ fn load(path: &Path, plans_behind: bool) -> Result<(engine::Validated, Model), S
     Ok((validated, model))
 }
 
+/// A run of `model` as `predict` runs it.
+fn served(model: &Model) -> Run<'_> {
+    Box::new(|inputs: &[Tensor]| {
+        model.run(inputs.to_vec()).map(drop).map_err(|e| maas::error::chain(&e))
+    })
+}
+
 fn after(path: &Path, cases: &[(u64, Vec<Tensor>)], runs: usize) -> Result<Value, String> {
     let (validated, model) = load(path, true)?;
-    let run = |inputs: &[Tensor]| {
-        model.run(inputs.to_vec()).map(drop).map_err(|e| maas::error::chain(&e))
-    };
-    let (first_ms, warm_ms) = timings(cases, runs, &run, &|| model.wait_for_plans())?;
+    let (first_ms, warm_ms) = timings(cases, runs, &served(&model), &|| model.wait_for_plans())?;
     Ok(json!({
         "load_ms": validated.report.parse_ms,
         "optimise_ms": validated.report.optimise_ms,
@@ -163,6 +181,36 @@ fn after(path: &Path, cases: &[(u64, Vec<Tensor>)], runs: usize) -> Result<Value
         "loader": validated.loader,
         "plans": validated.plans,
     }))
+}
+
+/// Stock tract and the maas engine in one process, each case's warm runs taken in turns of
+/// `TURN` (one engine's turn, then the other's), so that a machine whose speed drifts moves
+/// both alike: the medians of `runs` runs each, by batch size, as `before_ms` and `after_ms`.
+fn turns(path: &Path, cases: &[(u64, Vec<Tensor>)], runs: usize) -> Result<Value, String> {
+    const TURN: usize = 10;
+    let (_, _, stock_run) = stock(path, cases)?;
+    let (_, model) = load(path, true)?;
+    let maas_run = served(&model);
+    let (mut before, mut after) = (serde_json::Map::new(), serde_json::Map::new());
+    for (batch, inputs) in cases {
+        stock_run(inputs)?;
+        maas_run(inputs)?;
+        model.wait_for_plans();
+        let mut samples = [Vec::with_capacity(runs), Vec::with_capacity(runs)];
+        while samples[1].len() < runs {
+            for (side, run) in [&stock_run, &maas_run].into_iter().enumerate() {
+                for _ in 0..TURN {
+                    let started = Instant::now();
+                    run(inputs)?;
+                    samples[side].push(ms(started));
+                }
+            }
+        }
+        let [stock_samples, maas_samples] = samples;
+        before.insert(batch.to_string(), json!(median(stock_samples)));
+        after.insert(batch.to_string(), json!(median(maas_samples)));
+    }
+    Ok(json!({ "before_ms": before, "after_ms": after }))
 }
 
 /// `tensor` (one row) repeated `rows` times along `axes`, each of size 1 in it.
@@ -206,9 +254,7 @@ fn buckets(
             (rows, inputs.collect())
         })
         .collect();
-    let run = |inputs: &[Tensor]| {
-        model.run(inputs.to_vec()).map(drop).map_err(|e| maas::error::chain(&e))
-    };
+    let run = served(&model);
     let mut first = serde_json::Map::new();
     for (rows, inputs) in &sized {
         model.wait_for_plans();
@@ -230,7 +276,7 @@ fn buckets(
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: zoo_bench ZOO_DIR MODEL before|after|buckets|buckets-wait RUNS";
+    let usage = "usage: zoo_bench ZOO_DIR MODEL before|after|turns|buckets|buckets-wait RUNS";
     let [zoo, name, side, runs] = args.as_slice() else { panic!("{usage}") };
     let runs: usize = runs.parse().expect(usage);
     let zoo = Path::new(zoo);
@@ -247,6 +293,7 @@ fn main() {
     let result = match side.as_str() {
         "before" => before(&path, &cases, runs),
         "after" => after(&path, &cases, runs),
+        "turns" => turns(&path, &cases, runs),
         "buckets" => buckets(&path, &cases, runs, true),
         "buckets-wait" => buckets(&path, &cases, runs, false),
         _ => panic!("{usage}"),

@@ -31,11 +31,14 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tract_onnx::prelude::{
-    IntoArcTensor, SymbolValues, TDim, TValue, TVec, TractError, TractResult, TypedFact, TypedModel,
+    IntoArcTensor, SymbolValues, TDim, TValue, TVec, TractError, TractResult, TypedFact,
+    TypedModel, TypedNode,
 };
+use tract_onnx::tract_core::ops::OpState;
 use tract_onnx::tract_core::plan::{EvalContext, SimplePlan};
 
 use super::settle::eval_node;
+use super::states::States;
 use super::{engine_error, rejected, Plan};
 use crate::error::Error;
 
@@ -203,13 +206,15 @@ pub(super) struct BudgetedPlan {
     /// The input shapes of the last run whose every output's size followed from them, and the
     /// bytes of all those outputs together.
     all_outputs: Mutex<Option<(Vec<TVec<usize>>, u64)>>,
+    /// States of finished runs, lent to the next ones.
+    states: States,
 }
 
 impl BudgetedPlan {
     pub(super) fn new(model: TypedModel) -> Result<Self, Error> {
         let plan = SimplePlan::new(model).map_err(|e| engine_error("cannot plan the model", e))?;
         let frees = frees(&plan);
-        Ok(Self { plan, frees, all_outputs: Mutex::default() })
+        Ok(Self { plan, frees, all_outputs: Mutex::default(), states: States::default() })
     }
 
     /// Runs the plan, stopping before any node whose outputs would take the tensors alive at
@@ -219,8 +224,9 @@ impl BudgetedPlan {
     /// 15 % of a small MLP's run).
     pub(super) fn run(&self, inputs: TVec<TValue>, budget: u64) -> Result<TVec<TValue>, Error> {
         if self.all_outputs_bytes(&inputs).is_some_and(|bytes| bytes <= budget) {
-            let mut state = self.plan.spawn().map_err(|e| engine_error("cannot start a run", e))?;
-            return state.run_plan_with_eval(inputs, eval_node).map_err(rejected);
+            return self.states.with(&self.plan, |state| {
+                state.run_plan_with_eval(inputs, eval_node).map_err(rejected)
+            });
         }
         self.run_checked(inputs, budget)
     }
@@ -263,37 +269,63 @@ impl BudgetedPlan {
 
     /// [`Self::run`] checking each node before it runs.
     fn run_checked(&self, inputs: TVec<TValue>, budget: u64) -> Result<TVec<TValue>, Error> {
-        let mut held = vec![0u64; self.plan.model().nodes.len()];
-        let mut live = 0u64;
-        let mut state = self.plan.spawn().map_err(|e| engine_error("cannot start a run", e))?;
-        let outputs = state.run_plan_with_eval(inputs, |ctx, op_state, node, inputs| {
-            let mut reserved = live;
-            for (slot, bytes) in planned_bytes(ctx, node, &inputs).into_iter().enumerate() {
-                reserved = reserved.saturating_add(bytes.unwrap_or(0));
-                if reserved > budget {
-                    let fact = &node.outputs[slot].fact;
-                    let what = format!(
-                        "output {slot} of node `{}` ({:?}, shape {:?}), with {live} bytes of \
-                         other tensors alive,",
-                        node.name, fact.datum_type, fact.shape
-                    );
-                    return Err(TractError::new(NodeOverBudget { what, bytes: reserved }));
-                }
-            }
-            let outputs = eval_node(ctx, op_state, node, inputs)?;
-            held[node.id] = outputs.iter().map(|t| tensor_bytes(t.shape(), t.datum_type())).sum();
-            live = live.saturating_add(held[node.id]);
-            for &done in &self.frees[node.id] {
-                live = live.saturating_sub(std::mem::take(&mut held[done]));
-            }
-            Ok::<_, TractError>(outputs)
-        });
-        outputs.map_err(|err| match err.chain().find_map(|e| e.downcast_ref::<NodeOverBudget>()) {
-            Some(over) => {
-                Error::OverBudget { what: over.what.clone(), bytes: over.bytes, limit: budget }
+        let mut ledger = Ledger { held: vec![0; self.plan.model().nodes.len()], live: 0, budget };
+        let over_budget = |err: TractError| match err.chain().find_map(|e| e.downcast_ref()) {
+            Some(NodeOverBudget { what, bytes }) => {
+                Error::OverBudget { what: what.clone(), bytes: *bytes, limit: budget }
             }
             None => rejected(err),
+        };
+        self.states.with(&self.plan, |state| {
+            state
+                .run_plan_with_eval(inputs, |ctx, op_state, node, inputs| {
+                    ledger.eval(&self.frees, ctx, op_state, node, inputs)
+                })
+                .map_err(over_budget)
         })
+    }
+}
+
+/// The bytes of tensors alive during a checked run.
+struct Ledger {
+    /// By node id: the bytes of its outputs, while they are alive.
+    held: Vec<u64>,
+    live: u64,
+    budget: u64,
+}
+
+impl Ledger {
+    /// Runs `node` unless its outputs would take the tensors alive past the budget, then
+    /// frees what `frees` says no later node reads.
+    fn eval(
+        &mut self,
+        frees: &[Vec<usize>],
+        ctx: &EvalContext,
+        op_state: Option<&mut (dyn OpState + 'static)>,
+        node: &TypedNode,
+        inputs: TVec<TValue>,
+    ) -> TractResult<TVec<TValue>> {
+        let live = self.live;
+        let mut reserved = live;
+        for (slot, bytes) in planned_bytes(ctx, node, &inputs).into_iter().enumerate() {
+            reserved = reserved.saturating_add(bytes.unwrap_or(0));
+            if reserved > self.budget {
+                let fact = &node.outputs[slot].fact;
+                let what = format!(
+                    "output {slot} of node `{}` ({:?}, shape {:?}), with {live} bytes of other \
+                     tensors alive,",
+                    node.name, fact.datum_type, fact.shape
+                );
+                return Err(TractError::new(NodeOverBudget { what, bytes: reserved }));
+            }
+        }
+        let outputs = eval_node(ctx, op_state, node, inputs)?;
+        self.held[node.id] = outputs.iter().map(|t| tensor_bytes(t.shape(), t.datum_type())).sum();
+        self.live = self.live.saturating_add(self.held[node.id]);
+        for &done in &frees[node.id] {
+            self.live = self.live.saturating_sub(std::mem::take(&mut self.held[done]));
+        }
+        Ok(outputs)
     }
 }
 
@@ -554,5 +586,47 @@ mod tests {
             matches!(&err, Error::OverBudget { what, bytes: 16_000, limit: 10_000 } if what.contains("add0")),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn a_finished_run_lends_its_state_to_the_next_and_a_failed_one_drops_it() {
+        let plan = three_adds();
+        assert_eq!(plan.states.idle(), 0);
+        plan.run(rows(2), 1 << 20).unwrap();
+        assert_eq!(plan.states.idle(), 1);
+        // The kept state resolved N = 2; the next run, on 3 rows, resolves it again.
+        let outputs = plan.run(rows(3), 1 << 20).unwrap();
+        assert_eq!(outputs[0].shape(), &[3, 1000]);
+        let sums = outputs[0].try_as_plain_ram().unwrap();
+        assert!(sums.as_slice::<f32>().unwrap().iter().all(|&v| v == 3.5));
+        assert_eq!(plan.states.idle(), 1);
+        // Stopped halfway: its state is not lent again.
+        plan.run(rows(2), 10_000).unwrap_err();
+        assert_eq!(plan.states.idle(), 0);
+        assert_eq!(plan.run(rows(1), 1 << 20).unwrap()[0].shape(), &[1, 1000]);
+        assert_eq!(plan.states.idle(), 1);
+    }
+
+    #[test]
+    fn runs_side_by_side_each_take_their_own_state() {
+        let plan = three_adds();
+        let started = std::sync::Barrier::new(2);
+        std::thread::scope(|scope| {
+            for n in [2, 3] {
+                let (plan, started) = (&plan, &started);
+                scope.spawn(move || {
+                    plan.states
+                        .with(&plan.plan, |state| {
+                            // Both hold a state at once.
+                            started.wait();
+                            let outputs = state.run(rows(n)).map_err(rejected)?;
+                            assert_eq!(outputs[0].shape(), &[n, 1000]);
+                            Ok(())
+                        })
+                        .unwrap();
+                });
+            }
+        });
+        assert_eq!(plan.states.idle(), 2);
     }
 }

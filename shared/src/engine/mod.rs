@@ -50,6 +50,7 @@ mod settle;
 mod signature;
 mod softmax;
 mod split;
+mod states;
 mod stream;
 mod translate;
 mod validate;

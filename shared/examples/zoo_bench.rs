@@ -57,27 +57,31 @@ fn to_tract(tensor: &Tensor) -> TValue {
     built.expect("a tract tensor").into_tvalue()
 }
 
+/// Milliseconds of one run of `run` on a copy of `inputs`, made before the clock starts.
+fn timed(
+    run: &dyn Fn(Vec<Tensor>) -> Result<(), String>,
+    inputs: &[Tensor],
+) -> Result<f64, String> {
+    let owned = inputs.to_vec();
+    let started = Instant::now();
+    run(owned)?;
+    Ok(ms(started))
+}
+
 /// `first_ms` and the warm medians of `run` over each case, each timed after one run and
 /// `settle` (which waits for what that run started: a plan built behind it).
 fn timings(
     cases: &[(u64, Vec<Tensor>)],
     runs: usize,
-    run: &dyn Fn(&[Tensor]) -> Result<(), String>,
+    run: &dyn Fn(Vec<Tensor>) -> Result<(), String>,
     settle: &dyn Fn(),
 ) -> Result<(f64, Value), String> {
-    let started = Instant::now();
-    run(&cases[0].1)?;
-    let first_ms = ms(started);
+    let first_ms = timed(run, &cases[0].1)?;
     let mut warm = serde_json::Map::new();
     for (batch, inputs) in cases {
-        run(inputs)?;
+        run(inputs.to_vec())?;
         settle();
-        let samples = (0..runs)
-            .map(|_| {
-                let started = Instant::now();
-                run(inputs).map(|()| ms(started))
-            })
-            .collect::<Result<Vec<f64>, String>>()?;
+        let samples = (0..runs).map(|_| timed(run, inputs)).collect::<Result<Vec<f64>, _>>()?;
         warm.insert(batch.to_string(), json!(median(samples)));
     }
     Ok((first_ms, Value::Object(warm)))
@@ -115,11 +119,12 @@ fn symbolic_fact(
     InferenceFact::dt_shape(datum_type, shape)
 }
 
-/// A run of one case's inputs.
-type Run<'a> = Box<dyn Fn(&[Tensor]) -> Result<(), String> + 'a>;
+/// A run of one case's inputs, owned as a decoded request owns them (the clock starts after
+/// they are copied for it).
+type Run<'a> = Box<dyn Fn(Vec<Tensor>) -> Result<(), String> + 'a>;
 
 /// Stock tract's plan of the model at `path` (inputs as `cases` gives them), its load and
-/// optimise milliseconds, and a run of it.
+/// optimise milliseconds, and a run of it that copies its outputs out as maas does.
 fn stock(path: &Path, cases: &[(u64, Vec<Tensor>)]) -> Result<(f64, f64, Run<'static>), String> {
     let started = Instant::now();
     let onnx = tract_onnx::onnx();
@@ -135,9 +140,14 @@ fn stock(path: &Path, cases: &[(u64, Vec<Tensor>)]) -> Result<(f64, f64, Run<'st
     let plan =
         model.into_optimized().and_then(|m| m.into_runnable()).map_err(|e| format!("{e:#}"))?;
     let optimise_ms = ms(started);
-    let run = move |inputs: &[Tensor]| {
+    let run = move |inputs: Vec<Tensor>| {
         let values: TVec<TValue> = inputs.iter().map(to_tract).collect();
-        plan.run(values).map(drop).map_err(|e| format!("{e:#}"))
+        let outputs = plan.run(values).map_err(|e| format!("{e:#}"))?;
+        // Read out as a server must to answer (maas copies each output into its own tensor).
+        for output in outputs {
+            std::hint::black_box(output.as_bytes().to_vec());
+        }
+        Ok(())
     };
     Ok((load_ms, optimise_ms, Box::new(run)))
 }
@@ -165,9 +175,7 @@ fn load(path: &Path, plans_behind: bool) -> Result<(engine::Validated, Model), S
 
 /// A run of `model` as `predict` runs it.
 fn served(model: &Model) -> Run<'_> {
-    Box::new(|inputs: &[Tensor]| {
-        model.run(inputs.to_vec()).map(drop).map_err(|e| maas::error::chain(&e))
-    })
+    Box::new(|inputs: Vec<Tensor>| model.run(inputs).map(drop).map_err(|e| maas::error::chain(&e)))
 }
 
 fn after(path: &Path, cases: &[(u64, Vec<Tensor>)], runs: usize) -> Result<Value, String> {
@@ -193,16 +201,14 @@ fn turns(path: &Path, cases: &[(u64, Vec<Tensor>)], runs: usize) -> Result<Value
     let maas_run = served(&model);
     let (mut before, mut after) = (serde_json::Map::new(), serde_json::Map::new());
     for (batch, inputs) in cases {
-        stock_run(inputs)?;
-        maas_run(inputs)?;
+        stock_run(inputs.to_vec())?;
+        maas_run(inputs.to_vec())?;
         model.wait_for_plans();
         let mut samples = [Vec::with_capacity(runs), Vec::with_capacity(runs)];
         while samples[1].len() < runs {
             for (side, run) in [&stock_run, &maas_run].into_iter().enumerate() {
                 for _ in 0..TURN {
-                    let started = Instant::now();
-                    run(inputs)?;
-                    samples[side].push(ms(started));
+                    samples[side].push(timed(run, inputs)?);
                 }
             }
         }
@@ -258,9 +264,7 @@ fn buckets(
     let mut first = serde_json::Map::new();
     for (rows, inputs) in &sized {
         model.wait_for_plans();
-        let started = Instant::now();
-        run(inputs)?;
-        first.insert(rows.to_string(), json!(ms(started)));
+        first.insert(rows.to_string(), json!(timed(&run, inputs)?));
     }
     model.wait_for_plans();
     let stand_ins = model.stand_in_runs();

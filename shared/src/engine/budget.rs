@@ -224,9 +224,7 @@ impl BudgetedPlan {
     /// 15 % of a small MLP's run).
     pub(super) fn run(&self, inputs: TVec<TValue>, budget: u64) -> Result<TVec<TValue>, Error> {
         if self.all_outputs_bytes(&inputs).is_some_and(|bytes| bytes <= budget) {
-            return self.states.with(&self.plan, |state| {
-                state.run_plan_with_eval(inputs, eval_node).map_err(rejected)
-            });
+            return self.states.run(&self.plan, inputs, eval_node, rejected);
         }
         self.run_checked(inputs, budget)
     }
@@ -276,13 +274,12 @@ impl BudgetedPlan {
             }
             None => rejected(err),
         };
-        self.states.with(&self.plan, |state| {
-            state
-                .run_plan_with_eval(inputs, |ctx, op_state, node, inputs| {
-                    ledger.eval(&self.frees, ctx, op_state, node, inputs)
-                })
-                .map_err(over_budget)
-        })
+        let eval =
+            |ctx: &EvalContext,
+             op_state: Option<&mut (dyn OpState + 'static)>,
+             node: &TypedNode,
+             inputs| { ledger.eval(&self.frees, ctx, op_state, node, inputs) };
+        self.states.run(&self.plan, inputs, eval, over_budget)
     }
 }
 
@@ -615,15 +612,22 @@ mod tests {
             for n in [2, 3] {
                 let (plan, started) = (&plan, &started);
                 scope.spawn(move || {
-                    plan.states
-                        .with(&plan.plan, |state| {
-                            // Both hold a state at once.
+                    // Both hold a state at once when they run their first node.
+                    let wait = |node: &TypedNode| {
+                        if node.name == "add0" {
                             started.wait();
-                            let outputs = state.run(rows(n)).map_err(rejected)?;
-                            assert_eq!(outputs[0].shape(), &[n, 1000]);
-                            Ok(())
-                        })
-                        .unwrap();
+                        }
+                    };
+                    let outputs = plan.states.run(
+                        &plan.plan,
+                        rows(n),
+                        |ctx, state, node, inputs| {
+                            wait(node);
+                            eval_node(ctx, state, node, inputs)
+                        },
+                        rejected,
+                    );
+                    assert_eq!(outputs.unwrap()[0].shape(), &[n, 1000]);
                 });
             }
         });

@@ -435,16 +435,15 @@ impl Model {
         budget: u64,
         unplanned: Unplanned,
     ) -> Result<Vec<TractTensor>, Error> {
-        let outputs = multithread_tract_scope(executor, || match &self.plans {
+        multithread_tract_scope(executor, || match &self.plans {
             Plans::Symbolic(plan) => contained(budget, "running the model", || {
                 let values = inputs.into_iter().map(TValue::from).collect();
-                Ok(plan.run(values, budget)?.into_vec())
+                Ok(tensors(plan.run(values, budget)?))
             }),
             Plans::PerShape(plans) => contained(self.resources.cap, "running the model", || {
-                plans.run(inputs, &self.signature, budget, unplanned)
+                plans.run(inputs, &self.signature, budget, unplanned).map(tensors)
             }),
-        })?;
-        Ok(outputs.into_iter().map(TValue::into_tensor).collect())
+        })
     }
 
     /// Runs one batch in shares side by side on the engine's threads, one share each (cut
@@ -503,6 +502,11 @@ impl Model {
             }
         }
     }
+}
+
+/// A run's outputs as tensors (taken, not copied, where the run holds them alone).
+fn tensors(values: impl IntoIterator<Item = TValue>) -> Vec<TractTensor> {
+    values.into_iter().map(TValue::into_tensor).collect()
 }
 
 /// Whether an `If` of the model in `proto` decides on values computed from a batch's rows

@@ -219,7 +219,9 @@ impl Model {
                         drop(proto);
                         Self::optimise(typed, signature, &resources)
                     }
-                    Planning::PerShape => Self::per_shape(proto, loader, &resources),
+                    Planning::PerShape => {
+                        Self::planned_per_shape(proto, loader, rows_tied, &resources)
+                    }
                 };
                 model.map(|model| Self { splitter, rows_tied, ..model })
             })
@@ -243,9 +245,20 @@ impl Model {
         loader: Loader,
         resources: &Resources,
     ) -> Result<Self, Error> {
+        let rows_tied = batch_rows(&proto).is_some_and(|(_, tied)| tied);
+        Self::planned_per_shape(proto, loader, rows_tied, resources)
+    }
+
+    /// [`Self::per_shape`], whether its rows are tied already read ([`batch_rows`]).
+    fn planned_per_shape(
+        proto: pb::ModelProto,
+        loader: Loader,
+        rows_tied: bool,
+        resources: &Resources,
+    ) -> Result<Self, Error> {
         let signature = signature_of(&proto)?;
-        let plans =
-            plans::ShapePlans::new(proto, loader, &signature, resources.shape_plans, resources.cap);
+        let (limit, cap) = (resources.shape_plans, resources.cap);
+        let plans = plans::ShapePlans::new(proto, loader, &signature, rows_tied, limit, cap);
         Ok(Self::new(Plans::PerShape(Arc::new(plans)), signature, resources))
     }
 
@@ -509,14 +522,20 @@ fn tensors(values: impl IntoIterator<Item = TValue>) -> Vec<TractTensor> {
     values.into_iter().map(TValue::into_tensor).collect()
 }
 
-/// Whether an `If` of the model in `proto` decides on values computed from a batch's rows
-/// ([`roles::branches_on_rows`] on its batch axes; `false` without batch axes), and how its
-/// batches are split across threads: on its batch axes, when the settings give the engine
-/// more than one thread and its rows are independent.
-fn splitting(proto: &pb::ModelProto, settings: &Settings) -> (bool, Option<Arc<Splitter>>) {
-    let Ok(signature) = signature_of(proto) else { return (false, None) };
-    let Some(axes) = roles::batch_axes(proto, &signature) else { return (false, None) };
+/// The batch axes of the model in `proto` and whether an `If` decides on values computed from
+/// a batch's rows ([`roles::branches_on_rows`] on them); `None` without batch axes.
+fn batch_rows(proto: &pb::ModelProto) -> Option<(Vec<Vec<usize>>, bool)> {
+    let signature = signature_of(proto).ok()?;
+    let axes = roles::batch_axes(proto, &signature)?;
     let rows_tied = roles::branches_on_rows(proto, &signature, &axes);
+    Some((axes, rows_tied))
+}
+
+/// Whether the rows of the model in `proto` are tied ([`batch_rows`]; `false` without batch
+/// axes), and how its batches are split across threads: on its batch axes, when the settings
+/// give the engine more than one thread and its rows are not tied.
+fn splitting(proto: &pb::ModelProto, settings: &Settings) -> (bool, Option<Arc<Splitter>>) {
+    let Some((axes, rows_tied)) = batch_rows(proto) else { return (false, None) };
     let min_share = Duration::from_micros(settings.min_share_micros);
     let splitter = (settings.threads >= 2 && !rows_tied)
         .then(|| Arc::new(Splitter::new(axes, settings.threads, min_share)));

@@ -27,7 +27,7 @@ use tract_onnx::pb;
 use tract_onnx::prelude::{IntoTensor, TValue, Tensor as TractTensor};
 
 use super::budget::{check_facts, contained, measured, BudgetedPlan};
-use super::roles::{batch_axes, branches_on_rows, scalar_i64, selectors};
+use super::roles::{batch_axes, scalar_i64, selectors};
 use super::split::{batch_rows, cut, join};
 use super::translate::{translate, Concrete};
 use super::{engine_error, engine_problem};
@@ -78,10 +78,13 @@ pub(super) struct ShapePlans {
 }
 
 impl ShapePlans {
+    /// Plans of `proto` per input shape. `rows_tied`: an `If` decides on values computed from
+    /// a batch's rows ([`super::roles::branches_on_rows`]), so a batch is never padded.
     pub(super) fn new(
         proto: pb::ModelProto,
         loader: Loader,
         signature: &Signature,
+        rows_tied: bool,
         plan_limit: u64,
         cap: u64,
     ) -> Self {
@@ -95,8 +98,7 @@ impl ShapePlans {
             })
             .build();
         let batch_axes = batch_axes(&proto, signature);
-        let bucketed =
-            batch_axes.as_ref().is_some_and(|axes| !branches_on_rows(&proto, signature, axes));
+        let bucketed = batch_axes.is_some() && !rows_tied;
         let selectors = selectors(&proto, signature);
         Self {
             proto,
@@ -478,13 +480,20 @@ mod tests {
 
     const MLP: &[u8] = include_bytes!("../../../tests/zoo/torch_mlp_legacy.onnx");
 
+    /// `proto`'s plans per shape as a load makes them (whether its rows are tied read from
+    /// the model), 8 kept, no allocation cap.
+    fn shape_plans(proto: pb::ModelProto, signature: &Signature) -> Arc<ShapePlans> {
+        let tied = crate::engine::batch_rows(&proto).is_some_and(|(_, tied)| tied);
+        Arc::new(ShapePlans::new(proto, Loader::Plain, signature, tied, 8, u64::MAX))
+    }
+
     /// A plan asked for behind a batch once the batch's bucket has one (the batch standing
     /// in outlasted the build) is not built a second time.
     #[test]
     fn a_bucket_with_a_plan_is_not_built_again_behind_a_batch() {
         let proto = pb::ModelProto::decode(MLP).unwrap();
         let signature = signature_of(&proto).unwrap();
-        let plans = Arc::new(ShapePlans::new(proto, Loader::Plain, &signature, 8, u64::MAX));
+        let plans = shape_plans(proto, &signature);
         let width = signature.inputs[0].shape[1] as usize;
         let inputs = vec![TractTensor::zero::<f32>(&[2, width]).unwrap()];
         let budget = 1 << 30;
@@ -571,7 +580,7 @@ mod tests {
     fn a_batch_whose_rows_decide_an_if_is_not_padded() {
         let proto = if_on_min();
         let signature = signature_of(&proto).unwrap();
-        let plans = Arc::new(ShapePlans::new(proto, Loader::Plain, &signature, 8, u64::MAX));
+        let plans = shape_plans(proto, &signature);
         let x = TractTensor::from_shape(&[3, 4], &[0.5f32; 12]).unwrap();
         let run = |x: &TractTensor, unplanned| {
             let y = plans.run(vec![x.clone()], &signature, 1 << 30, unplanned).unwrap();

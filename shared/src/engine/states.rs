@@ -16,7 +16,10 @@
 //! ends on the thread that ran it, as a dropped state's would; the scratch space goes to the
 //! thread's spare, where the next run finds it.
 //!
-//! A run that fails drops its state: it may stop halfway, with values still in its slots.
+//! A run that fails drops its state: it may stop halfway, with values still in its slots. So
+//! does a run of a plan with operator states (a scan keeps its hidden state from one run to
+//! the next unless told to reset it, and its body runs on a state and session of its own):
+//! the next run starts it anew, as tract does.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -38,7 +41,8 @@ pub(super) struct States {
 impl States {
     /// Runs `plan` on `inputs` with `eval` running each node (as tract's
     /// `run_plan_with_eval`), on an idle state or a new one when none is idle, and keeps the
-    /// state for the next run when the run succeeded. A failed run is `failed` of its error.
+    /// state for the next run when the run succeeded and no operator holds a state in it. A
+    /// failed run is `failed` of its error.
     pub(super) fn run<E>(
         &self,
         plan: &Arc<Plan>,
@@ -69,7 +73,11 @@ impl States {
         if let Some(session) = session {
             end_session(plan, session);
         }
-        self.lock().push(state);
+        // An operator's state may carry one run into the next (a scan's hidden state) and
+        // holds sessions of its own: it goes with the run, as tract would have it.
+        if state.op_states.iter().all(Option::is_none) {
+            self.lock().push(state);
+        }
         Ok(outputs)
     }
 
@@ -170,5 +178,66 @@ mod tests {
         assert_eq!(states.idle(), 1);
         drop(states);
         assert_eq!(KEPT.with_borrow(Vec::len), 0);
+    }
+
+    /// Counts the runs of the state it keeps, as a scan carries its hidden state along.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Tally;
+
+    #[derive(Debug, Clone)]
+    struct Count(i64);
+
+    impl Op for Tally {
+        fn name(&self) -> StaticName {
+            "Tally".into()
+        }
+
+        op_as_typed_op!();
+    }
+
+    impl EvalOp for Tally {
+        not_out_of_plan!();
+
+        fn state(&self, _ctx: &EvalContext) -> TractResult<Option<Box<dyn OpState>>> {
+            Ok(Some(Box::new(Count(0))))
+        }
+    }
+
+    impl OpState for Count {
+        fn eval(
+            &mut self,
+            _ctx: &EvalContext,
+            _op: &dyn Op,
+            _inputs: TVec<TValue>,
+        ) -> TractResult<TVec<TValue>> {
+            self.0 += 1;
+            Ok(tvec!(tensor0(self.0).into_tvalue()))
+        }
+
+        fn reset_lanes(&mut self, _lanes: &[LaneId]) -> TractResult<()> {
+            Ok(())
+        }
+    }
+
+    impl TypedOp for Tally {
+        fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+            Ok(tvec!(i64::scalar_fact()))
+        }
+
+        as_op!();
+    }
+
+    #[test]
+    fn a_plan_whose_operators_keep_state_starts_each_run_anew() {
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([2])).unwrap();
+        let count = model.wire_node("tally", Tally, &[x]).unwrap();
+        model.select_output_outlets(&count).unwrap();
+        let (states, plan) = (States::default(), SimplePlan::new(model).unwrap());
+        for _ in 0..2 {
+            let outputs = run(&states, &plan).unwrap();
+            assert_eq!(outputs[0].try_as_plain_ram().unwrap().as_slice::<i64>().unwrap(), [1]);
+            assert_eq!(states.idle(), 0);
+        }
     }
 }

@@ -245,11 +245,11 @@ impl Model {
         loader: Loader,
         resources: &Resources,
     ) -> Result<Self, Error> {
-        let rows_tied = batch_rows(&proto).is_some_and(|(_, tied)| tied);
-        Self::planned_per_shape(proto, loader, rows_tied, resources)
+        let tied = rows_tied(&proto);
+        Self::planned_per_shape(proto, loader, tied, resources)
     }
 
-    /// [`Self::per_shape`], whether its rows are tied already read ([`batch_rows`]).
+    /// [`Self::per_shape`], whether its rows are tied already read ([`rows_tied`]).
     fn planned_per_shape(
         proto: pb::ModelProto,
         loader: Loader,
@@ -524,18 +524,24 @@ fn tensors(values: impl IntoIterator<Item = TValue>) -> Vec<TractTensor> {
 
 /// The batch axes of the model in `proto` and whether an `If` decides on values computed from
 /// a batch's rows ([`roles::branches_on_rows`] on them); `None` without batch axes.
-fn batch_rows(proto: &pb::ModelProto) -> Option<(Vec<Vec<usize>>, bool)> {
+fn batch_layout(proto: &pb::ModelProto) -> Option<(Vec<Vec<usize>>, bool)> {
     let signature = signature_of(proto).ok()?;
     let axes = roles::batch_axes(proto, &signature)?;
     let rows_tied = roles::branches_on_rows(proto, &signature, &axes);
     Some((axes, rows_tied))
 }
 
-/// Whether the rows of the model in `proto` are tied ([`batch_rows`]; `false` without batch
+/// Whether an `If` of the model in `proto` decides on values computed from a batch's rows
+/// ([`batch_layout`]; `false` without batch axes).
+fn rows_tied(proto: &pb::ModelProto) -> bool {
+    batch_layout(proto).is_some_and(|(_, tied)| tied)
+}
+
+/// Whether the rows of the model in `proto` are tied ([`batch_layout`]; `false` without batch
 /// axes), and how its batches are split across threads: on its batch axes, when the settings
 /// give the engine more than one thread and its rows are not tied.
 fn splitting(proto: &pb::ModelProto, settings: &Settings) -> (bool, Option<Arc<Splitter>>) {
-    let Some((axes, rows_tied)) = batch_rows(proto) else { return (false, None) };
+    let Some((axes, rows_tied)) = batch_layout(proto) else { return (false, None) };
     let min_share = Duration::from_micros(settings.min_share_micros);
     let splitter = (settings.threads >= 2 && !rows_tied)
         .then(|| Arc::new(Splitter::new(axes, settings.threads, min_share)));

@@ -483,7 +483,7 @@ mod tests {
     /// `proto`'s plans per shape as a load makes them (whether its rows are tied read from
     /// the model), 8 kept, no allocation cap.
     fn shape_plans(proto: pb::ModelProto, signature: &Signature) -> Arc<ShapePlans> {
-        let tied = crate::engine::batch_rows(&proto).is_some_and(|(_, tied)| tied);
+        let tied = crate::engine::rows_tied(&proto);
         Arc::new(ShapePlans::new(proto, Loader::Plain, signature, tied, 8, u64::MAX))
     }
 

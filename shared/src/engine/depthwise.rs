@@ -9,6 +9,8 @@
 //! multiply-adds where the CPU has AVX2 and FMA. A ReLU or a hard swish that alone reads the
 //! convolution is applied to the sums before they are stored.
 
+use std::ops::Range;
+
 use tract_onnx::tract_core::internal::*;
 
 #[cfg(target_arch = "x86_64")]
@@ -158,11 +160,26 @@ impl DepthwiseConv {
             let weights = &self.weights[channel * taps..][..taps];
             for (row, y_row) in y.chunks_exact_mut(w.out).enumerate() {
                 let lines = &padded[row * h.stride * self.line_len()..];
-                self.row(fma, lines, weights, self.bias[channel], &mut sums);
+                let kept = self.image_taps(row);
+                let (taps, weights) = (&self.taps[kept.clone()], &weights[kept]);
+                self.row(fma, lines, taps, weights, self.bias[channel], &mut sums);
                 y_row.copy_from_slice(&sums[..w.out]);
             }
         }
         Ok(tvec!(output.into_tvalue()))
+    }
+
+    /// The taps (by index, row-major) that read the image rather than its padding for output
+    /// row `row`: whole kernel rows. Kernel row `i` reads padded line `row * stride + i *
+    /// dilation`, and the image's lines are `pad..pad + size`. PaddleOCR's last 5×5
+    /// convolutions run over images 2 or 3 lines high, where 2 or 3 of the kernel's 5 rows read
+    /// the image and the others only zeros.
+    fn image_taps(&self, row: usize) -> Range<usize> {
+        let h = self.height;
+        let top = row * h.stride;
+        let first = h.pad.saturating_sub(top).div_ceil(h.dilation).min(h.kernel);
+        let end = (h.pad + h.size).saturating_sub(top).div_ceil(h.dilation).min(h.kernel);
+        first * self.width.kernel..end.max(first) * self.width.kernel
     }
 
     /// One channel `x` into the middle of `padded`, its columns by phase (the border, never
@@ -183,22 +200,38 @@ impl DepthwiseConv {
         }
     }
 
-    /// One row of output pixels into `sums`, from the padded lines starting at its first; in
-    /// AVX registers when `fma` (the CPU has AVX2 and FMA, [`has_fma`]).
+    /// One row of output pixels into `sums`, from the padded lines starting at its first, over
+    /// `taps` (offsets as in [`Self::taps`]) with their `weights`; in AVX registers when `fma`
+    /// (the CPU has AVX2 and FMA, [`has_fma`]).
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-    fn row(&self, fma: bool, lines: &[f32], weights: &[f32], bias: f32, sums: &mut [f32]) {
+    fn row(
+        &self,
+        fma: bool,
+        lines: &[f32],
+        taps: &[usize],
+        weights: &[f32],
+        bias: f32,
+        sums: &mut [f32],
+    ) {
         #[cfg(target_arch = "x86_64")]
         if fma {
             // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { self.row_fma(lines, weights, bias, sums) };
+            return unsafe { self.row_fma(lines, taps, weights, bias, sums) };
         }
-        self.row_plain(lines, weights, bias, sums);
+        self.row_plain(lines, taps, weights, bias, sums);
     }
 
     /// [`Self::row`] in plain loops.
-    fn row_plain(&self, lines: &[f32], weights: &[f32], bias: f32, sums: &mut [f32]) {
+    fn row_plain(
+        &self,
+        lines: &[f32],
+        taps: &[usize],
+        weights: &[f32],
+        bias: f32,
+        sums: &mut [f32],
+    ) {
         sums.fill(bias);
-        for (&tap, &weight) in self.taps.iter().zip(weights) {
+        for (&tap, &weight) in taps.iter().zip(weights) {
             let line = &lines[tap..][..sums.len()];
             for (sum, &value) in sums.iter_mut().zip(line) {
                 *sum += weight * value;
@@ -211,14 +244,16 @@ impl DepthwiseConv {
     /// time while the row lasts, and fused multiply-adds (each rounded once).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    fn row_fma(&self, lines: &[f32], weights: &[f32], bias: f32, sums: &mut [f32]) {
+    fn row_fma(&self, lines: &[f32], taps: &[usize], weights: &[f32], bias: f32, sums: &mut [f32]) {
         let mut done = 0;
         while sums.len() - done >= 4 * LANES {
-            self.pixels_fma::<4>(lines, weights, bias, done, &mut sums[done..][..4 * LANES]);
+            let block = &mut sums[done..][..4 * LANES];
+            self.pixels_fma::<4>(lines, taps, weights, bias, done, block);
             done += 4 * LANES;
         }
         while done < sums.len() {
-            self.pixels_fma::<1>(lines, weights, bias, done, &mut sums[done..][..LANES]);
+            let block = &mut sums[done..][..LANES];
+            self.pixels_fma::<1>(lines, taps, weights, bias, done, block);
             done += LANES;
         }
     }
@@ -229,6 +264,7 @@ impl DepthwiseConv {
     fn pixels_fma<const R: usize>(
         &self,
         lines: &[f32],
+        taps: &[usize],
         weights: &[f32],
         bias: f32,
         first: usize,
@@ -237,7 +273,7 @@ impl DepthwiseConv {
         use std::arch::x86_64::_mm256_storeu_ps;
         use std::arch::x86_64::{_mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps};
         let mut registers = [_mm256_set1_ps(bias); R];
-        for (&tap, &weight) in self.taps.iter().zip(weights) {
+        for (&tap, &weight) in taps.iter().zip(weights) {
             let line = &lines[tap + first..][..R * LANES];
             let weight = _mm256_set1_ps(weight);
             for (register, values) in registers.iter_mut().zip(line.chunks_exact(LANES)) {
@@ -339,6 +375,13 @@ mod tests {
         ours
     }
 
+    /// The op computing `case`'s convolution.
+    fn op_of(case: &Case) -> DepthwiseConv {
+        let conv = model(case, case.out_channels);
+        let node = conv.nodes.iter().find(|n| n.op_is::<Conv>()).unwrap();
+        DepthwiseConv::replacing(Parts::of(&conv, node).unwrap().unwrap()).unwrap()
+    }
+
     fn matches_tract(case: &Case) {
         matches_tracts(model(case, case.out_channels), case, &[]);
     }
@@ -396,6 +439,30 @@ mod tests {
     }
 
     #[test]
+    fn kernel_rows_over_the_padding_alone_are_skipped() {
+        // PaddleOCR's last convolutions: 5×5 over images 2 lines high, padded by 2.
+        let low = Case { input: [2, 8, 2, 96], out_channels: 8, group: 8, ..PADDLE };
+        matches_tract(&low);
+        let op = op_of(&low);
+        // Output row 0 reads the image with kernel rows 2 and 3, row 1 with rows 1 and 2.
+        assert_eq!([op.image_taps(0), op.image_taps(1)], [10..20, 5..15]);
+        // Strided and dilated, 3 lines padded by 4: kernel row i of output row r reads line
+        // 2r + 2i of the padded image, whose lines 4..7 are the image.
+        let spread = Case {
+            input: [2, 8, 3, 96],
+            strides: [2, 1],
+            dilations: [2, 1],
+            pads: ([4, 2], [4, 2]),
+            ..low
+        };
+        matches_tract(&spread);
+        let op = op_of(&spread);
+        assert_eq!([op.image_taps(0), op.image_taps(1)], [10..20, 5..15]);
+        // Output rows past the image: no tap (the bias alone).
+        assert!(op.image_taps(4).is_empty());
+    }
+
+    #[test]
     fn a_relu_after_the_convolution_is_applied_in_it() {
         let relu = followed_by(model(&PADDLE, 40), |model, conv| {
             let zero = scalar(model, "zero", 0.0);
@@ -432,16 +499,15 @@ mod tests {
             return;
         }
         let case = Case { input: [1, 2, 3, 45], out_channels: 2, group: 2, ..PADDLE };
-        let conv = model(&case, 2);
-        let node = conv.nodes.iter().find(|n| n.op_is::<Conv>()).unwrap();
-        let op = DepthwiseConv::replacing(Parts::of(&conv, node).unwrap().unwrap()).unwrap();
+        let op = op_of(&case);
         let op = DepthwiseConv { activation: Activation::Relu, ..op };
         let lines = values(&[op.lines() * op.line_len()], 5).into_plain_array::<f32>().unwrap();
         let lines = lines.as_slice().unwrap();
         let (mut plain, mut fma) = (vec![0f32; op.row_sums()], vec![0f32; op.row_sums()]);
-        op.row_plain(lines, &op.weights[25..], 0.5, &mut plain);
+        let (taps, weights) = (&op.taps[..], &op.weights[25..]);
+        op.row_plain(lines, taps, weights, 0.5, &mut plain);
         // SAFETY: the CPU has the features, checked above.
-        unsafe { op.row_fma(lines, &op.weights[25..], 0.5, &mut fma) };
+        unsafe { op.row_fma(lines, taps, weights, 0.5, &mut fma) };
         close(&fma, &plain);
         assert!(plain.iter().any(|&v| v > 0.0) && plain.contains(&0.0));
     }

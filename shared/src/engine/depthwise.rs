@@ -14,7 +14,7 @@ use std::ops::Range;
 use tract_onnx::tract_core::internal::*;
 
 #[cfg(target_arch = "x86_64")]
-use super::convs::has_fma;
+use super::blocks::has_fma;
 use super::convs::{check_images, output_shape, relu_after, Axis, Parts};
 use super::hardswish::HardSwish;
 use super::ops::{one_op_patch, only_successor, stateless_op};

@@ -22,6 +22,7 @@ use crate::error::Error;
 use crate::manifest::{Loader, Planning, Signature};
 use crate::tensor::Tensor;
 
+mod blocks;
 mod branches;
 mod budget;
 mod convert;

@@ -1,13 +1,46 @@
-//! The product of a convolution's weights by its image: `c = a · b + bias`, then a ReLU if
-//! asked, for a left operand of constant weights laid out once at load ([`Weights`]) and a
-//! right operand read in place, each of its rows at an offset of its own ([`Operand`]), over
-//! runs of output columns ([`Run`]). The output is computed in blocks of 8 rows by 8 columns
-//! held in AVX registers from the bias on, with fused multiply-adds on CPUs that have AVX2
-//! and FMA (chosen at run time; plain loops elsewhere), and each block is stored once.
-//! [`super::convs::SmallConv`] multiplies its weights by the (padded) image or its gathered
-//! patches this way.
+//! The product of a convolution's weights by its image: `c = a · b + bias`, then the
+//! activation after the convolution if the op took it in ([`Activation`]), for a left operand
+//! of constant weights laid out once at load ([`Weights`]) and a right operand read in place,
+//! each of its rows at an offset of its own, over runs of output columns ([`Operand`]). The
+//! output is computed in blocks of 8 rows by 8 columns held in AVX registers from the bias
+//! on, with fused multiply-adds on CPUs that have AVX2 and FMA (chosen at run time; plain
+//! loops elsewhere), and each block is stored once. [`super::convs::SmallConv`] multiplies
+//! its weights by the (padded) image or its gathered patches this way, and
+//! [`super::pointwise::Pointwise`] by the image as it lies.
 
 use tract_onnx::tract_core::internal::*;
+
+use super::hardswish::HardSwish;
+
+/// What is applied to a product's or a convolution's sums before they are stored: the
+/// activation that alone reads it, taken into the op.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Activation {
+    Identity,
+    Relu,
+    HardSwish(HardSwish),
+}
+
+impl Activation {
+    pub(super) fn apply(self, x: f32) -> f32 {
+        match self {
+            Activation::Identity => x,
+            Activation::Relu => x.max(0.0),
+            Activation::HardSwish(op) => op.apply(x),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx")]
+    pub(super) fn apply_8(self, x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::{_mm256_max_ps, _mm256_setzero_ps};
+        match self {
+            Activation::Identity => x,
+            Activation::Relu => _mm256_max_ps(x, _mm256_setzero_ps()),
+            Activation::HardSwish(op) => op.apply_8(x),
+        }
+    }
+}
 
 /// A run of output pixels the product computes in one piece: where it starts in the right
 /// operand (added to every row's offset) and in each row of the output, and its length.
@@ -18,17 +51,19 @@ pub(super) struct Run {
     pub(super) len: usize,
 }
 
-/// The right operand of a product: its row `d` of a run starting at `at` lies at
-/// `values[offsets[d] + at..]`.
+/// The right operand of a product and the columns it is read over: its row `d` of a run
+/// starting at `at` lies at `values[offsets[d] + at..]`, and the product computes the columns
+/// of its `runs`.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Operand<'a> {
     pub(super) values: &'a [f32],
     pub(super) offsets: &'a [usize],
+    pub(super) runs: &'a [Run],
 }
 
 /// Rows and columns of the output one block of the product keeps in registers.
 const BLOCK_ROWS: usize = 8;
-const BLOCK_COLUMNS: usize = 8;
+pub(super) const BLOCK_COLUMNS: usize = 8;
 const _: () = assert!(BLOCK_COLUMNS == 8, "block_fma holds a row in one AVX register");
 
 /// One block of the product's output: `BLOCK_ROWS` rows of `BLOCK_COLUMNS`.
@@ -75,18 +110,17 @@ impl Weights {
     }
 }
 
-/// `c = a · b + bias` over the `runs` of columns (then a ReLU when `relu`), for `c` of `a.m`
-/// rows of `n`. An error when a run would read past `b`'s values.
+/// `c = a · b + bias` over `b`'s runs of columns, then `activation`, for `c` of `a.m` rows
+/// of `n`. An error when a run would read past `b`'s values.
 pub(super) fn multiply(
     a: &Weights,
     b: Operand,
-    runs: &[Run],
     c: &mut [f32],
     n: usize,
-    relu: bool,
+    activation: Activation,
 ) -> TractResult<()> {
     let reach = b.offsets.iter().max().copied().unwrap_or(0);
-    for run in runs {
+    for run in b.runs {
         let fits = reach + run.b + run.len <= b.values.len() && run.c + run.len <= n;
         ensure!(fits && a.k == b.offsets.len() && c.len() >= a.m * n, "a product's operands");
     }
@@ -94,28 +128,28 @@ pub(super) fn multiply(
     if has_fma() {
         // SAFETY: the CPU has the features the function is compiled for, and every run of
         // `b` read and of `c` written was checked above.
-        unsafe { multiply_fma(a, b, runs, c, n, relu) };
+        unsafe { multiply_fma(a, b, c, n, activation) };
         return Ok(());
     }
-    multiply_plain(a, b, runs, c, n, relu);
+    multiply_plain(a, b, c, n, activation);
     Ok(())
 }
 
 /// [`multiply`] in plain loops.
-fn multiply_plain(a: &Weights, b: Operand, runs: &[Run], c: &mut [f32], n: usize, relu: bool) {
+fn multiply_plain(a: &Weights, b: Operand, c: &mut [f32], n: usize, activation: Activation) {
     for (index, row) in (0..a.m).step_by(BLOCK_ROWS).enumerate() {
-        for run in runs {
+        for run in b.runs {
             let whole = run.len / BLOCK_COLUMNS * BLOCK_COLUMNS;
             for column in (0..whole).step_by(BLOCK_COLUMNS) {
                 let sums = block(a.block(index), b, run.b + column);
                 for r in 0..BLOCK_ROWS.min(a.m - row) {
                     let c_row = &mut c[(row + r) * n + run.c + column..][..BLOCK_COLUMNS];
                     for (c, &sum) in c_row.iter_mut().zip(&sums[r]) {
-                        *c = if relu { sum.max(0.0) } else { sum };
+                        *c = activation.apply(sum);
                     }
                 }
             }
-            ragged_end(a, index, b, *run, c, n, relu);
+            ragged_end(a, index, b, *run, c, n, activation);
         }
     }
 }
@@ -129,7 +163,7 @@ fn ragged_end(
     run: Run,
     c: &mut [f32],
     n: usize,
-    relu: bool,
+    activation: Activation,
 ) {
     let (values, bias) = a.block(index);
     let row = index * BLOCK_ROWS;
@@ -139,7 +173,7 @@ fn ragged_end(
             let products = b.offsets.iter().zip(column_of_a);
             let sum =
                 bias[r] + products.map(|(o, w)| w * b.values[o + run.b + column]).sum::<f32>();
-            c[(row + r) * n + run.c + column] = if relu { sum.max(0.0) } else { sum };
+            c[(row + r) * n + run.c + column] = activation.apply(sum);
         }
     }
 }
@@ -173,14 +207,14 @@ fn block((values, bias): (&[f32], &[f32]), b: Operand, at: usize) -> Block {
 /// every run reads within `b.values` from each offset and writes within its rows of `c`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn multiply_fma(a: &Weights, b: Operand, runs: &[Run], c: &mut [f32], n: usize, relu: bool) {
+unsafe fn multiply_fma(a: &Weights, b: Operand, c: &mut [f32], n: usize, activation: Activation) {
+    use std::arch::x86_64::_mm256_storeu_ps;
     use std::arch::x86_64::{_mm256_broadcast_ss, _mm256_fmadd_ps, _mm256_loadu_ps};
-    use std::arch::x86_64::{_mm256_max_ps, _mm256_setzero_ps, _mm256_storeu_ps};
     let b_values = b.values.as_ptr();
     for (index, row) in (0..a.m).step_by(BLOCK_ROWS).enumerate() {
         let (values, bias) = a.block(index);
         let rows = BLOCK_ROWS.min(a.m - row);
-        for run in runs {
+        for run in b.runs {
             for column in (0..run.len / BLOCK_COLUMNS * BLOCK_COLUMNS).step_by(BLOCK_COLUMNS) {
                 let at = run.b + column;
                 let mut sums: [_; BLOCK_ROWS] =
@@ -194,14 +228,14 @@ unsafe fn multiply_fma(a: &Weights, b: Operand, runs: &[Run], c: &mut [f32], n: 
                     }
                 }
                 for (r, &sum) in sums[..rows].iter().enumerate() {
-                    let sum = if relu { _mm256_max_ps(sum, _mm256_setzero_ps()) } else { sum };
+                    let sum = activation.apply_8(sum);
                     // SAFETY: within row `row + r` of `c`, as the caller checked.
                     unsafe {
                         _mm256_storeu_ps(c.as_mut_ptr().add((row + r) * n + run.c + column), sum)
                     };
                 }
             }
-            ragged_end(a, index, b, *run, c, n, relu);
+            ragged_end(a, index, b, *run, c, n, activation);
         }
     }
 }
@@ -211,18 +245,22 @@ mod tests {
     use super::*;
     use crate::engine::convs::tests::values;
 
-    /// `c = a · b + bias` (then a ReLU) for `a` of `m` rows of `k` and `b` of `k` rows of `n`,
+    /// An activation written out.
+    type Activate = fn(f32) -> f32;
+
+    /// `activate(a · b + bias)` for `a` of `m` rows of `k` and `b` of `k` rows of `n`,
     /// row-major, one output at a time.
-    fn reference(a: &[f32], bias: &[f32], b: &[f32], n: usize, relu: bool) -> Vec<f32> {
+    fn reference(
+        a: &[f32],
+        bias: &[f32],
+        b: &[f32],
+        n: usize,
+        activate: fn(f32) -> f32,
+    ) -> Vec<f32> {
         let k = b.len() / n;
         let c = a.chunks_exact(k).zip(bias).flat_map(|(row, &bias)| {
             (0..n).map(move |j| {
-                let sum = bias + row.iter().enumerate().map(|(d, x)| x * b[d * n + j]).sum::<f32>();
-                if relu {
-                    sum.max(0.0)
-                } else {
-                    sum
-                }
+                activate(bias + row.iter().enumerate().map(|(d, x)| x * b[d * n + j]).sum::<f32>())
             })
         });
         c.collect()
@@ -237,14 +275,19 @@ mod tests {
         let bias: Vec<f32> = (0..m).map(|r| r as f32 / 4.0 - 1.5).collect();
         let weights = Weights::new(&a, &bias, k);
         let offsets: Vec<usize> = (0..k).map(|d| d * n).collect();
-        let operand = Operand { values: &b, offsets: &offsets };
         let runs = [Run { b: 0, c: 0, len: 19 }, Run { b: 19, c: 19, len: 19 }];
-        for relu in [false, true] {
-            let expected = reference(&a, &bias, &b, n, relu);
+        let operand = Operand { values: &b, offsets: &offsets, runs: &runs };
+        let activations: [(Activation, Activate); 3] = [
+            (Activation::Identity, |x| x),
+            (Activation::Relu, |x| x.max(0.0)),
+            (Activation::HardSwish(HardSwish::STANDARD), |x| x * (x + 3.0).clamp(0.0, 6.0) / 6.0),
+        ];
+        for (activation, activate) in activations {
+            let expected = reference(&a, &bias, &b, n, activate);
             let mut c = vec![f32::NAN; m * n];
-            multiply(&weights, operand, &runs, &mut c, n, relu).unwrap();
+            multiply(&weights, operand, &mut c, n, activation).unwrap();
             let mut plain = vec![f32::NAN; m * n];
-            multiply_plain(&weights, operand, &runs, &mut plain, n, relu);
+            multiply_plain(&weights, operand, &mut plain, n, activation);
             for (i, ((&ours, &plain), &expected)) in c.iter().zip(&plain).zip(&expected).enumerate()
             {
                 assert!((ours - expected).abs() <= 1e-5 * (1.0 + expected.abs()), "at {i}");
@@ -252,7 +295,7 @@ mod tests {
             }
         }
         // A run reaching past the right operand is an error, not a read out of bounds.
-        let long = [Run { b: 20, c: 0, len: 19 }];
-        assert!(multiply(&weights, operand, &long, &mut vec![0.0; m * n], n, false).is_err());
+        let long = Operand { runs: &[Run { b: 20, c: 0, len: 19 }], ..operand };
+        assert!(multiply(&weights, long, &mut [0.0; 13 * 38], n, Activation::Identity).is_err());
     }
 }

@@ -20,7 +20,7 @@ use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PoolSpec};
 use tract_onnx::tract_core::ops::math::Max;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use super::blocks::{multiply, Operand, Run, Weights};
+use super::blocks::{multiply, Activation, Operand, Run, Weights};
 use super::ops::{binary, one_op_patch, only_successor, stateless_op};
 
 /// The most multiplications one image's convolution may take (output channels × channels
@@ -290,8 +290,9 @@ impl SmallConv {
                     &scratch[..]
                 }
             };
-            let b = Operand { values: b, offsets: &self.offsets };
-            multiply(&self.weights, b, &self.runs, y, pixels, self.relu)?;
+            let b = Operand { values: b, offsets: &self.offsets, runs: &self.runs };
+            let activation = if self.relu { Activation::Relu } else { Activation::Identity };
+            multiply(&self.weights, b, y, pixels, activation)?;
         }
         Ok(())
     }

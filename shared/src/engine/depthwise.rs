@@ -15,41 +15,13 @@ use tract_onnx::tract_core::internal::*;
 
 #[cfg(target_arch = "x86_64")]
 use super::blocks::has_fma;
+use super::blocks::Activation;
 use super::convs::{check_images, output_shape, relu_after, Axis, Parts};
 use super::hardswish::HardSwish;
 use super::ops::{one_op_patch, only_successor, stateless_op};
 
 /// Output pixels of one register.
 const LANES: usize = 8;
-
-/// What is applied to the sums before they are stored.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Activation {
-    Identity,
-    Relu,
-    HardSwish(HardSwish),
-}
-
-impl Activation {
-    fn apply(self, x: f32) -> f32 {
-        match self {
-            Activation::Identity => x,
-            Activation::Relu => x.max(0.0),
-            Activation::HardSwish(op) => op.apply(x),
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx")]
-    fn apply_8(self, x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
-        use std::arch::x86_64::{_mm256_max_ps, _mm256_setzero_ps};
-        match self {
-            Activation::Identity => x,
-            Activation::Relu => _mm256_max_ps(x, _mm256_setzero_ps()),
-            Activation::HardSwish(op) => op.apply_8(x),
-        }
-    }
-}
 
 /// A two-dimensional depthwise `f32` convolution (one group per channel, one output channel
 /// per group) of an NCHW input with constant weights, then an activation.

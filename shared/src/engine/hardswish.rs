@@ -25,6 +25,12 @@ pub(super) struct HardSwish {
 
 impl Eq for HardSwish {}
 
+#[cfg(test)]
+impl HardSwish {
+    /// `x * clip(x + 3, 0, 6) / 6`, as PyTorch and PaddlePaddle export it.
+    pub(super) const STANDARD: Self = Self { shift: 3.0, low: 0.0, high: 6.0, scale: 1.0 / 6.0 };
+}
+
 impl HardSwish {
     /// The activation of one value.
     pub(super) fn apply(&self, x: f32) -> f32 {

@@ -40,6 +40,7 @@ mod onehot;
 mod ops;
 mod pad;
 mod plans;
+mod pointwise;
 mod pool;
 mod products;
 mod profile;

@@ -23,6 +23,11 @@
 //! - **Depthwise convolutions row by row** ([`depthwise::replace`]): each channel padded once,
 //!   each row of output pixels summed in vector registers over every tap, with the ReLU or
 //!   hard swish after it, where tract's `DepthWiseConv` indexes every tap of every pixel.
+//! - **Pointwise convolutions as one product per image** ([`pointwise::replace`]): a 1×1
+//!   convolution, which tract declutters into a product with the batch normalisation after
+//!   it, multiplies its weights (the normalisation folded in) by the image as it lies, the
+//!   ReLU or hard swish after it applied before the store ([`pointwise`]), where tract packs
+//!   the image anew on every run for its kernels.
 //! - **Convolutions of a batch image by image** ([`images::split`]): tract gathers a
 //!   convolution's patches lazily for one image only; at a concrete batch above 1 it builds
 //!   the whole patch matrix first (the small CNN's batch of 8: 15 % faster without it).
@@ -68,17 +73,18 @@ use super::pool::MaxPool2x2;
 use super::products::SmallProducts;
 use super::reduce::Reduction;
 use super::softmax::Softmax;
-use super::{convs, depthwise, hardswish, images, onehot, products, regroup};
+use super::{convs, depthwise, hardswish, images, onehot, pointwise, products, regroup};
 
 /// The optimised form of a translated, decluttered model ([`super::translate`] declutters).
 pub(super) fn optimise(mut typed: TypedModel) -> TractResult<TypedModel> {
     // Each gives one patch at a time, until it finds nothing more.
-    let rewrites: [Rewrite; 7] = [
+    let rewrites: [Rewrite; 8] = [
         fold_channel_affine,
         hardswish::fuse,
         onehot::fuse,
         convs::replace,
         depthwise::replace,
+        pointwise::replace,
         images::split,
         products::replace,
     ];
@@ -227,7 +233,7 @@ fn fold_channel_affine(model: &TypedModel) -> TractResult<Option<TypedModelPatch
 
 /// The operand's value for each of `channels` output channels, when it is an f32 constant
 /// that varies along `c_axis` only (or is one value for all).
-fn per_channel(operand: &Tensor, c_axis: usize, channels: usize) -> Option<Vec<f32>> {
+pub(super) fn per_channel(operand: &Tensor, c_axis: usize, channels: usize) -> Option<Vec<f32>> {
     if operand.datum_type() != f32::datum_type() {
         return None;
     }

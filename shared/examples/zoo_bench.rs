@@ -283,6 +283,9 @@ fn main() {
     let usage = "usage: zoo_bench ZOO_DIR MODEL before|after|turns|buckets|buckets-wait RUNS";
     let [zoo, name, side, runs] = args.as_slice() else { panic!("{usage}") };
     let runs: usize = runs.parse().expect(usage);
+    // As predict runs (stock tract too, in `turns`): malloc keeps freed memory for the next
+    // run's tensors.
+    maas::malloc::keep_freed(maas::function::SERVING.keep_freed);
     let zoo = Path::new(zoo);
     let cases: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(zoo.join("cases.json")).expect("cases.json"))

@@ -86,12 +86,16 @@ pub struct Process {
     /// Most threads for blocking work (inference, file and hashing work) at once; tokio's
     /// default (512) when `None`.
     pub blocking_threads: Option<usize>,
+    /// Freed memory malloc keeps for reuse, and the largest block it serves from its arenas
+    /// (up to 32 MiB), in bytes ([`crate::malloc::keep_freed`]); 0 leaves glibc's default.
+    pub keep_freed: usize,
 }
 
 /// A function serving requests: two malloc arenas keep ~4 MiB less at the load test's peak
 /// than glibc's default at the same warm throughput, one was slower (`scripts/benchmarks.md`,
 /// "Arena cap").
-pub const SERVING: Process = Process { arenas: 2, blocking_threads: None };
+/// Freed memory up to 64 MiB is kept for the next request's tensors.
+pub const SERVING: Process = Process { arenas: 2, blocking_threads: None, keep_freed: 64 << 20 };
 
 /// Batch jobs. The reader, inference and writer threads share one malloc arena, which holds
 /// less freed memory than two while the job's buffers fill. Four blocking threads: the
@@ -100,7 +104,8 @@ pub const SERVING: Process = Process { arenas: 2, blocking_threads: None };
 /// is idle, which over a long job happens again and again, and each thread that has run
 /// inference keeps its own scratch memory: a job's peak grew with its file (two threads were
 /// slower; `scripts/benchmarks.md`, batch prediction, "Blocking threads bounded").
-pub const BATCH: Process = Process { arenas: 1, blocking_threads: Some(4) };
+/// glibc's default for freed memory: a job's peaks were measured with it.
+pub const BATCH: Process = Process { arenas: 1, blocking_threads: Some(4), keep_freed: 0 };
 
 /// The function's tokio runtime (all threads, timers and I/O), laid out as `process` says,
 /// built once malloc's arenas are bounded (`MAAS_MALLOC_ARENAS`, else `process.arenas`): a
@@ -108,6 +113,7 @@ pub const BATCH: Process = Process { arenas: 1, blocking_threads: Some(4) };
 /// exist, so a cap set after the runtime's worker threads start leaves them outside it.
 pub fn runtime(config: &Config, process: Process) -> std::io::Result<tokio::runtime::Runtime> {
     crate::malloc::limit_arenas(config.malloc_arenas.unwrap_or(process.arenas));
+    crate::malloc::keep_freed(process.keep_freed);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = process.blocking_threads {
         builder.max_blocking_threads(threads);

@@ -244,8 +244,17 @@ mod tests {
 
     /// A model of `expression` on an input of `shape` and constant weights of `weights`.
     fn product(expression: &str, shape: &[usize], weights: &[usize]) -> (TypedModel, OutletId) {
-        let mut model = TypedModel::default();
-        let x = model.add_source("x", f32::fact(shape)).unwrap();
+        product_of(TypedModel::default(), expression, f32::fact(shape), weights)
+    }
+
+    /// [`product`] in `model`, on an input of fact `x`.
+    fn product_of(
+        mut model: TypedModel,
+        expression: &str,
+        x: TypedFact,
+        weights: &[usize],
+    ) -> (TypedModel, OutletId) {
+        let x = model.add_source("x", x).unwrap();
         let w = model.add_const("w", values(weights, 1)).unwrap();
         let einsum = EinSum::new(expression.parse().unwrap(), f32::datum_type());
         let out = model.wire_node("product", einsum, &[x, w]).unwrap()[0];
@@ -296,6 +305,18 @@ mod tests {
         let swish = HardSwish::STANDARD;
         let swished = model.wire_node("swish", swish, &[shifted]).unwrap()[0];
         matches(model, &[swished], &[8, 4, 24], &["Add", "maas.HardSwish"]);
+    }
+
+    #[test]
+    fn a_symbolic_batch_runs_at_every_size() {
+        let model = TypedModel::default();
+        let batch = model.symbols.sym("N");
+        let shape: TVec<TDim> = tvec![batch.into(), 6.into(), 2.into(), 12.into()];
+        let x = TypedFact::dt_shape(f32::datum_type(), shape);
+        let (model, out) = product_of(model, "NIHW,OI->NOHW", x, &[10, 6]);
+        for batch in [1, 3] {
+            matches(model.clone(), &[out], &[batch, 6, 2, 12], &[]);
+        }
     }
 
     #[test]

@@ -9,15 +9,13 @@
 //! of 8 channels by 8 pixels held in registers ([`super::blocks`]).
 
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::einsum::EinSum;
-use tract_onnx::tract_core::ops::math::{Add, Mul};
 
 use super::blocks::{multiply, Activation, Operand, Run, Weights, BLOCK_COLUMNS};
 use super::convs::relu_after;
 use super::hardswish::HardSwish;
 use super::ops::{one_op_patch, only_successor, stateless_op};
-use super::rewrite::per_channel;
+use super::rewrite::channel_affine_after;
 
 /// The most weights (output × input channels) a replaced product may have: the product keeps
 /// no part of a large left operand in cache across the blocks of an image, where tract's
@@ -170,31 +168,6 @@ impl TypedOp for Pointwise {
     as_op!();
 }
 
-/// The multiplication or addition by a constant per output channel (`axis` holding
-/// `channels`) that alone reads `node`'s output and keeps its shape: the node, its values and
-/// whether it multiplies.
-fn channel_affine_after<'m>(
-    model: &'m TypedModel,
-    node: &TypedNode,
-    axis: usize,
-    channels: usize,
-) -> TractResult<Option<(&'m TypedNode, Vec<f32>, bool)>> {
-    let Some(next) = only_successor(model, node)? else { return Ok(None) };
-    let Some(bin) = next.op_as::<TypedBinOp>() else { return Ok(None) };
-    let is_mul = bin.0.is::<Mul>();
-    let output = OutletId::new(node.id, 0);
-    let Some(slot) = next.inputs.iter().position(|&i| i == output) else { return Ok(None) };
-    if !(is_mul || bin.0.is::<Add>()) || next.inputs.len() != 2 {
-        return Ok(None);
-    }
-    let next_fact = model.outlet_fact(OutletId::new(next.id, 0))?;
-    let same = next_fact.shape == model.outlet_fact(output)?.shape
-        && next_fact.datum_type == f32::datum_type();
-    let operand = model.outlet_fact(next.inputs[1 - slot])?.konst.as_ref();
-    let values = operand.filter(|_| same).and_then(|o| per_channel(o, axis, channels));
-    Ok(values.map(|values| (next, values, is_mul)))
-}
-
 /// The ReLU or hard swish that alone reads `node`'s output: the node and the activation.
 fn activation_after<'m>(
     model: &'m TypedModel,
@@ -240,6 +213,7 @@ mod tests {
     use super::*;
     use crate::engine::convs::tests::values;
     use crate::engine::ops::testing::{fused_once, run};
+    use tract_onnx::tract_core::ops::binary::TypedBinOp;
     use tract_onnx::tract_core::ops::math::{add, max, mul};
 
     /// A model of `expression` on an input of `shape` and constant weights of `weights`.

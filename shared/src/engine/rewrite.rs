@@ -67,7 +67,7 @@ use tract_onnx::tract_core::ops::nn::{Reduce, Softmax as TractSoftmax};
 use tract_onnx::tract_core::optim::Optimizer;
 
 use super::branches::PlannedIf;
-use super::ops::fold_scales;
+use super::ops::{fold_scales, only_successor};
 use super::pad::ZeroPad2d;
 use super::pool::MaxPool2x2;
 use super::products::SmallProducts;
@@ -182,43 +182,24 @@ fn codegen() -> Optimizer {
 /// float convolution with constant weights into those weights and bias; `None` when there is
 /// none left.
 fn fold_channel_affine(model: &TypedModel) -> TractResult<Option<TypedModelPatch>> {
-    let outputs = model.output_outlets()?;
     for node in &model.nodes {
         let Some(conv) = node.op_as::<Conv>() else { continue };
         // Ungrouped convolutions: tract folds these itself (`declutter_channel_arithmetic_succ`).
         if conv.group == 1 || conv.q_params.is_some() || node.inputs.len() != 3 {
             continue;
         }
-        let conv_out = OutletId::new(node.id, 0);
-        let &[succ] = node.outputs[0].successors.as_slice() else { continue };
-        if outputs.contains(&conv_out) {
+        let out_fact = model.outlet_fact(OutletId::new(node.id, 0))?;
+        let c_axis = conv.pool_spec.data_format.shape(out_fact.shape.to_tvec())?.c_axis();
+        let channels = conv.pool_spec.output_channels;
+        let Some((next, values, is_mul)) = channel_affine_after(model, node, c_axis, channels)?
+        else {
             continue;
-        }
-        let next = model.node(succ.node);
-        let Some(bin) = next.op_as::<TypedBinOp>() else { continue };
-        let is_mul = bin.0.is::<Mul>();
-        if !(is_mul || bin.0.is::<Add>()) || next.inputs.len() != 2 {
-            continue;
-        }
-        let facts = (
-            model.outlet_fact(conv_out)?,
-            model.outlet_fact(OutletId::new(next.id, 0))?,
-            model.outlet_fact(next.inputs[1 - succ.slot])?,
-        );
-        let (out_fact, next_fact, operand_fact) = facts;
-        // The operation must keep the convolution's shape and type (no broadcast growth).
-        if next_fact.shape != out_fact.shape || next_fact.datum_type != f32::datum_type() {
-            continue;
-        }
+        };
         let consts = (
-            operand_fact.konst.as_ref(),
             model.outlet_fact(node.inputs[1])?.konst.as_ref(),
             model.outlet_fact(node.inputs[2])?.konst.as_ref(),
         );
-        let (Some(operand), Some(kernel), Some(bias)) = consts else { continue };
-        let c_axis = conv.pool_spec.data_format.shape(out_fact.shape.to_tvec())?.c_axis();
-        let channels = conv.pool_spec.output_channels;
-        let Some(values) = per_channel(operand, c_axis, channels) else { continue };
+        let (Some(kernel), Some(bias)) = consts else { continue };
         let Some((kernel, bias)) = folded(conv, kernel, bias, &values, is_mul)? else { continue };
         let mut patch = TypedModelPatch::new(format!("fold {} into {}", next.name, node.name));
         let input = patch.tap_model(model, node.inputs[0])?;
@@ -231,9 +212,34 @@ fn fold_channel_affine(model: &TypedModel) -> TractResult<Option<TypedModelPatch
     Ok(None)
 }
 
+/// The multiplication or addition by a constant per output channel (`axis` holding
+/// `channels`) that alone reads `node`'s output and keeps its shape: the node, its values and
+/// whether it multiplies.
+pub(super) fn channel_affine_after<'m>(
+    model: &'m TypedModel,
+    node: &TypedNode,
+    axis: usize,
+    channels: usize,
+) -> TractResult<Option<(&'m TypedNode, Vec<f32>, bool)>> {
+    let Some(next) = only_successor(model, node)? else { return Ok(None) };
+    let Some(bin) = next.op_as::<TypedBinOp>() else { return Ok(None) };
+    let is_mul = bin.0.is::<Mul>();
+    let output = OutletId::new(node.id, 0);
+    let Some(slot) = next.inputs.iter().position(|&i| i == output) else { return Ok(None) };
+    if !(is_mul || bin.0.is::<Add>()) || next.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let next_fact = model.outlet_fact(OutletId::new(next.id, 0))?;
+    let same = next_fact.shape == model.outlet_fact(output)?.shape
+        && next_fact.datum_type == f32::datum_type();
+    let operand = model.outlet_fact(next.inputs[1 - slot])?.konst.as_ref();
+    let values = operand.filter(|_| same).and_then(|o| per_channel(o, axis, channels));
+    Ok(values.map(|values| (next, values, is_mul)))
+}
+
 /// The operand's value for each of `channels` output channels, when it is an f32 constant
 /// that varies along `c_axis` only (or is one value for all).
-pub(super) fn per_channel(operand: &Tensor, c_axis: usize, channels: usize) -> Option<Vec<f32>> {
+fn per_channel(operand: &Tensor, c_axis: usize, channels: usize) -> Option<Vec<f32>> {
     if operand.datum_type() != f32::datum_type() {
         return None;
     }

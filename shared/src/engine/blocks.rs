@@ -10,7 +10,9 @@
 
 use tract_onnx::tract_core::internal::*;
 
+use super::convs::relu_after;
 use super::hardswish::HardSwish;
+use super::ops::only_successor;
 
 /// What is applied to a product's or a convolution's sums before they are stored: the
 /// activation that alone reads it, taken into the op.
@@ -74,6 +76,22 @@ type Block = [[f32; BLOCK_COLUMNS]; BLOCK_ROWS];
 #[cfg(target_arch = "x86_64")]
 pub(super) fn has_fma() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+}
+
+/// The ReLU or hard swish that alone reads `node`'s output and the node computing it; `node`
+/// itself and [`Activation::Identity`] when there is no such activation.
+pub(super) fn activation_after(
+    model: &TypedModel,
+    node: &TypedNode,
+) -> TractResult<(usize, Activation)> {
+    if let Some(relu) = relu_after(model, node)? {
+        return Ok((relu.id, Activation::Relu));
+    }
+    let next = only_successor(model, node)?;
+    Ok(match next.and_then(|next| Some((next.id, *next.op_as::<HardSwish>()?))) {
+        Some((id, op)) => (id, Activation::HardSwish(op)),
+        None => (node.id, Activation::Identity),
+    })
 }
 
 /// The left operand of a product, its `m` rows of `k` (a convolution's weights), in blocks of

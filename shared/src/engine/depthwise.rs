@@ -15,10 +15,9 @@ use tract_onnx::tract_core::internal::*;
 
 #[cfg(target_arch = "x86_64")]
 use super::blocks::has_fma;
-use super::blocks::Activation;
-use super::convs::{check_images, output_shape, relu_after, Axis, Parts};
-use super::hardswish::HardSwish;
-use super::ops::{one_op_patch, only_successor, stateless_op};
+use super::blocks::{activation_after, Activation};
+use super::convs::{check_images, output_shape, Axis, Parts};
+use super::ops::{one_op_patch, stateless_op};
 
 /// Output pixels of one register.
 const LANES: usize = 8;
@@ -283,19 +282,6 @@ pub(super) fn replace(model: &TypedModel) -> TractResult<Option<TypedModelPatch>
         return one_op_patch(model, &node.name, &node.inputs[..1], last, op).map(Some);
     }
     Ok(None)
-}
-
-/// The activation that alone reads `node`'s output and the node computing it; `node` itself
-/// and none when there is no such activation.
-fn activation_after(model: &TypedModel, node: &TypedNode) -> TractResult<(usize, Activation)> {
-    if let Some(relu) = relu_after(model, node)? {
-        return Ok((relu.id, Activation::Relu));
-    }
-    let next = only_successor(model, node)?;
-    Ok(match next.and_then(|next| Some((next.id, *next.op_as::<HardSwish>()?))) {
-        Some((id, op)) => (id, Activation::HardSwish(op)),
-        None => (node.id, Activation::Identity),
-    })
 }
 
 #[cfg(test)]

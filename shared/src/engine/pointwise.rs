@@ -11,10 +11,8 @@
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
-use super::blocks::{multiply, Activation, Operand, Run, Weights, BLOCK_COLUMNS};
-use super::convs::relu_after;
-use super::hardswish::HardSwish;
-use super::ops::{one_op_patch, only_successor, stateless_op};
+use super::blocks::{activation_after, multiply, Activation, Operand, Run, Weights, BLOCK_COLUMNS};
+use super::ops::{one_op_patch, stateless_op};
 use super::rewrite::channel_affine_after;
 
 /// The most weights (output × input channels) a replaced product may have: the product keeps
@@ -168,21 +166,6 @@ impl TypedOp for Pointwise {
     as_op!();
 }
 
-/// The ReLU or hard swish that alone reads `node`'s output: the node and the activation.
-fn activation_after<'m>(
-    model: &'m TypedModel,
-    node: &'m TypedNode,
-) -> TractResult<(&'m TypedNode, Activation)> {
-    if let Some(relu) = relu_after(model, node)? {
-        return Ok((relu, Activation::Relu));
-    }
-    let next = only_successor(model, node)?;
-    Ok(match next.and_then(|next| Some((next, *next.op_as::<HardSwish>()?))) {
-        Some((next, op)) => (next, Activation::HardSwish(op)),
-        None => (node, Activation::Identity),
-    })
-}
-
 /// A patch putting [`Pointwise`] in place of the first 1×1 convolution's product it computes
 /// (see [`Product::of`]), of the scales and shifts per output channel after it and of the
 /// ReLU or hard swish after them, each of which alone reads what comes before; `None` when
@@ -203,7 +186,7 @@ pub(super) fn replace(model: &TypedModel) -> TractResult<Option<TypedModelPatch>
         }
         let (last, activation) = activation_after(model, last)?;
         let op = Pointwise::new(product, &bias, activation);
-        return one_op_patch(model, &node.name, &node.inputs[..1], last.id, op).map(Some);
+        return one_op_patch(model, &node.name, &node.inputs[..1], last, op).map(Some);
     }
     Ok(None)
 }
@@ -212,6 +195,7 @@ pub(super) fn replace(model: &TypedModel) -> TractResult<Option<TypedModelPatch>
 mod tests {
     use super::*;
     use crate::engine::convs::tests::values;
+    use crate::engine::hardswish::HardSwish;
     use crate::engine::ops::testing::{fused_once, run};
     use tract_onnx::tract_core::ops::binary::TypedBinOp;
     use tract_onnx::tract_core::ops::math::{add, max, mul};

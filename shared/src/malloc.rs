@@ -34,10 +34,10 @@ const LARGEST_FROM_ARENA: usize = 32 << 20;
 /// block anew (`mallopt(M_TRIM_THRESHOLD)` and `M_MMAP_THRESHOLD`); 0 keeps glibc's default.
 ///
 /// glibc starts from 128 KiB for both and raises them as it frees mapped blocks, so how a
-/// run's large tensors are served depends on what the process freed before: in three
-/// processes of four, PaddleOCR's batch of 32 (tensors of up to 5 MiB) took 30-44 ms
-/// against 19-22 ms, with 4 900 page faults a run against 600, each page of a tensor mapped
-/// and zeroed anew (`scripts/benchmarks.md`, "Freed memory kept for the next run"). Setting
+/// run's large tensors are served depends on what the process freed before: in most
+/// processes, PaddleOCR's batch of 32 (tensors of up to 5 MiB) took 32-52 ms against 22-32
+/// ms with both set, with 3 000-7 000 page faults a run against about 150, each page of a
+/// tensor mapped and zeroed anew (`scripts/benchmarks.md`, "Freed memory kept for the next run"). Setting
 /// one threshold alone fixes the other at its start: worse still (40-50 ms). Freed memory
 /// up to `bytes` then stays resident between requests; the peak does not change, and
 /// [`trim`] still hands it back after each model load.

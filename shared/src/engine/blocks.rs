@@ -66,7 +66,7 @@ pub(super) struct Operand<'a> {
 /// Rows and columns of the output one block of the product keeps in registers.
 const BLOCK_ROWS: usize = 8;
 pub(super) const BLOCK_COLUMNS: usize = 8;
-const _: () = assert!(BLOCK_COLUMNS == 8, "block_fma holds a row in one AVX register");
+const _: () = assert!(BLOCK_COLUMNS == 8, "multiply_fma holds a row in one AVX register");
 
 /// One block of the product's output: `BLOCK_ROWS` rows of `BLOCK_COLUMNS`.
 type Block = [[f32; BLOCK_COLUMNS]; BLOCK_ROWS];

@@ -31,6 +31,13 @@ impl Placement {
         }
     }
 
+    /// Whether this thread runs on the calling thread's CPU (as last noted), or either is not
+    /// known.
+    pub(super) fn beside_caller(&self) -> bool {
+        let caller = self.caller.load(Ordering::Relaxed);
+        caller == usize::MAX || current_cpu().is_none_or(|cpu| cpu == caller)
+    }
+
     /// The calling thread's CPU at its last split or request.
     #[cfg(test)]
     pub(super) fn caller(&self) -> Option<usize> {

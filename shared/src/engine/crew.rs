@@ -193,8 +193,7 @@ impl Hand {
         self.until.store(0, Ordering::Release);
     }
 
-    /// Whether the hand sleeps now.
-    #[cfg(test)]
+    /// Whether the hand sleeps now, or was woken and has not run since.
     fn asleep(&self) -> bool {
         lock(&self.slot).asleep
     }
@@ -317,10 +316,10 @@ impl Crew {
         self.speeds.learn(ran);
     }
 
-    /// Whether every hand's window is open: a share handed over now starts without a
-    /// wake-up (or after one already under way).
+    /// Whether every hand spins, its window open: a share handed over now starts at once.
+    /// (A hand woken a moment ago may still be on its way.)
     pub(super) fn awake(&self) -> bool {
-        self.hands.iter().all(|hand| hand.awake())
+        self.hands.iter().all(|hand| hand.awake() && !hand.asleep())
     }
 
     /// Keeps the hands spinning for `window` from now, so that a split's shares start
@@ -429,10 +428,13 @@ mod tests {
         let crew = build(2).expect("a crew of two");
         let hand = &crew.hands[0];
         assert!(eventually(|| hand.asleep()), "a new hand sleeps");
+        assert!(!crew.awake());
         crew.keep_awake(Duration::from_secs(5));
         std::thread::sleep(Duration::from_millis(50));
         assert!(!hand.asleep(), "a hand kept awake spins");
+        assert!(crew.awake(), "and takes a share at once");
         let _ = crew.executor();
+        assert!(!crew.awake(), "not once tract's pool is wanted");
         assert!(eventually(|| hand.asleep()), "the window closes for tract's pool");
         crew.keep_awake(Duration::from_millis(20));
         assert!(eventually(|| !hand.asleep()));

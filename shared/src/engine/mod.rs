@@ -406,8 +406,9 @@ impl Model {
                 let rows = splitter.rows(&inputs);
                 let crew = self.resources.crew.as_deref();
                 let way = splitter.way(rows, crew.is_some_and(crew::Crew::awake));
-                // A split being tried: the hands are kept awake for its runs.
-                if let Some(crew) = crew.filter(|_| rows.is_some_and(|r| splitter.split_due(r))) {
+                // A split being tried, or the fastest way: the hands are kept awake for it.
+                if let Some(crew) = crew.filter(|_| rows.is_some_and(|r| splitter.wants_threads(r)))
+                {
                     crew.keep_awake(crew::KEEP_AWAKE);
                 }
                 let unsteady = self.unsteady();

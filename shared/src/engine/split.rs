@@ -164,11 +164,13 @@ impl Splitter {
     /// The way a batch of `rows` rows ([`Splitter::rows`]) runs: threaded when its batch axes
     /// disagree (`None`); else a way its group of sizes has not warmed up yet; else the
     /// fastest there, but every `RECHECK`th run another. A split being tried runs
-    /// `TRY_RUNS` times in a row. Tried while the threads that would take its shares are not
-    /// `awake`, it is put off to the group's next runs (which split, awake or not), and this
-    /// run goes on the calling thread alone: a threaded run would close the threads' window,
-    /// and leave tract's pool spinning beside the split (the small CNN's batch of 8 split
-    /// right after a threaded run took 3x as long as whole).
+    /// `TRY_RUNS` times in a row. A split, tried or the fastest, waits for the threads that
+    /// would take its shares to be `awake`: asleep, this run goes on the calling thread alone
+    /// (and a try is put off to the group's next runs, which split, awake or not). A threaded
+    /// run would close the threads' window, and leave tract's pool spinning beside the split
+    /// (the small CNN's batch of 8 split right after a threaded run took 3x as long as
+    /// whole); and a split whose threads must wake first took 120-1000 µs on the small CNN's
+    /// batch of 8, against 80-150 µs on one thread, in the first run after a pause of 5 ms.
     pub(super) fn way(&self, rows: Option<usize>, awake: bool) -> Way {
         let Some(rows) = rows else { return Way::Threaded };
         let group = group(rows);
@@ -186,15 +188,14 @@ impl Splitter {
             }
         }
         let (way, tried) = self.pick(group, ways);
-        if !(tried && is_split(&way)) {
-            return way;
-        }
-        match awake {
-            true => {
+        match (is_split(&way), tried, awake) {
+            (false, _, _) | (true, false, true) => way,
+            (true, false, false) => Way::Single,
+            (true, true, true) => {
                 owed.store(TRY_RUNS - 1, Ordering::Relaxed);
                 way
             }
-            false => {
+            (true, true, false) => {
                 owed.store(TRY_RUNS, Ordering::Relaxed);
                 Way::Single
             }
@@ -249,7 +250,12 @@ impl Splitter {
     /// ([`Splitter::split_due`]), or its group of sizes has warmed up and a split is the
     /// fastest way measured there. (Asks without counting a run, unlike [`Splitter::way`].)
     pub(super) fn would_split<'a>(&self, shapes: impl Iterator<Item = &'a [usize]>) -> bool {
-        let Some(rows) = rows_of(shapes, &self.batch_axes) else { return false };
+        rows_of(shapes, &self.batch_axes).is_some_and(|rows| self.wants_threads(rows))
+    }
+
+    /// Whether a batch of `rows` rows would most likely run split ([`Splitter::would_split`]):
+    /// the threads should be awake for it.
+    pub(super) fn wants_threads(&self, rows: usize) -> bool {
         if self.split_due(rows) {
             return true;
         }
@@ -515,7 +521,7 @@ mod tests {
     }
 
     #[test]
-    fn a_split_is_tried_in_runs_in_a_row_after_the_threads_are_woken() {
+    fn a_split_runs_once_the_threads_are_awake_and_is_tried_in_runs_in_a_row() {
         let splitter = splitter(2);
         let split = Way::Split(vec![4, 4]);
         let (threaded, single) = ((Way::Threaded, false), (Way::Single, false));
@@ -528,9 +534,11 @@ mod tests {
         let tried = TRY_RUNS as usize;
         let due = |run: usize| (split.clone(), run + 1 < tried);
         assert_eq!(ways[..tried], (0..tried).map(due).collect::<Vec<_>>(), "asleep or not");
-        let turn = [threaded.clone(), single.clone(), threaded, single];
+        let turn = [threaded.clone(), single.clone(), threaded, single.clone()];
         assert_eq!(ways[tried..tried + 4], turn, "the others warm up");
-        assert_eq!(ways[tried + 4], (split.clone(), false), "the fastest splits, asleep or not");
+        assert_eq!(ways[tried + 4], single, "the fastest, a split, waits for the threads");
+        assert!(splitter.wants_threads(8), "which are to be woken for it");
+        assert_eq!(splitter.way(Some(8), true), split, "awake, they take its shares");
         // One thread measured fastest: a recheck's split is put off to the next runs too.
         let splitter = self::splitter(2);
         let slow = |way: &Way| if matches!(way, Way::Split(_)) { 950 } else { 800 };

@@ -256,6 +256,9 @@ impl Splitter {
     /// Whether a batch of `rows` rows would most likely run split ([`Splitter::would_split`]):
     /// the threads should be awake for it.
     pub(super) fn wants_threads(&self, rows: usize) -> bool {
+        if rows < 2 || self.threads < 2 {
+            return false;
+        }
         if self.split_due(rows) {
             return true;
         }

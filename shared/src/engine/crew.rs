@@ -253,7 +253,7 @@ impl<T> Landing<T> {
         }
     }
 
-    /// Notes that the share started on the calling thread's CPU.
+    /// Notes the CPU the share starts on (called by the thread that runs it).
     fn started(&self) {
         self.cpu.store(current_cpu().unwrap_or(usize::MAX), Ordering::Release);
     }
@@ -428,7 +428,7 @@ mod tests {
         let crew = build(2).expect("a crew of two");
         let hand = &crew.hands[0];
         assert!(eventually(|| hand.asleep()), "a new hand sleeps");
-        assert!(!crew.awake());
+        assert!(!crew.awake(), "nor awake");
         crew.keep_awake(Duration::from_secs(5));
         std::thread::sleep(Duration::from_millis(50));
         assert!(!hand.asleep(), "a hand kept awake spins");

@@ -405,7 +405,7 @@ impl Model {
             Some(splitter) => {
                 let rows = splitter.rows(&inputs);
                 let crew = self.resources.crew.as_deref();
-                let way = splitter.way(rows, crew.is_some_and(crew::Crew::awake));
+                let way = splitter.way(rows, || crew.is_some_and(crew::Crew::awake));
                 // A split being tried, or the fastest way: the hands are kept awake for it.
                 if let Some(crew) = crew.filter(|_| rows.is_some_and(|r| splitter.wants_threads(r)))
                 {

@@ -171,7 +171,8 @@ impl Splitter {
     /// (the small CNN's batch of 8 split right after a threaded run took 3x as long as
     /// whole); and a split whose threads must wake first took 120-1000 µs on the small CNN's
     /// batch of 8, against 80-150 µs on one thread, in the first run after a pause of 5 ms.
-    pub(super) fn way(&self, rows: Option<usize>, awake: bool) -> Way {
+    /// (`awake` is asked only of a split: it looks at each thread.)
+    pub(super) fn way(&self, rows: Option<usize>, awake: impl FnOnce() -> bool) -> Way {
         let Some(rows) = rows else { return Way::Threaded };
         let group = group(rows);
         let mut ways = vec![Way::Threaded, Way::Single];
@@ -188,14 +189,17 @@ impl Splitter {
             }
         }
         let (way, tried) = self.pick(group, ways);
-        match (is_split(&way), tried, awake) {
-            (false, _, _) | (true, false, true) => way,
-            (true, false, false) => Way::Single,
-            (true, true, true) => {
+        if !is_split(&way) {
+            return way;
+        }
+        match (tried, awake()) {
+            (false, true) => way,
+            (false, false) => Way::Single,
+            (true, true) => {
                 owed.store(TRY_RUNS - 1, Ordering::Relaxed);
                 way
             }
-            (true, true, false) => {
+            (true, false) => {
                 owed.store(TRY_RUNS, Ordering::Relaxed);
                 Way::Single
             }
@@ -440,7 +444,7 @@ mod tests {
         let rows = splitter.rows(inputs).unwrap();
         (0..runs)
             .map(|_| {
-                let way = splitter.way(Some(rows), true);
+                let way = splitter.way(Some(rows), || true);
                 splitter.record(rows, &way, Some(Duration::from_micros(micros(&way))));
                 way
             })
@@ -462,9 +466,9 @@ mod tests {
         let state = TractTensor::zero::<f32>(&[2, 7, 4]).unwrap();
         let inputs = [rows(7, 2), state];
         let split = Way::Split(vec![3, 2, 2]);
-        assert_eq!(splitter.way(Some(7), true), Way::Threaded, "threaded first");
+        assert_eq!(splitter.way(Some(7), || true), Way::Threaded, "threaded first");
         splitter.record(7, &Way::Threaded, None);
-        assert_eq!(splitter.way(Some(7), true), Way::Threaded, "a run whose time says nothing");
+        assert_eq!(splitter.way(Some(7), || true), Way::Threaded, "a run whose time says nothing");
         let micros = |way: &Way| match way {
             Way::Threaded => 900,
             Way::Split(_) => 400,
@@ -485,7 +489,7 @@ mod tests {
         // Two slow runs of five (threads woken after a pause) do not decide the way.
         let micros_of = |micros| Some(Duration::from_micros(micros));
         for slow in 0..2 {
-            assert_eq!(splitter.way(Some(7), true), split, "after {slow} slow runs");
+            assert_eq!(splitter.way(Some(7), || true), split, "after {slow} slow runs");
             splitter.record(7, &split, micros_of(5000));
         }
         // Splitting grows slower than one thread: one thread takes over once four of the
@@ -516,7 +520,7 @@ mod tests {
     ) -> Vec<(Way, bool)> {
         (0..runs)
             .map(|_| {
-                let way = splitter.way(Some(rows), false);
+                let way = splitter.way(Some(rows), || false);
                 splitter.record(rows, &way, Some(Duration::from_micros(micros(&way))));
                 (way, splitter.split_due(rows))
             })
@@ -541,7 +545,7 @@ mod tests {
         assert_eq!(ways[tried..tried + 4], turn, "the others warm up");
         assert_eq!(ways[tried + 4], single, "the fastest, a split, waits for the threads");
         assert!(splitter.wants_threads(8), "which are to be woken for it");
-        assert_eq!(splitter.way(Some(8), true), split, "awake, they take its shares");
+        assert_eq!(splitter.way(Some(8), || true), split, "awake, they take its shares");
         // One thread measured fastest: a recheck's split is put off to the next runs too.
         let splitter = self::splitter(2);
         let slow = |way: &Way| if matches!(way, Way::Split(_)) { 950 } else { 800 };
@@ -565,10 +569,10 @@ mod tests {
         assert_eq!(ways, [turns(&turn), vec![Way::Single]].concat());
         // Batches of 5 to 8 rows are a group of their own, which starts threaded again.
         let eight = [rows(8, 2), TractTensor::zero::<f32>(&[2, 8, 4]).unwrap()];
-        assert_eq!(splitter.way(splitter.rows(&eight), true), Way::Threaded);
+        assert_eq!(splitter.way(splitter.rows(&eight), || true), Way::Threaded);
         let disagreeing = [rows(7, 2), TractTensor::zero::<f32>(&[2, 6, 4]).unwrap()];
         assert_eq!(splitter.rows(&disagreeing), None);
-        assert_eq!(splitter.way(None, true), Way::Threaded);
+        assert_eq!(splitter.way(None, || true), Way::Threaded);
     }
 
     #[test]

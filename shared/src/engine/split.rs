@@ -50,12 +50,18 @@ impl Way {
     /// The way's place among a group's measurements.
     fn index(&self) -> usize {
         match self {
-            Way::Threaded => 0,
-            Way::Split(_) => 1,
-            Way::Single => 2,
+            Way::Threaded => THREADED,
+            Way::Split(_) => SPLIT,
+            Way::Single => SINGLE,
         }
     }
 }
+
+/// The ways' places among a group's measurements ([`Way::index`]), in the order they warm up
+/// and win ties.
+const THREADED: usize = 0;
+const SPLIT: usize = 1;
+const SINGLE: usize = 2;
 
 /// Batch sizes are grouped by powers of two: 1, 2, 3-4, 5-8, ..., the last group holding
 /// every larger size.
@@ -175,29 +181,25 @@ impl Splitter {
     pub(super) fn way(&self, rows: Option<usize>, awake: impl FnOnce() -> bool) -> Way {
         let Some(rows) = rows else { return Way::Threaded };
         let group = group(rows);
-        let mut ways = vec![Way::Threaded, Way::Single];
-        if let Some(sizes) = self.shares(rows, &self.measured[group]) {
-            ways.insert(1, Way::Split(sizes));
-        }
-        let is_split = |way: &Way| matches!(way, Way::Split(_));
+        let splits = self.split_pays(rows, &self.measured[group]);
         let owed = &self.owed[group];
         let took = owed.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         if took.is_ok() {
-            match ways.iter().find(|way| is_split(way)) {
-                Some(split) => return split.clone(),
-                None => owed.store(0, Ordering::Relaxed),
+            if splits {
+                return self.way_at(SPLIT, rows);
             }
+            owed.store(0, Ordering::Relaxed);
         }
-        let (way, tried) = self.pick(group, ways);
-        if !is_split(&way) {
-            return way;
+        let (way, tried) = self.pick(group, splits);
+        if way != SPLIT {
+            return self.way_at(way, rows);
         }
         match (tried, awake()) {
-            (false, true) => way,
+            (false, true) => self.way_at(SPLIT, rows),
             (false, false) => Way::Single,
             (true, true) => {
                 owed.store(TRY_RUNS - 1, Ordering::Relaxed);
-                way
+                self.way_at(SPLIT, rows)
             }
             (true, false) => {
                 owed.store(TRY_RUNS, Ordering::Relaxed);
@@ -206,23 +208,36 @@ impl Splitter {
         }
     }
 
-    /// The way a run of `group` takes among `ways`, and whether it is tried rather than the
+    /// The way at `index` (`Way::index`) for a batch of `rows` rows.
+    fn way_at(&self, index: usize, rows: usize) -> Way {
+        match index {
+            THREADED => Way::Threaded,
+            SPLIT => Way::Split(self.sizes(rows)),
+            _ => Way::Single,
+        }
+    }
+
+    /// The way (`Way::index`) a run of `group` takes, and whether it is tried rather than the
     /// fastest: the first of the least run while one has not warmed up, so the ways warm up
-    /// in turn; then the fastest, but every `RECHECK`th run another.
-    fn pick(&self, group: usize, mut ways: Vec<Way>) -> (Way, bool) {
-        let measured = |way: &Way| &self.measured[group][way.index()];
-        if let Some(cold) = ways.iter().min_by_key(|way| measured(way).runs()) {
-            if measured(cold).runs() < WARM_UP {
-                return (cold.clone(), true);
-            }
+    /// in turn; then the fastest, but every `RECHECK`th run another. A split is among the
+    /// ways when it `splits` ([`Splitter::split_pays`]). (Picked by index, without building
+    /// a list of the ways on every run: with one, a model on two threads ran the small MLP's
+    /// single rows, 4-8 µs each, 0.95-0.97x as fast as on one thread; without, 0.96-1.00x.)
+    fn pick(&self, group: usize, splits: bool) -> (usize, bool) {
+        let measured = &self.measured[group];
+        let ways = [THREADED, SPLIT, SINGLE].into_iter().filter(move |&way| way != SPLIT || splits);
+        let cold = ways.clone().min_by_key(|&way| measured[way].runs()).unwrap_or(SINGLE);
+        if measured[cold].runs() < WARM_UP {
+            return (cold, true);
         }
-        let fastest = (0..ways.len()).min_by_key(|&i| measured(&ways[i]).nanos()).unwrap_or(0);
-        let fastest = ways.remove(fastest);
+        let fastest = ways.clone().min_by_key(|&way| measured[way].nanos()).unwrap_or(SINGLE);
         let run = self.runs[group].fetch_add(1, Ordering::Relaxed) + 1;
-        match run.is_multiple_of(RECHECK) {
-            true => (ways.swap_remove((run / RECHECK) as usize % ways.len()), true),
-            false => (fastest, false),
+        if !run.is_multiple_of(RECHECK) {
+            return (fastest, false);
         }
+        let mut others = ways.filter(|&way| way != fastest);
+        let other = (run / RECHECK) as usize % others.clone().count().max(1);
+        (others.nth(other).unwrap_or(fastest), true)
     }
 
     /// Whether a split of a batch of `rows` rows is being tried: the next batch of its size
@@ -231,23 +246,27 @@ impl Splitter {
         self.owed[group(rows)].load(Ordering::Relaxed) > 0
     }
 
-    /// The rows of each share a batch of `rows` rows would be split into, or `None` when it
-    /// cannot be: one row or one thread, outputs that cannot be joined, or no whole run of
-    /// its group measured at the minimum share or more.
-    fn shares(&self, rows: usize, measured: &[Measured; 3]) -> Option<Vec<usize>> {
+    /// Whether a batch of `rows` rows can be split: not with one row or one thread, outputs
+    /// that cannot be joined, or no whole run of its group measured at the minimum share or
+    /// more.
+    fn split_pays(&self, rows: usize, measured: &[Measured; 3]) -> bool {
+        if self.threads < 2 || rows < 2 || self.unjoinable.load(Ordering::Relaxed) {
+            return false;
+        }
+        let whole = [THREADED, SINGLE].map(|way| measured[way].nanos());
+        let whole = whole.into_iter().filter(|&nanos| nanos > 0).min();
+        whole.is_some_and(|whole| u128::from(whole) * rows as u128 >= self.min_share.as_nanos())
+    }
+
+    /// The rows of each share a batch of `rows` rows is split into.
+    fn sizes(&self, rows: usize) -> Vec<usize> {
         // One share per thread. More, taken by the threads one by one so that a slower vCPU
         // would take fewer, cost each share's run of its own: four per thread ran PaddleOCR's
         // batch of 8 at 1.3-1.8x (1.7-1.9x in two shares) and the large MLP's batch of 32 at
         // 1.1x (1.6x); two per thread took the small CNN's batch of 8 from 0.061 to 0.077 ms.
         // The shares are cut by each CPU's speed instead (`cpus::Speeds`).
         let count = self.threads.min(rows);
-        if self.threads < 2 || count < 2 || self.unjoinable.load(Ordering::Relaxed) {
-            return None;
-        }
-        let whole = [Way::Threaded, Way::Single].map(|way| measured[way.index()].nanos());
-        let whole = whole.into_iter().filter(|&nanos| nanos > 0).min()?;
-        let pays = u128::from(whole) * rows as u128 >= self.min_share.as_nanos();
-        pays.then(|| (0..count).map(|i| rows / count + usize::from(i < rows % count)).collect())
+        (0..count).map(|i| rows / count + usize::from(i < rows % count)).collect()
     }
 
     /// Whether a batch of `shapes` would most likely run split: a split was put off to it
@@ -270,7 +289,7 @@ impl Splitter {
         let warm = measured.iter().all(|way| way.runs() >= WARM_UP);
         let fastest =
             (0..3).filter(|&i| measured[i].nanos() > 0).min_by_key(|&i| measured[i].nanos());
-        warm && fastest == Some(Way::Split(Vec::new()).index())
+        warm && fastest == Some(SPLIT)
     }
 
     /// Batches run split so far.

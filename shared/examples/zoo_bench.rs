@@ -161,11 +161,15 @@ fn before(path: &Path, cases: &[(u64, Vec<Tensor>)], runs: usize) -> Result<Valu
 }
 
 /// The model validated as an upload would be and loaded as `predict` loads it, on one thread
-/// (new buckets' plans built behind the requests or not).
+/// (new buckets' plans built behind the requests or not; batches run row by row after
+/// `MAAS_ENGINE_ROW_BY_ROW_MICROS` as in `predict`).
 fn load(path: &Path, plans_behind: bool) -> Result<(engine::Validated, Model), String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let defaults = engine::Settings::default();
+    let row_by_row_micros = std::env::var("MAAS_ENGINE_ROW_BY_ROW_MICROS")
+        .map_or(Ok(defaults.row_by_row_micros), |v| v.parse().map_err(|e| format!("{e}")))?;
     let settings =
-        engine::Settings { max_tensor_bytes: 1 << 30, plans_behind, ..Default::default() };
+        engine::Settings { max_tensor_bytes: 1 << 30, plans_behind, row_by_row_micros, ..defaults };
     // Validation is what upload does; its parse and optimise times are the load's.
     let validated = engine::validate(&bytes, &settings).map_err(|e| maas::error::chain(&e))?;
     let model = Model::load_path(path, validated.loader, validated.plans, &settings)

@@ -49,6 +49,7 @@ use crate::store::{LocalStore, MemoryStore, S3Settings, S3Store, SharedStore};
 /// | `MAAS_SHAPE_PLANS` | optimised plans kept per model that is planned per input shape (LRU) | 8 |
 /// | `MAAS_PLANS_BEHIND` | on a model planned per input shape, a batch whose bucket has no plan yet runs on another bucket's plan (padded, or in shares) while its own is built on a thread of its own; `false`: the batch waits for its plan | true |
 /// | `MAAS_ENGINE_MIN_SHARE_MICROS` | with several engine threads, a batch may be split into one share per thread (rows run side by side) once a whole run of it took this long; each group of batch sizes then runs whichever way (whole with threaded matrix products, whole on one thread, split) was measured fastest per row | 20 |
+/// | `MAAS_ENGINE_ROW_BY_ROW_MICROS` | a batch may run row by row on one thread once a whole run of it took this long, and does where that was measured faster per row (a large model's rows one at a time keep their intermediate tensors in the CPU's cache) | 1000 |
 /// | `MAAS_BATCH_INPUT_PREFIX` | batch-predict: keys under it are batch inputs, `<prefix><model>[@<version or alias>]/<path>` | `batch/input/` |
 /// | `MAAS_BATCH_OUTPUT_PREFIX` | batch-predict: outputs and manifests go under it; events for its keys are ignored | `batch/output/` |
 /// | `MAAS_BATCH_SIZE` | batch-predict: rows per inference (powers of two suit the engine's per-shape plans) | 256 |
@@ -166,6 +167,11 @@ impl Config {
                 &lookup,
                 "MAAS_ENGINE_MIN_SHARE_MICROS",
                 defaults.min_share_micros,
+            )?,
+            row_by_row_micros: parse_or(
+                &lookup,
+                "MAAS_ENGINE_ROW_BY_ROW_MICROS",
+                defaults.row_by_row_micros,
             )?,
             plans_behind: parse_or(&lookup, "MAAS_PLANS_BEHIND", defaults.plans_behind)?,
         };

@@ -96,21 +96,48 @@ fn zoo_cases() -> BTreeMap<String, Vec<Case>> {
 /// still matches onnxruntime; the models with a batch axis did split.
 #[tokio::test(flavor = "multi_thread")]
 async fn batches_split_across_threads_still_match_onnxruntime() {
+    let settings = maas::engine::Settings { threads: 2, min_share_micros: 0, ..Default::default() };
+    let split = served_each_way(settings, |model| model.split_runs()).await;
+    for name in ["torch_cnn_legacy", "torch_attention_dynamo", "magika", "ppocr_cls", "silero_vad"]
+    {
+        assert!(split.contains(&name.to_owned()), "{name} never split: {split:?}");
+    }
+}
+
+/// On one thread with no minimum run, every batch of more than one row is tried row by row
+/// after its first whole run measured, and every zoo model still matches onnxruntime; the
+/// models with a batch axis did run row by row.
+#[tokio::test(flavor = "multi_thread")]
+async fn batches_run_row_by_row_still_match_onnxruntime() {
+    let settings = maas::engine::Settings { row_by_row_micros: 0, ..Default::default() };
+    let by_rows = served_each_way(settings, |model| model.row_by_row_runs()).await;
+    for name in ["torch_cnn_legacy", "torch_attention_dynamo", "magika", "ppocr_cls", "silero_vad"]
+    {
+        assert!(by_rows.contains(&name.to_owned()), "{name} never ran row by row: {by_rows:?}");
+    }
+}
+
+/// Serves every zoo model's reference cases four times with `settings`, comparing each
+/// answer with onnxruntime's outputs (failures fail the test), and names the models whose
+/// `runs` of some way of running a batch came to more than none.
+async fn served_each_way(
+    settings: maas::engine::Settings,
+    runs: impl Fn(&Model) -> u64,
+) -> Vec<String> {
     let store = Arc::new(maas::store::MemoryStore::new());
     let cache = tempfile::tempdir().unwrap();
-    let settings = maas::engine::Settings { threads: 2, min_share_micros: 0, ..Default::default() };
     let predictor = predictor_with(store, &cache, settings);
     let cases = zoo_cases();
     let mut failures = Vec::new();
-    let mut split = Vec::new();
+    let mut ran = Vec::new();
     for model in zoo() {
         let (id, published) = publish_zoo_model(&predictor, &model.model).await;
         published.unwrap();
-        // Four times: the first run of each batch size runs whole with threaded matrix
-        // products and is measured (or, planned per shape, builds its plan behind the batch,
-        // which then runs on another bucket's plan and is not measured: the test waits for
-        // the plan); the next would split, but the engine's threads sleep, so it runs on one
-        // thread while they wake, and the one after splits.
+        // Four times: the first run of each batch size runs whole and is measured (or,
+        // planned per shape, builds its plan behind the batch, which then runs on another
+        // bucket's plan and is not measured: the test waits for the plan); the next tries the
+        // other way, but a split waits for the engine's threads, which sleep, so it runs on
+        // one thread while they wake, and the one after splits.
         let mut outcome = Ok(());
         for _ in 0..4 {
             outcome = serve_and_compare(&predictor, &id, &model, &cases[&model.model]).await;
@@ -123,15 +150,12 @@ async fn batches_split_across_threads_still_match_onnxruntime() {
             failures.push(format!("{}: {failure}", model.model));
             continue;
         }
-        if predictor.registry().load(&id).await.unwrap().model.split_runs() > 0 {
-            split.push(model.model.clone());
+        if runs(&predictor.registry().load(&id).await.unwrap().model) > 0 {
+            ran.push(model.model.clone());
         }
     }
-    assert!(failures.is_empty(), "split batches fail:\n{}", failures.join("\n"));
-    for name in ["torch_cnn_legacy", "torch_attention_dynamo", "magika", "ppocr_cls", "silero_vad"]
-    {
-        assert!(split.contains(&name.to_owned()), "{name} never split: {split:?}");
-    }
+    assert!(failures.is_empty(), "batches run this way fail:\n{}", failures.join("\n"));
+    ran
 }
 
 /// Publishes one zoo model and compares what it serves with onnxruntime's outputs; says

@@ -327,6 +327,11 @@ impl Model {
         self.splitter.as_ref().map_or(0, |s| s.splits())
     }
 
+    /// How many batches ran row by row so far.
+    pub fn row_by_row_runs(&self) -> u64 {
+        self.splitter.as_ref().map_or(0, |s| s.row_by_row_runs())
+    }
+
     /// Says a batch of `inputs` is about to run (a request was decoded and goes to
     /// [`Model::run`] next): when batches of its size run split, or a split of them is being
     /// tried, the engine's threads wake now and spin (`engine/crew.rs`), so that its shares
@@ -401,9 +406,10 @@ impl Model {
         let inputs = inputs.into_iter().map(to_tract).collect::<Result<Vec<_>, _>>()?;
         let started = Instant::now();
         let budget = self.resources.budget;
-        let (outputs, shares) = match self.splitter.as_deref() {
-            Some(splitter) => {
-                let rows = splitter.rows(&inputs);
+        // A batch with a way to choose: one of several rows, or on several threads.
+        let choice = self.splitter.as_deref().map(|splitter| (splitter, splitter.rows(&inputs)));
+        let (outputs, shares) = match choice.filter(|&(splitter, rows)| splitter.chooses(rows)) {
+            Some((splitter, rows)) => {
                 let crew = self.resources.crew.as_deref();
                 let way = splitter.way(rows, || crew.is_some_and(crew::Crew::awake));
                 // A split being tried, or the fastest way: the hands are kept awake for it.
@@ -420,9 +426,10 @@ impl Model {
                     Way::Single => {
                         (self.run_whole(inputs, Executor::SingleThread, budget, unplanned)?, 1)
                     }
+                    Way::RowByRow => self.run_row_by_row(splitter, inputs, unplanned)?,
                 };
                 // A split that ran whole says nothing of how fast splitting is.
-                let ran_as_chosen = shares > 1 || !matches!(way, Way::Split(_));
+                let ran_as_chosen = shares > 1 || matches!(way, Way::Threaded | Way::Single);
                 if let Some(rows) = rows.filter(|_| ran_as_chosen) {
                     // A run that built a plan, or ran on another bucket's, says nothing of
                     // later runs.
@@ -508,13 +515,45 @@ impl Model {
         let (outputs, times): (Vec<_>, Vec<_>) =
             ran.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().unzip();
         crew.learn(&times);
+        self.join(splitter, outputs, &shares, unplanned)
+    }
+
+    /// Runs one batch on the calling thread one row after another ([`Way::RowByRow`]), each
+    /// row within the whole budget, and joins their outputs in row order (the rows' count in
+    /// the second place); runs it whole when its outputs cannot be joined.
+    fn run_row_by_row(
+        &self,
+        splitter: &Splitter,
+        inputs: Vec<TractTensor>,
+        unplanned: Unplanned,
+    ) -> Result<(Vec<TractTensor>, usize), Error> {
+        let rows = splitter.rows(&inputs).unwrap_or(1);
+        let shares = splitter.split(inputs, &vec![1; rows]);
+        let budget = self.resources.budget;
+        let outputs = (0..rows)
+            .map(|row| self.run_whole(shares.cut(row)?, Executor::SingleThread, budget, unplanned))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.join(splitter, outputs, &shares, unplanned)
+    }
+
+    /// The outputs of a batch's `shares` joined in row order, and how many shares ran; when
+    /// an output cannot be joined, the batch run whole instead (one share), and every later
+    /// batch too.
+    fn join(
+        &self,
+        splitter: &Splitter,
+        outputs: Vec<Vec<TractTensor>>,
+        shares: &split::Shares,
+        unplanned: Unplanned,
+    ) -> Result<(Vec<TractTensor>, usize), Error> {
+        let sizes = shares.sizes();
         match split::join(outputs, &sizes, &self.signature)? {
             Some(joined) => Ok((joined, sizes.len())),
             None => {
                 tracing::debug!("an output has no batch axis to join: running whole");
                 splitter.unjoinable();
                 let (executor, inputs) = (self.resources.executor(), shares.inputs().to_vec());
-                Ok((self.run_whole(inputs, executor, budget, unplanned)?, 1))
+                Ok((self.run_whole(inputs, executor, self.resources.budget, unplanned)?, 1))
             }
         }
     }
@@ -546,8 +585,9 @@ fn rows_tied(proto: &pb::ModelProto) -> bool {
 fn splitting(proto: &pb::ModelProto, settings: &Settings) -> (bool, Option<Arc<Splitter>>) {
     let Some((axes, rows_tied)) = batch_layout(proto) else { return (false, None) };
     let min_share = Duration::from_micros(settings.min_share_micros);
-    let splitter = (settings.threads >= 2 && !rows_tied)
-        .then(|| Arc::new(Splitter::new(axes, settings.threads, min_share)));
+    let min_row_by_row = Duration::from_micros(settings.row_by_row_micros);
+    let splitter = (!rows_tied)
+        .then(|| Arc::new(Splitter::new(axes, settings.threads, min_share, min_row_by_row)));
     (rows_tied, splitter)
 }
 
@@ -570,6 +610,10 @@ pub struct Settings {
     /// of it took at least this many microseconds (`engine/split.rs` says how the way a batch
     /// runs is chosen).
     pub min_share_micros: u64,
+    /// A batch may run row by row on one thread once a whole run of it took at least this
+    /// many microseconds, and does when that was measured faster (a large model's rows one
+    /// at a time keep their intermediate tensors in the CPU's cache).
+    pub row_by_row_micros: u64,
     /// On a per-shape model, a batch whose bucket has no plan yet runs on another bucket's
     /// plan, if one has a plan, while its own is built on a thread of its own (`false`: it
     /// waits for its plan to be built).
@@ -578,8 +622,8 @@ pub struct Settings {
 
 impl Default for Settings {
     /// The defaults off Lambda: 256 MiB per declared tensor, 1 GiB per run, one thread,
-    /// 8 plans per shape, batches split once a whole run took 100 µs, new buckets' plans
-    /// built behind the requests.
+    /// 8 plans per shape, batches split once a whole run took 20 µs and tried row by row
+    /// once it took 1 ms, new buckets' plans built behind the requests.
     fn default() -> Self {
         Self {
             max_tensor_bytes: 256 << 20,
@@ -587,6 +631,7 @@ impl Default for Settings {
             threads: 1,
             shape_plans: 8,
             min_share_micros: 20,
+            row_by_row_micros: 1000,
             plans_behind: true,
         }
     }

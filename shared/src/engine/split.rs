@@ -24,6 +24,15 @@
 //! splits beat by 1.3-1.5x. A try that finds the threads asleep is put off to the group's
 //! next run, and the caller wakes them ([`Splitter::split_due`]). A model whose outputs
 //! cannot be joined back runs whole.
+//!
+//! A fourth way runs a batch whole on the calling thread, one row after another
+//! ([`Way::RowByRow`]), its rows' outputs joined as a split's shares are. It is measured
+//! beside the others, on one thread as on several, once a whole run of the batch took
+//! `Settings::row_by_row_micros` (1 ms): a large model's intermediate tensors for one row
+//! stay in the CPU's cache where a whole batch's do not. magika's batch of 8 (its 256-channel
+//! activations 4 MiB a batch, 0.5 MiB a row) took 77-79 ms row by row against 84-89 ms whole,
+//! its batch of 1 8.6-9.7 ms. On one thread the splitter measures nothing else, and leaves a
+//! batch of one row alone.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -44,6 +53,9 @@ pub(super) enum Way {
     Single,
     /// In shares of these many rows side by side, one per thread.
     Split(Vec<usize>),
+    /// Whole, on the calling thread, one row after another: each row's intermediate tensors
+    /// stay in the CPU's cache where a whole batch's would not.
+    RowByRow,
 }
 
 impl Way {
@@ -53,6 +65,7 @@ impl Way {
             Way::Threaded => THREADED,
             Way::Split(_) => SPLIT,
             Way::Single => SINGLE,
+            Way::RowByRow => ROW_BY_ROW,
         }
     }
 }
@@ -62,6 +75,9 @@ impl Way {
 const THREADED: usize = 0;
 const SPLIT: usize = 1;
 const SINGLE: usize = 2;
+const ROW_BY_ROW: usize = 3;
+/// How many ways there are.
+const WAYS: usize = 4;
 
 /// Batch sizes are grouped by powers of two: 1, 2, 3-4, 5-8, ..., the last group holding
 /// every larger size.
@@ -141,7 +157,7 @@ pub(super) struct Splitter {
     threads: usize,
     min_share: Duration,
     /// Per group of batch sizes, per way (`Way::index`).
-    measured: [[Measured; 3]; GROUPS],
+    measured: [[Measured; WAYS]; GROUPS],
     /// Runs per group of batch sizes after its warm-up.
     runs: [AtomicU64; GROUPS],
     /// Per group of batch sizes: the runs of a split being tried still to go (put off until
@@ -149,20 +165,34 @@ pub(super) struct Splitter {
     owed: [AtomicU64; GROUPS],
     /// Batches run split so far.
     splits: AtomicU64,
+    /// The shortest whole run of a batch after which it may run row by row.
+    min_row_by_row: Duration,
+    /// Batches run row by row so far.
+    rows_apart: AtomicU64,
     /// Set when the outputs of a split batch could not be joined: batches then run whole.
     unjoinable: AtomicBool,
 }
 
 impl Splitter {
-    pub(super) fn new(batch_axes: Vec<Vec<usize>>, threads: usize, min_share: Duration) -> Self {
+    /// A splitter of batches on `batch_axes` over `threads` threads (1: a batch runs whole or
+    /// row by row), splitting batches whose whole runs took `min_share` or longer and running
+    /// row by row those whose whole runs took `min_row_by_row` or longer.
+    pub(super) fn new(
+        batch_axes: Vec<Vec<usize>>,
+        threads: usize,
+        min_share: Duration,
+        min_row_by_row: Duration,
+    ) -> Self {
         Self {
             batch_axes: batch_axes.into(),
             threads,
             min_share,
+            min_row_by_row,
             measured: Default::default(),
             runs: Default::default(),
             owed: Default::default(),
             splits: AtomicU64::new(0),
+            rows_apart: AtomicU64::new(0),
             unjoinable: AtomicBool::new(false),
         }
     }
@@ -177,10 +207,15 @@ impl Splitter {
     /// (the small CNN's batch of 8 split right after a threaded run took 3x as long as
     /// whole); and a split whose threads must wake first took 120-1000 µs on the small CNN's
     /// batch of 8, against 80-150 µs on one thread, in the first run after a pause of 5 ms.
-    /// (`awake` is asked only of a split: it looks at each thread.)
+    /// (`awake` is asked only of a split: it looks at each thread.) On one thread a batch
+    /// runs whole unless it may run row by row ([`Splitter::row_by_row_pays`]).
     pub(super) fn way(&self, rows: Option<usize>, awake: impl FnOnce() -> bool) -> Way {
         let Some(rows) = rows else { return Way::Threaded };
         let group = group(rows);
+        let by_rows = self.row_by_row_pays(rows, &self.measured[group]);
+        if self.threads < 2 && !by_rows {
+            return Way::Single;
+        }
         let splits = self.split_pays(rows, &self.measured[group]);
         let owed = &self.owed[group];
         let took = owed.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
@@ -190,7 +225,7 @@ impl Splitter {
             }
             owed.store(0, Ordering::Relaxed);
         }
-        let (way, tried) = self.pick(group, splits);
+        let (way, tried) = self.pick(group, splits, by_rows);
         if way != SPLIT {
             return self.way_at(way, rows);
         }
@@ -208,24 +243,40 @@ impl Splitter {
         }
     }
 
+    /// Whether a batch of `rows` rows ([`Splitter::rows`]) has more than one way to run: on
+    /// one thread, a batch of one row (or whose batch axes disagree) runs whole, unmeasured.
+    pub(super) fn chooses(&self, rows: Option<usize>) -> bool {
+        self.threads >= 2 || rows.is_some_and(|rows| rows >= 2)
+    }
+
     /// The way at `index` (`Way::index`) for a batch of `rows` rows.
     fn way_at(&self, index: usize, rows: usize) -> Way {
         match index {
             THREADED => Way::Threaded,
             SPLIT => Way::Split(self.sizes(rows)),
+            ROW_BY_ROW => Way::RowByRow,
             _ => Way::Single,
         }
     }
 
     /// The way (`Way::index`) a run of `group` takes, and whether it is tried rather than the
     /// fastest: the first of the least run while one has not warmed up, so the ways warm up
-    /// in turn; then the fastest, but every `RECHECK`th run another. A split is among the
-    /// ways when it `splits` ([`Splitter::split_pays`]). (Picked by index, without building
+    /// in turn; then the fastest, but every `RECHECK`th run another. Threaded products are
+    /// among the ways with several threads, a split when it `splits`
+    /// ([`Splitter::split_pays`]), and rows one by one when the batch goes `by_rows`
+    /// ([`Splitter::row_by_row_pays`]). (Picked by index, without building
     /// a list of the ways on every run: with one, a model on two threads ran the small MLP's
     /// single rows, 4-8 µs each, 0.95-0.97x as fast as on one thread; without, 0.96-1.00x.)
-    fn pick(&self, group: usize, splits: bool) -> (usize, bool) {
+    fn pick(&self, group: usize, splits: bool, by_rows: bool) -> (usize, bool) {
         let measured = &self.measured[group];
-        let ways = [THREADED, SPLIT, SINGLE].into_iter().filter(move |&way| way != SPLIT || splits);
+        let threaded = self.threads >= 2;
+        let ways =
+            [THREADED, SPLIT, SINGLE, ROW_BY_ROW].into_iter().filter(move |&way| match way {
+                THREADED => threaded,
+                SPLIT => splits,
+                ROW_BY_ROW => by_rows,
+                _ => true,
+            });
         let cold = ways.clone().min_by_key(|&way| measured[way].runs()).unwrap_or(SINGLE);
         if measured[cold].runs() < WARM_UP {
             return (cold, true);
@@ -249,13 +300,25 @@ impl Splitter {
     /// Whether a batch of `rows` rows can be split: not with one row or one thread, outputs
     /// that cannot be joined, or no whole run of its group measured at the minimum share or
     /// more.
-    fn split_pays(&self, rows: usize, measured: &[Measured; 3]) -> bool {
-        if self.threads < 2 || rows < 2 || self.unjoinable.load(Ordering::Relaxed) {
+    fn split_pays(&self, rows: usize, measured: &[Measured; WAYS]) -> bool {
+        self.threads >= 2 && self.whole_run_over(rows, measured, self.min_share)
+    }
+
+    /// Whether a batch of `rows` rows can run row by row: not with one row or outputs that
+    /// cannot be joined, or no whole run of its group measured at `min_row_by_row` or more.
+    fn row_by_row_pays(&self, rows: usize, measured: &[Measured; WAYS]) -> bool {
+        self.whole_run_over(rows, measured, self.min_row_by_row)
+    }
+
+    /// Whether a batch of `rows` rows (two at least, outputs that can be joined) took `least`
+    /// or longer whole, by the fastest whole way measured in its group.
+    fn whole_run_over(&self, rows: usize, measured: &[Measured; WAYS], least: Duration) -> bool {
+        if rows < 2 || self.unjoinable.load(Ordering::Relaxed) {
             return false;
         }
         let whole = [THREADED, SINGLE].map(|way| measured[way].nanos());
         let whole = whole.into_iter().filter(|&nanos| nanos > 0).min();
-        whole.is_some_and(|whole| u128::from(whole) * rows as u128 >= self.min_share.as_nanos())
+        whole.is_some_and(|whole| u128::from(whole) * rows as u128 >= least.as_nanos())
     }
 
     /// The rows of each share a batch of `rows` rows is split into.
@@ -286,9 +349,9 @@ impl Splitter {
             return true;
         }
         let measured = &self.measured[group(rows)];
-        let warm = measured.iter().all(|way| way.runs() >= WARM_UP);
+        let warm = [THREADED, SPLIT, SINGLE].iter().all(|&way| measured[way].runs() >= WARM_UP);
         let fastest =
-            (0..3).filter(|&i| measured[i].nanos() > 0).min_by_key(|&i| measured[i].nanos());
+            (0..WAYS).filter(|&i| measured[i].nanos() > 0).min_by_key(|&i| measured[i].nanos());
         warm && fastest == Some(SPLIT)
     }
 
@@ -297,12 +360,19 @@ impl Splitter {
         self.splits.load(Ordering::Relaxed)
     }
 
+    /// Batches run row by row so far.
+    pub(super) fn row_by_row_runs(&self) -> u64 {
+        self.rows_apart.load(Ordering::Relaxed)
+    }
+
     /// Records a run of `rows` rows the `way` it ran, and how long it took; `None` when its
     /// time says nothing of later runs (it built a plan, for one), which then counts as a
     /// split but is not measured.
     pub(super) fn record(&self, rows: usize, way: &Way, elapsed: Option<Duration>) {
-        if let Way::Split(_) = way {
-            self.splits.fetch_add(1, Ordering::Relaxed);
+        match way {
+            Way::Split(_) => _ = self.splits.fetch_add(1, Ordering::Relaxed),
+            Way::RowByRow => _ = self.rows_apart.fetch_add(1, Ordering::Relaxed),
+            _ => {}
         }
         let Some(elapsed) = elapsed else { return };
         let nanos = elapsed.as_nanos() / rows.max(1) as u128;
@@ -356,6 +426,11 @@ impl Shares {
     /// The rows of share `index`.
     pub(super) fn rows(&self, index: usize) -> usize {
         self.rows.get(index).map_or(0, |&(_, size)| size)
+    }
+
+    /// The rows of every share, in row order.
+    pub(super) fn sizes(&self) -> Vec<usize> {
+        self.rows.iter().map(|&(_, size)| size).collect()
     }
 
     /// The whole batch.
@@ -445,7 +520,8 @@ mod tests {
     use crate::tensor::DataType;
 
     fn splitter(threads: usize) -> Splitter {
-        Splitter::new(vec![vec![0], vec![1]], threads, Duration::from_micros(100))
+        let (min_share, min_row_by_row) = (Duration::from_micros(100), Duration::from_millis(1));
+        Splitter::new(vec![vec![0], vec![1]], threads, min_share, min_row_by_row)
     }
 
     fn rows(count: usize, width: usize) -> TractTensor {
@@ -491,7 +567,7 @@ mod tests {
         let micros = |way: &Way| match way {
             Way::Threaded => 900,
             Way::Split(_) => 400,
-            Way::Single => 700,
+            Way::Single | Way::RowByRow => 700,
         };
         let warm_up = WARM_RUNS as usize;
         let ways = run(&splitter, &inputs, WARM_RUNS + RECHECK * 2, micros);
@@ -526,6 +602,36 @@ mod tests {
             (threaded[1]..ways.len()).filter(|&i| !threaded.contains(&i)).collect();
         let rechecks = others.windows(2).all(|pair| pair[1] - pair[0] == RECHECK as usize);
         assert!(rechecks && others.len() < 5, "from the second on, but for rechecks: {others:?}");
+    }
+
+    #[test]
+    fn one_thread_runs_a_long_batch_whole_or_row_by_row_whichever_was_faster() {
+        let (splitter, short) = (splitter(1), splitter(1));
+        let inputs = [rows(7, 2), TractTensor::zero::<f32>(&[2, 7, 4]).unwrap()];
+        // One row on one thread, or rows whose batch axes disagree: nothing to choose.
+        assert!(!splitter.chooses(Some(1)) && !splitter.chooses(None) && splitter.chooses(Some(7)));
+        assert!(super::tests::splitter(2).chooses(Some(1)), "threaded or not, on two threads");
+        // A whole run of 7 rows measured at 7 ms (over the 1 ms minimum): rows one by one
+        // are tried in turn with whole runs, then the faster runs and the other is rechecked.
+        let faster_by_rows = |way: &Way| match way {
+            Way::RowByRow => 5000,
+            _ => 7000,
+        };
+        let ways = run(&splitter, &inputs, 6 + RECHECK * 2, faster_by_rows);
+        let turns = turns(&[Way::Single, Way::RowByRow]);
+        assert_eq!(ways[..6], turns[..], "warmed up in turn");
+        let whole: Vec<usize> = (6..ways.len()).filter(|&i| ways[i] != Way::RowByRow).collect();
+        let last = 6 + RECHECK as usize - 1;
+        assert_eq!(whole, [last, last + RECHECK as usize], "whole only when rechecked");
+        assert_eq!(splitter.row_by_row_runs(), 3 + RECHECK * 2 - 2);
+        // Whole runs faster: they take over once four of the last five runs by rows were slower.
+        let ways = run(&splitter, &inputs, 8, |way| 12000 - faster_by_rows(way));
+        assert_eq!(ways, [vec![Way::RowByRow; 4], vec![Way::Single; 4]].concat());
+        // Never threaded products or a split on one thread.
+        assert!(!ways.iter().any(|way| matches!(way, Way::Threaded | Way::Split(_))));
+        // A batch whose whole run is under the minimum (0.7 ms) runs whole only.
+        let ways = run(&short, &inputs, 3 * RECHECK, |way| faster_by_rows(way) / 10);
+        assert!(ways.iter().all(|way| *way == Way::Single), "{ways:?}");
     }
 
     /// Runs of `rows` rows while the threads sleep: the ways they take, each recorded as

@@ -13,11 +13,12 @@ use std::time::Instant;
 
 use maas::engine::{validate, Model, Settings};
 use maas::manifest::Planning;
-use maas::tensor::{Tensor, TensorData};
+use maas::tensor::{DataType, Tensor, TensorData};
 
 /// Inputs of the model's declared shapes, the first dimension at `batch` and the other
 /// dynamic ones from `row` (the shape of one row of the first input) or else at `batch`,
-/// filled with a fixed pattern (timing does not depend on the values).
+/// filled with a fixed pattern (timing does not depend on the values): 0-6, over 7 for
+/// floats.
 fn inputs(model: &Model, batch: usize, row: Option<&[usize]>) -> Vec<Tensor> {
     model
         .signature()
@@ -31,7 +32,11 @@ fn inputs(model: &Model, batch: usize, row: Option<&[usize]>) -> Vec<Tensor> {
             };
             let shape: Vec<usize> = spec.shape.iter().enumerate().map(dim).collect();
             let count = shape.iter().product::<usize>();
-            let data = TensorData::F32((0..count).map(|i| (i % 7) as f32 / 7.0).collect());
+            let data = match spec.datatype {
+                DataType::I32 => TensorData::I32((0..count).map(|i| (i % 7) as i32).collect()),
+                DataType::I64 => TensorData::I64((0..count).map(|i| (i % 7) as i64).collect()),
+                _ => TensorData::F32((0..count).map(|i| (i % 7) as f32 / 7.0).collect()),
+            };
             Tensor { name: spec.name.clone(), shape, data }
         })
         .collect()

@@ -474,7 +474,9 @@ impl Model {
     /// their outputs in row order (the shares' count in the second place); runs it whole when
     /// its outputs cannot be joined. The shares' rows are `sizes` cut again by the speed of
     /// each thread's CPU ([`crew::Crew::weigh`]) when the model runs any batch size as it
-    /// comes (planned symbolically); their times update those speeds.
+    /// comes (planned symbolically); their times update those speeds. Each share runs row by
+    /// row where the batch's rows ran faster so than whole on one thread
+    /// ([`Splitter::rows_apart_faster`]).
     fn run_split(
         &self,
         splitter: &Splitter,
@@ -494,13 +496,14 @@ impl Model {
         };
         let shares = Arc::new(splitter.split(inputs, &sizes));
         let rows: usize = sizes.iter().sum();
+        let by_rows = splitter.rows_apart_faster(rows);
         let work = move |model: &Model, shares: &split::Shares, index: usize| {
             let (cpu, started) = (cpus::current_cpu(), Instant::now());
             let (share, share_rows) = (shares.cut(index)?, shares.rows(index));
             // The share's part of the budget goes with its part of the rows.
             let part = u128::from(model.resources.budget) * share_rows as u128;
             let budget = u64::try_from(part / rows.max(1) as u128).unwrap_or(u64::MAX);
-            let outputs = model.run_whole(share, Executor::SingleThread, budget, unplanned)?;
+            let outputs = model.run_share(share, share_rows, by_rows, budget, unplanned)?;
             Ok::<_, Error>((outputs, (cpu, share_rows, started.elapsed())))
         };
         let others = (1..sizes.len())
@@ -529,11 +532,47 @@ impl Model {
     ) -> Result<(Vec<TractTensor>, usize), Error> {
         let rows = splitter.rows(&inputs).unwrap_or(1);
         let shares = splitter.split(inputs, &vec![1; rows]);
-        let budget = self.resources.budget;
-        let outputs = (0..rows)
-            .map(|row| self.run_whole(shares.cut(row)?, Executor::SingleThread, budget, unplanned))
-            .collect::<Result<Vec<_>, _>>()?;
+        let outputs = self.run_each(&shares, self.resources.budget, unplanned)?;
         self.join(splitter, outputs, &shares, unplanned)
+    }
+
+    /// Runs the share of a split batch (`inputs`, `rows` rows) on the calling thread within
+    /// `budget`: whole, or `by_rows` one row after another, their outputs joined in row order
+    /// (whole when they cannot be joined).
+    fn run_share(
+        &self,
+        inputs: Vec<TractTensor>,
+        rows: usize,
+        by_rows: bool,
+        budget: u64,
+        unplanned: Unplanned,
+    ) -> Result<Vec<TractTensor>, Error> {
+        let splitter = self.splitter.as_deref().filter(|_| by_rows && rows > 1);
+        let Some(splitter) = splitter else {
+            return self.run_whole(inputs, Executor::SingleThread, budget, unplanned);
+        };
+        let each = splitter.split(inputs, &vec![1; rows]);
+        let outputs = self.run_each(&each, budget, unplanned)?;
+        match split::join(outputs, &each.sizes(), &self.signature)? {
+            Some(joined) => Ok(joined),
+            None => {
+                self.run_whole(each.inputs().to_vec(), Executor::SingleThread, budget, unplanned)
+            }
+        }
+    }
+
+    /// Runs every share of `shares` on the calling thread in turn, each within `budget`.
+    fn run_each(
+        &self,
+        shares: &split::Shares,
+        budget: u64,
+        unplanned: Unplanned,
+    ) -> Result<Vec<Vec<TractTensor>>, Error> {
+        (0..shares.count())
+            .map(|index| {
+                self.run_whole(shares.cut(index)?, Executor::SingleThread, budget, unplanned)
+            })
+            .collect()
     }
 
     /// The outputs of a batch's `shares` joined in row order, and how many shares ran; when

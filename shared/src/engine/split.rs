@@ -355,6 +355,14 @@ impl Splitter {
         warm && fastest == Some(SPLIT)
     }
 
+    /// Whether batches of `rows` rows ran faster row by row than whole on the calling thread,
+    /// as last measured in their group: the shares of a split of them run row by row too.
+    pub(super) fn rows_apart_faster(&self, rows: usize) -> bool {
+        let measured = &self.measured[group(rows)];
+        let (apart, whole) = (measured[ROW_BY_ROW].nanos(), measured[SINGLE].nanos());
+        apart > 0 && whole > 0 && apart < whole
+    }
+
     /// Batches run split so far.
     pub(super) fn splits(&self) -> u64 {
         self.splits.load(Ordering::Relaxed)
@@ -426,6 +434,11 @@ impl Shares {
     /// The rows of share `index`.
     pub(super) fn rows(&self, index: usize) -> usize {
         self.rows.get(index).map_or(0, |&(_, size)| size)
+    }
+
+    /// How many shares there are.
+    pub(super) fn count(&self) -> usize {
+        self.rows.len()
     }
 
     /// The rows of every share, in row order.
@@ -624,9 +637,11 @@ mod tests {
         let last = 6 + RECHECK as usize - 1;
         assert_eq!(whole, [last, last + RECHECK as usize], "whole only when rechecked");
         assert_eq!(splitter.row_by_row_runs(), 3 + RECHECK * 2 - 2);
+        assert!(splitter.rows_apart_faster(7), "a split's shares would run row by row");
         // Whole runs faster: they take over once four of the last five runs by rows were slower.
         let ways = run(&splitter, &inputs, 8, |way| 12000 - faster_by_rows(way));
         assert_eq!(ways, [vec![Way::RowByRow; 4], vec![Way::Single; 4]].concat());
+        assert!(!splitter.rows_apart_faster(7), "a split's shares would run whole");
         // Never threaded products or a split on one thread.
         assert!(!ways.iter().any(|way| matches!(way, Way::Threaded | Way::Split(_))));
         // A batch whose whole run is under the minimum (0.7 ms) runs whole only.

@@ -79,6 +79,13 @@ const ROW_BY_ROW: usize = 3;
 /// How many ways there are.
 const WAYS: usize = 4;
 
+/// A batch whose whole run took this long or longer splits even while the threads sleep: their
+/// wake-up (40-50 µs on a 2-vCPU VM) is a small part of it. (Waiting for them to spin,
+/// magika's batch of 8, 64 KiB of input decoded in a few microseconds after the threads were
+/// woken, found them still waking on every run, and ran on one thread: 75 ms against 40-50 ms
+/// split.)
+const LONG_SPLIT: Duration = Duration::from_millis(1);
+
 /// Batch sizes are grouped by powers of two: 1, 2, 3-4, 5-8, ..., the last group holding
 /// every larger size.
 const GROUPS: usize = 16;
@@ -207,7 +214,8 @@ impl Splitter {
     /// (the small CNN's batch of 8 split right after a threaded run took 3x as long as
     /// whole); and a split whose threads must wake first took 120-1000 µs on the small CNN's
     /// batch of 8, against 80-150 µs on one thread, in the first run after a pause of 5 ms.
-    /// (`awake` is asked only of a split: it looks at each thread.) On one thread a batch
+    /// (`awake` is asked only of a split: it looks at each thread; a batch whose whole run
+    /// took `LONG_SPLIT` or longer splits awake or not.) On one thread a batch
     /// runs whole unless it may run row by row ([`Splitter::row_by_row_pays`]).
     pub(super) fn way(&self, rows: Option<usize>, awake: impl FnOnce() -> bool) -> Way {
         let Some(rows) = rows else { return Way::Threaded };
@@ -229,7 +237,8 @@ impl Splitter {
         if way != SPLIT {
             return self.way_at(way, rows);
         }
-        match (tried, awake()) {
+        let long = self.whole_run_over(rows, &self.measured[group], LONG_SPLIT);
+        match (tried, long || awake()) {
             (false, true) => self.way_at(SPLIT, rows),
             (false, false) => Way::Single,
             (true, true) => {
@@ -695,6 +704,14 @@ mod tests {
         assert!(splits.iter().all(|&i| ways[i - 1].1), "each after a run that woke the threads");
         let second = splits[TRY_RUNS as usize];
         assert!(ways[splits[0] - 1].0 == Way::Single && ways[second - 1].0 == Way::Single);
+        // A batch whose whole run took 1 ms or more splits while the threads sleep (and is
+        // tried row by row too: 9 ms, slower).
+        let splitter = self::splitter(2);
+        let long = |way: &Way| if matches!(way, Way::Split(_)) { 3000 } else { 9000 };
+        let warm = (WARM_RUNS + WARM_UP) as usize;
+        let ways = run_asleep(&splitter, 8, warm as u64 + 4, long);
+        assert_eq!(ways[1].0, split, "tried at once: {ways:?}");
+        assert!(ways[warm..].iter().all(|(way, _)| *way == split), "{ways:?}");
     }
 
     #[test]

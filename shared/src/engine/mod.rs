@@ -426,7 +426,10 @@ impl Model {
                     Way::Single => {
                         (self.run_whole(inputs, Executor::SingleThread, budget, unplanned)?, 1)
                     }
-                    Way::RowByRow => self.run_row_by_row(splitter, inputs, unplanned)?,
+                    Way::RowByRow => {
+                        let rows = rows.unwrap_or(1);
+                        self.run_row_by_row(splitter, inputs, rows, unplanned)?
+                    }
                 };
                 // A split that ran whole says nothing of how fast splitting is.
                 let ran_as_chosen = shares > 1 || matches!(way, Way::Threaded | Way::Single);
@@ -521,16 +524,17 @@ impl Model {
         self.join(splitter, outputs, &shares, unplanned)
     }
 
-    /// Runs one batch on the calling thread one row after another ([`Way::RowByRow`]), each
-    /// row within the whole budget, and joins their outputs in row order (the rows' count in
-    /// the second place); runs it whole when its outputs cannot be joined.
+    /// Runs one batch of `rows` rows on the calling thread one row after another
+    /// ([`Way::RowByRow`]), each row within the whole budget, and joins their outputs in row
+    /// order (the rows' count in the second place); runs it whole when its outputs cannot be
+    /// joined.
     fn run_row_by_row(
         &self,
         splitter: &Splitter,
         inputs: Vec<TractTensor>,
+        rows: usize,
         unplanned: Unplanned,
     ) -> Result<(Vec<TractTensor>, usize), Error> {
-        let rows = splitter.rows(&inputs).unwrap_or(1);
         let shares = splitter.split(inputs, &vec![1; rows]);
         let outputs = self.run_each(&shares, self.resources.budget, unplanned)?;
         self.join(splitter, outputs, &shares, unplanned)

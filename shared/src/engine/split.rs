@@ -216,15 +216,18 @@ impl Splitter {
     /// batch of 8, against 80-150 µs on one thread, in the first run after a pause of 5 ms.
     /// (`awake` is asked only of a split: it looks at each thread; a batch whose whole run
     /// took `LONG_SPLIT` or longer splits awake or not.) On one thread a batch
-    /// runs whole unless it may run row by row ([`Splitter::row_by_row_pays`]).
+    /// runs whole unless it may run row by row. A split needs a whole run of the batch
+    /// ([`Splitter::whole_run`]) of `min_share` or more, row by row one of `min_row_by_row`.
     pub(super) fn way(&self, rows: Option<usize>, awake: impl FnOnce() -> bool) -> Way {
         let Some(rows) = rows else { return Way::Threaded };
         let group = group(rows);
-        let by_rows = self.row_by_row_pays(rows, &self.measured[group]);
+        let whole = self.whole_run(rows, &self.measured[group]);
+        let over = |least: Duration| whole.is_some_and(|whole| whole >= least);
+        let by_rows = over(self.min_row_by_row);
         if self.threads < 2 && !by_rows {
             return Way::Single;
         }
-        let splits = self.split_pays(rows, &self.measured[group]);
+        let splits = self.threads >= 2 && over(self.min_share);
         let owed = &self.owed[group];
         let took = owed.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         if took.is_ok() {
@@ -237,8 +240,7 @@ impl Splitter {
         if way != SPLIT {
             return self.way_at(way, rows);
         }
-        let long = self.whole_run_over(rows, &self.measured[group], LONG_SPLIT);
-        match (tried, long || awake()) {
+        match (tried, over(LONG_SPLIT) || awake()) {
             (false, true) => self.way_at(SPLIT, rows),
             (false, false) => Way::Single,
             (true, true) => {
@@ -271,9 +273,8 @@ impl Splitter {
     /// The way (`Way::index`) a run of `group` takes, and whether it is tried rather than the
     /// fastest: the first of the least run while one has not warmed up, so the ways warm up
     /// in turn; then the fastest, but every `RECHECK`th run another. Threaded products are
-    /// among the ways with several threads, a split when it `splits`
-    /// ([`Splitter::split_pays`]), and rows one by one when the batch goes `by_rows`
-    /// ([`Splitter::row_by_row_pays`]). (Picked by index, without building
+    /// among the ways with several threads, a split when it `splits`, and rows one by one
+    /// when the batch goes `by_rows` ([`Splitter::way`] says when). (Picked by index, without building
     /// a list of the ways on every run: with one, a model on two threads ran the small MLP's
     /// single rows, 4-8 µs each, 0.95-0.97x as fast as on one thread; without, 0.96-1.00x.)
     fn pick(&self, group: usize, splits: bool, by_rows: bool) -> (usize, bool) {
@@ -306,28 +307,16 @@ impl Splitter {
         self.owed[group(rows)].load(Ordering::Relaxed) > 0
     }
 
-    /// Whether a batch of `rows` rows can be split: not with one row or one thread, outputs
-    /// that cannot be joined, or no whole run of its group measured at the minimum share or
-    /// more.
-    fn split_pays(&self, rows: usize, measured: &[Measured; WAYS]) -> bool {
-        self.threads >= 2 && self.whole_run_over(rows, measured, self.min_share)
-    }
-
-    /// Whether a batch of `rows` rows can run row by row: not with one row or outputs that
-    /// cannot be joined, or no whole run of its group measured at `min_row_by_row` or more.
-    fn row_by_row_pays(&self, rows: usize, measured: &[Measured; WAYS]) -> bool {
-        self.whole_run_over(rows, measured, self.min_row_by_row)
-    }
-
-    /// Whether a batch of `rows` rows (two at least, outputs that can be joined) took `least`
-    /// or longer whole, by the fastest whole way measured in its group.
-    fn whole_run_over(&self, rows: usize, measured: &[Measured; WAYS], least: Duration) -> bool {
+    /// How long a whole run of a batch of `rows` rows takes, by the fastest whole way
+    /// measured in its group (`measured`); `None` when it cannot be cut into rows (one row,
+    /// outputs that cannot be joined) or no whole run was measured.
+    fn whole_run(&self, rows: usize, measured: &[Measured; WAYS]) -> Option<Duration> {
         if rows < 2 || self.unjoinable.load(Ordering::Relaxed) {
-            return false;
+            return None;
         }
         let whole = [THREADED, SINGLE].map(|way| measured[way].nanos());
-        let whole = whole.into_iter().filter(|&nanos| nanos > 0).min();
-        whole.is_some_and(|whole| u128::from(whole) * rows as u128 >= least.as_nanos())
+        let per_row = whole.into_iter().filter(|&nanos| nanos > 0).min()?;
+        Some(Duration::from_nanos(per_row.saturating_mul(rows as u64)))
     }
 
     /// The rows of each share a batch of `rows` rows is split into.

@@ -8,6 +8,12 @@
 //! arenas as in `predict`.
 //!
 //! `threads MODEL.onnx THREADS RUNS BATCH...`   prints one Markdown row per batch size
+//!
+//! `MAAS_BENCH_HALVES=1` (two threads) also measures the most a split of each batch in two
+//! could gain on this machine ([`halves_ms`]): two threads, each with a model of its own,
+//! run half the rows each, with no hand-off, cut or join between them. It prints the whole
+//! batch on one thread, half of it alone, the two halves side by side, the engine on two
+//! threads, and the speed-ups of the last two.
 
 use std::time::Instant;
 
@@ -79,6 +85,102 @@ fn medians_ms(models: [&Model; 2], batch: usize, runs: usize, row: Option<&[usiz
     })
 }
 
+/// Medians of `runs` of: two halves of a batch side by side, from their start to the later
+/// one's end, one on the calling thread and one on a thread spinning for it, each with a
+/// model of its own (`halves`) and its inputs built beforehand: a split with nothing lost to
+/// handing over, cutting or joining; then, taking turns with them as [`medians_ms`] does, the
+/// whole batch on one thread (`one`), the first half alone (on `halves[0]`) and the batch on
+/// `engine`. Milliseconds.
+fn halves_ms(
+    halves: [&Model; 2],
+    one: &Model,
+    engine: &Model,
+    batch: usize,
+    runs: usize,
+    row: Option<&[usize]>,
+) -> [f64; 4] {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let wait = |counter: &AtomicU64, run: u64| {
+        while counter.load(Ordering::Acquire) < run {
+            std::hint::spin_loop();
+        }
+    };
+    let (first, second) = (batch - batch / 2, batch / 2);
+    let mut samples = [(); 4].map(|_| Vec::with_capacity(runs));
+    // Each half's thread on a CPU of its own: spinning for each other on one CPU, one would
+    // hold the other off for its time slice.
+    let cpus = allowed_cpus();
+    let (caller_cpu, other_cpu) = match cpus[..] {
+        [a, b, ..] => (a, b),
+        _ => panic!("MAAS_BENCH_HALVES needs two CPUs"),
+    };
+    for turn in (0..runs).step_by(TURN) {
+        let count = (runs.min(turn + TURN) - turn) as u64;
+        std::thread::sleep(PAUSE);
+        // Runs whose inputs the other thread built, that the caller started, that the other
+        // thread finished.
+        let (ready, started, done) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                pin(&[other_cpu]);
+                for run in 1..=count {
+                    let inputs = inputs(halves[1], second, row);
+                    ready.store(run, Ordering::Release);
+                    wait(&started, run);
+                    halves[1].run(inputs).expect("inference runs");
+                    done.store(run, Ordering::Release);
+                }
+            });
+            pin(&[caller_cpu]);
+            for run in 1..=count {
+                let inputs = inputs(halves[0], first, row);
+                wait(&ready, run);
+                let begun = Instant::now();
+                started.store(run, Ordering::Release);
+                halves[0].run(inputs).expect("inference runs");
+                wait(&done, run);
+                samples[0].push(begun.elapsed().as_secs_f64() * 1000.0);
+            }
+            pin(&cpus);
+        });
+        for (model, rows, kept) in [(one, batch, 1), (halves[0], first, 2), (engine, batch, 3)] {
+            std::thread::sleep(PAUSE);
+            for _ in 0..count {
+                samples[kept].push(run_ms(model, rows, row));
+            }
+        }
+    }
+    samples.map(|mut samples| {
+        samples.sort_by(f64::total_cmp);
+        samples[samples.len() / 2]
+    })
+}
+
+/// The CPUs the process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity writes a cpu_set_t of the size given; CPU_ISSET reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let set_size = std::mem::size_of::<libc::cpu_set_t>();
+        assert_eq!(libc::sched_getaffinity(0, set_size, &mut set), 0, "the allowed CPUs");
+        (0..libc::CPU_SETSIZE as usize).filter(|&cpu| libc::CPU_ISSET(cpu, &set)).collect()
+    }
+}
+
+/// Keeps the calling thread on `cpus`.
+fn pin(cpus: &[usize]) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes within it, and
+    // sched_setaffinity only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        let set_size = std::mem::size_of::<libc::cpu_set_t>();
+        assert_eq!(libc::sched_setaffinity(0, set_size, &set), 0, "CPUs {cpus:?} for a thread");
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = "usage: threads MODEL.onnx THREADS RUNS BATCH...";
@@ -124,6 +226,20 @@ fn main() {
     let row = row.as_deref();
     let (single, several) = (load(1), load(threads));
     let name = path.rsplit('/').next().unwrap_or(path);
+    if std::env::var("MAAS_BENCH_HALVES").is_ok_and(|v| v == "1") {
+        let halves = [&load(1), &load(1)];
+        for batch in args[3..].iter().map(|b| b.parse::<usize>().expect(usage)) {
+            halves_ms(halves, &single, &several, batch, 10, row); // warm up
+            let splits = several.split_runs();
+            let [both, one, half, many] = halves_ms(halves, &single, &several, batch, runs, row);
+            eprintln!("batch {batch}: {} of {runs} runs split", several.split_runs() - splits);
+            let (bound, gain) = (one / both, one / many);
+            println!(
+                "| {name} | {batch} | {one:.3} | {half:.3} | {both:.3} | {many:.3} | {bound:.2}x | {gain:.2}x |"
+            );
+        }
+        return;
+    }
     for batch in args[3..].iter().map(|b| b.parse::<usize>().expect(usage)) {
         medians_ms([&single, &several], batch, 10, row); // warm up
         let splits = several.split_runs();

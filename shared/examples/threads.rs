@@ -191,11 +191,14 @@ fn main() {
         _ => panic!("{usage}"),
     };
     // As predict runs: its malloc arenas bounded (`MAAS_MALLOC_ARENAS`, else predict's
-    // default) before any other thread starts, and freed memory kept for the next run. With glibc's default, the small CNN's share of
-    // 16 images took 200-230 µs on the pool thread against 115 µs on the caller (122 µs with
-    // two arenas).
+    // default for the engine's threads) before any other thread starts, and freed memory kept
+    // for the next run. (Before freed memory was kept, a thread in an arena of its own paid
+    // page faults for its tensors: the small CNN's share of 16 images took 200-230 µs on the
+    // pool thread against 115 µs on the caller, 122 µs with two arenas.)
     let arenas = std::env::var("MAAS_MALLOC_ARENAS")
-        .map_or(maas::function::SERVING.arenas, |v| v.parse().expect("a number of arenas"));
+        .map_or(maas::function::SERVING.arenas(threads), |v| {
+            v.parse().expect("a number of arenas")
+        });
     maas::malloc::limit_arenas(arenas);
     maas::malloc::keep_freed(maas::function::SERVING.keep_freed);
     let bytes = std::fs::read(path).expect("the model file");

@@ -57,7 +57,7 @@ use crate::store::{LocalStore, MemoryStore, S3Settings, S3Store, SharedStore};
 /// | `MAAS_BATCH_MAX_FAILED_RATIO` | batch-predict: the job stops when more than this fraction of the rows read so far failed (1 never stops) | 0.5 |
 /// | `MAAS_BATCH_DEADLINE_MARGIN_MS` | batch-predict: time kept before the invocation's deadline to abort cleanly | 10000 |
 /// | `MAAS_BATCH_MAX_INLINE_RESULT_BYTES` | batch-predict: largest Step Functions answer returned inline; larger ones are written to the store | 250000 |
-/// | `MAAS_MALLOC_ARENAS` | glibc malloc arenas (`mallopt(M_ARENA_MAX)`): fewer arenas hold less freed memory; 0 keeps glibc's default (8 per core) | 2; batch-predict 1 |
+/// | `MAAS_MALLOC_ARENAS` | glibc malloc arenas (`mallopt(M_ARENA_MAX)`): fewer arenas hold less freed memory; 0 keeps glibc's default (8 per core) | 2, or glibc's default with several engine threads; batch-predict 1 |
 ///
 /// The S3 endpoint, region and credentials come from the standard AWS variables
 /// (`AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, `AWS_REGION`, ...); the `MAAS_S3_*` timeouts

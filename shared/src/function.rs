@@ -81,8 +81,12 @@ pub fn config(store: Option<&str>) -> Result<Config, ConfigError> {
 /// How a function's process uses memory and threads, beside its configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Process {
-    /// malloc arenas, unless `MAAS_MALLOC_ARENAS` says otherwise.
+    /// malloc arenas with one engine thread, unless `MAAS_MALLOC_ARENAS` says otherwise
+    /// ([`Process::arenas`]).
     pub arenas: usize,
+    /// malloc arenas with several engine threads (0: glibc's default, 8 per core), unless
+    /// `MAAS_MALLOC_ARENAS` says otherwise.
+    pub threaded_arenas: usize,
     /// Most threads for blocking work (inference, file and hashing work) at once; tokio's
     /// default (512) when `None`.
     pub blocking_threads: Option<usize>,
@@ -91,11 +95,27 @@ pub struct Process {
     pub keep_freed: usize,
 }
 
-/// A function serving requests: two malloc arenas keep ~4 MiB less at the load test's peak
-/// than glibc's default at the same warm throughput, one was slower (`scripts/benchmarks.md`,
-/// "Arena cap").
+impl Process {
+    /// The malloc arenas of a process whose engine runs on `threads` threads.
+    pub fn arenas(&self, threads: usize) -> usize {
+        if threads > 1 {
+            self.threaded_arenas
+        } else {
+            self.arenas
+        }
+    }
+}
+
+/// A function serving requests: with one engine thread, two malloc arenas keep ~4 MiB less at
+/// the load test's peak than glibc's default at the same warm throughput, one was slower
+/// (`scripts/benchmarks.md`, "Arena cap"). With several, glibc's default: under a cap of
+/// two, a thread that runs a split batch's share took the arena of the thread that runs the
+/// other share, and the two contended for it at every tensor they allocated (the small CNN's
+/// batch of 8 on two threads: 1.11x as fast as one thread in the median of 14 processes with
+/// two arenas, 1.32x with one each; `scripts/benchmarks.md`, "Arenas of their own").
 /// Freed memory up to 64 MiB is kept for the next request's tensors.
-pub const SERVING: Process = Process { arenas: 2, blocking_threads: None, keep_freed: 64 << 20 };
+pub const SERVING: Process =
+    Process { arenas: 2, threaded_arenas: 0, blocking_threads: None, keep_freed: 64 << 20 };
 
 /// Batch jobs. The reader, inference and writer threads share one malloc arena, which holds
 /// less freed memory than two while the job's buffers fill. Four blocking threads: the
@@ -105,14 +125,17 @@ pub const SERVING: Process = Process { arenas: 2, blocking_threads: None, keep_f
 /// inference keeps its own scratch memory: a job's peak grew with its file (two threads were
 /// slower; `scripts/benchmarks.md`, batch prediction, "Blocking threads bounded").
 /// glibc's default for freed memory: a job's peaks were measured with it.
-pub const BATCH: Process = Process { arenas: 1, blocking_threads: Some(4), keep_freed: 0 };
+pub const BATCH: Process =
+    Process { arenas: 1, threaded_arenas: 1, blocking_threads: Some(4), keep_freed: 0 };
 
 /// The function's tokio runtime (all threads, timers and I/O), laid out as `process` says,
-/// built once malloc's arenas are bounded (`MAAS_MALLOC_ARENAS`, else `process.arenas`): a
+/// built once malloc's arenas are bounded (`MAAS_MALLOC_ARENAS`, else [`Process::arenas`] for
+/// the engine's threads): a
 /// thread's first allocation gives it an arena of its own while fewer than glibc's default
 /// exist, so a cap set after the runtime's worker threads start leaves them outside it.
 pub fn runtime(config: &Config, process: Process) -> std::io::Result<tokio::runtime::Runtime> {
-    crate::malloc::limit_arenas(config.malloc_arenas.unwrap_or(process.arenas));
+    let threads = config.cache.engine.threads;
+    crate::malloc::limit_arenas(config.malloc_arenas.unwrap_or(process.arenas(threads)));
     crate::malloc::keep_freed(process.keep_freed);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = process.blocking_threads {
@@ -199,6 +222,12 @@ mod tests {
             futures::future::try_join_all(spawned).await.unwrap()
         });
         ids.into_iter().collect::<HashSet<_>>().len()
+    }
+
+    #[test]
+    fn serving_caps_the_arenas_only_for_one_engine_thread_and_batch_jobs_always() {
+        assert_eq!([1, 2, 6].map(|threads| SERVING.arenas(threads)), [2, 0, 0]);
+        assert_eq!([1, 2, 6].map(|threads| BATCH.arenas(threads)), [1, 1, 1]);
     }
 
     #[test]

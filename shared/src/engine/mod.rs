@@ -157,6 +157,11 @@ fn engine_problem(message: impl Into<String>) -> Error {
     Error::Engine { message: message.into(), source: None }
 }
 
+/// `inputs` as tract's tensors.
+fn tract(inputs: Vec<Tensor>) -> Result<Vec<TractTensor>, Error> {
+    inputs.into_iter().map(to_tract).collect()
+}
+
 /// tract's ONNX framework with maas's ONNX-ML operators registered.
 fn onnx() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
@@ -403,11 +408,11 @@ impl Model {
 
     /// [`Model::run`], with `unplanned` saying what a batch whose bucket has no plan does.
     fn run_as(&self, inputs: Vec<Tensor>, unplanned: Unplanned) -> Result<Vec<Tensor>, Error> {
-        let inputs = inputs.into_iter().map(to_tract).collect::<Result<Vec<_>, _>>()?;
         let started = Instant::now();
         let budget = self.resources.budget;
+        let shapes = || inputs.iter().map(|input| input.shape.as_slice());
         // A batch with a way to choose: one of several rows, or on several threads.
-        let choice = self.splitter.as_deref().map(|splitter| (splitter, splitter.rows(&inputs)));
+        let choice = self.splitter.as_deref().map(|splitter| (splitter, splitter.rows(shapes())));
         let (outputs, shares) = match choice.filter(|&(splitter, rows)| splitter.chooses(rows)) {
             Some((splitter, rows)) => {
                 let crew = self.resources.crew.as_deref();
@@ -419,16 +424,19 @@ impl Model {
                 }
                 let unsteady = self.unsteady();
                 let (outputs, shares) = match &way {
+                    // Each share converts its own rows.
                     Way::Split(sizes) => self.run_split(splitter, inputs, sizes, unplanned)?,
                     Way::Threaded => {
-                        (self.run_whole(inputs, self.resources.executor(), budget, unplanned)?, 1)
+                        let executor = self.resources.executor();
+                        (self.run_whole(tract(inputs)?, executor, budget, unplanned)?, 1)
                     }
                     Way::Single => {
+                        let inputs = tract(inputs)?;
                         (self.run_whole(inputs, Executor::SingleThread, budget, unplanned)?, 1)
                     }
                     Way::RowByRow => {
                         let rows = rows.unwrap_or(1);
-                        self.run_row_by_row(splitter, inputs, rows, unplanned)?
+                        self.run_row_by_row(splitter, tract(inputs)?, rows, unplanned)?
                     }
                 };
                 // A split that ran whole says nothing of how fast splitting is.
@@ -441,7 +449,10 @@ impl Model {
                 }
                 (outputs, shares)
             }
-            None => (self.run_whole(inputs, self.resources.executor(), budget, unplanned)?, 1),
+            None => {
+                let executor = self.resources.executor();
+                (self.run_whole(tract(inputs)?, executor, budget, unplanned)?, 1)
+            }
         };
         tracing::trace!(shares, elapsed_ms = crate::elapsed_ms(started), "run");
         self.signature
@@ -473,7 +484,8 @@ impl Model {
     }
 
     /// Runs one batch in shares side by side on the engine's threads, one share each (cut
-    /// from the batch and run on its own plan state by the thread that runs it), and joins
+    /// from the request's batch, converted to tract's tensors and run on its own plan state
+    /// by the thread that runs it), and joins
     /// their outputs in row order (the shares' count in the second place); runs it whole when
     /// its outputs cannot be joined. The shares' rows are `sizes` cut again by the speed of
     /// each thread's CPU ([`crew::Crew::weigh`]) when the model runs any batch size as it
@@ -483,12 +495,13 @@ impl Model {
     fn run_split(
         &self,
         splitter: &Splitter,
-        inputs: Vec<TractTensor>,
+        inputs: Vec<Tensor>,
         sizes: &[usize],
         unplanned: Unplanned,
     ) -> Result<(Vec<TractTensor>, usize), Error> {
         let budget = self.resources.budget;
         let Some(crew) = &self.resources.crew else {
+            let inputs = tract(inputs)?;
             return Ok((self.run_whole(inputs, Executor::SingleThread, budget, unplanned)?, 1));
         };
         // A per-shape model pads a share to its bucket's size: shares cut unevenly across a
@@ -559,9 +572,7 @@ impl Model {
         let outputs = self.run_each(&each, budget, unplanned)?;
         match split::join(outputs, &each.sizes(), &self.signature)? {
             Some(joined) => Ok(joined),
-            None => {
-                self.run_whole(each.inputs().to_vec(), Executor::SingleThread, budget, unplanned)
-            }
+            None => self.run_whole(each.inputs()?, Executor::SingleThread, budget, unplanned),
         }
     }
 
@@ -595,7 +606,7 @@ impl Model {
             None => {
                 tracing::debug!("an output has no batch axis to join: running whole");
                 splitter.unjoinable();
-                let (executor, inputs) = (self.resources.executor(), shares.inputs().to_vec());
+                let (executor, inputs) = (self.resources.executor(), shares.inputs()?);
                 Ok((self.run_whole(inputs, executor, self.resources.budget, unplanned)?, 1))
             }
         }

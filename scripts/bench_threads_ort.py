@@ -7,7 +7,8 @@ Prints one Markdown row per batch size, in the threads benchmark's columns.
     .venv/bin/python scripts/bench_threads_ort.py MODEL.onnx THREADS RUNS BATCH...
 
 MAAS_BENCH_ROW_SHAPE (e.g. 3,48,192) gives the dynamic dimensions of one row of the first
-input, as for the threads example.
+input, as for the threads example; MAAS_BENCH_BACK_TO_BACK=1 makes four turns of a quarter of
+the runs each, without pauses, as it does there.
 """
 
 from __future__ import annotations
@@ -52,17 +53,20 @@ def feed(sess: ort.InferenceSession, batch: int, row: list[int] | None) -> dict[
 
 
 def medians(sessions: list[ort.InferenceSession], feeds: list[dict], runs: int) -> list[float]:
-    """Median milliseconds of `runs` runs of each session on its feed, in turns of TURN runs."""
+    """Median milliseconds of `runs` runs of each session on its feed, in turns of TURN runs
+    with a pause after each (back to back: four turns, no pause)."""
+    back_to_back = os.environ.get("MAAS_BENCH_BACK_TO_BACK") == "1"
+    turn, pause = (max(1, -(-runs // 4)), 0.0) if back_to_back else (TURN, PAUSE_S)
     samples: list[list[float]] = [[] for _ in sessions]
     for sess, inputs in zip(sessions, feeds):
         sess.run(None, inputs)
     while len(samples[0]) < runs:
         for sess, inputs, taken in zip(sessions, feeds, samples):
-            for _ in range(TURN):
+            for _ in range(turn):
                 started = time.perf_counter()
                 sess.run(None, inputs)
                 taken.append((time.perf_counter() - started) * 1e3)
-            time.sleep(PAUSE_S)
+            time.sleep(pause)
     return [float(np.median(taken)) for taken in samples]
 
 

@@ -1,5 +1,6 @@
 //! Inference time of one model with one thread and with several (`MAAS_ENGINE_THREADS`),
-//! for a few batch sizes, the two engines taking turns of ten runs. Driven by
+//! for a few batch sizes, the two engines taking turns of ten runs after a pause each (or
+//! back to back: `MAAS_BENCH_BACK_TO_BACK=1`, [`pace`]). Driven by
 //! `scripts/bench_threads.sh`. With several threads, each batch runs the way measured fastest
 //! for its size (threaded matrix products, one thread, or split across the threads; see
 //! `engine::split`); the model is loaded as validation says (loader, planning; or
@@ -59,22 +60,44 @@ fn run_ms(model: &Model, batch: usize, row: Option<&[usize]>) -> f64 {
     started.elapsed().as_secs_f64() * 1000.0
 }
 
-/// Runs of one model in a row before the other model takes its turn.
-const TURN: usize = 10;
+/// How the runs of the models compared take turns.
+#[derive(Clone, Copy)]
+struct Pace {
+    /// Runs of one model in a row before the next takes its turn.
+    turn: usize,
+    /// A pause before each turn.
+    pause: std::time::Duration,
+}
 
-/// A pause between turns, longer than the engine keeps its threads awake after a split
-/// (`engine/crew.rs`): one model's spinning threads must not share the CPUs with the other
-/// model's runs.
-const PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+/// Turns of ten runs, each after a pause longer than the engine keeps its threads awake
+/// after a split (`engine/crew.rs`): one model's spinning threads must not share the CPUs
+/// with the other model's runs, and each turn starts as a request after a quiet moment does.
+const PAUSED: Pace = Pace { turn: 10, pause: std::time::Duration::from_millis(5) };
 
-/// Median milliseconds of `runs` inferences on each model, the models taking turns of
-/// `TURN` runs so that a machine whose speed drifts slows them alike.
-fn medians_ms(models: [&Model; 2], batch: usize, runs: usize, row: Option<&[usize]>) -> [f64; 2] {
+/// `MAAS_BENCH_BACK_TO_BACK=1`: four turns of a quarter of the runs each, back to back (as
+/// the mini-batches of a batch job run). After a pause of 5 ms every ten runs, even one
+/// thread ran the small CNN's batch of 4 in 21-30 µs, against 20.2-20.5 back to back.
+fn pace(runs: usize) -> Pace {
+    match std::env::var("MAAS_BENCH_BACK_TO_BACK").as_deref() {
+        Ok("1") => Pace { turn: runs.div_ceil(4).max(1), pause: std::time::Duration::ZERO },
+        _ => PAUSED,
+    }
+}
+
+/// Median milliseconds of `runs` inferences on each model, the models taking turns as
+/// `pace` says so that a machine whose speed drifts slows them alike.
+fn medians_ms(
+    models: [&Model; 2],
+    batch: usize,
+    runs: usize,
+    row: Option<&[usize]>,
+    pace: Pace,
+) -> [f64; 2] {
     let mut samples = [Vec::with_capacity(runs), Vec::with_capacity(runs)];
-    for turn in (0..runs).step_by(TURN) {
+    for turn in (0..runs).step_by(pace.turn) {
         for (model, samples) in models.iter().zip(&mut samples) {
-            std::thread::sleep(PAUSE);
-            for _ in turn..runs.min(turn + TURN) {
+            std::thread::sleep(pace.pause);
+            for _ in turn..runs.min(turn + pace.turn) {
                 samples.push(run_ms(model, batch, row));
             }
         }
@@ -93,11 +116,11 @@ fn medians_ms(models: [&Model; 2], batch: usize, runs: usize, row: Option<&[usiz
 /// `engine`. Milliseconds.
 fn halves_ms(
     halves: [&Model; 2],
-    one: &Model,
-    engine: &Model,
+    [one, engine]: [&Model; 2],
     batch: usize,
     runs: usize,
     row: Option<&[usize]>,
+    pace: Pace,
 ) -> [f64; 4] {
     use std::sync::atomic::{AtomicU64, Ordering};
     let wait = |counter: &AtomicU64, run: u64| {
@@ -114,42 +137,52 @@ fn halves_ms(
         [a, b, ..] => (a, b),
         _ => panic!("MAAS_BENCH_HALVES needs two CPUs"),
     };
-    for turn in (0..runs).step_by(TURN) {
-        let count = (runs.min(turn + TURN) - turn) as u64;
-        std::thread::sleep(PAUSE);
-        // Runs whose inputs the other thread built, that the caller started, that the other
-        // thread finished.
-        let (ready, started, done) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
-        std::thread::scope(|scope| {
-            scope.spawn(|| {
-                pin(&[other_cpu]);
-                for run in 1..=count {
+    // Runs whose inputs the other thread built, that the caller started, that the other
+    // thread finished, counted over all turns. The other thread lives through every turn
+    // (a new one for each turn ran its half slower: 27-31 µs against 20-21 for the small
+    // CNN's batch of 8) and sleeps between them.
+    let (ready, started, done) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let (turns, turn_runs) = std::sync::mpsc::channel::<std::ops::Range<u64>>();
+    std::thread::scope(|scope| {
+        let (ready, started, done) = (&ready, &started, &done);
+        scope.spawn(move || {
+            pin(&[other_cpu]);
+            for runs in turn_runs {
+                for run in runs {
                     let inputs = inputs(halves[1], second, row);
                     ready.store(run, Ordering::Release);
-                    wait(&started, run);
+                    wait(started, run);
                     halves[1].run(inputs).expect("inference runs");
                     done.store(run, Ordering::Release);
                 }
-            });
+            }
+        });
+        for turn in (0..runs).step_by(pace.turn) {
+            let count = runs.min(turn + pace.turn) - turn;
+            std::thread::sleep(pace.pause);
             pin(&[caller_cpu]);
-            for run in 1..=count {
+            let numbers = turn as u64 + 1..(turn + count) as u64 + 1;
+            turns.send(numbers.clone()).expect("the other thread waits for a turn");
+            for run in numbers {
                 let inputs = inputs(halves[0], first, row);
-                wait(&ready, run);
+                wait(ready, run);
                 let begun = Instant::now();
                 started.store(run, Ordering::Release);
                 halves[0].run(inputs).expect("inference runs");
-                wait(&done, run);
+                wait(done, run);
                 samples[0].push(begun.elapsed().as_secs_f64() * 1000.0);
             }
             pin(&cpus);
-        });
-        for (model, rows, kept) in [(one, batch, 1), (halves[0], first, 2), (engine, batch, 3)] {
-            std::thread::sleep(PAUSE);
-            for _ in 0..count {
-                samples[kept].push(run_ms(model, rows, row));
+            for (model, rows, kept) in [(one, batch, 1), (halves[0], first, 2), (engine, batch, 3)]
+            {
+                std::thread::sleep(pace.pause);
+                for _ in 0..count {
+                    samples[kept].push(run_ms(model, rows, row));
+                }
             }
         }
-    }
+        drop(turns);
+    });
     samples.map(|mut samples| {
         samples.sort_by(f64::total_cmp);
         samples[samples.len() / 2]
@@ -232,9 +265,11 @@ fn main() {
     if std::env::var("MAAS_BENCH_HALVES").is_ok_and(|v| v == "1") {
         let halves = [&load(1), &load(1)];
         for batch in args[3..].iter().map(|b| b.parse::<usize>().expect(usage)) {
-            halves_ms(halves, &single, &several, batch, 10, row); // warm up
+            halves_ms(halves, [&single, &several], batch, 10, row, PAUSED); // warm up
             let splits = several.split_runs();
-            let [both, one, half, many] = halves_ms(halves, &single, &several, batch, runs, row);
+            let pace = pace(runs);
+            let [both, one, half, many] =
+                halves_ms(halves, [&single, &several], batch, runs, row, pace);
             eprintln!("batch {batch}: {} of {runs} runs split", several.split_runs() - splits);
             let (bound, gain) = (one / both, one / many);
             println!(
@@ -244,9 +279,9 @@ fn main() {
         return;
     }
     for batch in args[3..].iter().map(|b| b.parse::<usize>().expect(usage)) {
-        medians_ms([&single, &several], batch, 10, row); // warm up
+        medians_ms([&single, &several], batch, 10, row, PAUSED); // warm up
         let splits = several.split_runs();
-        let [one, many] = medians_ms([&single, &several], batch, runs, row);
+        let [one, many] = medians_ms([&single, &several], batch, runs, row, pace(runs));
         eprintln!("batch {batch}: {} of {runs} runs split", several.split_runs() - splits);
         println!("| {name} | {batch} | {one:.3} | {many:.3} | {:.2}x |", one / many);
     }

@@ -571,7 +571,6 @@ pub(super) fn join(
                 })
         };
         let Some(axis) = (0..first.rank()).find(|&axis| fits(axis)) else { return Ok(None) };
-        let parts: Vec<TractTensor> = parts.into_iter().cloned().collect();
         let whole = TractTensor::stack_tensors(axis, &parts)
             .map_err(|e| engine_error("cannot join a split batch", e))?;
         joined.push(whole);

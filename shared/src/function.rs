@@ -111,8 +111,9 @@ impl Process {
 /// (`scripts/benchmarks.md`, "Arena cap"). With several, glibc's default: under a cap of
 /// two, a thread that runs a split batch's share took the arena of the thread that runs the
 /// other share, and the two contended for it at every tensor they allocated (the small CNN's
-/// batch of 8 on two threads: 1.11x as fast as one thread in the median of 14 processes with
-/// two arenas, 1.32x with one each; `scripts/benchmarks.md`, "Arenas of their own").
+/// two halves of a batch of 8 side by side: 40-44 µs sharing an arena, 32-39 µs with one
+/// each, medians in the same processes; `scripts/benchmarks.md`, "What a split in two can
+/// gain here; arenas of their own").
 /// Freed memory up to 64 MiB is kept for the next request's tensors.
 pub const SERVING: Process =
     Process { arenas: 2, threaded_arenas: 0, blocking_threads: None, keep_freed: 64 << 20 };

@@ -485,9 +485,9 @@ impl Model {
 
     /// Runs one batch in shares side by side on the engine's threads, one share each (cut
     /// from the request's batch, converted to tract's tensors and run on its own plan state
-    /// by the thread that runs it), and joins
-    /// their outputs in row order (the shares' count in the second place); runs it whole when
-    /// its outputs cannot be joined. The shares' rows are `sizes` cut again by the speed of
+    /// by the thread that runs it: [`Splitter::split_request`]), and joins their outputs in
+    /// row order (the shares' count in the second place); runs it whole when its outputs
+    /// cannot be joined. The shares' rows are `sizes` cut again by the speed of
     /// each thread's CPU ([`crew::Crew::weigh`]) when the model runs any batch size as it
     /// comes (planned symbolically); their times update those speeds. Each share runs row by
     /// row where the batch's rows ran faster so than whole on one thread
@@ -510,7 +510,7 @@ impl Model {
             Plans::Symbolic(_) => crew.weigh(sizes),
             Plans::PerShape(_) => sizes.to_vec(),
         };
-        let shares = Arc::new(splitter.split(inputs, &sizes));
+        let shares = Arc::new(splitter.split_request(inputs, &sizes)?);
         let rows: usize = sizes.iter().sum();
         let by_rows = splitter.rows_apart_faster(rows);
         let work = move |model: &Model, shares: &split::Shares, index: usize| {

@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use tract_onnx::prelude::Tensor as TractTensor;
 
-use super::convert::to_tract_rows;
+use super::convert::{to_tract, to_tract_rows};
 use super::engine_error;
 use crate::error::Error;
 use crate::manifest::Signature;
@@ -393,14 +393,36 @@ impl Splitter {
         self.unjoinable.store(true, Ordering::Relaxed);
     }
 
-    /// The batch size of `inputs`, when every batch axis agrees on one.
+    /// The batch size of inputs of `shapes`, when every batch axis agrees on one.
     pub(super) fn rows<'a>(&self, shapes: impl Iterator<Item = &'a [usize]>) -> Option<usize> {
         rows_of(shapes, &self.batch_axes)
     }
 
     /// `inputs` to be cut into shares of `sizes` rows along their batch axes.
-    pub(super) fn split(&self, inputs: impl Into<Batch>, sizes: &[usize]) -> Shares {
-        Shares::new(inputs.into(), Arc::clone(&self.batch_axes), sizes)
+    pub(super) fn split(&self, inputs: Vec<TractTensor>, sizes: &[usize]) -> Shares {
+        Shares::new(Batch::Tract(inputs), Arc::clone(&self.batch_axes), sizes)
+    }
+
+    /// The request's `inputs` to be cut into shares of `sizes` rows: each share's rows are
+    /// converted to tract's tensors by the thread that runs it where every input has its
+    /// batch on its first axis alone (its rows side by side) and no strings; otherwise the
+    /// whole batch is converted here, once (strings are checked whole, so that an error
+    /// names the element's place in the batch).
+    pub(super) fn split_request(
+        &self,
+        inputs: Vec<Tensor>,
+        sizes: &[usize],
+    ) -> Result<Shares, Error> {
+        let rows_apart = inputs
+            .iter()
+            .zip(self.batch_axes.iter())
+            .all(|(input, axes)| axes[..] == [0] && !matches!(input.data, TensorData::Bytes(_)));
+        let batch = if rows_apart {
+            Batch::Request(inputs)
+        } else {
+            Batch::Tract(inputs.into_iter().map(to_tract).collect::<Result<_, _>>()?)
+        };
+        Ok(Shares::new(batch, Arc::clone(&self.batch_axes), sizes))
     }
 }
 
@@ -408,21 +430,10 @@ impl Splitter {
 /// converted to tract's by the thread that runs it. (Converting the whole batch first, on the
 /// calling thread before any share started, took the small CNN's batch of 32 5.5-6.8 µs of
 /// an 85-100 µs split, its batch of 8 1.5-1.7 µs of 28.)
-pub(super) enum Batch {
+enum Batch {
     Tract(Vec<TractTensor>),
+    /// Each input's batch on its first axis alone.
     Request(Vec<Tensor>),
-}
-
-impl From<Vec<TractTensor>> for Batch {
-    fn from(inputs: Vec<TractTensor>) -> Self {
-        Batch::Tract(inputs)
-    }
-}
-
-impl From<Vec<Tensor>> for Batch {
-    fn from(inputs: Vec<Tensor>) -> Self {
-        Batch::Request(inputs)
-    }
 }
 
 /// The shares of a split batch, in row order. Each thread cuts the rows of the share it runs
@@ -451,22 +462,10 @@ impl Shares {
         let (start, size) = self.rows.get(index).copied().unwrap_or((0, 0));
         match &self.inputs {
             Batch::Tract(inputs) => cut(inputs, &self.batch_axes, start, size),
-            Batch::Request(inputs) => inputs
-                .iter()
-                .zip(self.batch_axes.iter())
-                .map(|(input, axes)| match (&axes[..], &input.data) {
-                    // Rows along the first axis lie side by side: only theirs are converted.
-                    // (Strings are checked whole, so that an error names the element's
-                    // place in the batch.)
-                    ([0], data) if !matches!(data, TensorData::Bytes(_)) => {
-                        to_tract_rows(input, Some((start, size)))
-                    }
-                    _ => {
-                        let whole = to_tract_rows(input, None)?;
-                        cut_one(&whole, axes, start, size)
-                    }
-                })
-                .collect(),
+            // Rows along the first axis lie side by side: only theirs are converted.
+            Batch::Request(inputs) => {
+                inputs.iter().map(|input| to_tract_rows(input, Some((start, size)))).collect()
+            }
         }
     }
 
@@ -503,26 +502,17 @@ pub(super) fn cut(
     start: usize,
     size: usize,
 ) -> Result<Vec<TractTensor>, Error> {
-    inputs.iter().zip(batch_axes).map(|(input, axes)| cut_one(input, axes, start, size)).collect()
-}
-
-/// The `size` rows of `input` from row `start` on, along its `batch_axes`.
-fn cut_one(
-    input: &TractTensor,
-    batch_axes: &[usize],
-    start: usize,
-    size: usize,
-) -> Result<TractTensor, Error> {
     let slice = |tensor: &TractTensor, axis: usize| {
         tensor.slice(axis, start, start + size).map_err(|e| engine_error("cannot split a batch", e))
     };
     // Sliced from the batch itself: no copy of the whole batch first.
-    match batch_axes.split_first() {
+    let cut = |(input, axes): (&TractTensor, &Vec<usize>)| match axes.split_first() {
         Some((&first, others)) => {
             others.iter().try_fold(slice(input, first)?, |tensor, &axis| slice(&tensor, axis))
         }
         None => Ok(input.clone()),
-    }
+    };
+    inputs.iter().zip(batch_axes).map(cut).collect()
 }
 
 /// The batch size of `inputs` along each one's `batch_axes`, when every batch axis agrees on
@@ -868,8 +858,10 @@ mod tests {
             splitter.min_share,
             splitter.min_row_by_row,
         );
-        let (of_request, of_tract) =
-            (splitter.split(inputs, &[2, 3]), splitter.split(tract.clone(), &[2, 3]));
+        let (of_request, of_tract) = (
+            splitter.split_request(inputs.clone(), &[2, 3]).unwrap(),
+            splitter.split(tract.clone(), &[2, 3]),
+        );
         for index in 0..2 {
             assert_eq!(
                 of_request.cut(index).unwrap(),
@@ -879,18 +871,32 @@ mod tests {
         }
         assert_eq!(of_request.cut(1).unwrap()[0], tract[0].slice(0, 2, 5).unwrap());
         assert_eq!(of_request.inputs().unwrap(), tract);
+        // The rows alone, converted share by share.
+        let rows_only =
+            Splitter::new(vec![vec![0]], 2, splitter.min_share, splitter.min_row_by_row);
+        let of_rows = rows_only.split_request(inputs[..1].to_vec(), &[2, 3]).unwrap();
+        assert!(matches!(of_rows.inputs, Batch::Request(_)), "converted share by share");
+        let of_tract_rows = rows_only.split(tract[..1].to_vec(), &[2, 3]);
+        for index in 0..2 {
+            assert_eq!(
+                of_rows.cut(index).unwrap(),
+                of_tract_rows.cut(index).unwrap(),
+                "rows {index}"
+            );
+        }
+        assert_eq!(of_rows.inputs().unwrap(), tract[..1]);
     }
 
     #[test]
-    fn a_share_of_strings_that_are_not_utf8_names_the_element_in_the_batch() {
+    fn strings_that_are_not_utf8_are_refused_naming_the_element_in_the_batch() {
         let input = Tensor {
             name: "text".into(),
             shape: vec![4],
             data: TensorData::Bytes(vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), vec![0xff]]),
         };
         let splitter = Splitter::new(vec![vec![0]], 2, Duration::ZERO, Duration::ZERO);
-        let shares = splitter.split(vec![input], &[2, 2]);
-        let error = shares.cut(1).unwrap_err().to_string();
+        let error =
+            splitter.split_request(vec![input], &[2, 2]).err().expect("refused").to_string();
         assert!(error.contains("element 3"), "{error}");
     }
 

@@ -102,10 +102,7 @@ fn medians_ms(
             }
         }
     }
-    samples.map(|mut samples| {
-        samples.sort_by(f64::total_cmp);
-        samples[samples.len() / 2]
-    })
+    samples.map(median)
 }
 
 /// Medians of `runs` of: two halves of a batch side by side, from their start to the later
@@ -183,10 +180,13 @@ fn halves_ms(
         }
         drop(turns);
     });
-    samples.map(|mut samples| {
-        samples.sort_by(f64::total_cmp);
-        samples[samples.len() / 2]
-    })
+    samples.map(median)
+}
+
+/// The median of `samples` (not empty).
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
 }
 
 /// The CPUs the process may run on.

@@ -125,28 +125,24 @@ impl Speeds {
     /// Learns from the shares of one split. Shares whose CPU is not known, or two on one CPU,
     /// say nothing of the CPUs' speeds.
     pub(super) fn learn(&self, ran: &[Ran]) {
-        let mut seen = Vec::with_capacity(ran.len());
-        for &(cpu, rows, _) in ran {
-            let Some(at) = cpu.and_then(|cpu| self.cpus.iter().position(|&c| c == cpu)) else {
-                return;
-            };
-            if seen.contains(&at) || rows == 0 {
-                return;
-            }
-            seen.push(at);
-        }
-        if seen.len() < 2 {
+        // Each share's CPU among those known, when it ran rows (nothing is allocated: this
+        // runs after every split, while the caller waits for its outputs).
+        let place = |&(cpu, rows, _): &Ran| {
+            cpu.filter(|_| rows > 0).and_then(|cpu| self.cpus.iter().position(|&c| c == cpu))
+        };
+        let places = || ran.iter().map(place);
+        let twice = places().enumerate().any(|(i, at)| places().take(i).any(|other| other == at));
+        if ran.len() < 2 || places().any(|at| at.is_none()) || twice {
             return;
         }
-        let per_row: Vec<f64> =
-            ran.iter().map(|&(_, rows, took)| took.as_secs_f64() / rows as f64).collect();
-        let mean = per_row.iter().sum::<f64>() / per_row.len() as f64;
+        let per_row = |&(_, rows, took): &Ran| took.as_secs_f64() / rows as f64;
+        let mean = ran.iter().map(per_row).sum::<f64>() / ran.len() as f64;
         if mean <= 0.0 {
             return;
         }
         let (low, high) = (f64::from(SCALE / LIMIT), f64::from(SCALE * LIMIT));
-        for (&at, per_row) in seen.iter().zip(per_row) {
-            let measured = (per_row / mean * f64::from(SCALE)).clamp(low, high) as u32;
+        for (at, share) in places().flatten().zip(ran) {
+            let measured = (per_row(share) / mean * f64::from(SCALE)).clamp(low, high) as u32;
             let slowness = &self.slowness[at];
             let old = slowness.load(Ordering::Relaxed);
             let new = (old * (FOLLOW - 1) + measured) / FOLLOW;

@@ -189,11 +189,14 @@ impl Hand {
     }
 
     /// Keeps the hand spinning until `window` from now (or later, if it was to already),
-    /// waking it if it sleeps.
+    /// waking it if it sleeps. A window still open was opened by a call that woke the hand,
+    /// or found it awake after it had moved the window (the hand looks at the window under
+    /// the lock before it sleeps): the hand then does not sleep, and its lock is left alone.
     fn open(&self, window: Duration) {
-        let until = self.now().saturating_add(u64::try_from(window.as_nanos()).unwrap_or(0));
-        self.until.fetch_max(until, Ordering::AcqRel);
-        if lock(&self.slot).asleep {
+        let now = self.now();
+        let until = now.saturating_add(u64::try_from(window.as_nanos()).unwrap_or(0));
+        let before = self.until.fetch_max(until, Ordering::AcqRel);
+        if before <= now && lock(&self.slot).asleep {
             self.ready.notify_one();
         }
     }

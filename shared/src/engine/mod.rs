@@ -19,7 +19,7 @@ use tract_onnx::prelude::{
 };
 
 use crate::error::Error;
-use crate::manifest::{Loader, Planning, Signature};
+use crate::manifest::{Loader, Planning, Signature, TensorSpec};
 use crate::tensor::Tensor;
 
 mod blocks;
@@ -58,7 +58,7 @@ mod translate;
 mod validate;
 
 use budget::{contained, measured_net, BudgetedPlan};
-use convert::{from_tract, to_tract};
+use convert::{from_tract, from_tract_joined, to_tract};
 use plans::Unplanned;
 use signature::signature_of;
 use split::{Splitter, Way};
@@ -78,7 +78,8 @@ type Plan = tract_onnx::tract_core::plan::SimplePlan<TypedFact, Box<dyn TypedOp>
 #[derive(Clone)]
 pub struct Model {
     plans: Plans,
-    signature: Signature,
+    /// Shared by the model's clones: a split batch's shares each run on one.
+    signature: Arc<Signature>,
     resources: Resources,
     /// Heap bytes the model holds, measured while it was loaded ([`Model::memory_bytes`]).
     held: u64,
@@ -243,6 +244,7 @@ impl Model {
     /// both).
     fn new(plans: Plans, signature: Signature, resources: &Resources) -> Self {
         let resources = resources.clone();
+        let signature = Arc::new(signature);
         Self { plans, signature, resources, held: 0, splitter: None, rows_tied: false }
     }
 
@@ -409,7 +411,6 @@ impl Model {
     /// [`Model::run`], with `unplanned` saying what a batch whose bucket has no plan does.
     fn run_as(&self, inputs: Vec<Tensor>, unplanned: Unplanned) -> Result<Vec<Tensor>, Error> {
         let started = Instant::now();
-        let budget = self.resources.budget;
         let shapes = || inputs.iter().map(|input| input.shape.as_slice());
         // A batch with a way to choose: one of several rows, or on several threads.
         let choice = self.splitter.as_deref().map(|splitter| (splitter, splitter.rows(shapes())));
@@ -417,23 +418,18 @@ impl Model {
             Some((splitter, rows)) => {
                 let crew = self.resources.crew.as_deref();
                 let way = splitter.way(rows, || crew.is_some_and(crew::Crew::awake));
-                // A split being tried, or the fastest way: the hands are kept awake for it.
-                if let Some(crew) = crew.filter(|_| rows.is_some_and(|r| splitter.wants_threads(r)))
-                {
+                // A split being tried, or the fastest way: the hands are kept awake for it (a
+                // split hands its shares over at once, waking them, and keeps them awake after).
+                let wanted = |_: &&crew::Crew| rows.is_some_and(|r| splitter.wants_threads(r));
+                if let Some(crew) = crew.filter(|_| !matches!(way, Way::Split(_))).filter(wanted) {
                     crew.keep_awake(crew::KEEP_AWAKE);
                 }
                 let unsteady = self.unsteady();
                 let (outputs, shares) = match &way {
                     // Each share converts its own rows.
                     Way::Split(sizes) => self.run_split(splitter, inputs, sizes, unplanned)?,
-                    Way::Threaded => {
-                        let executor = self.resources.executor();
-                        (self.run_whole(tract(inputs)?, executor, budget, unplanned)?, 1)
-                    }
-                    Way::Single => {
-                        let inputs = tract(inputs)?;
-                        (self.run_whole(inputs, Executor::SingleThread, budget, unplanned)?, 1)
-                    }
+                    Way::Threaded => self.whole(inputs, self.resources.executor(), unplanned)?,
+                    Way::Single => self.whole(inputs, Executor::SingleThread, unplanned)?,
                     Way::RowByRow => {
                         let rows = rows.unwrap_or(1);
                         self.run_row_by_row(splitter, tract(inputs)?, rows, unplanned)?
@@ -449,18 +445,28 @@ impl Model {
                 }
                 (outputs, shares)
             }
-            None => {
-                let executor = self.resources.executor();
-                (self.run_whole(tract(inputs)?, executor, budget, unplanned)?, 1)
-            }
+            None => self.whole(inputs, self.resources.executor(), unplanned)?,
         };
         tracing::trace!(shares, elapsed_ms = crate::elapsed_ms(started), "run");
-        self.signature
-            .outputs
-            .iter()
-            .zip(outputs)
-            .map(|(spec, value)| from_tract(&spec.name, &value))
-            .collect()
+        Ok(outputs)
+    }
+
+    /// Runs one batch whole with matrix products on `executor`, within the model's budget,
+    /// and gives its outputs (one share in the second place).
+    fn whole(
+        &self,
+        inputs: Vec<Tensor>,
+        executor: Executor,
+        unplanned: Unplanned,
+    ) -> Result<(Vec<Tensor>, usize), Error> {
+        let outputs = self.run_whole(tract(inputs)?, executor, self.resources.budget, unplanned)?;
+        Ok((self.outputs(outputs)?, 1))
+    }
+
+    /// A run's outputs as the signature names them.
+    fn outputs(&self, values: Vec<TractTensor>) -> Result<Vec<Tensor>, Error> {
+        let output = |(spec, value): (&TensorSpec, TractTensor)| from_tract(&spec.name, &value);
+        self.signature.outputs.iter().zip(values).map(output).collect()
     }
 
     /// Runs one batch whole with matrix products on `executor`, within `budget` bytes of
@@ -498,11 +504,9 @@ impl Model {
         inputs: Vec<Tensor>,
         sizes: &[usize],
         unplanned: Unplanned,
-    ) -> Result<(Vec<TractTensor>, usize), Error> {
-        let budget = self.resources.budget;
+    ) -> Result<(Vec<Tensor>, usize), Error> {
         let Some(crew) = &self.resources.crew else {
-            let inputs = tract(inputs)?;
-            return Ok((self.run_whole(inputs, Executor::SingleThread, budget, unplanned)?, 1));
+            return self.whole(inputs, Executor::SingleThread, unplanned);
         };
         // A per-shape model pads a share to its bucket's size: shares cut unevenly across a
         // bucket's bound (17 and 15 of 32) ran PaddleOCR's batch of 32 no faster than whole.
@@ -510,7 +514,10 @@ impl Model {
             Plans::Symbolic(_) => crew.weigh(sizes),
             Plans::PerShape(_) => sizes.to_vec(),
         };
-        let shares = Arc::new(splitter.split_request(inputs, &sizes)?);
+        // What the hands' shares read, in one allocation: each hand then drops one reference
+        // when its share ends (and the caller the model's last, on its own CPU) rather than
+        // one per part of the model, each counted on a line of the caller's cache.
+        let batch = Arc::new((self.clone(), splitter.split_request(inputs, &sizes)?));
         let rows: usize = sizes.iter().sum();
         let by_rows = splitter.rows_apart_faster(rows);
         let work = move |model: &Model, shares: &split::Shares, index: usize| {
@@ -524,17 +531,21 @@ impl Model {
         };
         let others = (1..sizes.len())
             .map(|index| {
-                let (model, shares) = (self.clone(), Arc::clone(&shares));
-                move || work(&model, &shares, index)
+                let batch = Arc::clone(&batch);
+                move || work(&batch.0, &batch.1, index)
             })
             .collect();
-        let ran = crew.run(|| work(self, &shares, 0), others);
-        // The next batch is likely split too: its shares start without a wake-up.
-        crew.keep_awake(crew::KEEP_AWAKE);
-        let (outputs, times): (Vec<_>, Vec<_>) =
-            ran.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().unzip();
+        let mine = || {
+            let ran = work(self, &batch.1, 0);
+            // The next batch is likely split too: its shares start without a wake-up. (Said
+            // once the caller's share is done, while a hand's may still run.)
+            crew.keep_awake(crew::KEEP_AWAKE);
+            ran
+        };
+        let ran = crew.run(mine, others);
+        let (outputs, times): (Vec<_>, Vec<_>) = ran.into_iter().collect::<Result<_, _>>()?;
         crew.learn(&times);
-        self.join(splitter, outputs, &shares, unplanned)
+        self.join(splitter, outputs, &batch.1, unplanned)
     }
 
     /// Runs one batch of `rows` rows on the calling thread one row after another
@@ -547,7 +558,7 @@ impl Model {
         inputs: Vec<TractTensor>,
         rows: usize,
         unplanned: Unplanned,
-    ) -> Result<(Vec<TractTensor>, usize), Error> {
+    ) -> Result<(Vec<Tensor>, usize), Error> {
         let shares = splitter.split(inputs, &vec![1; rows]);
         let outputs = self.run_each(&shares, self.resources.budget, unplanned)?;
         self.join(splitter, outputs, &shares, unplanned)
@@ -590,26 +601,30 @@ impl Model {
             .collect()
     }
 
-    /// The outputs of a batch's `shares` joined in row order, and how many shares ran; when
-    /// an output cannot be joined, the batch run whole instead (one share), and every later
-    /// batch too.
+    /// The outputs of a batch's `shares` joined in row order (converted from tract's as they
+    /// are joined), and how many shares ran; when an output cannot be joined, the batch run
+    /// whole instead (one share), and every later batch too.
     fn join(
         &self,
         splitter: &Splitter,
         outputs: Vec<Vec<TractTensor>>,
         shares: &split::Shares,
         unplanned: Unplanned,
-    ) -> Result<(Vec<TractTensor>, usize), Error> {
+    ) -> Result<(Vec<Tensor>, usize), Error> {
         let sizes = shares.sizes();
-        match split::join(outputs, &sizes, &self.signature)? {
-            Some(joined) => Ok((joined, sizes.len())),
-            None => {
+        let mut joined = Vec::with_capacity(self.signature.outputs.len());
+        for (index, spec) in self.signature.outputs.iter().enumerate() {
+            let parts = split::parts(&outputs, index);
+            let Some(axis) = split::join_axis(&parts, &sizes, spec) else {
                 tracing::debug!("an output has no batch axis to join: running whole");
                 splitter.unjoinable();
                 let (executor, inputs) = (self.resources.executor(), shares.inputs()?);
-                Ok((self.run_whole(inputs, executor, self.resources.budget, unplanned)?, 1))
-            }
+                let whole = self.run_whole(inputs, executor, self.resources.budget, unplanned)?;
+                return Ok((self.outputs(whole)?, 1));
+            };
+            joined.push(from_tract_joined(&spec.name, &parts, axis)?);
         }
+        Ok((joined, sizes.len()))
     }
 }
 

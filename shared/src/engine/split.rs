@@ -43,7 +43,7 @@ use tract_onnx::prelude::Tensor as TractTensor;
 use super::convert::{to_tract, to_tract_rows};
 use super::engine_error;
 use crate::error::Error;
-use crate::manifest::Signature;
+use crate::manifest::{Signature, TensorSpec};
 use crate::tensor::{Tensor, TensorData};
 
 /// How one batch runs.
@@ -534,9 +534,8 @@ pub(super) fn rows_of<'a>(
     sizes.all(|s| s == Some(rows)).then_some(rows).filter(|&r| r > 0)
 }
 
-/// The shares' outputs joined back along each output's batch axis: the first axis declared
-/// dynamic whose size is each share's row count. `None` when an output has no such axis
-/// (its rows cannot be told apart): the batch must then run whole.
+/// The shares' outputs joined back along each output's batch axis ([`join_axis`]); `None`
+/// when an output cannot be joined: the batch must then run whole.
 pub(super) fn join(
     shares: Vec<Vec<TractTensor>>,
     sizes: &[usize],
@@ -544,23 +543,8 @@ pub(super) fn join(
 ) -> Result<Option<Vec<TractTensor>>, Error> {
     let mut joined = Vec::with_capacity(signature.outputs.len());
     for (index, spec) in signature.outputs.iter().enumerate() {
-        let parts: Vec<&TractTensor> = shares.iter().filter_map(|s| s.get(index)).collect();
-        let Some(first) = parts.first() else { return Ok(None) };
-        if parts.len() != sizes.len() {
-            return Ok(None);
-        }
-        let dynamic = |axis: usize| spec.shape.get(axis).is_none_or(|&d| d < 0);
-        let fits = |axis: usize| {
-            dynamic(axis)
-                && parts.iter().zip(sizes).all(|(part, &size)| {
-                    part.rank() == first.rank()
-                        && part.shape().get(axis) == Some(&size)
-                        && (0..first.rank()).all(|other| {
-                            other == axis || part.shape()[other] == first.shape()[other]
-                        })
-                })
-        };
-        let Some(axis) = (0..first.rank()).find(|&axis| fits(axis)) else { return Ok(None) };
+        let parts = parts(&shares, index);
+        let Some(axis) = join_axis(&parts, sizes, spec) else { return Ok(None) };
         let whole = TractTensor::stack_tensors(axis, &parts)
             .map_err(|e| engine_error("cannot join a split batch", e))?;
         joined.push(whole);
@@ -568,10 +552,41 @@ pub(super) fn join(
     Ok(Some(joined))
 }
 
+/// Output `index` of every share, in row order.
+pub(super) fn parts(shares: &[Vec<TractTensor>], index: usize) -> Vec<&TractTensor> {
+    shares.iter().filter_map(|share| share.get(index)).collect()
+}
+
+/// The axis along which `parts` (an output, `spec`, of shares of `sizes` rows) join back:
+/// the first axis declared dynamic whose size is each share's row count, the other axes and
+/// the element type the same in every share. `None` when there is no such axis (the output's
+/// rows cannot be told apart).
+pub(super) fn join_axis(
+    parts: &[&TractTensor],
+    sizes: &[usize],
+    spec: &TensorSpec,
+) -> Option<usize> {
+    let first = parts.first()?;
+    if parts.len() != sizes.len() {
+        return None;
+    }
+    let dynamic = |axis: usize| spec.shape.get(axis).is_none_or(|&d| d < 0);
+    let fits = |axis: usize| {
+        dynamic(axis)
+            && parts.iter().zip(sizes).all(|(part, &size)| {
+                part.rank() == first.rank()
+                    && part.datum_type() == first.datum_type()
+                    && part.shape().get(axis) == Some(&size)
+                    && (0..first.rank())
+                        .all(|other| other == axis || part.shape()[other] == first.shape()[other])
+            })
+    };
+    (0..first.rank()).find(|&axis| fits(axis))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::TensorSpec;
     use crate::tensor::DataType;
 
     fn splitter(threads: usize) -> Splitter {

@@ -1,6 +1,7 @@
 //! Validating an upload: parse, refuse what cannot be served safely, translate, optimise and
 //! run once, saying what failed.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tract_onnx::pb;
@@ -103,7 +104,7 @@ fn validate_within(
             .map(|o| o.version),
         producer: Some(producer.trim().to_owned()).filter(|p| !p.is_empty()),
         plans: model.planning(),
-        signature: model.signature,
+        signature: Arc::unwrap_or_clone(model.signature),
         report,
         loader,
     })

@@ -24,9 +24,10 @@ impl Placement {
         Self { cpus: allowed_cpus(), caller: AtomicUsize::new(usize::MAX) }
     }
 
-    /// Notes the calling thread's CPU.
+    /// Notes the calling thread's CPU (written only when it moved: spinning hands read it).
     pub(super) fn note_caller(&self) {
-        if let Some(cpu) = current_cpu() {
+        let cpu = current_cpu();
+        if let Some(cpu) = cpu.filter(|&cpu| cpu != self.caller.load(Ordering::Relaxed)) {
             self.caller.store(cpu, Ordering::Relaxed);
         }
     }

@@ -188,13 +188,20 @@ impl Hand {
         }
     }
 
-    /// Keeps the hand spinning until `window` from now (or later, if it was to already),
-    /// waking it if it sleeps. A window still open was opened by a call that woke the hand,
-    /// or found it awake after it had moved the window (the hand looks at the window under
-    /// the lock before it sleeps): the hand then does not sleep, and its lock is left alone.
+    /// Keeps the hand spinning until `window` from now, waking it if it sleeps. A window with
+    /// half of `window` or more still to go is left as it is: the hand reads it at every turn
+    /// of its spin, and a write takes the line from its cache (the caller keeps the hands
+    /// awake twice a split: when the batch is announced and after its share). A window still
+    /// open was opened by a call that woke the hand, or found it awake after it had moved the
+    /// window (the hand looks at the window under the lock before it sleeps): the hand then
+    /// does not sleep, and its lock is left alone.
     fn open(&self, window: Duration) {
         let now = self.now();
-        let until = now.saturating_add(u64::try_from(window.as_nanos()).unwrap_or(0));
+        let window = u64::try_from(window.as_nanos()).unwrap_or(0);
+        if self.until.load(Ordering::Acquire) >= now.saturating_add(window / 2) {
+            return;
+        }
+        let until = now.saturating_add(window);
         let before = self.until.fetch_max(until, Ordering::AcqRel);
         if before <= now && lock(&self.slot).asleep {
             self.ready.notify_one();

@@ -268,7 +268,7 @@ impl ShapePlans {
             };
             outputs.push(out.into_iter().map(TValue::into_tensor).collect());
         }
-        Ok(join(outputs, &sizes, signature)?
+        Ok(join(&outputs, &sizes, signature)?
             .map(|joined| joined.into_iter().map(TValue::from).collect()))
     }
 

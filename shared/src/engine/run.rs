@@ -208,7 +208,7 @@ impl Model {
         };
         let each = splitter.split(inputs, &vec![1; rows]);
         let outputs = self.run_each(&each, budget, unplanned)?;
-        match split::join(outputs, &each.sizes(), &self.signature)? {
+        match split::join(&outputs, &each.sizes(), &self.signature)? {
             Some(joined) => Ok(joined),
             None => self.run_whole(each.inputs()?, Executor::SingleThread, budget, unplanned),
         }
@@ -239,19 +239,17 @@ impl Model {
         unplanned: Unplanned,
     ) -> Result<(Vec<Tensor>, usize), Error> {
         let sizes = shares.sizes();
-        let mut joined = Vec::with_capacity(self.signature.outputs.len());
-        for (index, spec) in self.signature.outputs.iter().enumerate() {
-            let parts = split::parts(&outputs, index);
-            let Some(axis) = split::join_axis(&parts, &sizes, spec) else {
-                tracing::debug!("an output has no batch axis to join: running whole");
-                splitter.unjoinable();
-                let (executor, inputs) = (self.resources.executor(), shares.inputs()?);
-                let whole = self.run_whole(inputs, executor, self.resources.budget, unplanned)?;
-                return Ok((self.outputs(whole)?, 1));
-            };
-            joined.push(from_tract_joined(&spec.name, &parts, axis)?);
+        let convert = |spec: &TensorSpec, parts: &[&TractTensor], axis| {
+            from_tract_joined(&spec.name, parts, axis)
+        };
+        if let Some(joined) = split::join_with(&outputs, &sizes, &self.signature, convert)? {
+            return Ok((joined, sizes.len()));
         }
-        Ok((joined, sizes.len()))
+        tracing::debug!("an output has no batch axis to join: running whole");
+        splitter.unjoinable();
+        let (executor, inputs) = (self.resources.executor(), shares.inputs()?);
+        let whole = self.run_whole(inputs, executor, self.resources.budget, unplanned)?;
+        Ok((self.outputs(whole)?, 1))
     }
 }
 

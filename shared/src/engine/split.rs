@@ -537,23 +537,36 @@ pub(super) fn rows_of<'a>(
 /// The shares' outputs joined back along each output's batch axis ([`join_axis`]); `None`
 /// when an output cannot be joined: the batch must then run whole.
 pub(super) fn join(
-    shares: Vec<Vec<TractTensor>>,
+    shares: &[Vec<TractTensor>],
     sizes: &[usize],
     signature: &Signature,
 ) -> Result<Option<Vec<TractTensor>>, Error> {
+    join_with(shares, sizes, signature, |_, parts, axis| {
+        TractTensor::stack_tensors(axis, parts)
+            .map_err(|e| engine_error("cannot join a split batch", e))
+    })
+}
+
+/// Each output of the shares (of `sizes` rows) joined by `join` from its spec, its parts in
+/// row order and the axis they join along ([`join_axis`]); `None` when an output cannot be
+/// joined: the batch must then run whole.
+pub(super) fn join_with<T>(
+    shares: &[Vec<TractTensor>],
+    sizes: &[usize],
+    signature: &Signature,
+    join: impl Fn(&TensorSpec, &[&TractTensor], usize) -> Result<T, Error>,
+) -> Result<Option<Vec<T>>, Error> {
     let mut joined = Vec::with_capacity(signature.outputs.len());
     for (index, spec) in signature.outputs.iter().enumerate() {
-        let parts = parts(&shares, index);
+        let parts = parts(shares, index);
         let Some(axis) = join_axis(&parts, sizes, spec) else { return Ok(None) };
-        let whole = TractTensor::stack_tensors(axis, &parts)
-            .map_err(|e| engine_error("cannot join a split batch", e))?;
-        joined.push(whole);
+        joined.push(join(spec, &parts, axis)?);
     }
     Ok(Some(joined))
 }
 
 /// Output `index` of every share, in row order.
-pub(super) fn parts(shares: &[Vec<TractTensor>], index: usize) -> Vec<&TractTensor> {
+fn parts(shares: &[Vec<TractTensor>], index: usize) -> Vec<&TractTensor> {
     shares.iter().filter_map(|share| share.get(index)).collect()
 }
 
@@ -561,11 +574,7 @@ pub(super) fn parts(shares: &[Vec<TractTensor>], index: usize) -> Vec<&TractTens
 /// the first axis declared dynamic whose size is each share's row count, the other axes and
 /// the element type the same in every share. `None` when there is no such axis (the output's
 /// rows cannot be told apart).
-pub(super) fn join_axis(
-    parts: &[&TractTensor],
-    sizes: &[usize],
-    spec: &TensorSpec,
-) -> Option<usize> {
+fn join_axis(parts: &[&TractTensor], sizes: &[usize], spec: &TensorSpec) -> Option<usize> {
     let first = parts.first()?;
     if parts.len() != sizes.len() {
         return None;
@@ -840,7 +849,7 @@ mod tests {
             inputs: vec![],
             outputs: vec![spec("y", vec![-1, 2]), spec("state", vec![2, -1, 3])],
         };
-        let joined = join(shares, &[3, 2], &signature).unwrap().unwrap();
+        let joined = join(&shares, &[3, 2], &signature).unwrap().unwrap();
         assert_eq!(joined, inputs.to_vec());
     }
 
@@ -926,6 +935,6 @@ mod tests {
             }],
         };
         let shares = vec![vec![rows(1, 4)], vec![rows(1, 4)]];
-        assert_eq!(join(shares, &[3, 2], &signature).unwrap(), None);
+        assert_eq!(join(&shares, &[3, 2], &signature).unwrap(), None);
     }
 }
